@@ -1,0 +1,37 @@
+# geogate: `make run` starts the proxy, `make test` runs the whole suite, `make bench` the benchmarks.
+SHELL := /bin/sh
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LISTEN_HOST ?= 127.0.0.1
+LISTEN_PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install system-deps check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@PYBIN=$$(tools/find-python) || exit 1; \
+	  if [ ! -x $(PY) ]; then echo "creating $(VENV) with $$PYBIN"; "$$PYBIN" -m venv $(VENV) || exit 1; fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/geogate run --listen-host $(LISTEN_HOST) --listen-port $(LISTEN_PORT)
+
+system-deps:
+	@tools/install-system-deps
+
+test: install system-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+check: install
+	$(VENV)/bin/geogate check policies/*.yaml
+
+bench: install system-deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info addons/*.egg-info

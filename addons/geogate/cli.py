@@ -1,0 +1,397 @@
+"""The `geogate` command: check, explain, audit, run, db, groups.
+
+User mistakes end in one or two plain lines and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+
+from . import __version__
+from .addresses import AddressError
+from .addresses import canonical_host
+from .addresses import parse_ip
+from .addresses import split_host_port
+from .decide import Decision
+from .decide import Request
+from .decide import parse_client
+from .errors import GeogateError
+from .policy.loader import PolicyError
+from .policy.loader import load_policy
+from .record import decision_record
+from .record import to_json_line
+
+STALE_DB_DAYS = 45
+
+
+def _err(msg: str) -> None:
+    print(f"geogate: {msg}", file=sys.stderr)
+
+
+def _stale_groups(policy) -> list[str]:
+    from .policy.groups import STALE_AFTER_DAYS
+    from .policy.groups import builtin_groups
+
+    today = date.today()
+    out = []
+    for name in sorted(policy.group_citations):
+        g = builtin_groups().get(name)
+        if g and g.age_days(today) > STALE_AFTER_DAYS:
+            out.append(f"built-in group @{name} was last checked against its source on {g.as_of}; "
+                       f"re-check it (`geogate groups {name}`)")
+    return out
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .databases import DatabaseSet
+    from .state import database_paths
+    from .state import database_warnings
+
+    failed = 0
+    databases = DatabaseSet.open(database_paths(args.db))  # the defaults when no --db
+    for path in args.policy:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            failed += 1
+            for issue in e.issues:
+                print(issue, file=sys.stderr)
+            n = sum(1 for i in e.issues if i.severity == "error")
+            print(f"{path}: invalid ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+            continue
+        except GeogateError as e:
+            failed += 1
+            _err(str(e))
+            continue
+        for w in policy.warnings:
+            print(w, file=sys.stderr)
+        for w in _stale_groups(policy):
+            print(f"{path}: note: {w}", file=sys.stderr)
+        for w in database_warnings(policy, databases):
+            print(w, file=sys.stderr)
+        rules = len(policy.all_rules())
+        print(f"{path}: ok (policy {policy.name}, {rules} rule{'s' if rules != 1 else ''}, "
+              f"mode {policy.mode}, default {policy.default})")
+    return 1 if failed else 0
+
+
+# -- explain -------------------------------------------------------------------------------------
+
+def _explain_text(d: Decision, resolution: str) -> str:
+    rec = decision_record(d)
+    lines = []
+    host = f"[{rec['host']}]" if ":" in (rec["host"] or "") and rec["port"] else rec["host"]
+    target = f"{host}" + (f":{rec['port']}" if rec["port"] else "")
+    lines.append(f"target     {target}  ({resolution})")
+    for a in rec["addresses"]:
+        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']})" if a["embedded_ipv4"] else "")
+        if a["error"]:
+            geo = f"lookup error: {a['error']}"
+        elif a["special"]:
+            geo = f"special-purpose range: {a['special']}"
+            if a["country"]:
+                geo += f"; country {a['country']}"
+        else:
+            parts = [f"country {a['country'] or 'unknown'}"]
+            if a["registered_country"] and a["registered_country"] != a["country"]:
+                parts.append(f"registered in {a['registered_country']}")
+            if a["represented_country"]:
+                parts.append(f"represents {a['represented_country']}")
+            if a["continent"]:
+                parts.append(f"continent {a['continent']}")
+            if a["subdivisions"]:
+                parts.append("subdivisions " + ",".join(a["subdivisions"]))
+            if a["asn"]:
+                parts.append(f"AS{a['asn']}" + (f" {a['as_org']}" if a["as_org"] else ""))
+            if a["anycast"]:
+                parts.append("anycast")
+            geo = ", ".join(parts)
+        lines.append(f"address    {ip}: {geo}  -> {a['action']} by {a['rule']}")
+        if a["sources"]:
+            lines.append("           databases say: " + ", ".join(f"{k}={v or '-'}" for k, v in a["sources"].items()))
+    verdict = rec["action"].upper()
+    if not rec["enforced"]:
+        verdict += f" (monitor mode; enforce would {'block' if rec['would_block'] else 'allow'})"
+    elif rec["would_block"] and rec["action"] == "allow":
+        verdict += " (would_block: a monitor rule matched)"
+    lines.append(f"decision   {verdict}")
+    lines.append(f"rule       {rec['rule']}")
+    if rec["match"]:
+        m = rec["match"]
+        src = f" in {m['field']} from {m['source']}" if m["source"] else ""
+        grp = f" (group @{m['group']})" if m["group"] else ""
+        lines.append(f"matched    {m['key']} {m['value']}{src}{grp}")
+    lines.append(f"reason     {rec['reason']}")
+    if rec["citation"]:
+        lines.append(f"citation   {rec['citation']}")
+    if rec["address"]:
+        label = "dial" if rec["action"] == "allow" else "refused"
+        lines.append(f"{label:<11}{rec['address']}")
+    if rec["host_mismatch"]:
+        lines.append("mismatch   the host name does not resolve to the address being dialled")
+    p = rec["policy"]
+    lines.append(f"policy     {p['name']}  {p['path']}  sha256:{p['sha256'][:16]}")
+    for db in rec["databases"]:
+        built = datetime.fromtimestamp(db["build_epoch"], timezone.utc).date()
+        lines.append(f"database   {db['name']}  {db['type']}  built {built}  sha256:{db['sha256'][:16]}")
+    for w in rec["warnings"]:
+        lines.append(f"warning    {w}")
+    return "\n".join(lines)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .resolve import ResolveError
+    from .resolve import resolve_sync
+    from .state import GateState
+
+    try:
+        host, port = split_host_port(args.target)
+        host = canonical_host(host)
+    except AddressError as e:
+        _err(str(e))
+        return 2
+    state = GateState.load(args.policy, args.db)
+    for w in state.warnings:
+        print(w, file=sys.stderr)
+    literal = parse_ip(host)
+    resolve_error = None
+    if literal is not None:
+        addresses, resolution = [literal], "IP literal, nothing to resolve"
+    elif args.no_resolve:
+        _err(f"{host} is a host name and --no-resolve was given; pass an IP address, or drop --no-resolve")
+        return 2
+    else:
+        try:
+            r = resolve_sync(host, timeout=args.timeout)
+            addresses = list(r.addresses)
+            resolution = f"resolved via {r.source}: {', '.join(map(str, addresses))}"
+        except ResolveError as e:
+            addresses, resolution, resolve_error = [], f"not resolved: {e}", str(e)
+    client = parse_client(args.client)
+    req = Request(host=host, port=port, client_ip=client, user=args.user, client=args.client, mode="explain")
+    decision = state.decide(req, addresses, resolve_error=resolve_error)
+    if args.json:
+        print(to_json_line(decision_record(decision)))
+    else:
+        print(_explain_text(decision, resolution))
+    return 0
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    from .policy.groups import STALE_AFTER_DAYS
+    from .policy.groups import builtin_groups
+
+    groups = builtin_groups()
+    today = date.today()
+    if args.name:
+        g = groups.get(args.name.removeprefix("@"))
+        if g is None:
+            _err(f"no built-in group `{args.name}`; known: {', '.join(sorted(groups))}")
+            return 2
+        if args.json:
+            print(json.dumps({"name": g.name, "title": g.title, "citation": g.citation, "source_url": g.source_url,
+                              "as_of": str(g.as_of), "countries": sorted(g.countries), "regions": sorted(g.regions),
+                              "conditional": g.conditional, "notes": g.notes}, indent=2))
+            return 0
+        print(f"@{g.name}: {g.title}")
+        print(f"  countries  {' '.join(sorted(g.countries)) or '-'}")
+        if g.regions:
+            print(f"  regions    {' '.join(sorted(g.regions))}")
+        for code, why in sorted(g.conditional.items()):
+            print(f"  not included, conditional: {code}: {why}")
+        print(f"  citation   {g.citation}")
+        print(f"  source     {g.source_url}")
+        stale = " (older than 6 months: re-check the source)" if g.age_days(today) > STALE_AFTER_DAYS else ""
+        print(f"  as of      {g.as_of}{stale}")
+        if g.notes:
+            print(f"  notes      {g.notes}")
+        return 0
+    width = max(len(n) for n in groups) + 1
+    for name in sorted(groups):
+        g = groups[name]
+        members = " ".join(sorted(g.countries))
+        if g.regions:
+            members += ("; " if members else "") + "regions " + " ".join(sorted(g.regions))
+        print(f"@{name:<{width}} as of {g.as_of}  {members}")
+    return 0
+
+
+# -- db ------------------------------------------------------------------------------------------
+
+def _network_count(db, cache: Path) -> int:
+    """Networks in `db`; walking a large file takes seconds, so counts are kept by sha256."""
+    path = cache / "network-counts.json"
+    try:
+        counts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        counts = {}
+    if db.info.sha256 not in counts:
+        print(f"counting the networks of {db.name} (once; takes a few seconds)", file=sys.stderr)
+        counts[db.info.sha256] = db.count_networks()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(counts))
+        except OSError:
+            pass
+    return int(counts[db.info.sha256])
+
+
+def cmd_db_info(args: argparse.Namespace) -> int:
+    from . import bundled
+    from .databases import Database
+    from .state import database_paths
+
+    paths = database_paths(args.db)
+    provenance = {p["sha256"]: p for p in bundled.provenance()}
+    now = time.time()
+    out = []
+    for path in paths:
+        db = Database(path)
+        i = db.info
+        age = int((now - i.build_epoch) // 86400)
+        entry = {
+            "name": i.name, "path": i.path, "type": i.type, "schema": i.schema, "kind": i.kind,
+            "build_epoch": i.build_epoch,
+            "built": datetime.fromtimestamp(i.build_epoch, timezone.utc).strftime("%Y-%m-%d"),
+            "age_days": age, "stale": age > STALE_DB_DAYS, "ip_version": i.ip_version,
+            "node_count": i.node_count, "networks": _network_count(db, bundled.cache_dir()),
+            "sha256": i.sha256, "description": i.description or None,
+        }
+        p = provenance.get(i.sha256)  # identified by content, wherever the file lives
+        if p:
+            entry.update({"source": f"npm {p.get('npm_package')}@{p.get('version')}",
+                          "license": p.get("license"),
+                          "attribution": " ".join(filter(None, (p.get("attribution"), p.get("attribution_url"))))})
+        out.append(entry)
+        db.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for e in out:
+            print(e["name"])
+            print(f"  file         {e['path']}")
+            print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
+            print(f"  built        {e['built']} ({e['age_days']} days ago)")
+            print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
+            print(f"  sha256       {e['sha256']}")
+            for key in ("source", "license", "attribution"):
+                if e.get(key):
+                    print(f"  {key:<12} {e[key]}")
+            if e["stale"]:
+                print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
+    if any(e["stale"] for e in out):
+        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days", file=sys.stderr)
+    return 0
+
+
+def cmd_db_update(args: argparse.Namespace) -> int:
+    from . import bundled
+
+    results = bundled.update(log=lambda m: print(m, file=sys.stderr))
+    for r in results:
+        state = "updated" if r.get("changed") else "already current"
+        print(f"{r['name']}: {state} ({r.get('old_version')} -> {r.get('new_version')})")
+    return 0
+
+
+# -- run / audit ---------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import run
+
+    return run(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit.command import audit
+
+    return audit(args)
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geogate", description="Destination-country rules for outbound connections.")
+    p.add_argument("--version", action="version", version=f"geogate {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("check", help="validate policy files")
+    c.add_argument("policy", nargs="+", metavar="POLICY")
+    c.add_argument("--db", action="append", help="check against these databases (default: the bundled ones)")
+    c.set_defaults(func=cmd_check)
+
+    e = sub.add_parser("explain", help="decide one destination and show why")
+    e.add_argument("target", metavar="TARGET", help="IP literal, host name, or host:port")
+    e.add_argument("--policy", help="policy file (default: policies/default.yaml)")
+    e.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
+    e.add_argument("--client", help="client address, for client profiles")
+    e.add_argument("--user", help="proxy-auth user name, for client profiles")
+    e.add_argument("--no-resolve", action="store_true", help="never look names up")
+    e.add_argument("--timeout", type=float, default=3.0, help="DNS timeout in seconds (default 3)")
+    e.add_argument("--json", action="store_true", help="print the decision record (one JSON line)")
+    e.set_defaults(func=cmd_explain)
+
+    a = sub.add_parser("audit", help="evaluate recorded traffic (mitmproxy flows, HAR) offline")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--policy")
+    a.add_argument("--db", action="append")
+    a.add_argument("--format", choices=("text", "json", "csv", "html"), default="text")
+    a.add_argument("-o", "--output", metavar="OUT")
+    a.add_argument("--resolve", action="store_true", help="look names up when a flow has no recorded address")
+    a.add_argument("--fail-on-block", action="store_true", help="exit 1 when any flow would be blocked")
+    a.add_argument("--against", metavar="POLICY2", help="report only what changes under POLICY2")
+    a.set_defaults(func=cmd_audit)
+
+    r = sub.add_parser("run", help="start the proxy (mitmdump with the geogate addon)")
+    r.add_argument("--policy")
+    r.add_argument("--db", action="append")
+    r.add_argument("--mode", default="regular", help="any mitmproxy mode (default: regular)")
+    r.add_argument("--listen-host", default="127.0.0.1")
+    r.add_argument("--listen-port", type=int, default=8080)
+    r.add_argument("--log", metavar="FILE", help="JSON-lines decision log")
+    r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
+    r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("db", help="GeoIP databases")
+    dsub = d.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    di = dsub.add_parser("info", help="build date, age, type, size, licence")
+    di.add_argument("--db", action="append")
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(func=cmd_db_info)
+    du = dsub.add_parser("update", help="refresh the bundled default databases")
+    du.set_defaults(func=cmd_db_update)
+
+    g = sub.add_parser("groups", help="built-in country groups")
+    g.add_argument("name", nargs="?")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_groups)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GeogateError as e:
+        _err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

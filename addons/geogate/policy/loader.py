@@ -1,0 +1,551 @@
+"""Policy file -> Policy, or every problem with file:line:col, what is wrong and what to write.
+
+A policy is built only when the whole file validates; nothing half-read ever reaches a decision.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pycountry
+from yaml.nodes import MappingNode
+from yaml.nodes import Node
+from yaml.nodes import ScalarNode
+from yaml.nodes import SequenceNode
+
+from ..addresses import AddressError
+from ..addresses import canonical_host
+from ..addresses import parse_ip
+from ..errors import GeogateError
+from .groups import builtin_groups
+from .model import ACTIONS
+from .model import CONTINENTS
+from .model import FIELDS
+from .model import ClientProfile
+from .model import HostPattern
+from .model import Policy
+from .model import PolicyRef
+from .model import Rule
+from .yamlnodes import Position
+from .yamlnodes import YamlSyntaxError
+from .yamlnodes import compose
+from .yamlnodes import position
+
+TOP_KEYS = (
+    "version", "name", "description", "mode", "default", "geo", "special", "addresses",
+    "groups", "rules", "clients",
+)  # fmt: skip
+GEO_KEYS = ("fields", "unknown", "disagreement")
+RULE_KEYS = (
+    "name", "action", "hosts", "networks", "countries", "continents", "subdivisions", "asns",
+    "ports", "reason", "citation", "expires",
+)  # fmt: skip
+MATCH_KEYS = ("hosts", "networks", "countries", "continents", "subdivisions", "asns", "ports")
+CLIENT_KEYS = ("name", "sources", "users", "rules")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+# Codes people write that are not ISO 3166-1 alpha-2 country codes, with what to write instead.
+NEAR_MISSES = {
+    "UK": "GB",
+    "EL": "GR",
+    "EU": '"@eu" (the EU is a group, not a country)',
+    "AP": "the codes of the Asia/Pacific countries you mean (AP is a legacy GeoIP pseudo-code)",
+    "A1": "a rule for anonymous proxies is not country-based; A1 is a legacy GeoIP pseudo-code",
+    "A2": "the satellite provider's ASN in `asns` (A2 is a legacy GeoIP pseudo-code)",
+    "O1": "geo.unknown to handle addresses with no country",
+    "ZZ": "geo.unknown to handle addresses with no country",
+    "SU": "RU (the USSR code is withdrawn)",
+    "YU": "RS or ME (Yugoslavia's code is withdrawn)",
+    "CS": "RS or ME",
+    "AN": "CW, SX or BQ (the Netherlands Antilles code is withdrawn)",
+    "TP": "TL",
+    "ZR": "CD",
+    "BU": "MM",
+    "FX": "FR",
+    "KO": "XK (Kosovo)",
+}
+EXTRA_COUNTRIES = {"XK"}  # user-assigned, but databases emit it for Kosovo
+SUBDIVISION_HINTS = {
+    "RU-CR": "UA-43 (Crimea) and UA-40 (Sevastopol); RU-CR is not an ISO 3166-2 code",
+    "RU-SEV": "UA-40 (Sevastopol); RU-SEV is not an ISO 3166-2 code",
+    "CN-HK": 'the country code HK in `countries` (GeoIP reports Hong Kong as a country)',
+    "CN-MO": 'the country code MO in `countries`',
+    "CN-TW": 'the country code TW in `countries`',
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    position: Position
+    message: str
+    severity: str = "error"  # error | warning
+
+    def __str__(self) -> str:
+        return f"{self.position}: {self.severity}: {self.message}"
+
+
+class PolicyError(GeogateError):
+    def __init__(self, issues: list[Issue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.position.line, i.position.column))
+        errors = [i for i in self.issues if i.severity == "error"]
+        super().__init__("\n".join(str(i) for i in errors))
+
+
+def _country_codes() -> set[str]:
+    return {c.alpha_2 for c in pycountry.countries} | EXTRA_COUNTRIES
+
+
+_COUNTRIES = _country_codes()
+
+
+def suggest_country(text: str) -> str | None:
+    """What to write instead of a wrong country code, or None."""
+    upper = text.strip().upper()
+    if upper in NEAR_MISSES:
+        return NEAR_MISSES[upper]
+    for lookup in (
+        lambda: pycountry.countries.get(alpha_3=upper),
+        lambda: pycountry.countries.lookup(text.strip()),
+        lambda: pycountry.historic_countries.get(alpha_2=upper),
+    ):
+        try:
+            found = lookup()
+        except LookupError:
+            found = None
+        if found is not None and getattr(found, "alpha_2", None) in _COUNTRIES:
+            return found.alpha_2
+    return None
+
+
+class _Reader:
+    """Walks the node tree, converting values and collecting issues with their positions."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.issues: list[Issue] = []
+
+    def pos(self, node: Node) -> Position:
+        return position(self.path, node)
+
+    def error(self, node: Node, message: str) -> None:
+        self.issues.append(Issue(self.pos(node), message))
+
+    def warn(self, node: Node, message: str) -> None:
+        self.issues.append(Issue(self.pos(node), message, "warning"))
+
+    def mapping(self, node: Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[Node, Node]]:
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{what} must be a mapping of `key: value` lines")
+            return {}
+        out: dict[str, tuple[Node, Node]] = {}
+        for knode, vnode in node.value:
+            key = knode.value if isinstance(knode, ScalarNode) else None
+            if key is None:
+                self.error(knode, f"{what}: keys must be plain words")
+                continue
+            if key in out:
+                self.error(knode, f"{what}: `{key}` is given twice; keep one")
+                continue
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean `{close[0]}`?" if close else f"; valid keys: {', '.join(allowed)}"
+                self.error(knode, f"{what}: unknown key `{key}`{hint}")
+                continue
+            out[key] = (knode, vnode)
+        return out
+
+    def scalar(self, node: Node, what: str) -> str | None:
+        if not isinstance(node, ScalarNode) or node.value == "" and node.style is None:
+            self.error(node, f"{what} must be a single value")
+            return None
+        return node.value
+
+    def choice(self, node: Node, what: str, choices: tuple[str, ...]) -> str | None:
+        value = self.scalar(node, what)
+        if value is None:
+            return None
+        if value.lower() not in choices:
+            close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.5)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            self.error(node, f"{what}: `{value}` is not one of {', '.join(choices)}{hint}")
+            return None
+        return value.lower()
+
+    def items(self, node: Node, what: str) -> list[Node]:
+        """A list value; a lone scalar is accepted as a list of one."""
+        if isinstance(node, SequenceNode):
+            if not node.value:
+                self.error(node, f"{what}: the list is empty; remove the key or list something")
+            return list(node.value)
+        if isinstance(node, ScalarNode) and node.value != "":
+            return [node]
+        self.error(node, f"{what} must be a list, e.g. `{what}: [a, b]`")
+        return []
+
+
+class _PolicyBuilder:
+    def __init__(self, reader: _Reader, today: date) -> None:
+        self.r = reader
+        self.today = today
+        self.user_groups: dict[str, tuple[Node, list[Node]]] = {}
+        self.expanded: dict[str, frozenset[str]] = {}
+        self.group_citations: dict[str, str] = {}
+        self.rule_names: set[str] = set()
+
+    # -- groups ------------------------------------------------------------------------------
+    def read_groups(self, node: Node) -> None:
+        if not isinstance(node, MappingNode):
+            self.r.error(node, "groups must map a group name to a list of country codes")
+            return
+        builtins = builtin_groups()
+        for knode, vnode in node.value:
+            name = knode.value
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                self.r.error(knode, f"group name `{name}` must be lower-case letters, digits and '-'")
+                continue
+            if name in self.user_groups:
+                self.r.error(knode, f"group `{name}` is defined twice")
+                continue
+            if name in builtins:
+                self.r.warn(knode, f"group `{name}` hides the built-in group of the same name")
+            self.user_groups[name] = (knode, self.r.items(vnode, f"groups.{name}"))
+
+    def group(self, name: str, node: Node, stack: tuple[str, ...] = ()) -> frozenset[str] | None:
+        """Countries of `@name`: the policy's own groups first, then the built-in ones."""
+        if name in self.expanded:
+            return self.expanded[name]
+        if name in stack:
+            self.r.error(node, f"group `{name}` includes itself ({' -> '.join(stack + (name,))})")
+            return None
+        if name in self.user_groups:
+            codes: set[str] = set()
+            for item in self.user_groups[name][1]:
+                codes |= self.countries_item(item, f"groups.{name}", stack + (name,))
+            result = frozenset(codes)
+        elif name in builtin_groups():
+            g = builtin_groups()[name]
+            self.group_citations[name] = g.citation
+            result = g.countries
+        else:
+            known = sorted(set(self.user_groups) | set(builtin_groups()))
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f"; did you mean `@{close[0]}`?" if close else f"; known groups: {', '.join('@' + k for k in known)}"
+            self.r.error(node, f"unknown group `@{name}`{hint}")
+            return None
+        self.expanded[name] = result
+        return result
+
+    def countries_item(self, node: Node, what: str, stack: tuple[str, ...] = ()) -> set[str]:
+        text = self.r.scalar(node, what)
+        if text is None:
+            return set()
+        text = text.strip()
+        if text.startswith("@"):
+            return set(self.group(text[1:], node, stack) or ())
+        code = text.upper()
+        if code in _COUNTRIES and code not in NEAR_MISSES:
+            return {code}
+        hint = suggest_country(text)
+        tail = f"; did you mean {hint}?" if hint else "; write an ISO 3166-1 alpha-2 code such as DE, or a group such as @eu"
+        self.r.error(node, f"{what}: `{text}` is not an ISO 3166-1 alpha-2 country code{tail}")
+        return set()
+
+    # -- rules -------------------------------------------------------------------------------
+    def rules(self, node: Node, what: str) -> tuple[Rule, ...]:
+        if not isinstance(node, SequenceNode):
+            self.r.error(node, f"{what} must be a list of rules, each starting with `- name:`")
+            return ()
+        return tuple(r for r in (self.rule(n, what) for n in node.value) if r is not None)
+
+    def rule(self, node: Node, where: str) -> Rule | None:
+        keys = self.r.mapping(node, "rule", RULE_KEYS)
+        if not keys:
+            return None
+        name = None
+        if "name" in keys:
+            name = self.r.scalar(keys["name"][1], "rule name")
+            if name is not None:
+                if name in self.rule_names:
+                    self.r.error(keys["name"][1], f"rule name `{name}` is used twice; names must be unique")
+                self.rule_names.add(name)
+        else:
+            self.r.error(node, "rule has no `name`; add `name: a-short-name`")
+        action = None
+        if "action" in keys:
+            action = self.r.choice(keys["action"][1], "action", ACTIONS)
+        else:
+            self.r.error(node, f"rule `{name}` has no `action`; add `action: allow`, `block` or `monitor`")
+        label = f"rule `{name}`" if name else "rule"
+        fields: dict = {}
+        origin: dict[str, str] = {}
+        if "hosts" in keys:
+            fields["hosts"] = tuple(filter(None, (self.host(n) for n in self.r.items(keys["hosts"][1], "hosts"))))
+        if "networks" in keys:
+            fields["networks"] = tuple(filter(None, (self.network(n) for n in self.r.items(keys["networks"][1], "networks"))))
+        if "countries" in keys:
+            codes: set[str] = set()
+            for item in self.r.items(keys["countries"][1], "countries"):
+                got = self.countries_item(item, "countries")
+                tag = item.value.strip() if isinstance(item, ScalarNode) else ""
+                for c in got:
+                    origin.setdefault(c, tag[1:] if tag.startswith("@") else "listed")
+                codes |= got
+            fields["countries"] = frozenset(codes)
+        if "continents" in keys:
+            fields["continents"] = frozenset(filter(None, (self.continent(n) for n in self.r.items(keys["continents"][1], "continents"))))
+        if "subdivisions" in keys:
+            subs: set[str] = set()
+            for item in self.r.items(keys["subdivisions"][1], "subdivisions"):
+                got = self.subdivision(item)
+                tag = item.value.strip() if isinstance(item, ScalarNode) else ""
+                for s in got:
+                    origin.setdefault(s, tag[1:] if tag.startswith("@") else "listed")
+                subs |= got
+            fields["subdivisions"] = frozenset(subs)
+        if "asns" in keys:
+            fields["asns"] = frozenset(filter(lambda a: a is not None, (self.asn(n) for n in self.r.items(keys["asns"][1], "asns"))))
+        if "ports" in keys:
+            fields["ports"] = tuple(filter(None, (self.ports(n) for n in self.r.items(keys["ports"][1], "ports"))))
+        for text_key in ("reason", "citation"):
+            if text_key in keys:
+                fields[text_key] = self.r.scalar(keys[text_key][1], text_key)
+        if "expires" in keys:
+            fields["expires"] = self.expires(keys["expires"][1], label)
+        if not any(k in keys for k in MATCH_KEYS):
+            self.r.warn(node, f"{label} has no match key ({', '.join(MATCH_KEYS)}): it matches every connection")
+        if name is None or action is None:
+            return None
+        return Rule(name=name, action=action, origin=origin, line=node.start_mark.line + 1, **fields)
+
+    def host(self, node: Node) -> HostPattern | None:
+        text = self.r.scalar(node, "hosts")
+        if text is None:
+            return None
+        raw = text.strip()
+        wildcard = raw.startswith("*.")
+        body = raw[2:] if wildcard else raw
+        if "*" in body:
+            self.r.error(node, f"hosts: `{raw}`: only a leading `*.` wildcard is supported, e.g. `*.example.com`")
+            return None
+        if parse_ip(body) is not None:
+            self.r.error(node, f"hosts: `{raw}` is an address; put it under `networks:` instead")
+            return None
+        try:
+            name = canonical_host(body)
+        except AddressError as e:
+            self.r.error(node, f"hosts: {e}")
+            return None
+        return HostPattern(raw if not wildcard else f"*.{name}", f".{name}" if wildcard else None) if wildcard else HostPattern(name, None)
+
+    def network(self, node: Node):
+        text = self.r.scalar(node, "networks")
+        if text is None:
+            return None
+        try:
+            return ipaddress.ip_network(text.strip(), strict=True)
+        except ValueError as e:
+            try:
+                fixed = ipaddress.ip_network(text.strip(), strict=False)
+                self.r.error(node, f"networks: `{text}` has host bits set; did you mean {fixed}?")
+            except ValueError:
+                self.r.error(node, f"networks: `{text}` is not an address or CIDR network ({e}); write e.g. 203.0.113.0/24")
+            return None
+
+    def continent(self, node: Node) -> str | None:
+        text = self.r.scalar(node, "continents")
+        if text is None:
+            return None
+        code = text.strip().upper()
+        if code in CONTINENTS:
+            return code
+        by_name = {v.lower(): k for k, v in CONTINENTS.items()}
+        hint = by_name.get(text.strip().lower())
+        tail = f"; did you mean {hint}?" if hint else f"; write one of {', '.join(CONTINENTS)}"
+        self.r.error(node, f"continents: `{text}` is not a continent code{tail}")
+        return None
+
+    def subdivision(self, node: Node) -> set[str]:
+        text = self.r.scalar(node, "subdivisions")
+        if text is None:
+            return set()
+        text = text.strip()
+        if text.startswith("@"):
+            name = text[1:]
+            g = builtin_groups().get(name)
+            if g is None or not g.regions:
+                with_regions = sorted(k for k, v in builtin_groups().items() if v.regions)
+                self.r.error(node, f"subdivisions: `{text}` is not a built-in group with regions; groups with regions: {', '.join('@' + k for k in with_regions)}")
+                return set()
+            self.group_citations[name] = g.citation
+            return set(g.regions)
+        code = text.upper()
+        if code in SUBDIVISION_HINTS:
+            self.r.error(node, f"subdivisions: `{text}`: write {SUBDIVISION_HINTS[code]}")
+            return set()
+        if pycountry.subdivisions.get(code=code) is not None:
+            return {code}
+        if code in _COUNTRIES:
+            self.r.error(node, f"subdivisions: `{text}` is a country; put it under `countries:` or write a region code such as UA-43")
+        else:
+            self.r.error(node, f"subdivisions: `{text}` is not an ISO 3166-2 code; write COUNTRY-REGION, e.g. UA-43")
+        return set()
+
+    def asn(self, node: Node) -> int | None:
+        text = self.r.scalar(node, "asns")
+        if text is None:
+            return None
+        digits = text.strip().upper().removeprefix("AS")
+        if digits.isdigit() and 0 < int(digits) < 2**32:
+            return int(digits)
+        self.r.error(node, f"asns: `{text}` is not an AS number; write e.g. 15169 or AS15169")
+        return None
+
+    def ports(self, node: Node) -> tuple[int, int] | None:
+        text = self.r.scalar(node, "ports")
+        if text is None:
+            return None
+        lo, sep, hi = text.strip().partition("-")
+        if lo.isdigit() and (not sep or hi.isdigit()):
+            a, b = int(lo), int(hi) if sep else int(lo)
+            if 0 < a <= b < 65536:
+                return (a, b)
+        self.r.error(node, f"ports: `{text}` is not a port or range; write e.g. 443 or 8000-8999")
+        return None
+
+    def expires(self, node: Node, label: str) -> date | None:
+        text = self.r.scalar(node, "expires")
+        if text is None:
+            return None
+        try:
+            when = date.fromisoformat(text.strip())
+        except ValueError:
+            self.r.error(node, f"expires: `{text}` is not a date; write YYYY-MM-DD, e.g. 2027-03-31")
+            return None
+        if when < self.today:
+            self.r.warn(node, f"{label} expired on {when}: it no longer matches anything")
+        return when
+
+    # -- clients -----------------------------------------------------------------------------
+    def clients(self, node: Node) -> tuple[ClientProfile, ...]:
+        if not isinstance(node, SequenceNode):
+            self.r.error(node, "clients must be a list of profiles, each starting with `- name:`")
+            return ()
+        out = []
+        names: set[str] = set()
+        for item in node.value:
+            keys = self.r.mapping(item, "client profile", CLIENT_KEYS)
+            if not keys:
+                continue
+            name = self.r.scalar(keys["name"][1], "client name") if "name" in keys else None
+            if "name" not in keys:
+                self.r.error(item, "client profile has no `name`")
+            elif name in names:
+                self.r.error(keys["name"][1], f"client profile `{name}` is defined twice")
+            names.add(name or "")
+            sources = None
+            if "sources" in keys:
+                sources = tuple(filter(None, (self.network(n) for n in self.r.items(keys["sources"][1], "sources"))))
+            users = None
+            if "users" in keys:
+                users = frozenset(filter(None, (self.r.scalar(n, "users") for n in self.r.items(keys["users"][1], "users"))))
+            if sources is None and users is None:
+                self.r.error(item, f"client profile `{name}` needs `sources:` (client networks) or `users:` (proxy-auth names)")
+            rules = self.rules(keys["rules"][1], f"clients.{name}.rules") if "rules" in keys else ()
+            if name:
+                out.append(ClientProfile(name, sources, users, rules))
+        return tuple(out)
+
+
+def load_policy_text(text: str, path: str, *, today: date | None = None, data: bytes | None = None) -> Policy:
+    """Validate and build a policy; raises PolicyError listing every error (warnings kept)."""
+    today = today or date.today()
+    reader = _Reader(path)
+    try:
+        root = compose(text, path)
+    except YamlSyntaxError as e:
+        raise PolicyError([Issue(e.position, e.message)]) from None
+    if root is None:
+        raise PolicyError([Issue(Position(path, 1, 1), "the policy file is empty; start with `version: 1`")])
+    top = reader.mapping(root, "policy", TOP_KEYS)
+    b = _PolicyBuilder(reader, today)
+    settings: dict = {}
+
+    def required(key: str, example: str) -> Node | None:
+        if key not in top:
+            reader.error(root, f"missing `{key}`; add `{example}`")
+            return None
+        return top[key][1]
+
+    if (node := required("version", "version: 1")) is not None:
+        if reader.scalar(node, "version") != "1":
+            reader.error(node, "version: only `version: 1` exists")
+    name = None
+    if (node := required("name", "name: my-policy")) is not None:
+        name = reader.scalar(node, "name")
+        if name is not None and not NAME_RE.match(name):
+            reader.error(node, f"name: `{name}` must use lower-case letters, digits and '-', e.g. `{re.sub(r'[^a-z0-9-]+', '-', name.lower()).strip('-') or 'my-policy'}`")
+    if (node := required("default", "default: allow")) is not None:
+        settings["default"] = reader.choice(node, "default", ("allow", "block"))
+    if "description" in top:
+        settings["description"] = reader.scalar(top["description"][1], "description")
+    if "mode" in top:
+        settings["mode"] = reader.choice(top["mode"][1], "mode", ("enforce", "monitor"))
+    if "special" in top:
+        settings["special"] = reader.choice(top["special"][1], "special", ("allow", "block", "lookup"))
+    if "addresses" in top:
+        settings["addresses"] = reader.choice(top["addresses"][1], "addresses", ("all", "any"))
+    if "geo" in top:
+        geo = reader.mapping(top["geo"][1], "geo", GEO_KEYS)
+        if "fields" in geo:
+            fields = []
+            for n in reader.items(geo["fields"][1], "geo.fields"):
+                f = reader.choice(n, "geo.fields", FIELDS)
+                if f and f not in fields:
+                    fields.append(f)
+            settings["fields"] = tuple(fields)
+        if "unknown" in geo:
+            settings["unknown"] = reader.choice(geo["unknown"][1], "geo.unknown", ("allow", "block"))
+        if "disagreement" in geo:
+            settings["disagreement"] = reader.choice(geo["disagreement"][1], "geo.disagreement", ("any", "first"))
+    if "groups" in top:
+        b.read_groups(top["groups"][1])
+        for gname, (knode, _items) in b.user_groups.items():
+            b.group(gname, knode)
+    rules = b.rules(top["rules"][1], "rules") if "rules" in top else ()
+    clients = b.clients(top["clients"][1]) if "clients" in top else ()
+
+    errors = [i for i in reader.issues if i.severity == "error"]
+    if errors:
+        raise PolicyError(reader.issues)
+    raw = data if data is not None else text.encode()
+    ref = PolicyRef(name=name or "", path=path, sha256=hashlib.sha256(raw).hexdigest())
+    return Policy(
+        ref=ref,
+        rules=rules,
+        clients=clients,
+        groups=dict(b.expanded),
+        group_citations=dict(b.group_citations),
+        warnings=tuple(str(i) for i in reader.issues),
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+
+
+def load_policy(path: str | Path, *, today: date | None = None) -> Policy:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise GeogateError(f"policy file {p} does not exist") from None
+    except OSError as e:
+        raise GeogateError(f"cannot read policy file {p}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PolicyError([Issue(Position(str(p), 1, 1), f"the file is not UTF-8 text (byte {e.start})")]) from None
+    return load_policy_text(text, str(p), today=today, data=data)

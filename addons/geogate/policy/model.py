@@ -1,0 +1,102 @@
+"""The policy as the decision engine sees it: validated, expanded, immutable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import date
+
+from ..addresses import IPNetwork
+
+ACTIONS = ("allow", "block", "monitor")
+FIELDS = ("country", "registered_country", "represented_country")
+CONTINENTS = {
+    "AF": "Africa",
+    "AN": "Antarctica",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern:
+    """`example.com` matches that name only; `*.example.com` matches any name below it."""
+
+    text: str
+    suffix: str | None  # ".example.com" for a wildcard
+
+    def matches(self, host: str) -> bool:
+        if self.suffix is not None:
+            return host.endswith(self.suffix)
+        return host == self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    action: str
+    hosts: tuple[HostPattern, ...] | None = None
+    networks: tuple[IPNetwork, ...] | None = None
+    countries: frozenset[str] | None = None
+    continents: frozenset[str] | None = None
+    subdivisions: frozenset[str] | None = None
+    asns: frozenset[int] | None = None
+    ports: tuple[tuple[int, int], ...] | None = None
+    reason: str | None = None
+    citation: str | None = None
+    expires: date | None = None
+    # where each country/subdivision came from ("@group" or "listed"), to explain a match
+    origin: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    line: int = 0
+
+    @property
+    def uses_geo(self) -> bool:
+        return any(
+            k is not None for k in (self.countries, self.continents, self.subdivisions, self.asns)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientProfile:
+    name: str
+    sources: tuple[IPNetwork, ...] | None
+    users: frozenset[str] | None
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    """How a decision names the policy that made it."""
+
+    name: str
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    ref: PolicyRef
+    description: str | None = None
+    mode: str = "enforce"
+    default: str = "block"
+    fields: tuple[str, ...] = ("country",)
+    unknown: str = "block"
+    disagreement: str = "any"
+    special: str = "block"
+    addresses: str = "all"
+    groups: dict[str, frozenset[str]] = field(default_factory=dict, hash=False, compare=False)
+    rules: tuple[Rule, ...] = ()
+    clients: tuple[ClientProfile, ...] = ()
+    warnings: tuple[str, ...] = ()
+    # citation of each built-in group the policy uses, for decisions that match through it
+    group_citations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    def all_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for c in self.clients for r in c.rules) + self.rules

@@ -1,0 +1,108 @@
+"""Decision -> the JSON decision record (SPEC §7), and the short forms derived from it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .decide import Decision
+from .decide import Verdict
+from .facts import IPFacts
+
+
+def _sources(facts: IPFacts, names: list[str]) -> dict[str, str | None]:
+    by_source = {r.source: r.country for r in facts.records}
+    return {n: by_source.get(n) for n in names}
+
+
+def address_record(v: Verdict, country_dbs: list[str]) -> dict[str, Any]:
+    f = v.facts
+    geo = f.geo
+    subdivisions: list[str] = []
+    for r in geo.records:
+        subdivisions.extend(s for s in r.subdivisions if s not in subdivisions)
+    return {
+        "ip": str(f.address.ip),
+        "embedded_ipv4": str(f.address.embedded_ipv4) if f.address.embedded_ipv4 else None,
+        "embedding": f.address.embedding,
+        "special": f.address.special,
+        "country": geo.first("country"),
+        "registered_country": geo.first("registered_country"),
+        "represented_country": geo.first("represented_country"),
+        "continent": geo.first("continent"),
+        "subdivisions": subdivisions,
+        "asn": geo.first("asn"),
+        "as_org": geo.first("as_org"),
+        "anycast": any(r.anycast for r in geo.records),
+        "network": geo.first("network"),
+        "sources": _sources(geo, country_dbs),
+        "action": v.action,
+        "rule": v.rule,
+        "error": f.error,
+    }
+
+
+def decision_record(d: Decision) -> dict[str, Any]:
+    req = d.request
+    country_dbs = [i.name for i in d.databases if i.has_country]
+    match = d.verdict.match if d.verdict else None
+    return {
+        "ts": d.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "event": "decision",
+        "flow_id": req.flow_id,
+        "client": req.client,
+        "user": req.user,
+        "mode": req.mode,
+        "host": req.host,
+        "port": req.port,
+        "sni": req.sni,
+        "action": d.action,
+        "enforced": d.enforced,
+        "would_block": d.would_block,
+        "rule": d.rule,
+        "reason": d.reason,
+        "citation": d.citation,
+        "address": str(d.address) if d.address is not None else None,
+        "country": d.country,
+        "host_mismatch": d.host_mismatch,
+        "match": (
+            {"key": match.key, "value": match.value, "field": match.field, "source": match.source, "group": match.group}
+            if match
+            else None
+        ),
+        "addresses": [address_record(v, country_dbs) for v in d.verdicts],
+        "policy": {"name": d.policy.name, "path": d.policy.path, "sha256": d.policy.sha256},
+        "databases": [
+            {"name": i.name, "type": i.type, "build_epoch": i.build_epoch, "sha256": i.sha256}
+            for i in d.databases
+        ],
+        "warnings": list(d.warnings),
+    }
+
+
+def to_json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def proxy_status(d: Decision) -> str:
+    """RFC 9209 Proxy-Status value for a blocked request."""
+    country = d.country or "unknown"
+    details = f"country={country}; rule={d.rule}".replace('"', "'")
+    return f'geogate; error=destination_ip_prohibited; details="{details}"'
+
+
+def block_body(d: Decision) -> str:
+    """The short plain-text body a blocked HTTP client reads."""
+    req = d.request
+    lines = [
+        "Blocked by geogate.",
+        f"host:    {req.host}" + (f":{req.port}" if req.port else ""),
+        f"address: {d.address or '-'}",
+        f"country: {d.country or 'unknown'}",
+        f"rule:    {d.rule}",
+        f"reason:  {d.reason}",
+    ]
+    if d.citation:
+        lines.append(f"citation: {d.citation}")
+    lines.append(f"policy:  {d.policy.name} (sha256 {d.policy.sha256[:12]})")
+    return "\n".join(lines) + "\n"

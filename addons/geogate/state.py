@@ -1,0 +1,84 @@
+"""A loaded configuration (policy + databases) and the one way every shell asks for a decision."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+from typing import Sequence
+
+from .addresses import IPAddress
+from .addresses import classify
+from .databases import DatabaseSet
+from .decide import Decision
+from .decide import Request
+from .decide import decide
+from .facts import FactsSource
+from .policy.loader import load_policy
+from .policy.model import Policy
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+def default_policy_path() -> Path:
+    return Path(os.environ.get("GEOGATE_POLICY") or PROJECT_DIR / "policies" / "default.yaml")
+
+
+def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]:
+    """The databases to use: the ones given, else the bundled defaults (unpacked on first use)."""
+    given = [Path(p) for p in given or () if str(p)]
+    if given:
+        return given
+    from .bundled import default_database_paths
+
+    return list(default_database_paths())
+
+
+def database_warnings(policy: Policy, databases: DatabaseSet) -> list[str]:
+    """What the policy asks for that the configured databases cannot answer."""
+    out = []
+    rules = policy.all_rules()
+    names = ", ".join(db.name for db in databases.databases)
+    if any(r.subdivisions for r in rules) and not databases.has_subdivisions:
+        used = ", ".join(r.name for r in rules if r.subdivisions)
+        out.append(f"{policy.ref.path}: warning: rule(s) {used} match subdivisions, but no City database is "
+                   f"loaded ({names}); they can never match. Add a City database with --db.")
+    if any(r.asns for r in rules) and not databases.has_asn:
+        used = ", ".join(r.name for r in rules if r.asns)
+        out.append(f"{policy.ref.path}: warning: rule(s) {used} match asns, but no ASN database is loaded "
+                   f"({names}); they can never match. Add an ASN database with --db.")
+    if not databases.has_country:
+        out.append(f"warning: none of the databases ({names}) gives countries; every public address is unknown")
+    return out
+
+
+@dataclass(frozen=True)
+class GateState:
+    """Immutable: a reload builds a new one, so no decision ever sees half of a change."""
+
+    policy: Policy
+    databases: DatabaseSet
+    facts: FactsSource
+
+    @classmethod
+    def load(cls, policy_path: str | os.PathLike[str] | None, db_paths: Sequence[str | os.PathLike[str]] | None) -> "GateState":
+        policy = load_policy(policy_path or default_policy_path())
+        databases = DatabaseSet.open(database_paths(db_paths))
+        return cls(policy, databases, FactsSource(databases))
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.policy.warnings) + database_warnings(self.policy, self.databases)
+
+    def decide(
+        self,
+        req: Request,
+        addresses: Sequence[IPAddress],
+        *,
+        now: datetime | None = None,
+        resolve_error: str | None = None,
+    ) -> Decision:
+        facts = [self.facts.facts(classify(ip)) for ip in addresses]
+        return decide(self.policy, req, facts, self.facts.infos, now=now, resolve_error=resolve_error)

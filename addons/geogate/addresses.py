@@ -61,10 +61,14 @@ _SPECIAL_V6: tuple[tuple[str, str], ...] = (
     ("fec0::/10", "site-local"),
     ("ff00::/8", "multicast"),
 )
-_SPECIAL = tuple(
-    (ipaddress.ip_network(net), name) for net, name in _SPECIAL_V4 + _SPECIAL_V6
-)
-_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+# (first, last, name) as integers per IP version: a lookup on every decision must be cheap.
+_SPECIAL: dict[int, tuple[tuple[int, int, str], ...]] = {
+    version: tuple(
+        (int(net.network_address), int(net.broadcast_address), name)
+        for net, name in ((ipaddress.ip_network(n), name) for n, name in table)
+    )
+    for version, table in ((4, _SPECIAL_V4), (6, _SPECIAL_V6))
+}
 
 # IPv6 forms that carry an IPv4 address, and where it sits.
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
@@ -76,7 +80,7 @@ _SIXTOFOUR = ipaddress.ip_network("2002::/16")
 _TEREDO = ipaddress.ip_network("2001::/32")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Address:
     """One address as it will be dialled, with what can be known about it without a database."""
 
@@ -117,10 +121,11 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str
 
 def special_range(ip: IPAddress) -> str | None:
     """Name of the special-purpose range holding `ip`, or None for a global unicast address."""
-    for net, name in _SPECIAL:
-        if ip.version == net.version and ip in net:
+    value = int(ip)
+    for first, last, name in _SPECIAL[ip.version]:
+        if first <= value <= last:
             return name
-    if ip.version == 6 and ip not in _GLOBAL_UNICAST_V6:
+    if ip.version == 6 and value >> 125 != 1:  # outside 2000::/3, the global unicast space
         return "reserved"
     return None
 
@@ -237,6 +242,7 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
         host, port_text = target.split(":")
     else:
         return target, default_port  # a name, an IPv4 literal, or a bare IPv6 literal
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # ASCII digits only: str.isdigit() is also true for '²' (int() then raises) and '٨٠'.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise AddressError(f"{target!r}: port must be a number from 1 to 65535")
     return host, int(port_text)

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import itertools
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,11 @@ from .addresses import IPAddress
 from .errors import GeogateError
 
 _CODE = re.compile(r"^[A-Z]{2}$")
+_CONTINENT_OF: dict[str, str] = {
+    k: v
+    for k, v in json.loads(resources.files("geogate").joinpath("data/continents.json").read_text()).items()
+    if not k.startswith("_")
+}
 _SAMPLE_RECORDS = 64
 
 
@@ -39,12 +48,11 @@ class DatabaseError(GeogateError):
     """A database that cannot be used; the message names the file."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GeoRecord:
     """What one database says about one address."""
 
     source: str
-    network: str | None = None
     country: str | None = None
     registered_country: str | None = None
     represented_country: str | None = None
@@ -54,6 +62,15 @@ class GeoRecord:
     asn: int | None = None
     as_org: str | None = None
     anycast: bool = False
+    # the looked-up address and the record's prefix length: the network is derived on demand,
+    # because building it for every lookup would cost more than the lookup itself
+    found_at: tuple[IPAddress, int] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def network(self) -> str | None:
+        if self.found_at is None:
+            return None
+        return str(ipaddress.ip_network(self.found_at, strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,7 @@ class DatabaseInfo:
     has_asn: bool
 
 
+@lru_cache(maxsize=1024)
 def _code(value: Any) -> str | None:
     """An ISO code from a database field, upper-cased; anything else (a name, junk) is None."""
     if isinstance(value, str):
@@ -162,9 +180,6 @@ class Database:
             return None
         return self._read_record(ip, record, prefix_len)
 
-    def _network(self, ip: IPAddress, prefix_len: int) -> str:
-        return str(ipaddress.ip_network(f"{ip}/{prefix_len}", strict=False))
-
     def _flat(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
         asn = rec.get("asn")
         if isinstance(asn, str) and asn.upper().startswith("AS"):
@@ -173,13 +188,15 @@ class Database:
             asn = int(asn) if asn not in (None, "") else None
         except (TypeError, ValueError):
             asn = None
+        country = _code(rec.get("country_code"))
         return GeoRecord(
             source=self.name,
-            network=self._network(ip, prefix_len),
-            country=_code(rec.get("country_code")),
-            continent=_code(rec.get("continent_code")),
+            country=country,
+            # flat databases rarely carry a continent; derive it so `continents` rules work
+            continent=_code(rec.get("continent_code")) or _CONTINENT_OF.get(country),
             asn=asn,
             as_org=rec.get("as_name") if isinstance(rec.get("as_name"), str) else None,
+            found_at=(ip, prefix_len),
         )
 
     def _maxmind(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
@@ -193,7 +210,6 @@ class Database:
         represented = model.represented_country
         return GeoRecord(
             source=self.name,
-            network=str(model.traits.network),
             country=country,
             registered_country=_code(model.registered_country.iso_code),
             represented_country=_code(represented.iso_code),
@@ -201,19 +217,20 @@ class Database:
             continent=_code(model.continent.code),
             subdivisions=subdivisions,
             anycast=bool(model.traits.is_anycast),
+            found_at=(ip, prefix_len),
         )
 
     def _asn(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
         model = geoip2.models.ASN(ip, prefix_len=prefix_len, **rec)
         return GeoRecord(
             source=self.name,
-            network=str(model.network),
             asn=model.autonomous_system_number,
             as_org=model.autonomous_system_organization,
+            found_at=(ip, prefix_len),
         )
 
     def _anonymous(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
-        return GeoRecord(source=self.name, network=self._network(ip, prefix_len))
+        return GeoRecord(source=self.name, found_at=(ip, prefix_len))
 
     def count_networks(self) -> int:
         """Number of networks with a record (walks the whole tree: seconds for a large file)."""

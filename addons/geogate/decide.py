@@ -12,6 +12,10 @@ Order of evaluation for one address:
 5. otherwise `default`.
 An IPv6 address that carries an IPv4 address is judged on the IPv4 (and on its own record, when a
 database has one); the stricter result wins.
+
+The result types are slots dataclasses that nothing mutates after construction; they are not
+declared frozen because a frozen dataclass costs several times more to build, and several are built
+for every connection.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from datetime import timezone
 from ipaddress import ip_address
 
 from .addresses import IPAddress
-from .addresses import special_range
 from .databases import DatabaseInfo
 from .databases import GeoRecord
 from .facts import AddressFacts
@@ -34,7 +37,7 @@ from .policy.model import Rule
 _SEVERITY = {"allow": 0, "monitor": 1, "block": 2}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """What is being asked for. `host` is canonical (see addresses.canonical_host)."""
 
@@ -52,7 +55,7 @@ class Request:
     sni: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Match:
     """Why a rule matched: which key, which value, from which field, database and group."""
 
@@ -63,7 +66,7 @@ class Match:
     group: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
     """The decision for one address."""
 
@@ -83,9 +86,10 @@ class Verdict:
         return self.facts.geo.first("country")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    request: Request
+@dataclass(slots=True)
+class Outcome:
+    """Everything decided, independent of who asked and when: safe to share between requests."""
+
     action: str  # allow | block
     enforced: bool
     would_block: bool
@@ -93,28 +97,48 @@ class Decision:
     verdicts: tuple[Verdict, ...]
     policy: PolicyRef
     databases: tuple[DatabaseInfo, ...]
-    ts: datetime
     rule: str
     reason: str
     citation: str | None = None
     warnings: tuple[str, ...] = ()
 
+
+@dataclass(slots=True)
+class Decision:
+    request: Request
+    outcome: Outcome
+    ts: datetime
+
+    action = property(lambda self: self.outcome.action)
+    enforced = property(lambda self: self.outcome.enforced)
+    would_block = property(lambda self: self.outcome.would_block)
+    verdict = property(lambda self: self.outcome.verdict)
+    verdicts = property(lambda self: self.outcome.verdicts)
+    policy = property(lambda self: self.outcome.policy)
+    databases = property(lambda self: self.outcome.databases)
+    rule = property(lambda self: self.outcome.rule)
+    reason = property(lambda self: self.outcome.reason)
+    citation = property(lambda self: self.outcome.citation)
+    warnings = property(lambda self: self.outcome.warnings)
+
     @property
     def blocked(self) -> bool:
-        return self.action == "block"
+        return self.outcome.action == "block"
 
     @property
     def address(self) -> IPAddress | None:
         """The address to dial (allow) or the one that caused the block."""
-        return self.verdict.facts.address.ip if self.verdict else None
+        v = self.outcome.verdict
+        return v.facts.address.ip if v else None
 
     @property
     def country(self) -> str | None:
-        return self.verdict.country if self.verdict else None
+        v = self.outcome.verdict
+        return v.country if v else None
 
     @property
     def host_mismatch(self) -> bool:
-        return any(v.host_mismatch for v in self.verdicts)
+        return any(v.host_mismatch for v in self.outcome.verdicts)
 
 
 # -- one address --------------------------------------------------------------------------------
@@ -221,7 +245,7 @@ def _evaluate_view(
         if not _live(rule, now):
             warnings.append(f"rule {rule.name} expired on {rule.expires} and was skipped")
             continue
-        return replace(_rule_verdict(policy, rule, m, facts), warnings=tuple(warnings))
+        return _rule_verdict(policy, rule, m, facts, tuple(warnings))
     if not any(getattr(r, f) for r in records for f in policy.fields):
         return Verdict(facts, policy.unknown, "geo.unknown",
                        f"no database gives a {' or '.join(policy.fields)} for {ip}; policy says geo.unknown: {policy.unknown}",
@@ -234,9 +258,9 @@ def _live(rule: Rule, now: datetime) -> bool:
     return rule.expires is None or now.date() <= rule.expires
 
 
-def _rule_verdict(policy: Policy, rule: Rule, m: Match, facts: AddressFacts) -> Verdict:
+def _rule_verdict(policy: Policy, rule: Rule, m: Match, facts: AddressFacts, warnings: tuple[str, ...] = ()) -> Verdict:
     citation = rule.citation or (policy.group_citations.get(m.group) if m.group else None)
-    return Verdict(facts, rule.action, rule.name, _reason(rule, m), citation, m)
+    return Verdict(facts, rule.action, rule.name, _reason(rule, m), citation, m, False, warnings)
 
 
 def evaluate_address(policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, now: datetime) -> Verdict:
@@ -255,7 +279,9 @@ def _evaluate_stricter(policy: Policy, rules: tuple[Rule, ...], req: Request, fa
         return _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records, now)
     verdict = _evaluate_view(policy, rules, req, facts, addr.embedded_ipv4, addr.special, facts.embedded.records, now)
     if facts.own.records:
-        own = _evaluate_view(policy, rules, req, facts, addr.ip, special_range(addr.ip), facts.own.records, now)
+        # The transition prefix itself (::ffff:0:0/96, ::/96, 64:ff9b::/96, 2001::/32, ...) is not a
+        # destination class of its own: its special range is the embedded IPv4's (see classify).
+        own = _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records, now)
         if _SEVERITY[own.action] > _SEVERITY[verdict.action]:
             verdict = own
     return verdict
@@ -287,21 +313,34 @@ def decide(
     resolve_error: str | None = None,
 ) -> Decision:
     now = now or datetime.now(timezone.utc)
+    return Decision(req, decide_outcome(policy, req, facts, databases, now, resolve_error), now)
+
+
+def decide_outcome(
+    policy: Policy,
+    req: Request,
+    facts: list[AddressFacts],
+    databases: tuple[DatabaseInfo, ...],
+    now: datetime,
+    resolve_error: str | None = None,
+) -> Outcome:
+    """The outcome depends on the request's host, port, client, user and claim fields, the
+    addresses' facts and the date (rule expiry); callers may memoise on exactly those."""
     rules, _profile = rules_for(policy, req)
     verdicts = tuple(evaluate_address(policy, rules, req, f, now) for f in facts)
     warnings = tuple(dict.fromkeys(w for v in verdicts for w in v.warnings))
+    worst = max(verdicts, key=lambda v: _SEVERITY[v.action]) if verdicts else None  # first of the most severe
 
-    if not verdicts:
+    if worst is None:
         rule, reason = "resolve-error", resolve_error or f"{req.host} has no address"
-        chosen, action = None, "block"
+        chosen, action, citation = None, "block", None
     elif policy.addresses == "all":
-        worst = max(verdicts, key=lambda v: _SEVERITY[v.action])  # first of the most severe
         if worst.action == "block":
             chosen, action = worst, "block"
         else:
             chosen = next((v for v in verdicts if v.action == "allow"), worst)
             action = "allow"
-        rule, reason = worst.rule, worst.reason
+        rule, reason, citation = worst.rule, worst.reason, worst.citation
         if action == "allow" and len(verdicts) > 1 and worst.action == "monitor":
             reason = f"{worst.reason} (address {worst.facts.address.ip})"
     else:  # any: connect only to an allowed address
@@ -310,40 +349,24 @@ def decide(
         )
         if chosen is None:
             chosen, action = verdicts[0], "block"
+            reason = verdicts[0].reason
             if len(verdicts) > 1:
-                reason = f"none of the {len(verdicts)} addresses is allowed; first: {verdicts[0].reason}"
-            else:
-                reason = verdicts[0].reason
+                reason = f"none of the {len(verdicts)} addresses is allowed; first: {reason}"
         else:
             action, reason = "allow", chosen.reason
-        rule = chosen.rule
+        rule, citation = chosen.rule, chosen.citation
 
-    would_block = action == "block" or any(v.action == "monitor" for v in verdicts) and (
-        policy.addresses == "all" or (chosen is not None and chosen.action == "monitor")
-    )
-    citation = chosen.citation if chosen is not None else None
-    if policy.addresses == "all" and verdicts:
-        citation = max(verdicts, key=lambda v: _SEVERITY[v.action]).citation
+    if action == "block":
+        would_block = True
+    elif policy.addresses == "all":
+        would_block = worst is not None and worst.action == "monitor"
+    else:
+        would_block = chosen is not None and chosen.action == "monitor"
     enforced = policy.mode == "enforce"
     if not enforced:
         action = "allow"
-        if chosen is None and verdicts:
-            chosen = verdicts[0]
-    return Decision(
-        request=req,
-        action=action,
-        enforced=enforced,
-        would_block=would_block,
-        verdict=chosen,
-        verdicts=verdicts,
-        policy=policy.ref,
-        databases=databases,
-        ts=now,
-        rule=rule,
-        reason=reason,
-        citation=citation,
-        warnings=warnings,
-    )
+    return Outcome(action, enforced, would_block, chosen, verdicts, policy.ref, databases,
+                   rule, reason, citation, warnings)
 
 
 def parse_client(text: str | None) -> IPAddress | None:

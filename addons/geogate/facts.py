@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from dataclasses import replace
 from functools import lru_cache
-from importlib import resources
 
 from maxminddb.errors import InvalidDatabaseError
 
@@ -17,14 +14,7 @@ from .databases import DatabaseSet
 from .databases import GeoRecord
 
 
-@lru_cache(maxsize=1)
-def continent_of() -> dict[str, str]:
-    """Country -> continent, for databases (flat ones) that give no continent."""
-    table = json.loads(resources.files("geogate").joinpath("data/continents.json").read_text())
-    return {k: v for k, v in table.items() if not k.startswith("_")}
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IPFacts:
     """The records every database holds for one IP, in database order."""
 
@@ -44,7 +34,7 @@ class IPFacts:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddressFacts:
     """Facts for an address as dialled. `geo` is the view rules look at: for a transition form
     (IPv4-mapped, NAT64, 6to4, ...) it is the embedded IPv4; `own` is the IPv6 address itself."""
@@ -72,7 +62,6 @@ class FactsSource:
     def __init__(self, databases: DatabaseSet, cache_size: int = 65536) -> None:
         self.databases = databases
         self.infos: tuple[DatabaseInfo, ...] = tuple(databases.infos)
-        self._continents = continent_of()
         self.lookup_ip = lru_cache(maxsize=cache_size)(self._lookup_ip)
 
     def _lookup_ip(self, ip: IPAddress) -> IPFacts:
@@ -82,13 +71,8 @@ class FactsSource:
                 rec = db.lookup(ip)
             except (InvalidDatabaseError, ValueError, OSError) as e:
                 return IPFacts(ip, tuple(records), f"lookup of {ip} in {db.name} failed: {e}")
-            if rec is None:
-                continue
-            if rec.country and not rec.continent:
-                continent = self._continents.get(rec.country)
-                if continent:
-                    rec = replace(rec, continent=continent)
-            records.append(rec)
+            if rec is not None:
+                records.append(rec)
         return IPFacts(ip, tuple(records))
 
     def facts(self, address: Address) -> AddressFacts:

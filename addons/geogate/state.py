@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
+from datetime import timezone
 from pathlib import Path
 from typing import Iterable
 from typing import Sequence
@@ -13,13 +15,15 @@ from .addresses import IPAddress
 from .addresses import classify
 from .databases import DatabaseSet
 from .decide import Decision
+from .decide import Outcome
 from .decide import Request
-from .decide import decide
+from .decide import decide_outcome
 from .facts import FactsSource
 from .policy.loader import load_policy
 from .policy.model import Policy
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+OUTCOME_CACHE_SIZE = 65536
 
 
 def default_policy_path() -> Path:
@@ -61,6 +65,8 @@ class GateState:
     policy: Policy
     databases: DatabaseSet
     facts: FactsSource
+    # outcomes memoised on exactly what they depend on (see decide.decide_outcome)
+    _outcomes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, policy_path: str | os.PathLike[str] | None, db_paths: Sequence[str | os.PathLike[str]] | None) -> "GateState":
@@ -80,5 +86,17 @@ class GateState:
         now: datetime | None = None,
         resolve_error: str | None = None,
     ) -> Decision:
+        now = now or datetime.now(timezone.utc)
+        key = (req.host, req.port, req.client_ip, req.user, req.host_is_claim, req.host_addresses,
+               tuple(addresses), resolve_error, now.date())
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._outcome(req, addresses, now, resolve_error)
+            if len(self._outcomes) >= OUTCOME_CACHE_SIZE:
+                self._outcomes.pop(next(iter(self._outcomes)))  # oldest first: dicts keep order
+            self._outcomes[key] = outcome
+        return Decision(req, outcome, now)
+
+    def _outcome(self, req: Request, addresses: Sequence[IPAddress], now: datetime, resolve_error: str | None) -> Outcome:
         facts = [self.facts.facts(classify(ip)) for ip in addresses]
-        return decide(self.policy, req, facts, self.facts.infos, now=now, resolve_error=resolve_error)
+        return decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error)

@@ -177,6 +177,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         except ResolveError as e:
             addresses, resolution, resolve_error = [], f"not resolved: {e}", str(e)
     client = parse_client(args.client)
+    if args.client and client is None:
+        _err(f"--client {args.client!r} is not an IP address")
+        return 2
     req = Request(host=host, port=port, client_ip=client, user=args.user, client=args.client, mode="explain")
     decision = state.decide(req, addresses, resolve_error=resolve_error)
     if args.json:

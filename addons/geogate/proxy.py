@@ -1,0 +1,495 @@
+"""The mitmproxy addon: check every upstream connection against the policy, pin it to the
+checked address, answer or close blocked ones, and log each decision.
+
+Where each path is decided (see ../shared notes on mitmproxy 12's hook order):
+- CONNECT (regular mode): `http_connect`. A block answers the CONNECT with 403 and nothing is
+  dialled; an allow is carried to `server_connect`, which pins the tunnel to the checked address.
+- plain HTTP through the proxy: `requestheaders`, once per request. A block answers 403; an allow
+  rewrites the request to the checked address there (Host header kept), because mitmproxy reuses
+  upstream connections by address and pinning later would defeat keep-alive.
+- everything else (transparent, SOCKS5, reverse, WireGuard, local, TLS passthrough, raw TCP,
+  UDP): `server_connect`, which every upstream connection passes. It decides whatever was not
+  decided before on this client connection, pins, or kills the connection with server.error.
+
+mitmproxy logs an exception raised in a hook and carries on, which would let the connection
+through; every hook here is wrapped so that an exception refuses the connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+from mitmproxy import http
+from mitmproxy import tls
+from mitmproxy.connection import Client
+from mitmproxy.connection import Server
+from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import server_hooks
+
+from .addresses import AddressError
+from .addresses import canonical_host
+from .addresses import parse_ip
+from .decide import Decision
+from .decision_log import DecisionLog
+from .errors import GeogateError
+from .record import block_body
+from .record import decision_record
+from .record import proxy_status
+from .reload import LiveState
+from .reload import Source
+from .reload import describe
+from .reload import one_line
+from .resolve import Resolver
+from .resolve import ResolveError
+from .state import GateState
+from .targets import INTERCEPTED_MODES
+from .targets import CarriedDecisions
+from .targets import host_of_header
+from .targets import is_ip
+from .targets import make_request
+from .targets import mode_name
+from .targets import pinned_address
+from .targets import user_of
+
+logger = logging.getLogger("geogate")
+
+BLOCKED_MARK = ":no_entry:"
+WOULD_BLOCK_MARK = ":warning:"
+MAX_RESOLVE_TIMEOUT = 60.0
+
+
+def fail_closed(block: Callable[[Any, Any, Exception], None]):
+    """Run a hook; if it raises, log it and refuse the connection with `block`."""
+
+    def decorate(hook):
+        @functools.wraps(hook)
+        async def guarded(self, arg):
+            try:
+                await hook(self, arg)
+            except Exception as e:
+                logger.error(f"geogate: {hook.__name__} failed, refusing the connection (fail closed): {e!r}",
+                             exc_info=logger.isEnabledFor(logging.DEBUG))
+                try:
+                    block(self, arg, e)
+                except Exception as e2:
+                    logger.error(f"geogate: could not refuse the connection after {hook.__name__} failed: {e2!r}")
+
+        return guarded
+
+    return decorate
+
+
+def _refuse_flow(addon: "GeoGate", flow: http.HTTPFlow, error: Exception) -> None:
+    if not flow.live:
+        return  # a replayed flow is only ever reported on
+    flow.response = http.Response.make(
+        403,
+        f"Blocked by geogate: internal error, so the request is refused (fail closed).\n{error!r}\n",
+        {"Content-Type": "text/plain; charset=utf-8",
+         "Proxy-Status": 'geogate; error=proxy_internal_error; details="geogate failed closed"'},
+    )
+    flow.metadata["geogate"] = {"event": "error", "flow_id": flow.id, "action": "block", "error": repr(error)}
+    flow.marked = BLOCKED_MARK
+    flow.comment = "geogate: internal error, refused (fail closed)"
+
+
+def _refuse_server(addon: "GeoGate", data: server_hooks.ServerConnectionHookData, error: Exception) -> None:
+    data.server.error = f"geogate: internal error, connection refused (fail closed): {error!r}"
+
+
+def _refuse_tls(addon: "GeoGate", data: tls.ClientHelloData, error: Exception) -> None:
+    # The destination is checked in server_connect whatever happens here; what failed is only
+    # the pass-through. Leaving TLS to mitmproxy means a client without its CA fails the
+    # handshake, so nothing is relayed that geogate did not mean to relay.
+    data.ignore_connection = False
+
+
+def block_response(d: Decision) -> http.Response:
+    """SPEC §8: 403, RFC 9209 Proxy-Status, and a short text body."""
+    return http.Response.make(
+        403,
+        block_body(d).encode(),
+        {"Content-Type": "text/plain; charset=utf-8", "Proxy-Status": proxy_status(d)},
+    )
+
+
+def summary(d: Decision) -> str:
+    """One event-log line per decision, for people watching the console."""
+    r = d.request
+    host = f"[{r.host}]" if r.host and ":" in r.host else r.host
+    verdict = "BLOCK" if d.blocked else ("allow, WOULD BLOCK" if d.would_block else "allow")
+    claim = " (name not verified)" if d.host_mismatch else ""
+    return (f"geogate: {verdict} {host}:{r.port}{claim} -> {d.address or '-'} "
+            f"({d.country or 'no country'}) rule {d.rule} [{r.mode} {r.client}]")
+
+
+def _parse_timeout(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_RESOLVE_TIMEOUT:
+        raise exceptions.OptionsError(
+            f"geogate_resolve_timeout: `{text}` is not a number of seconds from 0 to {MAX_RESOLVE_TIMEOUT:g}, e.g. 3 or 1.5")
+    return value
+
+
+class GeoGate:
+    def __init__(self) -> None:
+        # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
+        self.resolver = Resolver(
+            3.0,
+            hosts_path=os.environ.get("GEOGATE_HOSTS_FILE") or "/etc/hosts",
+            resolv_conf=os.environ.get("GEOGATE_RESOLV_CONF") or "/etc/resolv.conf",
+        )
+        self.live: LiveState | None = None
+        self.log: DecisionLog | None = None
+        self.intercept = False
+        self.carried = CarriedDecisions()
+        self._running = False
+        self._replay: Any = None  # geogate.audit.replay.ReplayAudit, made on the first replayed flow
+        self._replay_missing = False
+
+    def current_state(self) -> GateState:
+        """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
+        if self.live is None:
+            raise GeogateError("geogate has no policy loaded")
+        return self.live.state
+
+    # -- options -------------------------------------------------------------------------------
+    def load(self, loader) -> None:
+        # Help strings stay on one line: mitmproxy resets a script's option to its default on
+        # reload when the help text has line breaks.
+        loader.add_option("geogate_policy", str, "", "geogate policy file (YAML); empty = the packaged policies/default.yaml.")
+        loader.add_option("geogate_db", Sequence[str], [], "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
+        loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
+        loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
+        loader.add_option("geogate_resolve_timeout", str, "3", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        try:
+            if "mode" in updated:
+                self._refuse_upstream(opts.mode)
+            if "geogate_resolve_timeout" in updated:
+                self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
+            if "geogate_intercept" in updated:
+                self.intercept = bool(opts.geogate_intercept)
+            if updated & {"geogate_policy", "geogate_db"}:
+                self._load_state(opts.geogate_policy, opts.geogate_db)
+            if "geogate_log" in updated:
+                self._open_log(opts.geogate_log)
+        except exceptions.OptionsError as e:
+            if self._running:
+                raise  # a change at run time: mitmproxy rolls it back and shows the message
+            # At startup an error line makes mitmdump exit (its errorcheck addon), without the
+            # traceback it prints for an exception; until then nothing is loaded, so every
+            # connection is refused.
+            logger.error(str(e))
+            for line in getattr(e, "details", ()):
+                logger.info(f"geogate: {line}")
+
+    @staticmethod
+    def _refuse_upstream(modes: Sequence[str]) -> None:
+        for spec in modes:
+            try:
+                mode = mode_specs.ProxyMode.parse(spec)
+            except ValueError:
+                continue  # mitmproxy reports its own parse errors
+            if isinstance(mode, mode_specs.UpstreamMode):
+                raise exceptions.OptionsError(
+                    "geogate cannot run in upstream mode: the upstream proxy resolves and dials, so geogate "
+                    "never sees the real destination; use regular, socks5, transparent or another mode")
+
+    def _load_state(self, policy: str, dbs: Sequence[str]) -> None:
+        try:
+            live = LiveState(Source(policy or None, tuple(d for d in dbs if d)))
+        except GeogateError as e:
+            error = exceptions.OptionsError(f"geogate: {one_line(e)}")
+            error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]
+            raise error from None
+        old, self.live = self.live, live
+        if old is not None:
+            old.stop()
+        if self._running:
+            live.start()
+        for line in describe(live.state):
+            logger.info(f"geogate: {line}")
+        for w in live.state.warnings:
+            logger.warning(f"geogate: {w}")
+
+    def _open_log(self, path: str) -> None:
+        new = None
+        if path:
+            try:
+                new = DecisionLog(os.path.expanduser(path))
+            except GeogateError as e:
+                raise exceptions.OptionsError(f"geogate_log: {e}") from None
+        old, self.log = self.log, new
+        if old is not None:
+            old.close()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def running(self) -> None:
+        self._running = True
+        if self.live is not None:
+            self.live.start()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reopen_log)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # no SIGHUP here (Windows, a thread): moved files are still noticed per line
+
+    def _reopen_log(self) -> None:
+        if self.log is not None:
+            self.log.reopen()
+            logger.info("geogate: SIGHUP, reopening the decision log")
+
+    def done(self) -> None:
+        self._running = False
+        if self.live is not None:
+            self.live.stop()
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+        if self.log is not None:
+            self.log.close()
+        if self._replay is not None:
+            print(self._replay.summary_text())
+
+    # -- the shared path: resolve once, decide, record -----------------------------------------
+    async def _resolve(self, name: str) -> tuple[list, str | None]:
+        try:
+            r = await self.resolver.resolve(name)
+        except ResolveError as e:
+            return [], str(e)
+        return list(r.addresses), None
+
+    async def _decide_name(self, raw_host: str, port: int, **context) -> Decision:
+        """A destination the client named: resolve it once and decide on every address."""
+        try:
+            host = canonical_host(str(raw_host))
+        except AddressError as e:
+            return self.current_state().decide(make_request(str(raw_host), port, **context), [], resolve_error=str(e))
+        addresses, error = await self._resolve(host)
+        # The state is read after the await: a reload meanwhile applies to this decision whole.
+        return self.current_state().decide(make_request(host, port, **context), addresses, resolve_error=error)
+
+    async def _decide_intercepted(self, ip_text: str, port: int, claim: str | None, **context) -> Decision:
+        """A destination the OS intercepted: the address is the fact, a name is only a claim."""
+        ip = parse_ip(ip_text)
+        if ip is None:
+            return await self._decide_name(ip_text, port, **context)
+        claimed = None
+        if claim:
+            try:
+                claim = canonical_host(claim)
+            except AddressError:
+                claim = claim.lower()  # unusable name: recorded, and it can never verify
+                claimed = frozenset()
+            if claimed is None:
+                addresses, _error = await self._resolve(claim)
+                claimed = frozenset(addresses)
+        req = make_request(claim or str(ip), port, claim=bool(claim), claimed_addresses=claimed, **context)
+        return self.current_state().decide(req, [ip])
+
+    def _record(self, d: Decision, flow: http.HTTPFlow | None = None, **extra: Any) -> dict[str, Any]:
+        rec = decision_record(d)
+        rec.update(extra)
+        if self.log is not None:
+            self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
+        (logger.warning if d.blocked or d.would_block else logger.info)(summary(d))
+        if flow is not None:
+            self._annotate(flow, d, rec)
+        return rec
+
+    @staticmethod
+    def _annotate(flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
+        flow.metadata["geogate"] = rec
+        if d.blocked:
+            flow.marked = BLOCKED_MARK
+            flow.comment = f"geogate: blocked {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
+        elif d.would_block:
+            flow.marked = WOULD_BLOCK_MARK
+            flow.comment = f"geogate: would block {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
+
+    def _flow_context(self, flow: http.HTTPFlow) -> dict[str, Any]:
+        client = flow.client_conn
+        return dict(peername=client.peername, mode=mode_name(client.proxy_mode), flow_id=flow.id,
+                    user=user_of(flow.metadata.get("proxyauth")))
+
+    def _client_user(self, client: Client) -> str | None:
+        proxyauth = ctx.master.addons.get("proxyauth") if ctx.master else None
+        authenticated = getattr(proxyauth, "authenticated", None)
+        return user_of(authenticated.get(client)) if authenticated is not None else None
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @fail_closed(_refuse_flow)
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response:
+            return
+        req = flow.request
+        d = await self._decide_name(req.host, req.port, **self._flow_context(flow))
+        self._record(d, flow)
+        if d.blocked:
+            flow.response = block_response(d)  # nothing is dialled for a refused CONNECT
+            return
+        self.carried.remember(flow.client_conn.id, (req.host, req.port), d)
+
+    @fail_closed(_refuse_flow)
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response or flow.error:
+            return
+        if self._is_proxy_request(flow):
+            await self._decide_proxy_request(flow)
+        elif self.carried.get(flow.client_conn.id, flow.server_conn.address) is not None:
+            self._attach(flow)
+        elif mode_name(flow.client_conn.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
+            await self._decide_intercepted_request(flow)
+        # else: server_connect decides when the connection is opened
+
+    @staticmethod
+    def _is_proxy_request(flow: http.HTTPFlow) -> bool:
+        """An absolute-form request to the explicit proxy: no upstream chosen for it yet.
+
+        Requests inside a CONNECT tunnel or in transparent/reverse mode already have their
+        server connection's address set; those connections are decided on their own.
+        """
+        return (isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode)
+                and flow.server_conn.address is None)
+
+    async def _decide_proxy_request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        url = req.pretty_url
+        d = await self._decide_name(req.host, req.port, **self._flow_context(flow))
+        self._record(d, flow, url=url)
+        if d.blocked:
+            flow.response = block_response(d)
+            return
+        client_id = flow.client_conn.id
+        pin = pinned_address(d, req.port)
+        if pin is not None and req.scheme == "http":
+            host_header = req.host_header
+            req.host = pin[0]  # the setter rewrites the Host header too...
+            req.host_header = host_header  # ...so put back what the client sent
+            self.carried.remember(client_id, pin, d)
+        else:
+            # https in absolute form: mitmproxy takes the TLS server name from request.host, so
+            # the name stays and server_connect pins the address from this carried decision.
+            self.carried.remember(client_id, (req.host, req.port), d)
+
+    async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
+        """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):
+        decide now, so a block is a readable 403 rather than a killed connection."""
+        client, address = flow.client_conn, flow.server_conn.address
+        claim = host_of_header(flow.request.host_header) if flow.request.host_header else client.sni
+        context = dict(self._flow_context(flow), sni=client.sni)
+        d = await self._decide_intercepted(str(address[0]), int(address[1]), claim, **context)
+        self._record(d, flow, url=flow.request.pretty_url)
+        if d.blocked:
+            flow.response = block_response(d)
+            return
+        self.carried.remember(client.id, address, d)
+
+    def _attach(self, flow: http.HTTPFlow) -> None:
+        """Give a flow on an already decided connection that decision (saved flows carry it)."""
+        d = self.carried.get(flow.client_conn.id, flow.server_conn.address)
+        if d is None:
+            return
+        rec = decision_record(d)
+        rec.update(event="request", flow_id=flow.id, connection_id=d.request.flow_id, url=flow.request.pretty_url)
+        self._annotate(flow, d, rec)
+        if self.intercept and self.log is not None:
+            self.log.write(rec)  # with interception on, every URL is logged
+
+    @fail_closed(_refuse_flow)
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.live and "geogate" not in flow.metadata:
+            self._attach(flow)  # lazy strategy: the connection was decided after requestheaders
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if "geogate" in flow.metadata or not flow.error or "geogate" not in flow.error.msg:
+            return
+        d = self.carried.get(flow.client_conn.id, flow.server_conn.address)
+        if d is not None:
+            self._annotate(flow, d, decision_record(d))
+        else:
+            flow.marked = BLOCKED_MARK
+            flow.comment = flow.error.msg
+
+    @fail_closed(_refuse_server)
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server, client = data.server, data.client
+        if server.error:
+            return  # already refused (e.g. mitmproxy's own self-connect guard)
+        if server.via is not None:
+            server.error = "geogate: an upstream proxy would pick the destination; refused"
+            return
+        if not server.address:
+            server.error = "geogate: destination unknown; refused"
+            return
+        d = self.carried.get(client.id, server.address)
+        if d is None:
+            d = await self._decide_connection(server, client)
+            self._record(d)
+            self.carried.remember(client.id, server.address, d)
+        self._apply(server, client, d)
+
+    async def _decide_connection(self, server: Server, client: Client) -> Decision:
+        host, port = str(server.address[0]), int(server.address[1])
+        mode = mode_name(client.proxy_mode)
+        context = dict(peername=client.peername, mode=mode, flow_id=client.id,
+                       user=self._client_user(client), sni=client.sni)
+        if mode in INTERCEPTED_MODES:
+            claim = client.sni  # known here only with connection_strategy=lazy
+            return await self._decide_intercepted(host, port, claim, **context)
+        return await self._decide_name(host, port, **context)
+
+    def _apply(self, server: Server, client: Client, d: Decision) -> None:
+        """Refuse, or point the connection at exactly the address that was checked."""
+        if d.blocked:
+            server.error = (f"geogate: blocked {d.request.host} -> {d.address or '-'} "
+                            f"({d.country or 'no country'}, rule {d.rule})")
+            return
+        port = int(server.address[1])
+        pin = pinned_address(d, port)
+        if pin is None or str(server.address[0]) == pin[0]:
+            return
+        name = d.request.host
+        if server.sni is None and name and not is_ip(name) and not d.request.host_is_claim:
+            server.sni = name  # certificate checks stay on the name, not the pinned address
+        server.address = pin
+        self.carried.remember(client.id, pin, d)
+
+    @fail_closed(_refuse_tls)
+    async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        if not self.intercept:
+            data.ignore_connection = True  # relay TLS untouched: no CA needed on clients
+
+    def client_disconnected(self, client: Client) -> None:
+        self.carried.forget(client.id)
+
+    # -- replayed flows (mitmdump -nr FILE): reported on, never touched ------------------------
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.live or self._replay_missing:
+            return
+        try:
+            if self._replay is None:
+                try:
+                    from .audit.replay import ReplayAudit
+                except ImportError:
+                    self._replay_missing = True
+                    return
+                self._replay = ReplayAudit()
+            self._replay.evaluate(flow, self.current_state())
+        except Exception as e:
+            logger.error(f"geogate: audit of replayed flow {flow.id} failed: {e!r}")

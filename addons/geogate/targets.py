@@ -1,0 +1,125 @@
+"""What a hook knows about a destination, turned into a decide.Request; and the decisions each
+client connection carries from one hook to the next. Pure: no I/O, no mitmproxy state.
+
+Two kinds of mitmproxy modes exist for geogate:
+- the client names its destination (regular, socks5, reverse, upstream): that name is resolved
+  once, checked, and the connection is pinned to the checked address;
+- the destination was intercepted by the operating system (transparent, wireguard, local, tun,
+  osproxy): the address is the original destination and is what gets checked. A name from SNI or
+  the Host header is only a claim about it (SPEC §2 host_mismatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+
+from .addresses import AddressError
+from .addresses import IPAddress
+from .addresses import parse_ip
+from .addresses import split_host_port
+from .decide import Decision
+from .decide import Request
+from .decide import parse_client
+
+INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
+
+Address = tuple[str, int]
+
+
+def mode_name(proxy_mode: object) -> str:
+    """The mitmproxy mode name (regular, transparent, socks5, ...) of a client connection."""
+    return getattr(proxy_mode, "type_name", None) or "unknown"
+
+
+def client_text(peername: tuple | None) -> str | None:
+    """`ip:port` (IPv6 in brackets) of a client's address, as the decision record shows it."""
+    if not peername:
+        return None
+    host, port = peername[0], peername[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def user_of(proxyauth: object) -> str | None:
+    """The user name from mitmproxy's proxyauth record, a (user, password) tuple."""
+    if isinstance(proxyauth, (tuple, list)) and proxyauth and isinstance(proxyauth[0], str):
+        return proxyauth[0] or None
+    return None
+
+
+def make_request(
+    host: str | None,
+    port: int | None,
+    *,
+    peername: tuple | None,
+    mode: str,
+    flow_id: str | None,
+    user: str | None = None,
+    sni: str | None = None,
+    claim: bool = False,
+    claimed_addresses: frozenset[IPAddress] | None = None,
+) -> Request:
+    client = client_text(peername)
+    return Request(
+        host=host,
+        port=port,
+        client_ip=parse_client(str(peername[0])) if peername else None,
+        user=user,
+        host_is_claim=claim,
+        host_addresses=claimed_addresses if claim else None,
+        flow_id=flow_id,
+        client=client,
+        mode=mode,
+        sni=sni,
+    )
+
+
+def pinned_address(decision: Decision, port: int) -> Address | None:
+    """Where an allowed connection must go: the checked address, never a name."""
+    if decision.address is None:
+        return None
+    return (str(decision.address), port)
+
+
+def host_of_header(value: str) -> str:
+    """The host part of a Host header (`name`, `name:port`, `[v6]:port`)."""
+    try:
+        return split_host_port(value)[0]
+    except AddressError:
+        return value.strip()
+
+
+def is_ip(host: str) -> bool:
+    return parse_ip(host) is not None
+
+
+@dataclass
+class CarriedDecisions:
+    """Decisions made earlier on a client connection (http_connect, requestheaders, an earlier
+    server_connect), so server_connect pins without deciding twice.
+
+    Keyed by the exact upstream address mitmproxy is about to dial: the name the client asked
+    for and the address it was pinned to. An address with no entry was never checked on this
+    connection and gets a fresh decision. Entries live as long as the client connection: a
+    policy reload applies to new connections, not to a tunnel that is already open.
+    """
+
+    _by_client: dict[str, dict[Address, Decision]] = field(default_factory=dict)
+
+    def remember(self, client_id: str, address: Address, decision: Decision) -> None:
+        self._by_client.setdefault(client_id, {})[_key(address)] = decision
+
+    def get(self, client_id: str, address: tuple | None) -> Decision | None:
+        if not address:
+            return None
+        return self._by_client.get(client_id, {}).get(_key(address))
+
+    def forget(self, client_id: str) -> None:
+        self._by_client.pop(client_id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_client)
+
+
+def _key(address: tuple) -> Address:
+    return (str(address[0]).lower(), int(address[1]))

@@ -1,0 +1,499 @@
+"""The addon's hooks in-process (mitmproxy's taddons/tflow): where each path is decided, how it
+is pinned or refused, fail-closed behaviour, reload, the decision log, the replay glue."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy import addonmanager
+from mitmproxy import connection
+from mitmproxy import exceptions
+from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons
+from mitmproxy.test import tflow
+
+from geogate import proxy as proxy_module
+from geogate.decision_log import DecisionLog
+from geogate.errors import GeogateError
+from geogate.proxy import GeoGate
+from geogate.state import GateState
+from geogate.targets import CarriedDecisions
+from geogate.targets import client_text
+from geogate.targets import host_of_header
+from proxy_support import ALLOWED_IP
+from proxy_support import BLOCKED_IP
+from proxy_support import DEAD_RESOLVER
+from proxy_support import write_db
+from proxy_support import write_hosts
+from proxy_support import write_policy
+
+TRUSTED = "  - name: trusted\n    action: allow\n    hosts: [trusted.test]\n"
+
+
+@pytest.fixture
+def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    hosts = write_hosts(tmp_path / "hosts", {"allowed.test": ALLOWED_IP, "blocked.test": BLOCKED_IP,
+                                             "trusted.test": ALLOWED_IP})
+    hosts.write_text(hosts.read_text() + f"{ALLOWED_IP} mixed.test\n{BLOCKED_IP} mixed.test\n")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {DEAD_RESOLVER}\noptions timeout:1 attempts:1\n")
+    monkeypatch.setenv("GEOGATE_HOSTS_FILE", str(hosts))
+    monkeypatch.setenv("GEOGATE_RESOLV_CONF", str(resolv))
+    return SimpleNamespace(tmp=tmp_path, hosts=hosts, db=write_db(tmp_path / "geo.mmdb"),
+                           policy=write_policy(tmp_path / "policy.yaml", before=TRUSTED),
+                           log=tmp_path / "decisions.jsonl")
+
+
+@pytest.fixture
+async def gate(files):
+    gg = GeoGate()
+    with taddons.context(gg) as tctx:
+        tctx.configure(gg, geogate_policy=str(files.policy), geogate_db=[str(files.db)],
+                       geogate_log=str(files.log), geogate_resolve_timeout="0.5")
+        yield SimpleNamespace(gg=gg, tctx=tctx, files=files)
+        gg.done()
+
+
+def records(files) -> list[dict]:
+    return [json.loads(line) for line in files.log.read_text().splitlines()] if files.log.exists() else []
+
+
+def client(mode: str = "regular", sni: str | None = None) -> connection.Client:
+    c = tflow.tclient_conn()
+    c.proxy_mode = ProxyMode.parse(mode)
+    c.sni = sni
+    return c
+
+
+def connect_flow(host: str, port: int = 443) -> tflow.http.HTTPFlow:
+    f = tflow.tflow(client_conn=client())
+    f.request.method, f.request.host, f.request.port = "CONNECT", host, port
+    f.server_conn = connection.Server(address=None)
+    return f
+
+
+def proxy_request(url_host: str, port: int = 80) -> tflow.http.HTTPFlow:
+    f = tflow.tflow(client_conn=client())
+    f.request.scheme, f.request.host, f.request.port = "http", url_host, port
+    f.request.host_header = f"{url_host}:{port}"
+    f.server_conn = connection.Server(address=None)  # an explicit-proxy request: upstream not chosen yet
+    return f
+
+
+def hook_data(host: str, port: int, c: connection.Client | None = None) -> server_hooks.ServerConnectionHookData:
+    return server_hooks.ServerConnectionHookData(client=c or client(),
+                                                 server=connection.Server(address=(host, port)))
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+async def test_options_survive_a_script_reload(gate):
+    # mitmproxy re-creates an option at its default when a reloaded script's help text differs
+    loader = addonmanager.Loader(gate.tctx.master)
+    GeoGate().load(loader)
+    assert gate.tctx.options.geogate_policy == str(gate.files.policy)
+    assert gate.tctx.options.geogate_db == [str(gate.files.db)]
+    for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_intercept", "geogate_resolve_timeout"):
+        assert "\n" not in gate.tctx.options._options[name].help
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("geogate_resolve_timeout", "soon", "not a number of seconds"),
+    ("geogate_resolve_timeout", "0", "not a number of seconds"),
+    ("mode", ["upstream:http://127.0.0.1:9"], "cannot run in upstream mode"),
+    ("geogate_policy", "/nonexistent/policy.yaml", "does not exist"),
+    ("geogate_log", "/nonexistent/dir/log.jsonl", "cannot open decision log"),
+])
+async def test_bad_options(gate, caplog, option, value, message):
+    gate.gg._running = True  # at run time the change is refused and rolled back
+    with pytest.raises(exceptions.OptionsError, match=message):
+        gate.tctx.configure(gate.gg, **{option: value})
+    gate.gg._running = False  # at startup: one error line (mitmdump then exits), no exception
+    with caplog.at_level(logging.ERROR):
+        gate.tctx.configure(gate.gg, **{option: value})
+    assert message in caplog.text
+
+
+async def test_decimal_resolve_timeout(gate):
+    gate.tctx.configure(gate.gg, geogate_resolve_timeout="1.5")
+    assert gate.gg.resolver.timeout == 1.5
+
+
+# -- CONNECT: decided in http_connect, pinned in server_connect -------------------------------------
+
+async def test_blocked_connect_gets_403_and_is_never_dialled(gate):
+    f = connect_flow("blocked.test")
+    await gate.gg.http_connect(f)
+    assert f.response.status_code == 403
+    assert f.response.headers["Proxy-Status"] == 'geogate; error=destination_ip_prohibited; details="country=KP; rule=doj"'
+    assert b"blocked.test" in f.response.content and BLOCKED_IP.encode() in f.response.content
+    assert f.marked == ":no_entry:" and "rule doj" in f.comment
+    assert f.metadata["geogate"]["action"] == "block" and f.metadata["geogate"]["flow_id"] == f.id
+    assert gate.gg.carried.get(f.client_conn.id, ("blocked.test", 443)) is None
+    assert [r["action"] for r in records(gate.files)] == ["block"]
+
+
+async def test_allowed_connect_is_pinned_without_a_second_decision(gate):
+    f = connect_flow("allowed.test")
+    await gate.gg.http_connect(f)
+    assert f.response is None and f.metadata["geogate"]["action"] == "allow"
+    data = hook_data("allowed.test", 443, f.client_conn)
+    await gate.gg.server_connect(data)
+    assert data.server.error is None
+    assert data.server.address == (ALLOWED_IP, 443) and data.server.sni == "allowed.test"
+    # a reconnect inside the tunnel dials the pinned address: carried, not decided again
+    again = hook_data(ALLOWED_IP, 443, f.client_conn)
+    await gate.gg.server_connect(again)
+    assert again.server.error is None and again.server.address == (ALLOWED_IP, 443)
+    assert len(records(gate.files)) == 1
+
+
+async def test_an_unchecked_address_on_a_decided_connection_is_decided(gate):
+    f = connect_flow("allowed.test")
+    await gate.gg.http_connect(f)
+    other = hook_data(BLOCKED_IP, 443, f.client_conn)
+    await gate.gg.server_connect(other)
+    assert other.server.error and "rule doj" in other.server.error
+    assert [r["action"] for r in records(gate.files)] == ["allow", "block"]
+
+
+# -- plain HTTP: decided and pinned in requestheaders -----------------------------------------------
+
+async def test_plain_http_is_pinned_in_requestheaders(gate):
+    f = proxy_request("allowed.test", 8000)
+    await gate.gg.requestheaders(f)
+    assert f.response is None
+    assert f.request.host == ALLOWED_IP and f.request.host_header == "allowed.test:8000"
+    rec = f.metadata["geogate"]
+    assert rec["url"] == "http://allowed.test:8000/path" and rec["address"] == ALLOWED_IP
+    data = hook_data(ALLOWED_IP, 8000, f.client_conn)
+    await gate.gg.server_connect(data)
+    assert data.server.error is None and len(records(gate.files)) == 1
+
+
+async def test_plain_http_blocked_gets_403(gate):
+    f = proxy_request("blocked.test")
+    await gate.gg.requestheaders(f)
+    assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
+    assert f.request.host == "blocked.test" and f.marked == ":no_entry:"
+
+
+async def test_ip_spelled_in_hex_is_checked_and_dialled_as_that_address(gate):
+    f = proxy_request("0x7f.0.0x201")  # inet_aton: 127.0.2.1
+    await gate.gg.requestheaders(f)
+    assert f.response.status_code == 403 and f.metadata["geogate"]["address"] == BLOCKED_IP
+
+
+async def test_addresses_any_pins_to_the_allowed_address(gate):
+    write_policy(gate.files.policy, settings="addresses: any\n")
+    assert poll_until_changed(gate.gg)
+    f = proxy_request("mixed.test")
+    await gate.gg.requestheaders(f)
+    assert f.response is None and f.request.host == ALLOWED_IP
+
+
+async def test_name_with_a_blocked_address_is_blocked_under_addresses_all(gate):
+    f = proxy_request("mixed.test")
+    await gate.gg.requestheaders(f)
+    assert f.response.status_code == 403 and f.metadata["geogate"]["address"] == BLOCKED_IP
+
+
+# -- server_connect: SOCKS5, transparent, upstream --------------------------------------------------
+
+async def test_socks5_name_is_resolved_once_and_pinned(gate):
+    ok = hook_data("allowed.test", 80, client("socks5"))
+    await gate.gg.server_connect(ok)
+    assert ok.server.address == (ALLOWED_IP, 80) and ok.server.error is None
+    bad = hook_data("blocked.test", 80, client("socks5"))
+    await gate.gg.server_connect(bad)
+    assert "geogate: blocked blocked.test -> 127.0.2.1 (KP, rule doj)" == bad.server.error
+    recs = records(gate.files)
+    assert [(r["mode"], r["action"]) for r in recs] == [("socks5", "allow"), ("socks5", "block")]
+    assert recs[0]["flow_id"] == ok.client.id  # no flow: the client connection's id
+
+
+async def test_transparent_checks_the_original_address_and_treats_sni_as_a_claim(gate):
+    # the SNI names a host the policy trusts, but the connection goes to a KP address
+    lie = hook_data(BLOCKED_IP, 443, client("transparent", sni="trusted.test"))
+    await gate.gg.server_connect(lie)
+    assert lie.server.error and lie.server.address == (BLOCKED_IP, 443)
+    rec = records(gate.files)[-1]
+    assert (rec["host"], rec["sni"], rec["host_mismatch"], rec["rule"]) == ("trusted.test", "trusted.test", True, "doj")
+    # a claim that does resolve to the destination lets the hosts rule match
+    true = hook_data(ALLOWED_IP, 443, client("transparent", sni="trusted.test"))
+    await gate.gg.server_connect(true)
+    rec = records(gate.files)[-1]
+    assert true.server.error is None and (rec["host_mismatch"], rec["rule"]) == (False, "trusted")
+    # no claim at all: the address alone decides
+    bare = hook_data(ALLOWED_IP, 8443, client("transparent"))
+    await gate.gg.server_connect(bare)
+    rec = records(gate.files)[-1]
+    assert (rec["host"], rec["host_mismatch"], rec["mode"]) == (ALLOWED_IP, False, "transparent")
+
+
+async def test_transparent_http_with_lazy_connections_is_decided_in_requestheaders(gate):
+    # connection_strategy=lazy: the request comes before the upstream connection is opened
+    c = client("transparent")
+    f = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(BLOCKED_IP, 80)))
+    f.request.host, f.request.port, f.request.host_header = BLOCKED_IP, 80, "trusted.test"
+    await gate.gg.requestheaders(f)
+    assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
+    rec = f.metadata["geogate"]
+    assert (rec["host"], rec["host_mismatch"], rec["address"]) == ("trusted.test", True, BLOCKED_IP)
+    ok = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 80)))
+    ok.request.host, ok.request.port, ok.request.host_header = ALLOWED_IP, 80, "trusted.test:80"
+    await gate.gg.requestheaders(ok)
+    assert ok.response is None and ok.metadata["geogate"]["rule"] == "trusted"
+    data = hook_data(ALLOWED_IP, 80, c)
+    await gate.gg.server_connect(data)  # carried: no second decision
+    assert data.server.error is None and len(records(gate.files)) == 2
+
+
+async def test_transparent_claim_that_does_not_resolve_is_a_mismatch(gate):
+    data = hook_data(ALLOWED_IP, 443, client("transparent", sni="nowhere.test"))
+    await gate.gg.server_connect(data)
+    rec = records(gate.files)[-1]
+    assert rec["host_mismatch"] is True and rec["action"] == "allow"  # DE by address
+
+
+async def test_upstream_proxy_connection_is_refused(gate):
+    data = hook_data("allowed.test", 443)
+    data.server.via = ("http", ("127.0.0.1", 3128))
+    await gate.gg.server_connect(data)
+    assert "upstream proxy" in data.server.error
+
+
+async def test_connection_already_refused_is_left_alone(gate):
+    data = hook_data("allowed.test", 443)
+    data.server.error = "Request destination unknown."
+    await gate.gg.server_connect(data)
+    assert data.server.error == "Request destination unknown." and records(gate.files) == []
+
+
+# -- TLS passthrough ---------------------------------------------------------------------------------
+
+async def test_tls_passes_through_unless_intercept_is_on(gate):
+    data = SimpleNamespace(ignore_connection=False, context=SimpleNamespace(client=client()))
+    await gate.gg.tls_clienthello(data)
+    assert data.ignore_connection is True
+    gate.tctx.configure(gate.gg, geogate_intercept=True)
+    data = SimpleNamespace(ignore_connection=False, context=SimpleNamespace(client=client()))
+    await gate.gg.tls_clienthello(data)
+    assert data.ignore_connection is False
+
+
+async def test_intercepted_requests_carry_the_decision_and_log_their_url(gate):
+    gate.tctx.configure(gate.gg, geogate_intercept=True)
+    c = client()
+    f = connect_flow("allowed.test")
+    f.client_conn = c
+    await gate.gg.http_connect(f)
+    await gate.gg.server_connect(hook_data("allowed.test", 443, c))
+    inner = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 443)))
+    inner.request.scheme, inner.request.host, inner.request.port = "https", ALLOWED_IP, 443
+    inner.request.host_header = "allowed.test"
+    await gate.gg.requestheaders(inner)
+    rec = inner.metadata["geogate"]
+    assert rec["event"] == "request" and rec["url"] == "https://allowed.test/path" and rec["flow_id"] == inner.id
+    assert [r["event"] for r in records(gate.files)] == ["decision", "request"]
+
+
+# -- fail closed ----------------------------------------------------------------------------------------
+
+async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GateState, "decide", explode)
+    f = connect_flow("allowed.test")
+    await gate.gg.http_connect(f)
+    assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]
+    f = proxy_request("allowed.test")
+    await gate.gg.requestheaders(f)
+    assert f.response.status_code == 403 and f.request.host == "allowed.test"
+    data = hook_data("allowed.test", 443, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert "fail closed" in data.server.error and data.server.address == ("allowed.test", 443)
+
+
+async def test_a_raising_resolver_refuses_the_connection(gate, monkeypatch):
+    async def explode(name):
+        raise OSError("resolver exploded")
+
+    monkeypatch.setattr(gate.gg.resolver, "resolve", explode)
+    data = hook_data("allowed.test", 443, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert "fail closed" in data.server.error
+
+
+async def test_an_unwritable_log_refuses_the_connection(gate, monkeypatch):
+    def full(record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gate.gg.log, "write", full)
+    data = hook_data("allowed.test", 443, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert "No space left" in data.server.error
+
+
+async def test_unreachable_resolver_blocks(gate):
+    data = hook_data("nowhere.test", 443, client("socks5"))
+    await gate.gg.server_connect(data)
+    rec = records(gate.files)[-1]
+    assert data.server.error and rec["rule"] == "resolve-error" and rec["action"] == "block"
+
+
+async def test_no_policy_loaded_refuses_everything(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg) as tctx:
+        with caplog.at_level(logging.ERROR):
+            tctx.configure(gg, geogate_policy="/nonexistent.yaml", geogate_db=[str(files.db)])
+        data = hook_data("allowed.test", 443, client("socks5"))
+        await gg.server_connect(data)
+        assert "fail closed" in data.server.error
+
+
+# -- reload -------------------------------------------------------------------------------------------
+
+def poll_until_changed(gg, tries: int = 3) -> bool:
+    return any(gg.live.poll() for _ in range(tries))
+
+
+async def test_policy_change_applies_and_broken_policy_keeps_the_last_good(gate, caplog):
+    write_policy(gate.files.policy, name="v2", extra="  - name: no-de\n    action: block\n    countries: [DE]\n")
+    assert poll_until_changed(gate.gg)
+    data = hook_data("allowed.test", 80, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert "rule no-de" in data.server.error
+    gate.files.policy.write_text("version: 1\nname: v3\ndefault: allw\n")
+    with caplog.at_level(logging.ERROR, logger="geogate"):
+        for _ in range(6):
+            assert not gate.gg.live.poll()
+    errors = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert len(errors) == 1 and "still using policy v2" in errors[0] and "allw" in errors[0]
+    assert gate.gg.current_state().policy.name == "v2"
+
+
+async def test_deleted_database_blocks_until_it_is_back(gate):
+    saved = gate.files.db.read_bytes()
+    gate.files.db.unlink()
+    assert poll_until_changed(gate.gg)
+    data = hook_data("allowed.test", 80, client("socks5"))
+    await gate.gg.server_connect(data)
+    rec = records(gate.files)[-1]
+    assert data.server.error and rec["rule"] == "error" and "missing" in rec["reason"]
+    gate.files.db.write_bytes(saved)
+    assert poll_until_changed(gate.gg)
+    data = hook_data("allowed.test", 80, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert data.server.error is None
+
+
+async def test_corrupt_database_keeps_the_last_good(gate):
+    gate.files.db.write_bytes(b"not an mmdb")
+    for _ in range(3):
+        assert not gate.gg.live.poll()
+    data = hook_data("allowed.test", 80, client("socks5"))
+    await gate.gg.server_connect(data)
+    assert data.server.error is None
+
+
+async def test_monitor_mode_never_blocks_but_records_would_block(gate):
+    write_policy(gate.files.policy, name="watch", mode="monitor")
+    assert poll_until_changed(gate.gg)
+    f = proxy_request("blocked.test")
+    await gate.gg.requestheaders(f)
+    rec = f.metadata["geogate"]
+    assert f.response is None and f.request.host == BLOCKED_IP
+    assert (rec["action"], rec["enforced"], rec["would_block"]) == ("allow", False, True)
+    assert f.marked == ":warning:"
+
+
+# -- decision log ---------------------------------------------------------------------------------------
+
+def test_decision_log_follows_rotation(tmp_path):
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(str(path))
+    log.write({"n": 1})
+    path.rename(tmp_path / "d.jsonl.1")  # logrotate without a signal
+    log.write({"n": 2})
+    assert path.read_text() == '{"n":2}\n' and (tmp_path / "d.jsonl.1").read_text() == '{"n":1}\n'
+    (tmp_path / "d.jsonl.2").write_text(path.read_text())
+    path.write_text("")  # copytruncate-style: same inode, nothing to notice...
+    log.reopen()  # ...but SIGHUP asks for a reopen anyway
+    log.write({"n": 3})
+    assert path.read_text() == '{"n":3}\n'
+    log.close()
+    with pytest.raises(GeogateError, match="cannot open decision log"):
+        DecisionLog(str(tmp_path / "missing-dir" / "d.jsonl"))
+
+
+# -- replayed flows -----------------------------------------------------------------------------------
+
+async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, monkeypatch, capsys):
+    seen = []
+
+    class FakeReplayAudit:
+        def evaluate(self, flow, state):
+            seen.append((flow.id, state.policy.name))
+
+        def summary_text(self):
+            return "replay summary: 1 flow"
+
+    module = types.ModuleType("geogate.audit.replay")
+    module.ReplayAudit = FakeReplayAudit
+    monkeypatch.setitem(sys.modules, "geogate.audit.replay", module)
+    f = tflow.tflow(resp=True, live=False)
+    await gate.tctx.cycle(gate.gg, f)
+    assert seen == [(f.id, "test")] and f.error is None and f.response.status_code == 200
+    assert records(gate.files) == []  # a replay is an audit, not live decisions
+    gate.gg.done()
+    assert "replay summary: 1 flow" in capsys.readouterr().out
+
+
+async def test_replayed_flows_without_the_audit_module_are_ignored(gate, monkeypatch):
+    monkeypatch.setitem(sys.modules, "geogate.audit.replay", None)  # import raises ImportError
+    f = tflow.tflow(resp=True, live=False)
+    await gate.tctx.cycle(gate.gg, f)
+    assert f.error is None and f.response.status_code == 200
+
+
+# -- small pure pieces ----------------------------------------------------------------------------------
+
+def test_carried_decisions_are_per_client_and_forgotten():
+    carried = CarriedDecisions()
+    d = object()
+    carried.remember("c1", ("Example.TEST", 443), d)
+    assert carried.get("c1", ("example.test", 443)) is d
+    assert carried.get("c2", ("example.test", 443)) is None and carried.get("c1", None) is None
+    carried.forget("c1")
+    assert carried.get("c1", ("example.test", 443)) is None and len(carried) == 0
+
+
+@pytest.mark.parametrize("header, host", [("a.test", "a.test"), ("a.test:8080", "a.test"),
+                                          ("[2001:db8::1]:443", "2001:db8::1"), ("[::1]", "::1")])
+def test_host_of_header(header, host):
+    assert host_of_header(header) == host
+
+
+def test_client_text():
+    assert client_text(("127.0.0.1", 5)) == "127.0.0.1:5" and client_text(("::1", 5, 0, 0)) == "[::1]:5"
+    assert client_text(None) is None
+
+
+def test_summary_line_names_host_address_country_and_rule(files):
+    from geogate.decide import Request
+
+    state = GateState.load(str(files.policy), [str(files.db)])
+    import ipaddress
+
+    d = state.decide(Request("blocked.test", 443, mode="regular", client="127.0.0.1:1"),
+                     [ipaddress.ip_address(BLOCKED_IP)])
+    assert proxy_module.summary(d) == "geogate: BLOCK blocked.test:443 -> 127.0.2.1 (KP) rule doj [regular 127.0.0.1:1]"

@@ -452,6 +452,9 @@ async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, 
     monkeypatch.setitem(sys.modules, "geogate.audit.replay", module)
     f = tflow.tflow(resp=True, live=False)
     await gate.tctx.cycle(gate.gg, f)
+    assert seen == []  # not reading a file: the replay hook is not even installed
+    gate.gg._configure_optional_hooks(types.SimpleNamespace(rfile="flows.mitm"))
+    await gate.tctx.cycle(gate.gg, f)
     assert seen == [(f.id, "test")] and f.error is None and f.response.status_code == 200
     assert records(gate.files) == []  # a replay is an audit, not live decisions
     gate.gg.done()

@@ -192,6 +192,7 @@ def parse_ip(text: str) -> IPAddress | None:
     return _inet_aton(text.rstrip(".")) if text else None
 
 
+@lru_cache(maxsize=8192)  # clients repeat names; IDNA encoding costs more than the decision
 def canonical_host(host: str) -> str:
     """Lower-case, IDNA (UTS 46) encoded, trailing dots removed; IP literals in canonical form.
 

@@ -101,6 +101,7 @@ class Outcome:
     reason: str
     citation: str | None = None
     warnings: tuple[str, ...] = ()
+    record_fields: dict | None = None  # record.py's rendering of this outcome, made once
 
 
 @dataclass(slots=True)

@@ -158,6 +158,11 @@ class GeoGate:
         self._running = False
         self._replay: Any = None  # geogate.audit.replay.ReplayAudit, made on the first replayed flow
         self._replay_missing = False
+        self.log_allows = True
+        # Hooks that only some set-ups need live in sub-addons listed here (mitmproxy reads this
+        # list on every event): a hook that exists is dispatched on every flow, and that costs
+        # more than most of what geogate does per request.
+        self.addons: list[object] = []
 
     def current_state(self) -> GateState:
         """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
@@ -188,6 +193,8 @@ class GeoGate:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
                 self._open_log(opts.geogate_log)
+            if updated & {"termlog_verbosity", "rfile", "connection_strategy"}:
+                self._configure_optional_hooks(opts)
         except exceptions.OptionsError as e:
             if self._running:
                 raise  # a change at run time: mitmproxy rolls it back and shows the message
@@ -197,6 +204,15 @@ class GeoGate:
             logger.error(str(e))
             for line in getattr(e, "details", ()):
                 logger.info(f"geogate: {line}")
+
+    def _configure_optional_hooks(self, opts) -> None:
+        verbosity = getattr(opts, "termlog_verbosity", "info")
+        self.log_allows = verbosity in ("info", "debug")
+        self.addons = []
+        if getattr(opts, "rfile", None):
+            self.addons.append(ReplayHooks(self))
+        if getattr(opts, "connection_strategy", "eager") == "lazy":
+            self.addons.append(LazyHooks(self))
 
     @staticmethod
     def _refuse_upstream(modes: Sequence[str]) -> None:
@@ -307,7 +323,10 @@ class GeoGate:
         rec.update(extra)
         if self.log is not None:
             self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
-        (logger.warning if d.blocked or d.would_block else logger.info)(summary(d))
+        if d.blocked or d.would_block:
+            logger.warning(summary(d))
+        elif self.log_allows:
+            logger.info(summary(d))
         if flow is not None:
             self._annotate(flow, d, rec)
         return rec
@@ -411,11 +430,6 @@ class GeoGate:
         if self.intercept and self.log is not None:
             self.log.write(rec)  # with interception on, every URL is logged
 
-    @fail_closed(_refuse_flow)
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.live and "geogate" not in flow.metadata:
-            self._attach(flow)  # lazy strategy: the connection was decided after requestheaders
-
     def error(self, flow: http.HTTPFlow) -> None:
         if "geogate" in flow.metadata or not flow.error or "geogate" not in flow.error.msg:
             return
@@ -479,7 +493,7 @@ class GeoGate:
         self.carried.forget(client.id)
 
     # -- replayed flows (mitmdump -nr FILE): reported on, never touched ------------------------
-    def request(self, flow: http.HTTPFlow) -> None:
+    def replayed(self, flow: http.HTTPFlow) -> None:
         if flow.live or self._replay_missing:
             return
         try:
@@ -493,3 +507,26 @@ class GeoGate:
             self._replay.evaluate(flow, self.current_state())
         except Exception as e:
             logger.error(f"geogate: audit of replayed flow {flow.id} failed: {e!r}")
+
+
+class ReplayHooks:
+    """Present only when flows are read from a file (`-r`/`-nr`)."""
+
+    def __init__(self, gate: GeoGate) -> None:
+        self.gate = gate
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.gate.replayed(flow)
+
+
+class LazyHooks:
+    """Present only with connection_strategy=lazy, where a connection is decided after
+    requestheaders: the flow gets the decision once the response starts."""
+
+    def __init__(self, gate: GeoGate) -> None:
+        self.gate = gate
+
+    @fail_closed(_refuse_flow)
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.live and "geogate" not in flow.metadata:
+            self.gate._attach(flow)

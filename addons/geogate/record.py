@@ -42,10 +42,47 @@ def address_record(v: Verdict, country_dbs: list[str]) -> dict[str, Any]:
     }
 
 
+def _outcome_fields(d: Decision) -> dict[str, Any]:
+    """The part of a record that depends only on the outcome, built once per shared outcome.
+
+    Outcomes are memoised and shared by many decisions; so is this dict. Callers copy the top
+    level (decision_record does) and must not mutate what is nested inside.
+    """
+    o = d.outcome
+    cached = o.record_fields
+    if cached is not None:
+        return cached
+    country_dbs = [i.name for i in o.databases if i.has_country]
+    match = o.verdict.match if o.verdict else None
+    fields = {
+        "action": o.action,
+        "enforced": o.enforced,
+        "would_block": o.would_block,
+        "rule": o.rule,
+        "reason": o.reason,
+        "citation": o.citation,
+        "address": str(d.address) if d.address is not None else None,
+        "country": d.country,
+        "host_mismatch": d.host_mismatch,
+        "match": (
+            {"key": match.key, "value": match.value, "field": match.field, "source": match.source, "group": match.group}
+            if match
+            else None
+        ),
+        "addresses": [address_record(v, country_dbs) for v in o.verdicts],
+        "policy": {"name": o.policy.name, "path": o.policy.path, "sha256": o.policy.sha256},
+        "databases": [
+            {"name": i.name, "type": i.type, "build_epoch": i.build_epoch, "sha256": i.sha256}
+            for i in o.databases
+        ],
+        "warnings": list(o.warnings),
+    }
+    o.record_fields = fields
+    return fields
+
+
 def decision_record(d: Decision) -> dict[str, Any]:
     req = d.request
-    country_dbs = [i.name for i in d.databases if i.has_country]
-    match = d.verdict.match if d.verdict else None
     return {
         "ts": d.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "event": "decision",
@@ -56,27 +93,7 @@ def decision_record(d: Decision) -> dict[str, Any]:
         "host": req.host,
         "port": req.port,
         "sni": req.sni,
-        "action": d.action,
-        "enforced": d.enforced,
-        "would_block": d.would_block,
-        "rule": d.rule,
-        "reason": d.reason,
-        "citation": d.citation,
-        "address": str(d.address) if d.address is not None else None,
-        "country": d.country,
-        "host_mismatch": d.host_mismatch,
-        "match": (
-            {"key": match.key, "value": match.value, "field": match.field, "source": match.source, "group": match.group}
-            if match
-            else None
-        ),
-        "addresses": [address_record(v, country_dbs) for v in d.verdicts],
-        "policy": {"name": d.policy.name, "path": d.policy.path, "sha256": d.policy.sha256},
-        "databases": [
-            {"name": i.name, "type": i.type, "build_epoch": i.build_epoch, "sha256": i.sha256}
-            for i in d.databases
-        ],
-        "warnings": list(d.warnings),
+        **_outcome_fields(d),
     }
 
 

@@ -493,7 +493,7 @@ class GeoGate:
         self.carried.forget(client.id)
 
     # -- replayed flows (mitmdump -nr FILE): reported on, never touched ------------------------
-    def replayed(self, flow: http.HTTPFlow) -> None:
+    def replayed(self, flow) -> None:
         if flow.live or self._replay_missing:
             return
         try:
@@ -516,6 +516,16 @@ class ReplayHooks:
         self.gate = gate
 
     def request(self, flow: http.HTTPFlow) -> None:
+        self.gate.replayed(flow)
+
+    # non-HTTP flows have no request hook; each is loaded whole, so its first hook suffices
+    def tcp_start(self, flow) -> None:
+        self.gate.replayed(flow)
+
+    def udp_start(self, flow) -> None:
+        self.gate.replayed(flow)
+
+    def dns_request(self, flow) -> None:
         self.gate.replayed(flow)
 
 

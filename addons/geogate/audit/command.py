@@ -1,0 +1,151 @@
+"""`geogate audit FILE...`: read recordings, decide every flow, write a report.
+
+Exit status: 0 done; 1 with --fail-on-block when a flow would be blocked (with --against: when
+the second policy newly blocks one); 2 when an input could not be read to its end (the report
+is still written, marked incomplete) or on a user error (one line on stderr, no report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from typing import TextIO
+
+from ..errors import GeogateError
+from ..state import GateState
+from . import html_report
+from . import text_report
+from .aggregate import NEWLY_BLOCKED
+from .csv_report import CsvReport
+from .evaluate import NameLookup
+from .json_report import JsonLinesReport
+from .model import Problem
+from .progress import Progress
+from .readers import open_input
+from .run import Audit
+from .run import AuditResult
+from .run import InputSummary
+
+EXIT_BLOCKED = 1
+EXIT_ERROR = 2
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or a file that appears only once it is complete (written beside it, then renamed)."""
+    if not path or path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise GeogateError(f"-o {path}: is a directory; give a file name")
+    if target.exists() and not target.is_file():
+        # /dev/null, a FIFO, a terminal: write straight to it; renaming over it would replace it
+        try:
+            out = open(target, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            raise GeogateError(f"-o {path}: cannot write ({e.strerror or e})") from None
+        with out:
+            yield out
+        return
+    if not target.parent.is_dir():
+        raise GeogateError(f"-o {path}: directory {target.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise GeogateError(f"-o {path}: cannot write there ({e.strerror or e})") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _streaming_sink(fmt: str, out: TextIO, against: bool):
+    if fmt == "json":
+        return JsonLinesReport(out)
+    if fmt == "csv":
+        return CsvReport(out, against=against)
+    return None
+
+
+def run_inputs(audit: Audit, inputs, progress: Progress) -> list[InputSummary]:
+    summaries = []
+    done_before = 0
+    flows = 0
+    for reader in inputs:
+        summary = InputSummary(reader.path, reader.format, reader.size)
+        summaries.append(summary)
+        for item in reader.flows():
+            if isinstance(item, Problem):
+                audit.problem(item)
+                summary.complete = summary.complete and not item.fatal
+                continue
+            audit.add(item)
+            summary.flows += 1
+            flows += 1
+            if not flows & 0xFF:
+                progress.update(done_before + reader.position, flows, reader.path)
+        summary.ignored = reader.ignored
+        done_before += reader.size
+    progress.done()
+    return summaries
+
+
+def _exit_status(result: AuditResult, fail_on_block: bool) -> int:
+    if not result.complete:
+        return EXIT_ERROR
+    if fail_on_block:
+        if result.changes is not None:
+            if result.changes.changed[NEWLY_BLOCKED].flows:
+                return EXIT_BLOCKED
+        elif result.aggregate.totals.would_block:
+            return EXIT_BLOCKED
+    return 0
+
+
+def audit(args: argparse.Namespace) -> int:
+    inputs = [open_input(path) for path in args.files]  # user errors surface before any work
+    if args.output and args.output != "-" and Path(args.output).exists():
+        out_real = Path(args.output).resolve()
+        if any(Path(i.path).resolve() == out_real for i in inputs):
+            raise GeogateError(f"-o {args.output}: is one of the inputs; refusing to overwrite the recording")
+    state = GateState.load(args.policy, args.db)
+    for w in state.warnings:
+        print(w, file=sys.stderr)
+    against = GateState.load(args.against, args.db) if getattr(args, "against", None) else None
+    lookup = NameLookup() if args.resolve else None
+    try:
+        with _output(args.output) as out:
+            sink = _streaming_sink(args.format, out, against is not None)
+            audit_run = Audit(state, against=against, lookup=lookup, sink=sink)
+            progress = Progress(sum(i.size for i in inputs))
+            summaries = run_inputs(audit_run, inputs, progress)
+            result = audit_run.result(summaries)
+            if sink is not None:
+                sink.finish(result)
+            elif args.format == "html":
+                out.write(html_report.render(result))
+            else:
+                out.write(text_report.render(result))
+    finally:
+        if lookup is not None:
+            lookup.close()
+    for p in result.problems:
+        print(f"geogate: {p.text()}", file=sys.stderr)
+    if result.problems_unlisted:
+        print(f"geogate: ... and {result.problems_unlisted} more problems", file=sys.stderr)
+    if not result.complete:
+        print("geogate: the report is incomplete: it covers only the flows that could be read", file=sys.stderr)
+    return _exit_status(result, args.fail_on_block)

@@ -1,0 +1,461 @@
+"""A recorded flow -> RecordedFlow: destination, recorded address, client, bytes each way. Pure.
+
+Two inputs, one result:
+- `from_state`: a mitmproxy flow state in the current format (what flowfile.states yields, and
+  what `flow.get_state()` returns for a flow mitmdump replays; the replay addon uses that, so
+  the CLI and the addon read flows identically);
+- `from_har_entry`: one HAR 1.2 entry, in the dialects browsers and tools really write.
+
+Which address counts as "recorded", in order: the peer address mitmproxy connected to
+(server_conn.peername; not when the flow went through an upstream proxy, whose address that
+is); else the server address when it is an IP literal (transparent mode, HAR-converted flows);
+else the URL host when it is an IP literal; else the address a live geogate checked, from the
+decision it saved in flow.metadata["geogate"] (flows it refused never connected). Nothing is
+ever guessed from a name.
+
+Byte counts are what crossed the wire as far as the recording tells: HTTP head (request/status
+line and headers, as HTTP/1.1 would frame them) plus body as transferred, WebSocket and
+TCP/UDP message payloads, DNS messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..addresses import AddressError
+from ..addresses import canonical_host
+from ..addresses import parse_ip
+from .harstream import OMITTED
+from .harstream import PREFIX_KEY
+from .model import RecordedFlow
+
+# Modes in which the operating system, not the client, chose the destination (see targets.py of
+# the proxy): a name from SNI or the Host header there is only a claim about the address.
+INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}  # also: the schemes that are traffic
+_MODE_NAME = re.compile(r"[a-z0-9_]+")
+
+
+class ExtractError(ValueError):
+    """The flow has nothing an audit can use; the message says what is missing."""
+
+
+class NotTraffic(ExtractError):
+    """A HAR entry that is not network traffic: a browser cache hit, a data:, blob: or extension
+    URL. Counted apart, never audited, never an error."""
+
+
+_CACHE_FETCH_TYPES = {"Memory Cache", "Disk Cache"}  # Safari
+_CACHE_MARKERS = {"memory", "disk"}  # Chrome's _fromCache
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return "" if value is None else str(value)
+
+
+# Captures repeat the same few hosts and addresses thousands of times, and IDNA encoding is
+# the slowest step of extraction: remember the answers (bounded).
+@lru_cache(maxsize=65536)
+def _canonical(host: str) -> str | None:
+    try:
+        return canonical_host(host)
+    except AddressError:
+        return None
+
+
+_ip = lru_cache(maxsize=65536)(parse_ip)
+
+
+def _client_text(peername: Any) -> str | None:
+    if not peername:
+        return None
+    host, port = str(peername[0]), peername[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _mode(proxy_mode: Any) -> str:
+    """`regular`, `transparent`, ... from a mode spec such as `reverse:https://x@8080`."""
+    m = _MODE_NAME.match(_text(proxy_mode) or "regular")
+    return m.group() if m else "regular"
+
+
+def _url(scheme: str, host: str, port: int | None, path: str) -> str:
+    """scheme://host[:port]/path, without query or fragment: reports are shared, and tokens
+    travel in query strings."""
+    shown = f"[{host}]" if ":" in host else host
+    if port and port != _DEFAULT_PORTS.get(scheme):
+        shown += f":{port}"
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if path and not path.startswith("/"):  # CONNECT authority-form, asterisk-form
+        path = ""
+    return f"{scheme}://{shown}{path or '/'}"
+
+
+def _name_claim(*candidates: Any) -> str | None:
+    """The first candidate (SNI, :authority, Host: with or without a port) that is a host name."""
+    for c in candidates:
+        text = _text(c).strip()
+        if text.startswith("["):  # [v6]:port: an address, never a name
+            continue
+        if text.count(":") == 1:
+            text = text.split(":", 1)[0]
+        if text and _ip(text) is None:
+            name = _canonical(text)
+            if name:
+                return name
+    return None
+
+
+def _header(headers: Any, name: bytes) -> bytes | None:
+    for k, v in headers or ():
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _head_size(first_line: int, headers: Any) -> int:
+    return first_line + 2 + sum(len(k) + len(v) + 4 for k, v in headers or ()) + 2
+
+
+def _trailers_size(message: dict) -> int:
+    trailers = message.get("trailers")
+    return sum(len(k) + len(v) + 4 for k, v in trailers) + 2 if trailers else 0
+
+
+def _body_size(message: dict) -> int:
+    content = message.get("content")
+    if content is not None:
+        return len(content)
+    # body not kept (stream_large_bodies): the announced length is the best record there is
+    length = _header(message.get("headers"), b"content-length")
+    try:
+        return int(length) if length else 0
+    except ValueError:
+        return 0
+
+
+# -- mitmproxy flow states --------------------------------------------------------------------
+
+def from_state(state: dict, source: str, index: int) -> RecordedFlow:
+    kind = state.get("type")
+    client = state.get("client_conn") or {}
+    server = state.get("server_conn") or {}
+    mode = _mode(client.get("proxy_mode"))
+    request = state.get("request") if kind == "http" else None
+    address_pair = server.get("address")
+
+    if kind == "http":
+        if not request:
+            raise ExtractError("HTTP flow without a request")
+        dial_host = _text(request.get("host"))
+        port = request.get("port")
+        scheme = _text(request.get("scheme")).lower() or "http"
+        path = _text(request.get("path"))
+    elif kind in ("tcp", "udp", "dns"):
+        if not address_pair and not server.get("peername"):
+            raise ExtractError(f"{kind.upper()} flow without a server address")
+        pair = address_pair or server.get("peername")
+        dial_host, port = _text(pair[0]), pair[1]
+        scheme, path = kind, ""
+    else:
+        raise ExtractError(f"unsupported flow type {kind!r}")
+
+    live = _live_decision(state)
+    host, host_is_claim = _host(dial_host, request, client, server, mode, live)
+    address, address_source = _recorded_address(server, address_pair, dial_host)
+    if address is None and live and live.get("host") == host and isinstance(live.get("address"), str):
+        address = _ip(live["address"])
+        address_source = "geogate-decision" if address is not None else None
+    sent, received = _state_bytes(kind, state)
+    if live and live.get("action") == "block" and not server.get("peername"):
+        received = 0  # the response is geogate's own refusal; nothing came from the destination
+    if kind == "http" and state.get("websocket"):
+        kind, scheme = "websocket", "wss" if scheme == "https" else "ws"
+    proxyauth = (state.get("metadata") or {}).get("proxyauth")
+    error = state.get("error")
+    return RecordedFlow(
+        source=source,
+        index=index,
+        flow_id=_text(state.get("id")) or None,
+        kind=kind,
+        scheme=scheme,
+        url=_url(scheme, host or dial_host, port, path),
+        host=host,
+        host_text=dial_host,
+        port=port if isinstance(port, int) and 0 < port < 65536 else None,
+        sni=_text(server.get("sni") or client.get("sni")) or None,
+        client=_client_text(client.get("peername")),
+        client_ip=_ip(_text(client["peername"][0])) if client.get("peername") else None,
+        user=_user(proxyauth),
+        mode=mode,
+        address=address,
+        address_source=address_source,
+        host_is_claim=host_is_claim,
+        bytes_sent=sent,
+        bytes_received=received,
+        started=state.get("timestamp_created") or (request or {}).get("timestamp_start"),
+        error=_text(error.get("msg")) if isinstance(error, dict) else None,
+    )
+
+
+def _host(dial_host: str, request: dict | None, client: dict, server: dict, mode: str,
+          live: dict | None) -> tuple[str | None, bool]:
+    """The host name the decision is about, and whether it is only a claim about the address."""
+    intercepted = mode in INTERCEPTED_MODES
+    ip = _ip(dial_host)
+    if ip is None:
+        host = _canonical(dial_host)
+        return host, intercepted and host is not None
+    # Dialled by address (transparent mode, or a proxy that pinned the checked address): a name
+    # from SNI or Host says what the client meant, not where it went...
+    authority = request.get("authority") if request else None
+    host_header = _header(request.get("headers"), b"host") if request else None
+    name = _name_claim(server.get("sni"), client.get("sni"), authority, host_header)
+    if name is None:
+        return _canonical(dial_host), False
+    # ...unless geogate itself resolved that name to this address and pinned it (regular mode)
+    pinned_by_geogate = (live is not None and not intercepted and live.get("host") == name
+                         and live.get("address") == str(ip) and not live.get("host_mismatch"))
+    return name, not pinned_by_geogate
+
+
+def _user(proxyauth: Any) -> str | None:
+    """The user name of mitmproxy's proxyauth metadata, a (user, password) pair."""
+    if isinstance(proxyauth, (list, tuple)) and proxyauth and isinstance(proxyauth[0], str):
+        return proxyauth[0] or None
+    return None
+
+
+def _live_decision(state: dict) -> dict | None:
+    """The decision record a live geogate saved with the flow (SPEC §7 fields), if any."""
+    rec = (state.get("metadata") or {}).get("geogate")
+    return rec if isinstance(rec, dict) and rec.get("host") else None
+
+
+def _recorded_address(server: dict, address_pair: Any, dial_host: str):
+    peer = server.get("peername")
+    if peer and not server.get("via"):
+        ip = _ip(_text(peer[0]))
+        if ip is not None:
+            return ip, "peername"
+    if address_pair:
+        ip = _ip(_text(address_pair[0]))
+        if ip is not None:
+            return ip, "server-address"
+    ip = _ip(dial_host)
+    if ip is not None:
+        return ip, "url-host"
+    return None, None
+
+
+def _state_bytes(kind: str, state: dict) -> tuple[int, int]:
+    if kind == "http":
+        req = state["request"]
+        sent = _head_size(len(req.get("method") or b"") + len(req.get("path") or b"")
+                          + len(req.get("http_version") or b"") + 2, req.get("headers"))
+        sent += _body_size(req) + _trailers_size(req)
+        received = 0
+        resp = state.get("response")
+        if resp:
+            received = _head_size(len(resp.get("http_version") or b"") + 5 + len(resp.get("reason") or b""),
+                                  resp.get("headers"))
+            received += _body_size(resp) + _trailers_size(resp)
+        ws = state.get("websocket")
+        if ws:
+            for msg in ws.get("messages") or ():
+                # (type, from_client, content, timestamp, dropped, injected)
+                if msg[1]:
+                    sent += len(msg[2])
+                else:
+                    received += len(msg[2])
+        return sent, received
+    if kind in ("tcp", "udp"):
+        sent = received = 0
+        for msg in state.get("messages") or ():
+            # (from_client, content, timestamp)
+            if msg[0]:
+                sent += len(msg[1])
+            else:
+                received += len(msg[1])
+        return sent, received
+    return _dns_size(state.get("request")), _dns_size(state.get("response"))
+
+
+def _dns_size(message: dict | None) -> int:
+    if not message:
+        return 0
+    from mitmproxy import dns  # only DNS-mode captures get here
+
+    try:
+        return len(dns.DNSMessage.from_state(message).packed)
+    except Exception:  # a message mitmproxy cannot re-pack still happened; its size is unknown
+        return 0
+
+
+# -- HAR 1.2 ----------------------------------------------------------------------------------
+
+def _int(value: Any) -> int | None:
+    """A size field: HAR writes -1 (or omits it) for unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _string(value: Any) -> str | None:
+    """A HAR string field, or the start of one too long to keep (see harstream)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get(PREFIX_KEY), str):
+        return value[PREFIX_KEY]
+    return None
+
+
+def _text_size(value: Any, encoding: Any = None) -> int:
+    """Bytes of a HAR text field; omitted long strings carry their size."""
+    if isinstance(value, dict):
+        size = _int(value.get(OMITTED)) or 0
+        return size * 3 // 4 if encoding == "base64" else size
+    if not isinstance(value, str):
+        return 0
+    if encoding == "base64":
+        try:
+            return len(base64.b64decode(value, validate=False))
+        except (binascii.Error, ValueError):
+            return len(value) * 3 // 4
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def _har_headers(headers: Any) -> list[tuple[str, str]]:
+    out = []
+    for h in headers if isinstance(headers, list) else ():
+        if isinstance(h, dict):
+            out.append((_text(h.get("name")), _text(h.get("value"))))
+        elif isinstance(h, (list, tuple)) and len(h) >= 2:  # Slack writes [name, value]
+            out.append((_text(h[0]), _text(h[1])))
+    return out
+
+
+def _har_head(message: dict, first_line: int) -> int:
+    size = _int(message.get("headersSize"))
+    if size is not None:
+        return size
+    headers = _har_headers(message.get("headers"))
+    return _head_size(first_line, [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                                   for k, v in headers])
+
+
+def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFlow:
+    """`name`: the file's base name, to give entries (which have no id) a stable one."""
+    if not isinstance(entry, dict):
+        raise ExtractError("entry is not an object")
+    if entry.get("_fetchType") in _CACHE_FETCH_TYPES or entry.get("_fromCache") in _CACHE_MARKERS:
+        raise NotTraffic("served from the browser cache")
+    request = entry.get("request")
+    url = _string(request.get("url")) if isinstance(request, dict) else None
+    if url is None:
+        raise ExtractError("entry has no request.url")
+    url = url.strip()
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in _DEFAULT_PORTS:
+        raise NotTraffic(f"{scheme or 'scheme-less'} URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ExtractError(f"request.url {url[:80]!r} is not a usable URL ({e})") from None
+    host_text = parts.hostname or ""
+    if not host_text:
+        raise ExtractError(f"request.url {url[:80]!r} has no host")
+    port = port or _DEFAULT_PORTS.get(scheme)
+    host = _canonical(host_text)
+
+    # Chrome writes IPv6 as "[2001:db8::1]", Firefox without brackets, some tools "" or omit it.
+    server_ip = entry.get("serverIPAddress")
+    address = parse_ip(server_ip) if isinstance(server_ip, str) and server_ip.strip() else None
+    address_source = "serverIPAddress" if address is not None else None
+    if address is None and parse_ip(host_text) is not None:
+        address, address_source = parse_ip(host_text), "url-host"
+
+    method = _text(request.get("method")) or "GET"
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    version = _text(request.get("httpVersion")) or "HTTP/1.1"
+    sent = _har_head(request, len(method) + len(target) + len(version) + 2)
+    body = _int(request.get("bodySize"))
+    if body is None:
+        post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
+        body = _text_size(post.get("text"))
+    sent += body
+
+    received = 0
+    response = entry.get("response")
+    if isinstance(response, dict) and _int(response.get("status")):
+        transfer = _int(response.get("_transferSize"))  # Chrome: everything received, headers included
+        if transfer is not None:
+            received = transfer
+        else:
+            reason = _text(response.get("statusText"))
+            received = _har_head(response, len(_text(response.get("httpVersion")) or "HTTP/1.1") + 5 + len(reason))
+            body = _int(response.get("bodySize"))
+            if body is None:
+                content = response.get("content") if isinstance(response.get("content"), dict) else {}
+                body = _int(content.get("size"))
+                if body is None:
+                    body = _text_size(content.get("text"), content.get("encoding"))
+            received += body
+
+    kind = "http"
+    messages = entry.get("_webSocketMessages")
+    if scheme in ("ws", "wss") or entry.get("_resourceType") == "websocket" or isinstance(messages, list):
+        kind = "websocket"
+        for msg in messages if isinstance(messages, list) else ():
+            if not isinstance(msg, dict):
+                continue
+            size = _text_size(msg.get("data"), "base64" if msg.get("opcode") == 2 else None)
+            if msg.get("type") == "send":
+                sent += size
+            elif msg.get("type") == "receive":
+                received += size
+        if scheme in ("http", "https"):
+            scheme = "wss" if scheme == "https" else "ws"
+
+    error = entry.get("_error") or (response.get("_error") if isinstance(response, dict) else None)
+    return RecordedFlow(
+        source=source,
+        index=index,
+        flow_id=f"{name}#{index + 1}",
+        kind=kind,
+        scheme=scheme or "http",
+        url=_url(scheme or "http", host or host_text, port, parts.path),
+        host=host,
+        host_text=host_text,
+        port=port,
+        sni=None,
+        client=None,
+        client_ip=None,
+        user=None,
+        mode="har",
+        address=address,
+        address_source=address_source,
+        host_is_claim=False,
+        bytes_sent=sent,
+        bytes_received=received,
+        started=_har_time(entry.get("startedDateTime")),
+        error=_text(error) or None,
+    )
+
+
+def _har_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,104 @@
+"""JSON Lines: every decision as the SPEC §7 record (the decision log's format, plus an `audit`
+object saying where the flow came from), written as it is made, then one `audit_summary` line.
+
+Streaming keeps memory flat on any input, and the lines before a crash or a corrupt file stay
+valid. With --against only the flows whose outcome changes are written, as `audit_change`
+lines holding both records.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from datetime import timezone
+from typing import TextIO
+
+from ..decide import Decision
+from ..record import decision_record
+from ..record import to_json_line
+from .aggregate import NEWLY_ALLOWED
+from .aggregate import NEWLY_BLOCKED
+from .evaluate import Addressing
+from .model import RecordedFlow
+from .run import AuditResult
+
+
+def audit_fields(flow: RecordedFlow, addressing: Addressing) -> dict:
+    return {
+        "file": flow.source,
+        "index": flow.index,
+        "kind": flow.kind,
+        "scheme": flow.scheme,
+        "url": flow.url,
+        "recorded_mode": flow.mode,
+        "resolution": addressing.resolution,
+        "address_source": flow.address_source if addressing.resolution == "recorded" else None,
+        "started": _iso(flow.started),
+        "bytes_sent": flow.bytes_sent,
+        "bytes_received": flow.bytes_received,
+        "recorded_error": flow.error,
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _ref(ref) -> dict | None:
+    return {"name": ref.name, "path": ref.path, "sha256": ref.sha256} if ref else None
+
+
+def summary(result: AuditResult) -> dict:
+    """The final line: totals, per country, per rule, per destination; and whether it is complete."""
+    out = {
+        "event": "audit_summary",
+        "complete": result.complete,
+        "problems": [p.as_dict() for p in result.problems],
+        "problems_unlisted": result.problems_unlisted,
+        "files": [i.as_dict() for i in result.inputs],
+        "addresses": "recorded+resolve" if result.resolve else "recorded",
+        "policy": _ref(result.policy),
+        "databases": [{"name": i.name, "type": i.type, "build_epoch": i.build_epoch, "sha256": i.sha256}
+                      for i in result.databases],
+        "generated": result.generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    if result.changes is not None:
+        ch = result.changes
+        out["against"] = _ref(result.against)
+        out["totals"] = {"flows": ch.totals.flows, "unchanged": ch.unchanged,
+                         **{k.replace("-", "_"): t.as_dict() for k, t in ch.changed.items()}}
+        out["changes"] = [r.as_dict() for change in (NEWLY_BLOCKED, NEWLY_ALLOWED) for r in ch.rows_for(change)]
+        out["countries"] = {change.replace("-", "_"): [c.as_dict() for c in ch.country_rows(change)]
+                            for change in (NEWLY_BLOCKED, NEWLY_ALLOWED)}
+        return out
+    agg = result.aggregate
+    out["totals"] = {**agg.totals.as_dict(), "by_action": dict(agg.by_label),
+                     "by_resolution": dict(agg.by_resolution), "host_mismatch": agg.host_mismatches}
+    out["countries"] = [c.as_dict() for c in agg.country_rows()]
+    out["rules"] = [{"rule": rule, **t.as_dict()} for rule, t in agg.rule_rows()]
+    out["destinations"] = [d.as_dict() for d in agg.destination_rows()]
+    return out
+
+
+class JsonLinesReport:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def decision(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None:
+        record = decision_record(d)
+        record["audit"] = audit_fields(flow, addressing)
+        self.out.write(to_json_line(record) + "\n")
+
+    def change(self, flow: RecordedFlow, before: Decision, after: Decision, addressing: Addressing,
+               change: str) -> None:
+        line = {"event": "audit_change", "change": change, "flow_id": flow.flow_id,
+                "host": flow.host, "port": flow.port, "audit": audit_fields(flow, addressing),
+                "before": decision_record(before), "after": decision_record(after)}
+        self.out.write(to_json_line(line) + "\n")
+
+    def finish(self, result: AuditResult) -> None:
+        self.out.write(to_json_line(summary(result)) + "\n")

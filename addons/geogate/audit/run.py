@@ -1,0 +1,127 @@
+"""One audit: flows in, decisions folded into an Aggregate (or, with a second policy, Changes).
+
+Shared by `geogate audit` and the replay addon, so both decide and count flows the same way.
+A sink, when given, sees every decision as it is made (the JSON and CSV reports stream from
+there); nothing here keeps per-flow data beyond the aggregate's bounded samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import datetime
+from datetime import timezone
+from typing import Protocol
+
+from ..databases import DatabaseInfo
+from ..decide import Decision
+from ..policy.model import PolicyRef
+from ..state import GateState
+from .aggregate import Aggregate
+from .aggregate import Changes
+from .evaluate import Addressing
+from .evaluate import Evaluator
+from .evaluate import NameLookup
+from .model import Problem
+from .model import RecordedFlow
+
+PROBLEM_LIMIT = 100  # problems listed one by one; beyond that only counted
+
+
+class Sink(Protocol):
+    def decision(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None: ...
+
+    def change(self, flow: RecordedFlow, before: Decision, after: Decision, addressing: Addressing,
+               change: str) -> None: ...
+
+
+@dataclass
+class InputSummary:
+    path: str
+    format: str  # mitmproxy | har
+    size: int
+    flows: int = 0
+    complete: bool = True
+    ignored: int = 0  # HAR entries that are not network traffic (cache hits, data: URLs)
+
+    def as_dict(self) -> dict:
+        return {"file": self.path, "format": self.format, "bytes": self.size, "flows": self.flows,
+                "complete": self.complete, "not_traffic": self.ignored}
+
+
+@dataclass
+class AuditResult:
+    """What the reports render."""
+
+    policy: PolicyRef
+    databases: tuple[DatabaseInfo, ...]
+    resolve: bool
+    inputs: list[InputSummary]
+    problems: list[Problem]
+    problems_unlisted: int
+    aggregate: Aggregate | None = None
+    changes: Changes | None = None
+    against: PolicyRef | None = None
+    source: str = "files"  # files | replay
+    generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems and not self.problems_unlisted
+
+    @property
+    def flows(self) -> int:
+        return (self.changes or self.aggregate).totals.flows
+
+
+class Audit:
+    def __init__(self, state: GateState, *, against: GateState | None = None,
+                 lookup: NameLookup | None = None, sink: Sink | None = None) -> None:
+        self.state = state
+        self.against = against
+        self.evaluator = Evaluator(lookup)
+        self.sink = sink
+        self.aggregate = Aggregate() if against is None else None
+        self.changes = Changes() if against is not None else None
+        self.problems: list[Problem] = []
+        self.problems_unlisted = 0
+        self.last: Decision | None = None
+
+    def add(self, flow: RecordedFlow, state: GateState | None = None) -> Decision:
+        """Decide one flow and count it; returns the decision (under the second policy with --against)."""
+        if state is not None:
+            self.state = state  # the replay addon passes its current state: reloads apply
+        addressing = self.evaluator.addressing(flow)
+        d = self.evaluator.decide(self.state, flow, addressing)
+        if self.against is None:
+            self.aggregate.add(flow, d, addressing)
+            if self.sink:
+                self.sink.decision(flow, d, addressing)
+            self.last = d
+            return d
+        after = self.evaluator.decide(self.against, flow, addressing)
+        change = self.changes.add(flow, d, after, addressing)
+        if change and self.sink:
+            self.sink.change(flow, d, after, addressing, change)
+        self.last = after
+        return after
+
+    def problem(self, p: Problem) -> None:
+        if len(self.problems) < PROBLEM_LIMIT:
+            self.problems.append(p)
+        else:
+            self.problems_unlisted += 1
+
+    def result(self, inputs: list[InputSummary], *, source: str = "files") -> AuditResult:
+        return AuditResult(
+            policy=self.state.policy.ref,
+            databases=tuple(self.state.facts.infos),
+            resolve=self.evaluator.lookup is not None,
+            inputs=inputs,
+            problems=list(self.problems),
+            problems_unlisted=self.problems_unlisted,
+            aggregate=self.aggregate,
+            changes=self.changes,
+            against=self.against.policy.ref if self.against is not None else None,
+            source=source,
+        )

@@ -1,0 +1,115 @@
+"""The replay path: ReplayAudit (what the addon calls for non-live flows) and
+`mitmdump -nr FILE -s addons/geogate_addon.py`, against what `geogate audit` says."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mitmproxy.io import FlowReader
+
+import audit_fixtures as af
+from geogate.audit.replay import ReplayAudit
+from geogate.cli import main
+from geogate.state import GateState
+
+ROOT = af.ROOT
+SAMPLE = af.EXAMPLES / "sample.mitm"
+MAXMIND = ROOT / "tests" / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb"
+POLICY = ROOT / "policies" / "default.yaml"
+ADDON = ROOT / "addons" / "geogate_addon.py"
+
+
+def recorded_flows(path: Path) -> list:
+    with open(path, "rb") as fo:
+        return list(FlowReader(fo).stream())
+
+
+def report_body(text: str) -> list[str]:
+    """The report from its destination table on: the header differs (file name vs replay)."""
+    lines = text.splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("DESTINATION")):]
+
+
+@pytest.fixture(scope="module")
+def state() -> GateState:
+    return GateState.load(POLICY, [MAXMIND])
+
+
+def cli_text(capsys) -> str:
+    assert main(["audit", str(SAMPLE), "--policy", str(POLICY), "--db", str(MAXMIND)]) == 0
+    return capsys.readouterr().out
+
+
+def test_replay_summary_is_the_cli_report(capsys, state: GateState) -> None:
+    replay = ReplayAudit()
+    for flow in recorded_flows(SAMPLE):
+        replay.evaluate(flow, state)
+    assert replay.flows == 18 and replay.would_block == 7
+    summary = replay.summary_text()
+    assert summary.startswith("geogate audit of replayed flows: 18 flows")
+    assert report_body(summary) == report_body(cli_text(capsys))
+
+
+def test_replay_never_touches_flows_and_counts_each_once(state: GateState) -> None:
+    flows = recorded_flows(SAMPLE)
+    before = [f.get_state() for f in flows]
+    replay = ReplayAudit()
+    for f in flows:
+        replay.evaluate(f, state)  # e.g. from `request`...
+        replay.evaluate(f, state)  # ...and again from `response`: the same flow counts once
+    assert replay.flows == len(flows)
+    assert [f.get_state() for f in flows] == before
+    assert all(not f.live for f in flows)
+    assert replay.last is not None and replay.last.request.mode == "audit"
+
+
+def test_replay_of_har_converted_flows_uses_server_ip_address(state: GateState) -> None:
+    """mitmdump -nr on a HAR: mitmproxy turns serverIPAddress into server_conn.address (port
+    guessed from the scheme); the audit still takes the port from the URL."""
+    replay = ReplayAudit()
+    flows = recorded_flows(af.DATA / "firefox.har")
+    for f in flows:
+        replay.evaluate(f, state)
+    assert replay.flows == 3
+    assert "[2001:db8::9]:8080" in replay.summary_text()
+
+
+def test_empty_replay_summary() -> None:
+    assert "no flows" in ReplayAudit().summary_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not ADDON.exists(), reason="addons/geogate_addon.py (the proxy addon) is not in this checkout")
+def test_mitmdump_replay_prints_the_summary(capsys, tmp_path: Path) -> None:
+    mitmdump = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or shutil.which("mitmdump")
+    assert mitmdump, "mitmdump is installed with mitmproxy"
+    proc = subprocess.run(
+        [mitmdump, "-nr", str(SAMPLE), "-s", str(ADDON), "-q", "--set", f"confdir={tmp_path}",
+         "--set", f"geogate_policy={POLICY}", "--set", f"geogate_db={MAXMIND}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "geogate audit of replayed flows" in out
+    cli = report_body(cli_text(capsys))
+    replayed = report_body(out[out.index("geogate audit of replayed flows"):])
+    # every blocked destination row is the same as `geogate audit` prints
+    table = cli[: cli.index("")]
+    blocked = [line for line in table if line.split()[3] in ("block", "unresolved")]
+    assert len(blocked) == 5
+    for line in blocked:
+        assert line.split() in [r.split() for r in replayed], line
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not ADDON.exists(), reason="addons/geogate_addon.py (the proxy addon) is not in this checkout")
+def test_mitmdump_replay_counts_tcp_flows_too(tmp_path: Path) -> None:
+    mitmdump = shutil.which("mitmdump", path=str(Path(sys.executable).parent)) or shutil.which("mitmdump")
+    proc = subprocess.run(
+        [mitmdump, "-nr", str(SAMPLE), "-s", str(ADDON), "-q", "--set", f"confdir={tmp_path}",
+         "--set", f"geogate_policy={POLICY}", "--set", f"geogate_db={MAXMIND}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "geogate audit of replayed flows: 18 flows" in proc.stdout

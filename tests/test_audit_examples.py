@@ -12,7 +12,7 @@ import audit_fixtures as af
 from geogate.cli import main
 
 ROOT = af.ROOT
-DOC = ROOT / "docs" / "audit.md"
+DOC = ROOT / "README.md"
 SAMPLE_ARGS = ["examples/sample.mitm", "--policy", "policies/default.yaml",
                "--db", "tests/data/maxmind/GeoIP2-Country-Test.mmdb"]
 

@@ -59,7 +59,7 @@ class FactsSource:
     databases that gave them.
     """
 
-    def __init__(self, databases: DatabaseSet, cache_size: int = 65536) -> None:
+    def __init__(self, databases: DatabaseSet, cache_size: int = 4096) -> None:
         self.databases = databases
         self.infos: tuple[DatabaseInfo, ...] = tuple(databases.infos)
         self.lookup_ip = lru_cache(maxsize=cache_size)(self._lookup_ip)

@@ -23,7 +23,7 @@ from .policy.loader import load_policy
 from .policy.model import Policy
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-OUTCOME_CACHE_SIZE = 65536
+OUTCOME_CACHE_SIZE = 4096  # a few MB; proxies see far fewer distinct destinations than that
 
 
 def default_policy_path() -> Path:

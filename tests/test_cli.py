@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

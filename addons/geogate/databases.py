@@ -261,7 +261,7 @@ def _open_snapshot(path: Path, data: bytes) -> maxminddb.Reader:
             f.write(data)
         try:
             return maxminddb.open_database(snapshot, maxminddb.MODE_AUTO)
-        except (InvalidDatabaseError, ValueError) as e:
+        except (InvalidDatabaseError, ValueError):
             raise DatabaseError(
                 f"{path} is not a MaxMind DB (.mmdb) file, or it is truncated or corrupt"
             ) from None

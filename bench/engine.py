@@ -1,0 +1,259 @@
+"""Benchmark 1: the decision engine, in-process (run by run.py in its own interpreter).
+
+    python bench/engine.py [--addresses 100000] [--rounds 5] [--v6-share 0.3] > engine.json
+
+Variants, interleaved per round (the order rotates every round):
+  raw       the floor: maxminddb `Reader.get(ip)` of every address in every configured database
+            (the bundled two), i.e. what any decision must at least do;
+  geogate   a fresh GateState.load(policies/default.yaml, bundled databases) with every geogate
+            lru_cache cleared, then
+              uncached: GateState.decide(Request(host, 443), [ip]) for every address once;
+              cached:   the same addresses decided a second time, same order (as specified);
+              hot:      the last 1,000 addresses decided 10 more times each (a working set that fits
+                        any cache of at least 1k entries, i.e. the cost of a decision from cache).
+Addresses: 100k distinct, 70% random global IPv4, 30% IPv6 from RIR allocations (addrgen.py).
+The database pages are touched once before round 1 (a raw pass), so the first variant does not
+pay for page faults the others don't. Wall time by perf_counter, CPU by process_time, gc enabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from addrgen import public_addresses  # noqa: E402
+from lib import DEFAULT_POLICY  # noqa: E402
+from lib import log  # noqa: E402
+from lib import rotate  # noqa: E402
+
+HOT = 1_000  # the hot working set: small enough for any reasonable cache
+HOT_PASSES = 10
+
+
+def _geogate_caches():
+    """Every functools cache in a geogate module (module-level functions and class attributes)."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if not (name == "geogate" or name.startswith("geogate.")) or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            if callable(getattr(obj, "cache_clear", None)) and getattr(obj, "__module__", "") == name:
+                out.append(obj)
+    return out
+
+
+def _timed(fn) -> tuple[float, float]:
+    gc.collect()
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--addresses", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--v6-share", type=float, default=0.3)
+    p.add_argument("--policy", default=str(DEFAULT_POLICY))
+    p.add_argument("--profile-phase", choices=("uncached", "cached", "hot", "raw"),
+                   help="for bench/hotspots.py: set up, print READY, wait for SIGUSR1, then run only this phase "
+                        "repeatedly for --profile-seconds and print the decisions made")
+    p.add_argument("--profile-seconds", type=float, default=10.0)
+    a = p.parse_args()
+    if a.profile_phase:
+        return profile_phase(a)
+
+    import maxminddb
+
+    from geogate.decide import Request
+    from geogate.state import GateState
+
+    t0 = time.perf_counter()
+    addrs = public_addresses(a.addresses, seed=1, v6_share=a.v6_share)
+    v4 = [ip for ip in addrs if ip.version == 4]
+    v6 = [ip for ip in addrs if ip.version == 6]
+    fams = {"v4": v4, "v6": v6}
+    reqs = {k: [Request(host=str(ip), port=443) for ip in ips] for k, ips in fams.items()}
+    hot = addrs[-HOT:]
+    hot_reqs = [Request(host=str(ip), port=443) for ip in hot]
+    log(f"engine: {len(v4)} IPv4 + {len(v6)} IPv6 addresses in {time.perf_counter() - t0:.1f}s")
+
+    state = GateState.load(a.policy, None)
+    db_paths = [db.info.path for db in state.databases.databases]
+    readers = [maxminddb.open_database(p) for p in db_paths]
+    reader_mode = type(readers[0]).__module__
+    warm = public_addresses(2000, seed=99, v6_share=a.v6_share)
+    for ip in addrs:  # fault in the database pages used by every address
+        for r in readers:
+            r.get(ip)
+    for ip in warm:
+        state.decide(Request(host=str(ip), port=443), [ip])
+    sample_decision = state.decide(Request(host=str(addrs[0]), port=443), [addrs[0]])
+    del state
+
+    def raw_pass(ips):
+        def run():
+            for ip in ips:
+                for r in readers:
+                    r.get(ip)
+        return run
+
+    def raw_prefix_pass(ips):
+        def run():
+            for ip in ips:
+                for r in readers:
+                    r.get_with_prefix_len(ip)
+        return run
+
+    def decide_pass(state, reqs_, ips):
+        decide = state.decide
+
+        def run():
+            for req, ip in zip(reqs_, ips):
+                decide(req, [ip])
+        return run
+
+    rounds: list[dict] = []
+    cache_stats: list[dict] = []
+    for rno in range(a.rounds):
+        row: dict[str, float] = {}
+        for variant in rotate(["raw", "geogate"], rno):
+            if variant == "raw":
+                for fam, ips in fams.items():
+                    w, c = _timed(raw_pass(ips))
+                    row[f"raw_{fam}_wall"], row[f"raw_{fam}_cpu"] = w, c
+                    w, c = _timed(raw_prefix_pass(ips))
+                    row[f"rawprefix_{fam}_wall"], row[f"rawprefix_{fam}_cpu"] = w, c
+            else:
+                state = GateState.load(a.policy, None)
+                for cache in _geogate_caches():
+                    cache.cache_clear()
+                lookup = getattr(getattr(state, "facts", None), "lookup_ip", None)
+                info0 = lookup.cache_info() if hasattr(lookup, "cache_info") else None
+                for phase in ("uncached", "cached"):
+                    for fam, ips in fams.items():
+                        w, c = _timed(decide_pass(state, reqs[fam], ips))
+                        row[f"{phase}_{fam}_wall"], row[f"{phase}_{fam}_cpu"] = w, c
+                    if phase == "uncached" and hasattr(lookup, "cache_info"):
+                        info1 = lookup.cache_info()
+                if hasattr(lookup, "cache_info"):
+                    info2 = lookup.cache_info()
+                    cache_stats.append({
+                        "maxsize": info2.maxsize,
+                        "uncached_pass_hits": info1.hits - info0.hits,
+                        "uncached_pass_misses": info1.misses - info0.misses,
+                        "cached_pass_hits": info2.hits - info1.hits,
+                        "cached_pass_misses": info2.misses - info1.misses,
+                    })
+                decide_pass(state, hot_reqs, hot)()  # make sure the hot set is the most recent
+                w, c = _timed(decide_pass(state, hot_reqs * HOT_PASSES, hot * HOT_PASSES))
+                row["hot_wall"], row["hot_cpu"] = w, c
+                del state
+        rounds.append(row)
+        log(f"engine round {rno + 1}/{a.rounds}: raw {1e6 * (row['raw_v4_wall'] + row['raw_v6_wall']) / len(addrs):.2f} µs, "
+            f"uncached {1e6 * (row['uncached_v4_wall'] + row['uncached_v6_wall']) / len(addrs):.2f} µs, "
+            f"cached {1e6 * (row['cached_v4_wall'] + row['cached_v6_wall']) / len(addrs):.2f} µs, "
+            f"hot {1e6 * row['hot_wall'] / (HOT * HOT_PASSES):.2f} µs per address")
+
+    n = len(addrs)
+
+    def per(kind: str, fam: str | None = None, clock: str = "wall") -> list[float]:
+        if kind == "hot":
+            return [1e6 * r[f"hot_{clock}"] / (HOT * HOT_PASSES) for r in rounds]
+        if fam:
+            return [1e6 * r[f"{kind}_{fam}_{clock}"] / len(fams[fam]) for r in rounds]
+        return [1e6 * (r[f"{kind}_v4_{clock}"] + r[f"{kind}_v6_{clock}"]) / n for r in rounds]
+
+    result = {
+        "addresses": {"total": n, "v4": len(v4), "v6": len(v6)},
+        "databases": db_paths,
+        "reader": reader_mode,
+        "policy": a.policy,
+        "sample_decision": {"action": getattr(sample_decision, "action", None),
+                            "rule": getattr(sample_decision, "rule", None)},
+        "cache_stats": cache_stats,
+        "us_per_address": {
+            kind: {
+                "all": per(kind), "v4": per(kind, "v4"), "v6": per(kind, "v6"), "cpu_all": per(kind, clock="cpu"),
+            } for kind in ("raw", "rawprefix", "uncached", "cached")
+        } | {"hot": {"all": per("hot"), "cpu_all": per("hot", clock="cpu")}},
+        "rounds": a.rounds,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    result["ratio_uncached_raw"] = [u / r for u, r in zip(per("uncached"), per("raw"))]
+    result["medians"] = {k: statistics.median(v["all"]) for k, v in result["us_per_address"].items()}
+    json.dump(result, sys.stdout, indent=1)
+
+
+def profile_phase(a) -> None:
+    """One phase in a loop, so a sampling profiler attached from outside sees only that phase."""
+    import os
+    import signal
+    import threading
+
+    from geogate.decide import Request
+    from geogate.state import GateState
+
+    import maxminddb
+
+    n = a.addresses
+    if a.profile_phase == "uncached":  # enough never-seen addresses for the whole run
+        n = max(n, 300_000)
+    addrs = public_addresses(n, seed=1, v6_share=a.v6_share)
+    reqs = [Request(host=str(ip), port=443) for ip in addrs]
+    state = GateState.load(a.policy, None)
+    readers = [maxminddb.open_database(db.info.path) for db in state.databases.databases]
+    for ip in addrs:
+        for r in readers:
+            r.get(ip)
+    if a.profile_phase == "cached":
+        for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses]):
+            state.decide(req, [ip])
+    go = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: go.set())
+    print(f"READY {os.getpid()}", file=sys.stderr, flush=True)
+    go.wait(60)
+    decide = state.decide
+    done, t0 = 0, time.perf_counter()
+    deadline = t0 + a.profile_seconds
+    i = 0
+    hot_r, hot_a = reqs[a.addresses - HOT:a.addresses], addrs[a.addresses - HOT:a.addresses]
+    if a.profile_phase == "hot":
+        for req, ip in zip(hot_r, hot_a):
+            decide(req, [ip])
+    while time.perf_counter() < deadline:
+        if a.profile_phase == "uncached":
+            chunk = range(i, min(i + 1000, len(addrs)))
+            for k in chunk:
+                decide(reqs[k], [addrs[k]])
+            i = chunk.stop
+            done += len(chunk)
+            if i >= len(addrs):
+                break
+        elif a.profile_phase == "cached":
+            for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses]):
+                decide(req, [ip])
+            done += a.addresses
+        elif a.profile_phase == "hot":
+            for req, ip in zip(hot_r, hot_a):
+                decide(req, [ip])
+            done += HOT
+        else:
+            for ip in addrs[:a.addresses]:
+                for r in readers:
+                    r.get(ip)
+            done += a.addresses
+    wall = time.perf_counter() - t0
+    print(json.dumps({"phase": a.profile_phase, "decisions": done, "seconds": wall,
+                      "us_per_decision": 1e6 * wall / done if done else None}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""mitmproxy addon for the benchmarks: does nothing, in the shape of geogate.
+
+    mitmdump -s bench/null_addon.py ...
+
+It defines exactly the mitmproxy hooks that geogate's addon class defines (async where geogate's
+are async), each returning at once. Comparing it with bare mitmdump measures what *any* addon
+with that hook set costs in mitmproxy's dispatch (AddonManager.trigger_event, safecall, the
+awaits), i.e. the part of geogate's overhead that its own code cannot remove.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from mitmproxy import hooks
+from mitmproxy.proxy import layers  # noqa: F401  (registers the proxy hooks in hooks.all_hooks)
+from mitmproxy.proxy import server_hooks  # noqa: F401
+from mitmproxy import addons as _default_addons  # noqa: F401
+
+try:
+    from geogate.proxy import GeoGate as _Shape
+except Exception:  # geogate not importable: the hooks the addon is documented to use
+    _Shape = None
+
+_ASYNC_DEFAULT = {"http_connect", "requestheaders", "responseheaders", "server_connect", "tls_clienthello"}
+_SYNC_DEFAULT = {"error", "client_disconnected", "request"}
+
+
+def _hooks() -> dict[str, bool]:
+    if _Shape is None:
+        return {**{h: True for h in _ASYNC_DEFAULT}, **{h: False for h in _SYNC_DEFAULT}}
+    lifecycle = {"load", "configure", "running", "done"}
+    out = {}
+    for name in hooks.all_hooks:
+        fn = getattr(_Shape, name, None)
+        if callable(fn) and name not in lifecycle:
+            out[name] = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__wrapped__", None))
+    return out
+
+
+async def _anoop(self, *args):
+    return None
+
+
+def _noop(self, *args):
+    return None
+
+
+NullAddon = type("NullAddon", (), {name: (_anoop if is_async else _noop) for name, is_async in _hooks().items()})
+
+addons = [NullAddon()]

@@ -1,0 +1,296 @@
+"""geogate benchmarks: the single entry point (`make bench`).
+
+    .venv/bin/python bench/run.py [--only engine,proxy,tunnel,audit] [--rounds 5] [--seconds 4]
+
+Writes bench/results/latest.json (every figure: value, unit, target, pass, method, rounds, raw
+per-round numbers) and bench/results/latest.md (the short table). Loopback only; every load loop
+is bounded in time and count. Sections whose piece of geogate does not exist yet (the addon, the
+audit command) are reported as skipped, so the suite runs at any stage of the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import audit as audit_bench  # noqa: E402
+import proxy as proxy_bench  # noqa: E402
+from lib import ADDON  # noqa: E402
+from lib import AUDIT_COMMAND  # noqa: E402
+from lib import BENCH  # noqa: E402
+from lib import PY  # noqa: E402
+from lib import ROOT  # noqa: E402
+from lib import Figure  # noqa: E402
+from lib import dump_json  # noqa: E402
+from lib import log  # noqa: E402
+from lib import machine_info  # noqa: E402
+from lib import processes  # noqa: E402
+from lib import rnd  # noqa: E402
+from lib import skipped  # noqa: E402
+from lib import spread  # noqa: E402
+
+RESULTS = BENCH / "results"
+SECTIONS = ("engine", "proxy", "tunnel", "audit")
+BUDGET_S = 14 * 60  # stop starting new sections after this: `make bench` must stay under 15 minutes
+
+
+# -- benchmark 1: decision engine ----------------------------------------------------------------
+
+def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
+    argv = [PY, str(BENCH / "engine.py"), "--addresses", str(addresses), "--rounds", str(rounds)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=480, cwd=ROOT)
+    sys.stderr.write(res.stderr[-3000:] if res.returncode else "".join(
+        l + "\n" for l in res.stderr.splitlines() if "engine" in l))
+    if res.returncode != 0:
+        raise RuntimeError(f"engine.py failed (rc {res.returncode}): {res.stderr[-2000:]}")
+    d = json.loads(res.stdout)
+    us = d["us_per_address"]
+    n = d["addresses"]
+    common = (f"{n['total']:,} distinct addresses ({n['v4']:,} random global IPv4, {n['v6']:,} IPv6 from RIR "
+              f"allocations), bundled databases ({len(d['databases'])}), policies/default.yaml, in one process, "
+              f"{rounds} rounds with rotating variant order, median of per-round µs per address (wall clock)")
+    med = lambda xs: rnd(sorted(xs)[len(xs) // 2] if len(xs) % 2 else (sorted(xs)[len(xs) // 2 - 1] + sorted(xs)[len(xs) // 2]) / 2)  # noqa: E731
+
+    def raw_rounds(kind: str) -> list[dict]:
+        return [{"all_us": rnd(a), "v4_us": rnd(b), "v6_us": rnd(c), "cpu_us": rnd(e)}
+                for a, b, c, e in zip(us[kind]["all"], us[kind]["v4"], us[kind]["v6"], us[kind]["cpu_all"])]
+
+    cached = med(us["cached"]["all"])
+    ratio = med(d["ratio_uncached_raw"])
+    figs = [
+        Figure("engine.cached", f"Decision, cached (the same {n['total'] // 1000}k addresses decided a second time)", cached, "µs",
+               "GateState.decide(Request(host, 443), [ip]) on a state that has decided every address once, same order; "
+               + common, "< 2 µs", cached is not None and cached < 2.0, rounds, raw_rounds("cached"),
+               {"v4_us": med(us["cached"]["v4"]), "v6_us": med(us["cached"]["v6"]),
+                "cpu_us": med(us["cached"]["cpu_all"]), "lookup_ip_cache": d.get("cache_stats")}),
+        Figure("engine.uncached_vs_raw", "Decision, uncached, relative to the raw maxminddb lookup", ratio, "x",
+               "first decision of each address on a fresh GateState (all geogate lru_caches cleared), divided by the "
+               "raw floor: maxminddb Reader.get(ip) in every configured database (C extension, pages already "
+               "faulted in); " + common, "<= 2.0x", ratio is not None and ratio <= 2.0, rounds,
+               [{"uncached_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in
+                zip(us["uncached"]["all"], us["raw"]["all"], d["ratio_uncached_raw"])],
+               {"uncached_us": med(us["uncached"]["all"]), "raw_us": med(us["raw"]["all"]),
+                "uncached_v4_us": med(us["uncached"]["v4"]), "uncached_v6_us": med(us["uncached"]["v6"]),
+                "raw_v4_us": med(us["raw"]["v4"]), "raw_v6_us": med(us["raw"]["v6"]),
+                "raw_get_with_prefix_len_us": med(us["rawprefix"]["all"]), "ratio_range": spread(d["ratio_uncached_raw"])}),
+        Figure("engine.uncached", "Decision, uncached (first decision of an address)", med(us["uncached"]["all"]), "µs",
+               "see engine.uncached_vs_raw; " + common, None, None, rounds, raw_rounds("uncached")),
+        Figure("engine.raw", "Raw maxminddb lookup in every configured database (the floor)", med(us["raw"]["all"]), "µs",
+               f"Reader.get(ip) of {d['reader']} for each of the {len(d['databases'])} databases; " + common,
+               None, None, rounds, raw_rounds("raw"),
+               {"get_with_prefix_len_us": med(us["rawprefix"]["all"])}),
+        Figure("engine.hot", "Decision from cache, working set of 1k addresses", med(us["hot"]["all"]), "µs",
+               "the last 1,000 addresses decided 10 more times each, after the passes above (fits any cache of "
+               ">= 1k entries): the cost of a decision served from cache; " + common,
+               None, None, rounds, [{"us": rnd(x)} for x in us["hot"]["all"]]),
+    ]
+    return figs, {k: d[k] for k in ("addresses", "databases", "reader", "sample_decision", "seconds")}
+
+
+# -- report --------------------------------------------------------------------------------------
+
+SHORT_METHOD = {
+    "engine": "In-process, 100k distinct public IPv4/IPv6 addresses, bundled databases, default policy; µs per decision "
+              "(wall clock), median of 5 rounds; raw = maxminddb Reader.get in every database.",
+    "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
+    "proxy": "paced wrk (~180 req/s keep-alive, ~90 req/s new connections) sending absolute-form GETs to mitmdump -q; CPU of the mitmdump "
+             "process from /proc per completed request, geogate and bare mitmdump loaded at the same time, median of "
+             "per-round ratios; an A/A pair of two bare processes gives the noise floor; capacity = saturating wrk, "
+             "one proxy at a time.",
+    "tunnel": "4 Python workers paced to 45 tunnels/s looping CONNECT → TLS handshake → GET → close through "
+              "mitmdump; CPU per tunnel from /proc, geogate (TLS passthrough) vs bare mitmdump --ignore-hosts '.*' "
+              "loaded at the same time; A/A pair as noise floor.",
+    "memory": "VmRSS of the geogate mitmdump minus bare mitmdump, after start-up and after the plain-HTTP load.",
+    "audit": "Fresh processes measured with wait4 (wall, CPU, ru_maxrss); geogate audit vs mitmdump -nr -q on the "
+             "same generated .mitm file.",
+}
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if unit == "%":
+        return f"{v:+.1f}%"
+    if unit == "x":
+        return f"{v:.2f}x"
+    if unit in ("µs", "MiB"):
+        return f"{v:.2f} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
+    return f"{v:,.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
+
+
+def _detail(f: dict) -> str:
+    e = f.get("extra") or {}
+    fid = f["id"]
+    if fid.startswith(("proxy.", "tunnel.")) and "base_cpu_ms_per_req_median" in e:
+        return (f"CPU/req {e['base_cpu_ms_per_req_median']} → {e['test_cpu_ms_per_req_median']} ms; "
+                f"{e['base_rps_median']:.0f} → {e['test_rps_median']:.0f} req/s")
+    if fid.startswith("tunnel.") and "base_cpu_ms_per_tunnel_median" in e:
+        return (f"CPU/tunnel {e['base_cpu_ms_per_tunnel_median']} → {e['test_cpu_ms_per_tunnel_median']} ms; "
+                f"{e['base_per_s_median']:.0f} → {e['test_per_s_median']:.0f} tunnels/s")
+    if fid == "engine.uncached_vs_raw":
+        return f"uncached {e.get('uncached_us')} µs vs raw {e.get('raw_us')} µs"
+    if fid.startswith("memory.") and e:
+        return f"{e.get('geogate_rss_mib')} vs {e.get('bare_rss_mib')} MiB (2nd bare: {e.get('bare2_rss_mib')})"
+    if fid == "audit.rate_ratio" and e:
+        return (f"{e.get('geogate_flows_per_s')} vs {e.get('mitmdump_flows_per_s')} flows/s; "
+                f"peak RSS {e.get('geogate_maxrss_mib_median')} vs {e.get('mitmdump_maxrss_mib_median')} MiB")
+    if fid == "audit.memory_flat" and e:
+        return f"{e.get('full_maxrss_mib')} MiB (100k) vs {e.get('small_maxrss_mib')} MiB"
+    if fid.startswith("proxy.capacity") and e:
+        return (f"{e.get('bare_rps_median')} → {e.get('geogate_rps_median')} req/s (per-round ratios "
+                f"{e.get('ratio_range')}); indicative only, see method")
+    if fid.startswith("origin.") and e:
+        return f"origin CPU {e.get('origin_cpu_ms_per_req')} ms/req"
+    if f.get("status") != "measured":
+        return (e.get("reason") or e.get("error") or f.get("status", ""))[:120]
+    return ""
+
+
+def write_markdown(path: Path, doc: dict) -> None:
+    m = doc["machine"]
+    lines = [
+        "# geogate benchmark results",
+        "",
+        f"Run {m['date']} on {m['nproc']} × {m['cpu_model']} ({m.get('mem_total_gib')} GiB), Linux {m['kernel']}, "
+        f"Python {m['python']}, mitmproxy {m['versions'].get('mitmproxy')}, maxminddb {m['versions'].get('maxminddb')}, "
+        f"{m.get('wrk') or 'wrk'}; git {m.get('git')}. Whole run: {doc['elapsed_s']:.0f} s "
+        f"({doc['settings']['rounds']} rounds for engine/audit/capacity, {doc['settings'].get('load_rounds')} rounds × "
+        f"{doc['settings']['seconds']} s per paired load unit). "
+        "Generated by `make bench` (bench/run.py); every figure, its method and the raw per-round numbers are in "
+        "latest.json.",
+        "",
+        "| Benchmark | Measured | Target | Result | Detail (median) |",
+        "|---|---|---|---|---|",
+    ]
+    for f in doc["figures"]:
+        result = {True: "pass", False: "**FAIL**", None: ""}[f["pass"]]
+        if f["status"] == "skipped":
+            result = "skipped"
+        elif f["status"] == "failed":
+            result = "**FAIL** (error)" if f["target"] else "error"
+        lines.append(f"| {f['name']} | {_fmt(f['value'], f['unit'])} | {f['target'] or '—'} | {result} | "
+                     f"{_detail(f)} |")
+    la = (doc.get("notes") or {}).get("load_average") or {}
+    if la:
+        lines += ["", "Background load on the machine (1-minute load average at the start of each section; "
+                  "the proxy and tunnel ratios are measured so that background load hits both sides alike): "
+                  + ", ".join(f"{k} {v['before'][0]:.2f}" for k, v in la.items()) + "."]
+    lines += ["", "Method, in a sentence each (full wording per figure in latest.json):", ""]
+    for key, text in SHORT_METHOD.items():
+        lines.append(f"- **{key}**: {text}")
+    if doc.get("errors"):
+        lines += ["", "Errors:", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in doc["errors"].items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the engine, audit and capacity benchmarks")
+    p.add_argument("--load-rounds", type=int, default=6, help="rounds of the paired proxy and tunnel comparisons")
+    p.add_argument("--seconds", type=int, default=4, help="seconds per paired load unit (wrk / tunnel client)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--addresses", type=int, default=100_000)
+    p.add_argument("--audit-rate-flows", type=int, default=5_000)
+    p.add_argument("--audit-full-baseline", action="store_true", help="also run mitmdump -nr on the 100k file (~4 min)")
+    p.add_argument("--tunnel-diagnostic", action="store_true",
+                   help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
+    p.add_argument("--all-names", action="store_true",
+                   help="measure both a hosts-file name and localhost (default: the hosts-file name if there is one)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args()
+    only = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {sorted(unknown)}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    figures: list[Figure] = []
+    notes: dict = {}
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    loads: dict[str, dict] = {}
+    machine = machine_info()
+    log(f"geogate bench: sections {only}, {a.rounds} rounds, {a.load_rounds} load rounds × {a.seconds}s; "
+        f"{machine['nproc']} CPUs, {machine['cpu_model']}")
+
+    with tempfile.TemporaryDirectory(prefix="geogate-bench-") as tmpdir, processes() as procs:
+        tmp = Path(tmpdir)
+        env = proxy_bench.Env(tmp=tmp, rounds=a.load_rounds, seconds=a.seconds, warmup=a.warmup, procs=procs,
+                              capacity_rounds=a.rounds)
+        for section in only:
+            elapsed = time.perf_counter() - t_start
+            if elapsed > BUDGET_S:
+                errors[section] = f"not run: the time budget ({BUDGET_S}s) was used up after {elapsed:.0f}s"
+                continue
+            t0 = time.perf_counter()
+            load_before = os.getloadavg()
+            log(f"== {section} == (load average {load_before[0]:.2f})")
+            try:
+                if section == "engine":
+                    figs, n = engine_section(a.rounds, a.addresses)
+                elif section in ("proxy", "tunnel"):
+                    if env.origin is None:
+                        proxy_bench.start_origin(env)
+                        figures.extend(proxy_bench.origin_alone(env))
+                        notes["origin"] = env.notes.get("origin")
+                    have_addon = ADDON.exists()
+                    if section == "proxy":
+                        figs, n = proxy_bench.http_section(env, have_addon, a.all_names)
+                    else:
+                        figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
+                else:
+                    figs, n = audit_bench.audit_section(tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline)
+                figures.extend(figs)
+                notes[section] = n
+            except Exception:
+                errors[section] = traceback.format_exc()
+                log(f"{section} failed:\n{errors[section]}")
+            timings[section] = round(time.perf_counter() - t0, 1)
+            loads[section] = {"before": [round(x, 2) for x in load_before],
+                              "after": [round(x, 2) for x in os.getloadavg()]}
+            log(f"== {section} done in {timings[section]:.0f}s ==")
+            # partial results are written after every section
+            _write(a, machine, figures, notes | {"load_average": loads}, errors, timings, t_start, only)
+    doc = _write(a, machine, figures, notes | {"load_average": loads}, errors, timings, t_start, only)
+    _print_summary(doc, a.out)
+    return 1 if errors else 0
+
+
+def _write(a, machine, figures, notes, errors, timings, t_start, only) -> dict:
+    doc = {
+        "machine": machine,
+        "settings": {"sections": only, "rounds": a.rounds, "load_rounds": a.load_rounds, "seconds": a.seconds,
+                     "warmup": a.warmup,
+                     "addresses": a.addresses, "audit_rate_flows": a.audit_rate_flows},
+        "pieces": {"addon": ADDON.exists(), "audit_command": AUDIT_COMMAND.exists()},
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "section_seconds": timings,
+        "figures": [f.to_json() for f in figures],
+        "errors": errors,
+        "notes": notes,
+    }
+    dump_json(a.out / "latest.json", doc)
+    write_markdown(a.out / "latest.md", doc)
+    return doc
+
+
+def _print_summary(doc: dict, out: Path) -> None:
+    print((out / "latest.md").read_text())
+    log(f"done in {doc['elapsed_s']:.0f}s: {out / 'latest.json'}, {out / 'latest.md'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())

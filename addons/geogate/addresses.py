@@ -178,6 +178,7 @@ def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
+@lru_cache(maxsize=8192)  # called for every request and connection, mostly with the same strings
 def parse_ip(text: str) -> IPAddress | None:
     """The IP address `text` spells (brackets, zone id and lax IPv4 forms allowed), else None."""
     text = text.strip()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from dataclasses import replace
 from datetime import datetime
 from datetime import timezone
+from functools import lru_cache
 from ipaddress import ip_address
 
 from .addresses import IPAddress
@@ -370,6 +371,7 @@ def decide_outcome(
                    rule, reason, citation, warnings)
 
 
+@lru_cache(maxsize=8192)
 def parse_client(text: str | None) -> IPAddress | None:
     if not text:
         return None

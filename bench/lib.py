@@ -83,7 +83,7 @@ def median(xs: Sequence[float]) -> float | None:
 
 def spread(xs: Sequence[float]) -> list[float] | None:
     xs = [x for x in xs if x is not None]
-    return [min(xs), max(xs)] if xs else None
+    return [rnd(min(xs)), rnd(max(xs))] if xs else None
 
 
 def rnd(x: float | None, digits: int = 4) -> float | None:

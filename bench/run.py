@@ -146,13 +146,19 @@ def _detail(f: dict) -> str:
     if fid == "audit.memory_flat" and e:
         return f"{e.get('full_maxrss_mib')} MiB (100k) vs {e.get('small_maxrss_mib')} MiB"
     if fid.startswith("proxy.capacity") and e:
+        r = e.get("ratio_range") or [0, 0]
         return (f"{e.get('bare_rps_median')} → {e.get('geogate_rps_median')} req/s (per-round ratios "
-                f"{e.get('ratio_range')}); indicative only, see method")
+                f"{r[0]:.2f}–{r[1]:.2f}x); indicative only, see method")
     if fid.startswith("origin.") and e:
         return f"origin CPU {e.get('origin_cpu_ms_per_req')} ms/req"
     if f.get("status") != "measured":
         return (e.get("reason") or e.get("error") or f.get("status", ""))[:120]
     return ""
+
+
+def _range_pct(f: dict) -> str:
+    r = (f.get("extra") or {}).get("ratio_range")
+    return f"{(r[0] - 1) * 100:+.1f}% … {(r[1] - 1) * 100:+.1f}%" if r else "—"
 
 
 def write_markdown(path: Path, doc: dict) -> None:
@@ -179,6 +185,14 @@ def write_markdown(path: Path, doc: dict) -> None:
             result = "**FAIL** (error)" if f["target"] else "error"
         lines.append(f"| {f['name']} | {_fmt(f['value'], f['unit'])} | {f['target'] or '—'} | {result} | "
                      f"{_detail(f)} |")
+    by_id = {f["id"]: f for f in doc["figures"]}
+    floors = [(label, by_id[k]) for label, k in (("plain HTTP", "proxy.control.bare_vs_bare"),
+                                                 ("tunnels", "tunnel.control.bare_vs_bare")) if k in by_id]
+    if floors:
+        lines += ["", "Noise floor of the overhead figures in this run (two identical bare mitmdump processes measured "
+                  "the same way; median, and the range of the per-round ratios): "
+                  + "; ".join(f"{label} {_fmt(f['value'], '%')} (rounds {_range_pct(f)})" for label, f in floors)
+                  + ". An overhead closer to its target than this is not significant."]
     la = (doc.get("notes") or {}).get("load_average") or {}
     if la:
         lines += ["", "Background load on the machine (1-minute load average at the start of each section; "
@@ -209,7 +223,12 @@ def main() -> int:
     p.add_argument("--all-names", action="store_true",
                    help="measure both a hosts-file name and localhost (default: the hosts-file name if there is one)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--render", action="store_true", help="only rewrite latest.md from the existing latest.json")
     a = p.parse_args()
+    if a.render:
+        write_markdown(a.out / "latest.md", json.loads((a.out / "latest.json").read_text()))
+        print((a.out / "latest.md").read_text())
+        return 0
     only = [s.strip() for s in a.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:

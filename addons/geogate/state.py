@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -66,7 +67,7 @@ class GateState:
     databases: DatabaseSet
     facts: FactsSource
     # outcomes memoised on exactly what they depend on (see decide.decide_outcome)
-    _outcomes: dict = field(default_factory=dict, repr=False, compare=False)
+    _outcomes: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
 
     @classmethod
     def load(cls, policy_path: str | os.PathLike[str] | None, db_paths: Sequence[str | os.PathLike[str]] | None) -> "GateState":
@@ -93,7 +94,7 @@ class GateState:
         if outcome is None:
             outcome = self._outcome(req, addresses, now, resolve_error)
             if len(self._outcomes) >= OUTCOME_CACHE_SIZE:
-                self._outcomes.pop(next(iter(self._outcomes)))  # oldest first: dicts keep order
+                self._outcomes.popitem(last=False)  # oldest first; O(1), unlike popping a dict's first key
             self._outcomes[key] = outcome
         return Decision(req, outcome, now)
 

@@ -37,7 +37,6 @@ except ImportError:  # no flock (Windows): racing writers still only ever os.rep
     fcntl = None  # type: ignore[assignment]
 
 _REPO_GEOIP = Path(__file__).resolve().parents[2] / "geoip"
-BUNDLED_DIR = Path(os.environ.get("GEOGATE_GEOIP_DIR") or _REPO_GEOIP)
 _MANIFEST = "manifest.json"
 _FIX = "run `git checkout geoip/` or pass --db PATH"
 _CHUNK = 1 << 20

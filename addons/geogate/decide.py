@@ -291,7 +291,7 @@ def _evaluate_stricter(policy: Policy, rules: tuple[Rule, ...], req: Request, fa
 
 # -- the whole request ---------------------------------------------------------------------------
 
-def rules_for(policy: Policy, req: Request) -> tuple[tuple[Rule, ...], str | None]:
+def rules_for(policy: Policy, req: Request) -> tuple[Rule, ...]:
     """The rules that apply to this client: its first matching profile's, then the policy's."""
     for profile in policy.clients:
         if profile.sources is not None and not (
@@ -301,8 +301,8 @@ def rules_for(policy: Policy, req: Request) -> tuple[tuple[Rule, ...], str | Non
             continue
         if profile.users is not None and req.user not in profile.users:
             continue
-        return profile.rules + policy.rules, profile.name
-    return policy.rules, None
+        return profile.rules + policy.rules
+    return policy.rules
 
 
 def decide(
@@ -328,7 +328,7 @@ def decide_outcome(
 ) -> Outcome:
     """The outcome depends on the request's host, port, client, user and claim fields, the
     addresses' facts and the date (rule expiry); callers may memoise on exactly those."""
-    rules, _profile = rules_for(policy, req)
+    rules = rules_for(policy, req)
     verdicts = tuple(evaluate_address(policy, rules, req, f, now) for f in facts)
     warnings = tuple(dict.fromkeys(w for v in verdicts for w in v.warnings))
     worst = max(verdicts, key=lambda v: _SEVERITY[v.action]) if verdicts else None  # first of the most severe

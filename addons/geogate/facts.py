@@ -22,10 +22,6 @@ class IPFacts:
     records: tuple[GeoRecord, ...] = ()
     error: str | None = None
 
-    @property
-    def country_records(self) -> tuple[GeoRecord, ...]:
-        return tuple(r for r in self.records if r.country or r.registered_country or r.represented_country)
-
     def first(self, attr: str):
         for r in self.records:
             value = getattr(r, attr)

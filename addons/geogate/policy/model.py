@@ -52,12 +52,6 @@ class Rule:
     origin: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     line: int = 0
 
-    @property
-    def uses_geo(self) -> bool:
-        return any(
-            k is not None for k in (self.countries, self.continents, self.subdivisions, self.asns)
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class ClientProfile:

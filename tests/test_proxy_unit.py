@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import sys
 import types
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 from mitmproxy import addonmanager
 from mitmproxy import connection
 from mitmproxy import exceptions
+from mitmproxy import options as moptions
+from mitmproxy.proxy import layer
+from mitmproxy.proxy import layers
 from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import modes
+from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
@@ -289,6 +296,56 @@ async def test_tls_passes_through_unless_intercept_is_on(gate):
     assert data.ignore_connection is False
 
 
+def client_hello() -> bytes:
+    """The first flight of a real TLS client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="example.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return outgoing.read()
+
+
+def next_layer_for(data: bytes, transport: str = "tcp") -> layer.NextLayer:
+    """A transparent-mode connection whose client has sent `data`."""
+    c = client("transparent")
+    c.transport_protocol = transport
+    context = Context(c, moptions.Options())
+    modes.TransparentProxy(context)
+    nl = layer.NextLayer(context)
+    nl.data_client = lambda: data
+    return nl
+
+
+def passthrough_hooks(gg: GeoGate) -> list:
+    return [a for a in gg.addons if isinstance(a, proxy_module.EagerPassthrough)]
+
+
+async def test_eager_connections_relay_tls_before_any_tls_layer_is_built(gate):
+    # the default strategy: the connection was decided in server_connect already
+    gate.tctx.master.addons.add(NextLayer())
+    gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="eager"))
+    [hooks] = passthrough_hooks(gate.gg)
+    nl = next_layer_for(client_hello())
+    hooks.next_layer(nl)
+    assert type(nl.layer) is layers.TCPLayer and nl.layer.flow is None  # relayed, no flow recorded
+    assert [type(x).__name__ for x in nl.context.layers] == ["TransparentProxy", "TCPLayer"]
+    assert not nl.context.client.tls and not nl.context.server.tls  # nothing half set up
+    # anything else is mitmproxy's own choice
+    nl = next_layer_for(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    hooks.next_layer(nl)
+    assert type(nl.layer) is layers.HttpLayer
+
+
+async def test_tls_layers_stay_when_intercepting_or_connections_are_lazy(gate):
+    # lazy connections need the SNI the ClientHello carries; intercepting needs the TLS layers
+    gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="lazy"))
+    assert passthrough_hooks(gate.gg) == []
+    gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="eager"))
+    assert passthrough_hooks(gate.gg) != []
+    gate.tctx.configure(gate.gg, geogate_intercept=True)
+    assert passthrough_hooks(gate.gg) == []
+
+
 async def test_intercepted_requests_carry_the_decision_and_log_their_url(gate):
     gate.tctx.configure(gate.gg, geogate_intercept=True)
     c = client()
@@ -324,9 +381,13 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
 
 async def test_a_raising_resolver_refuses_the_connection(gate, monkeypatch):
-    async def explode(name):
+    def explode_now(name):
         raise OSError("resolver exploded")
 
+    async def explode(name):
+        explode_now(name)
+
+    monkeypatch.setattr(gate.gg.resolver, "known", explode_now)
     monkeypatch.setattr(gate.gg.resolver, "resolve", explode)
     data = hook_data("allowed.test", 443, client("socks5"))
     await gate.gg.server_connect(data)

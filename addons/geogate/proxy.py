@@ -30,9 +30,15 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy import tls
+from mitmproxy.addons.next_layer import NeedsMoreData
 from mitmproxy.connection import Client
 from mitmproxy.connection import Server
+from mitmproxy.proxy import layer
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.layers import ClientTLSLayer
+from mitmproxy.proxy.layers import ServerTLSLayer
+from mitmproxy.proxy.layers import TCPLayer
+from mitmproxy.proxy.layers import UDPLayer
 from mitmproxy.proxy import server_hooks
 
 from .addresses import AddressError
@@ -58,6 +64,7 @@ from .targets import is_ip
 from .targets import make_request
 from .targets import mode_name
 from .targets import pinned_address
+from .targets import target_url
 from .targets import user_of
 
 logger = logging.getLogger("geogate")
@@ -193,7 +200,7 @@ class GeoGate:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
                 self._open_log(opts.geogate_log)
-            if updated & {"termlog_verbosity", "rfile", "connection_strategy"}:
+            if updated & {"termlog_verbosity", "rfile", "connection_strategy", "geogate_intercept"}:
                 self._configure_optional_hooks(opts)
         except exceptions.OptionsError as e:
             if self._running:
@@ -213,6 +220,8 @@ class GeoGate:
             self.addons.append(ReplayHooks(self))
         if getattr(opts, "connection_strategy", "eager") == "lazy":
             self.addons.append(LazyHooks(self))
+        elif not self.intercept:
+            self.addons.append(EagerPassthrough())
 
     @staticmethod
     def _refuse_upstream(modes: Sequence[str]) -> None:
@@ -285,7 +294,8 @@ class GeoGate:
     # -- the shared path: resolve once, decide, record -----------------------------------------
     async def _resolve(self, name: str) -> tuple[list, str | None]:
         try:
-            r = await self.resolver.resolve(name)
+            # most answers need no query; awaiting the resolver for them costs more than deciding
+            r = self.resolver.known(name) or await self.resolver.resolve(name)
         except ResolveError as e:
             return [], str(e)
         return list(r.addresses), None
@@ -388,23 +398,26 @@ class GeoGate:
 
     async def _decide_proxy_request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        url = req.pretty_url
-        d = await self._decide_name(req.host, req.port, **self._flow_context(flow))
-        self._record(d, flow, url=url)
+        data = req.data
+        host, port = data.host, data.port
+        url = target_url(data)  # before the host is pinned to an address below
+        d = await self._decide_name(host, port, **self._flow_context(flow))
+        address = self._record(d, flow, url=url)["address"]  # the record spells it already
         if d.blocked:
             flow.response = block_response(d)
             return
         client_id = flow.client_conn.id
-        pin = pinned_address(d, req.port)
-        if pin is not None and req.scheme == "http":
-            host_header = req.host_header
-            req.host = pin[0]  # the setter rewrites the Host header too...
-            req.host_header = host_header  # ...so put back what the client sent
+        if address is not None and data.scheme == b"http":
+            pin = (address, port)
+            # Only the target changes: the client's Host header (or h2 :authority) stays as sent.
+            # Request.host's setter would rewrite both, and putting them back costs more than
+            # the whole decision.
+            data.host = pin[0]
             self.carried.remember(client_id, pin, d)
         else:
             # https in absolute form: mitmproxy takes the TLS server name from request.host, so
             # the name stays and server_connect pins the address from this carried decision.
-            self.carried.remember(client_id, (req.host, req.port), d)
+            self.carried.remember(client_id, (host, port), d)
 
     async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
         """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):
@@ -527,6 +540,43 @@ class ReplayHooks:
 
     def dns_request(self, flow) -> None:
         self.gate.replayed(flow)
+
+
+class EagerPassthrough:
+    """TLS pass-through decided before mitmproxy builds its TLS layers.
+
+    With the eager connection strategy every upstream connection is decided in server_connect
+    before the client's first bytes arrive, so nothing in a ClientHello can change the decision.
+    Relaying TLS from here spares parsing the ClientHello and setting up two TLS layers only to
+    drop them in tls_clienthello. Present only when interception is off and connections are
+    eager; with lazy connections the SNI is a claim the decision needs, so tls_clienthello
+    keeps that job.
+
+    Script addons see next_layer before mitmproxy's own NextLayer addon, so the layer is chosen
+    here with that addon's logic (ignore_hosts, proxy modes, protocol detection alike) and only
+    its TLS choice is swapped for a relay. Without that addon, nothing changes: tls_clienthello
+    still passes TLS through.
+    """
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if nextlayer.layer is not None:
+            return
+        choose = getattr(ctx.master.addons.get("nextlayer"), "_next_layer", None) if ctx.master else None
+        if choose is None:
+            return
+        context = nextlayer.context
+        depth, client_tls, server_tls = len(context.layers), context.client.tls, context.server.tls
+        try:
+            chosen = choose(context, nextlayer.data_client(), nextlayer.data_server())
+        except NeedsMoreData:
+            return  # mitmproxy's addon asks again when more bytes arrive
+        if isinstance(chosen, ServerTLSLayer) and isinstance(chosen.child_layer, ClientTLSLayer):
+            # building the TLS layers registered them and flagged both ends as TLS: undo that
+            del context.layers[depth:]
+            context.client.tls, context.server.tls = client_tls, server_tls
+            relay = TCPLayer if context.client.transport_protocol == "tcp" else UDPLayer  # DTLS
+            chosen = relay(context, ignore=True)
+        nextlayer.layer = chosen
 
 
 class LazyHooks:

@@ -139,8 +139,9 @@ class Resolver:
         return Resolution(name, tuple(addresses), "dns", ttl)
 
     # public ----------------------------------------------------------------------------------
-    async def resolve(self, name: str) -> Resolution:
-        """All addresses of `name` (canonical form, see addresses.canonical_host)."""
+    def known(self, name: str) -> Resolution | None:
+        """The answer for `name` if it needs no query (literal, localhost, hosts file, cache),
+        else None. Raises the cached ResolveError of a recent failure."""
         ip = parse_ip(name)
         if ip is not None:
             return Resolution(name, (ip,), "literal", float("inf"))
@@ -156,6 +157,13 @@ class Resolver:
                 raise cached[1]
             r = cached[1]
             return Resolution(r.name, r.addresses, "cache", cached[0] - now)
+        return None
+
+    async def resolve(self, name: str) -> Resolution:
+        """All addresses of `name` (canonical form, see addresses.canonical_host)."""
+        known = self.known(name)
+        if known is not None:
+            return known
         if name in self._inflight:
             return await asyncio.shield(self._inflight[name])
         fut: asyncio.Future[Resolution] = asyncio.get_running_loop().create_future()

@@ -81,6 +81,21 @@ def pinned_address(decision: Decision, port: int) -> Address | None:
     return (str(decision.address), port)
 
 
+_DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ws": 80, b"wss": 443}
+
+
+def target_url(data) -> str:
+    """The URL a request names (mitmproxy RequestData: scheme, host, port, path), default port
+    left out, IPv6 in brackets."""
+    host, port = data.host, data.port
+    if ":" in host:
+        host = f"[{host}]"
+    if _DEFAULT_PORTS.get(data.scheme) != port:
+        host = f"{host}:{port}"
+    path = data.path
+    return f"{data.scheme.decode('ascii', 'replace')}://{host}{'' if path == b'*' else path.decode('utf-8', 'surrogateescape')}"
+
+
 def host_of_header(value: str) -> str:
     """The host part of a Host header (`name`, `name:port`, `[v6]:port`)."""
     try:

@@ -185,6 +185,47 @@ async def test_plain_http_is_pinned_in_requestheaders(gate):
     assert data.server.error is None and len(records(gate.files)) == 1
 
 
+async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_records(gate, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(proxy_module.time, "monotonic", lambda: clock[0])
+    decisions = []
+    real_decide = GateState.decide
+    monkeypatch.setattr(GateState, "decide", lambda self, *a, **k: decisions.append(a) or real_decide(self, *a, **k))
+    c = client()
+    first, second = proxy_request("allowed.test", 8000), proxy_request("allowed.test", 8000)
+    first.client_conn = second.client_conn = c
+    second.request.path = "/other"
+    for f in (first, second):
+        await gate.gg.requestheaders(f)
+    assert len(decisions) == 1  # one decision, two requests
+    assert second.request.host == ALLOWED_IP and second.request.host_header == "allowed.test:8000"
+    a, b = records(gate.files)
+    assert (a["flow_id"], b["flow_id"]) == (first.id, second.id) and b["url"] == "http://allowed.test:8000/other"
+    assert {k: v for k, v in a.items() if k not in ("ts", "flow_id", "url")} == \
+        {k: v for k, v in b.items() if k not in ("ts", "flow_id", "url")}
+    assert b == second.metadata["geogate"]
+
+    # what the reuse must never outlive: the name's resolution, another client or user, the policy
+    clock[0] += proxy_module.NAME_REUSE_SECONDS + 0.1
+    await gate.gg.requestheaders(proxy_request("allowed.test", 8000))
+    assert len(decisions) == 2
+    other = proxy_request("allowed.test", 8000)
+    other.client_conn.peername = ("192.0.2.7", 5555)
+    await gate.gg.requestheaders(other)
+    assert len(decisions) == 3
+    authed = proxy_request("allowed.test", 8000)
+    authed.client_conn.peername = c.peername
+    authed.metadata["proxyauth"] = ("alice", "secret")
+    await gate.gg.requestheaders(authed)
+    assert len(decisions) == 4 and records(gate.files)[-1]["user"] == "alice"
+    write_policy(gate.files.policy, name="v2", extra="  - name: no-de\n    action: block\n    countries: [DE]\n")
+    assert poll_until_changed(gate.gg)
+    again = proxy_request("allowed.test", 8000)
+    again.client_conn = c
+    await gate.gg.requestheaders(again)
+    assert len(decisions) == 5 and again.response.status_code == 403 and records(gate.files)[-1]["policy"]["name"] == "v2"
+
+
 async def test_plain_http_blocked_gets_403(gate):
     f = proxy_request("blocked.test")
     await gate.gg.requestheaders(f)

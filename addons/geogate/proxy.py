@@ -22,6 +22,9 @@ import functools
 import logging
 import os
 import signal
+import time
+from datetime import datetime
+from datetime import timezone
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +53,7 @@ from .errors import GeogateError
 from .record import block_body
 from .record import decision_record
 from .record import proxy_status
+from .record import repeat_record
 from .reload import LiveState
 from .reload import Source
 from .reload import describe
@@ -58,7 +62,11 @@ from .resolve import Resolver
 from .resolve import ResolveError
 from .state import GateState
 from .targets import INTERCEPTED_MODES
+from .targets import NAME_REUSE_SECONDS
 from .targets import CarriedDecisions
+from .targets import RecentDecision
+from .targets import RecentDecisions
+from .targets import client_text
 from .targets import host_of_header
 from .targets import is_ip
 from .targets import make_request
@@ -162,6 +170,7 @@ class GeoGate:
         self.log: DecisionLog | None = None
         self.intercept = False
         self.carried = CarriedDecisions()
+        self.recent = RecentDecisions()
         self._running = False
         self._replay: Any = None  # geogate.audit.replay.ReplayAudit, made on the first replayed flow
         self._replay_missing = False
@@ -331,6 +340,9 @@ class GeoGate:
     def _record(self, d: Decision, flow: http.HTTPFlow | None = None, **extra: Any) -> dict[str, Any]:
         rec = decision_record(d)
         rec.update(extra)
+        return self._publish(d, rec, flow)
+
+    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None) -> dict[str, Any]:
         if self.log is not None:
             self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
         if d.blocked or d.would_block:
@@ -397,12 +409,26 @@ class GeoGate:
                 and flow.server_conn.address is None)
 
     async def _decide_proxy_request(self, flow: http.HTTPFlow) -> None:
-        req = flow.request
-        data = req.data
+        data = flow.request.data
         host, port = data.host, data.port
         url = target_url(data)  # before the host is pinned to an address below
-        d = await self._decide_name(host, port, **self._flow_context(flow))
-        address = self._record(d, flow, url=url)["address"]  # the record spells it already
+        client = flow.client_conn
+        peername = client.peername
+        user = user_of(flow.metadata.get("proxyauth"))
+        key = (host, port, peername[0] if peername else None, user)
+        now = datetime.now(timezone.utc)
+        recent = self.recent.get(key, self.live.state if self.live else None, now, time.monotonic())
+        if recent is not None:
+            d = recent.again(flow.id, client_text(peername), now)
+            rec = repeat_record(recent.record, d)
+            rec["url"] = url
+            self._publish(d, rec, flow)
+        else:
+            d = await self._decide_name(host, port, **self._flow_context(flow))
+            rec = self._record(d, flow, url=url)
+            lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
+            self.recent.put(key, RecentDecision(self.current_state(), d.ts.date(), time.monotonic() + lifetime, d, rec))
+        address = rec["address"]  # the record spells it already
         if d.blocked:
             flow.response = block_response(d)
             return

@@ -11,8 +11,11 @@ Two kinds of mitmproxy modes exist for geogate:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import date
+from datetime import datetime
 
 from .addresses import AddressError
 from .addresses import IPAddress
@@ -138,3 +141,53 @@ class CarriedDecisions:
 
 def _key(address: tuple) -> Address:
     return (str(address[0]).lower(), int(address[1]))
+
+
+# How long a decision on a host name is reused for repeated requests: the resolver re-reads the
+# hosts file at most once a second and keeps DNS answers for at least 5 s, so within a second a
+# fresh decision could not come out differently.
+NAME_REUSE_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class RecentDecision:
+    state: object  # the GateState that decided; a reload makes a new one
+    day: date  # rules expire by date
+    until: float  # time.monotonic() after which the name must be resolved again
+    decision: Decision
+    record: dict  # its decision record, the template for repeats
+
+    def again(self, flow_id: str | None, client: str | None, now: datetime) -> Decision:
+        """The same decision for another request that differs only in who asked and when."""
+        r = self.decision.request
+        req = Request(r.host, r.port, r.client_ip, r.user, r.host_is_claim, r.host_addresses,
+                      flow_id, client, r.mode, r.sni)
+        return Decision(req, self.decision.outcome, now)
+
+
+class RecentDecisions:
+    """Plain-HTTP proxy requests repeat: the same client asks for the same host and port many
+    times a second. Deciding each of them again (canonical name, resolution, engine, record)
+    cannot come out differently while the state, the day and the name's resolution hold, so
+    the decision is reused for that long. Keyed by everything the outcome depends on that the
+    request carries: host as sent, port, client address and user.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple, RecentDecision] = OrderedDict()
+
+    def get(self, key: tuple, state: object, now: datetime, mono: float) -> RecentDecision | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.state is not state or entry.until < mono or entry.day != now.date():
+            return None
+        return entry
+
+    def put(self, key: tuple, entry: RecentDecision) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,32 @@
+"""Record helpers that the proxy uses on every request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+
+import pytest
+
+from geogate.record import timestamp
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize("ts, text", [
+    (datetime(2026, 11, 28, 15, 4, 5, 123456, tzinfo=UTC), "2026-11-28T15:04:05.123Z"),
+    (datetime(2026, 11, 28, 15, 4, 5, 999999, tzinfo=UTC), "2026-11-28T15:04:05.999Z"),  # truncated, not rounded
+    (datetime(2026, 11, 28, 15, 4, 5, tzinfo=UTC), "2026-11-28T15:04:05.000Z"),
+    (datetime(2026, 12, 28, 15, 4, 5, 1000, tzinfo=UTC), "2026-12-28T15:04:05.001Z"),  # same h:m:s, next month
+    (datetime(2027, 12, 28, 15, 4, 5, 1000, tzinfo=UTC), "2027-12-28T15:04:05.001Z"),  # and next year
+    (datetime(2026, 1, 1, 5, 0, 0, 250000, tzinfo=timezone(timedelta(hours=2))), "2026-01-01T05:00:00.250+02:00"),
+])
+def test_timestamp(ts, text):
+    assert timestamp(ts) == text
+
+
+def test_timestamp_agrees_with_isoformat_across_seconds():
+    start = datetime(2026, 11, 28, 23, 59, 58, tzinfo=UTC)
+    for ms in range(0, 4000, 7):
+        ts = start + timedelta(milliseconds=ms, microseconds=ms % 1000)
+        assert timestamp(ts) == ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")

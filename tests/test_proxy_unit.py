@@ -226,6 +226,18 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
     assert len(decisions) == 5 and again.response.status_code == 403 and records(gate.files)[-1]["policy"]["name"] == "v2"
 
 
+async def test_repeated_connects_reuse_the_decision_and_a_block_stays_a_block(gate, monkeypatch):
+    decisions = []
+    real_decide = GateState.decide
+    monkeypatch.setattr(GateState, "decide", lambda self, *a, **k: decisions.append(a) or real_decide(self, *a, **k))
+    flows = [connect_flow("blocked.test") for _ in range(3)]
+    for f in flows:
+        await gate.gg.http_connect(f)
+        assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
+    assert len(decisions) == 1
+    assert [r["flow_id"] for r in records(gate.files)] == [f.id for f in flows]
+
+
 async def test_plain_http_blocked_gets_403(gate):
     f = proxy_request("blocked.test")
     await gate.gg.requestheaders(f)

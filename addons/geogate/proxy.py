@@ -374,13 +374,35 @@ class GeoGate:
         return user_of(authenticated.get(client)) if authenticated is not None else None
 
     # -- hooks ---------------------------------------------------------------------------------
+    async def _decide_flow(self, flow: http.HTTPFlow, host: str, port: int, **extra: Any) -> tuple[Decision, dict[str, Any]]:
+        """Decide and record a destination the client named in a request (CONNECT or absolute
+        form). Clients repeat the same destinations: a recent decision is reused while it
+        cannot have changed (see targets.RecentDecisions)."""
+        client = flow.client_conn
+        peername = client.peername
+        mode = mode_name(client.proxy_mode)
+        user = user_of(flow.metadata.get("proxyauth"))
+        key = (host, port, peername[0] if peername else None, user, mode)
+        now = datetime.now(timezone.utc)
+        recent = self.recent.get(key, self.live.state if self.live else None, now, time.monotonic())
+        if recent is not None:
+            d = recent.again(flow.id, client_text(peername), now)
+            rec = repeat_record(recent.record, d)
+            rec.update(extra)
+            return d, self._publish(d, rec, flow)
+        context = dict(peername=peername, mode=mode, flow_id=flow.id, user=user)
+        d = await self._decide_name(host, port, **context)
+        rec = self._record(d, flow, **extra)
+        lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
+        self.recent.put(key, RecentDecision(self.current_state(), d.ts.date(), time.monotonic() + lifetime, d, dict(rec)))
+        return d, rec
+
     @fail_closed(_refuse_flow)
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response:
             return
         req = flow.request
-        d = await self._decide_name(req.host, req.port, **self._flow_context(flow))
-        self._record(d, flow)
+        d, _rec = await self._decide_flow(flow, req.host, req.port)
         if d.blocked:
             flow.response = block_response(d)  # nothing is dialled for a refused CONNECT
             return
@@ -412,22 +434,7 @@ class GeoGate:
         data = flow.request.data
         host, port = data.host, data.port
         url = target_url(data)  # before the host is pinned to an address below
-        client = flow.client_conn
-        peername = client.peername
-        user = user_of(flow.metadata.get("proxyauth"))
-        key = (host, port, peername[0] if peername else None, user)
-        now = datetime.now(timezone.utc)
-        recent = self.recent.get(key, self.live.state if self.live else None, now, time.monotonic())
-        if recent is not None:
-            d = recent.again(flow.id, client_text(peername), now)
-            rec = repeat_record(recent.record, d)
-            rec["url"] = url
-            self._publish(d, rec, flow)
-        else:
-            d = await self._decide_name(host, port, **self._flow_context(flow))
-            rec = self._record(d, flow, url=url)
-            lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
-            self.recent.put(key, RecentDecision(self.current_state(), d.ts.date(), time.monotonic() + lifetime, d, rec))
+        d, rec = await self._decide_flow(flow, host, port, url=url)
         address = rec["address"]  # the record spells it already
         if d.blocked:
             flow.response = block_response(d)

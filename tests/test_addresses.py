@@ -355,3 +355,141 @@ def test_split_host_port_rejects(target: str) -> None:
         split_host_port(target)
     assert "\n" not in str(err.value)
     assert repr(target.strip()) in str(err.value)  # the message quotes what was given
+
+
+# -- the integer classification against the ipaddress-based one it replaced ----------------------
+
+def _reference_tables():
+    from geogate.addresses import _SPECIAL_V4
+    from geogate.addresses import _SPECIAL_V6
+
+    return {v: [(ipaddress.ip_network(n), name) for n, name in table] for v, table in ((4, _SPECIAL_V4), (6, _SPECIAL_V6))}
+
+
+_REF_SPECIAL = _reference_tables()
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+
+
+def _reference_special(addr) -> str | None:
+    """special_range as it was: a scan of the table with `in network`, then 2000::/3."""
+    for net, name in _REF_SPECIAL[addr.version]:
+        if addr in net:
+            return name
+    if addr.version == 6 and addr not in _GLOBAL_UNICAST:
+        return "reserved"
+    return None
+
+
+_FORMS = [("::ffff:0:0/96", "ipv4-mapped"), ("::ffff:0:0:0/96", "ipv4-translated"), ("::/96", "ipv4-compatible"),
+          ("64:ff9b::/96", "nat64"), ("64:ff9b:1::/48", "nat64"), ("2002::/16", "6to4"), ("2001::/32", "teredo")]
+_REF_FORMS = [(ipaddress.ip_network(n), form) for n, form in _FORMS]
+
+
+def _reference_embedded(addr):
+    """embedded_ipv4 as it was: `in network` per transition form."""
+    for net, form in _REF_FORMS:
+        if addr in net:
+            if form == "ipv4-compatible" and int(addr) <= 1:
+                continue
+            if form == "6to4":
+                return ipaddress.IPv4Address((int(addr) >> 80) & 0xFFFFFFFF), form
+            if form == "teredo":
+                return ipaddress.IPv4Address(~int(addr) & 0xFFFFFFFF), form
+            return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF), form
+    return None
+
+
+def _reference_classify(addr) -> Address:
+    if addr.version == 6:
+        addr = ipaddress.IPv6Address(int(addr))  # zone id dropped
+        carried = _reference_embedded(addr)
+        if carried is not None:
+            return Address(addr, carried[0], carried[1], _reference_special(carried[0]))
+    return Address(addr, None, None, _reference_special(addr))
+
+
+def _boundary_addresses() -> list:
+    """Both ends of every named range and transition form, and the addresses just outside."""
+    from geogate.addresses import _SPECIAL_V4
+    from geogate.addresses import _SPECIAL_V6
+
+    nets = [n for n, _ in _SPECIAL_V4 + _SPECIAL_V6] + [n for n, _ in _FORMS] + ["2000::/3", "4000::/2", "8000::/1"]
+    out = []
+    for text in nets:
+        net = ipaddress.ip_network(text)
+        top = (1 << net.max_prefixlen) - 1
+        first, last = int(net.network_address), int(net.broadcast_address)
+        for value in (first - 1, first, first + 1, last - 1, last, last + 1):
+            if 0 <= value <= top:
+                out.append(ipaddress.ip_address(value) if net.version == 4 else ipaddress.IPv6Address(value))
+    return out
+
+
+def _carriers() -> list:
+    """Every transition form carrying each IPv4 boundary address (so the embedded range decides)."""
+    import random
+
+    rng = random.Random(11)
+    v4s = [a for a in _boundary_addresses() if a.version == 4] + [ip("8.8.8.8"), ip("1.2.3.4")]
+    out = []
+    for v4 in v4s:
+        x = int(v4)
+        out += [
+            ipaddress.IPv6Address(0xFFFF << 32 | x),  # mapped
+            ipaddress.IPv6Address(0xFFFF << 48 | x),  # translated
+            ipaddress.IPv6Address(x),  # compatible (:: and ::1 are not)
+            ipaddress.IPv6Address(0x64FF9B << 96 | x),  # NAT64
+            ipaddress.IPv6Address(0x64FF9B0001 << 80 | rng.getrandbits(48) << 32 | x),  # NAT64 local-use
+            ipaddress.IPv6Address(0x2002 << 112 | x << 80 | rng.getrandbits(80)),  # 6to4
+            ipaddress.IPv6Address(0x20010000 << 96 | rng.getrandbits(64) << 32 | (~x & 0xFFFFFFFF)),  # Teredo
+        ]
+    return out
+
+
+def _random_addresses(n: int = 20000) -> list:
+    import random
+
+    rng = random.Random(5)
+    out = [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(n)]
+    out += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(n // 2)]
+    # most of the IPv6 space is reserved: aim at the prefixes that are not
+    for prefix, bits in ((0x2, 4), (0x3FFF, 16), (0x2001, 16), (0x0, 96), (0x64FF9B, 24), (0x5F00, 16), (0xFE, 8)):
+        shift = 128 - bits
+        out += [ipaddress.IPv6Address(prefix << shift | rng.getrandbits(shift)) for _ in range(n // 10)]
+    return out
+
+
+CLASSIFY_SAMPLE = _boundary_addresses() + _carriers() + _random_addresses()
+
+
+def test_classification_matches_the_ipaddress_based_reference() -> None:
+    """special_range, embedded_ipv4 and classify (integer tables) agree with `ip in network` for
+    every range boundary, every transition form around them, and random addresses."""
+    assert len(CLASSIFY_SAMPLE) > 30000
+    mismatches = []
+    for addr in CLASSIFY_SAMPLE:
+        got = (special_range(addr), embedded_ipv4(addr) if addr.version == 6 else None, classify(addr))
+        want = (_reference_special(addr), _reference_embedded(addr) if addr.version == 6 else None, _reference_classify(addr))
+        if got != want:
+            mismatches.append((str(addr), got, want))
+    assert not mismatches, mismatches[:5]
+    # the sample is not vacuous: every range name and every form occurs
+    names = {classify(a).special for a in CLASSIFY_SAMPLE}
+    assert names >= {name for _t, name in SPECIAL_RANGES if name} | {None}
+    assert {classify(a).embedding for a in CLASSIFY_SAMPLE} == {None} | {form for _n, form in _FORMS}
+
+
+def test_classify_of_a_scoped_address_equals_the_unscoped_one() -> None:
+    for text in ("fe80::1%eth0", "::ffff:127.0.0.1%2", "2002:7f00:1::%x", "2606:4700::1%lo"):
+        scoped = ip(text)
+        assert classify(scoped) == _reference_classify(scoped) == classify(ip(text.split("%")[0]))
+
+
+def test_ip_key_is_the_integer_with_the_family_apart() -> None:
+    """ip_key reads ipaddress internals for speed: it must agree with the public int() and .version."""
+    from geogate.addresses import ip_key
+
+    for addr in CLASSIFY_SAMPLE[:5000] + _carriers():
+        assert ip_key(addr) == int(addr) + (1 << 128 if addr.version == 6 else 0)
+    assert ip_key(ip("1.2.3.4")) != ip_key(ip("::1.2.3.4"))
+    assert ip_key(ip("fe80::1%eth0")) == ip_key(ip("fe80::1"))  # the zone id is not part of the key

@@ -23,6 +23,7 @@ from netaddr import IPSet
 from geogate.databases import Database
 from geogate.databases import DatabaseError
 from geogate.databases import DatabaseSet
+from geogate.databases import network_text
 from geogate.errors import GeogateError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,7 +81,7 @@ def test_country_truth_table_covers_the_interesting_cases() -> None:
 @pytest.mark.parametrize(("network", "truth"), COUNTRY_ROWS, ids=[k for k, _ in COUNTRY_ROWS])
 def test_country_truth_table(country_db: Database, network: str, truth: dict[str, Any]) -> None:
     net = lookup_network(network)
-    rec = country_db.lookup(net.network_address)
+    rec, prefix_len = country_db.find(net.network_address)
     assert rec is not None, f"{net.network_address} ({network}) has no record"
     assert rec.source == "GeoIP2-Country-Test"
     assert rec.country == iso(truth, "country")
@@ -89,7 +90,7 @@ def test_country_truth_table(country_db: Database, network: str, truth: dict[str
     assert rec.represented_type == (truth.get("represented_country") or {}).get("type")
     assert rec.continent == iso(truth, "continent", "code")
     assert rec.anycast is bool((truth.get("traits") or {}).get("is_anycast"))
-    assert rec.network == str(net)
+    assert network_text(net.network_address, prefix_len) == str(net)
     assert rec.subdivisions == () and rec.asn is None  # a Country database has neither
     if net.version == 4:
         # the same node is reachable as ::a.b.c.d (the IPv4 subtree of an IPv6 database)
@@ -197,10 +198,10 @@ def test_flat_schema_written_by_the_tests(tmp_path: Path) -> None:
     try:
         assert (db.schema, db.kind) == ("flat", "country")
         assert db.info.has_country and db.info.has_asn and not db.info.has_subdivisions
-        rec = db.lookup(ip("1.2.3.4"))
+        rec, prefix_len = db.find(ip("1.2.3.4"))
         assert (rec.country, rec.asn, rec.as_org, rec.registered_country) == ("CN", 4134, "ChinaNet", None)
         assert rec.continent == "AS"  # flat records carry no continent: derived from the country
-        assert rec.network == "1.2.3.0/24"
+        assert network_text(ip("1.2.3.4"), prefix_len) == "1.2.3.0/24"
         assert db.lookup(ip("2001:db8:1::5")).country == "DE"  # lower case upper-cased
         assert db.lookup(ip("5.6.7.8")).country is None  # a name is not a code
         assert db.lookup(ip("9.9.9.9")) is None
@@ -390,3 +391,143 @@ def test_database_rewritten_in_place_keeps_answering_from_the_loaded_snapshot(tm
     finally:
         reopened.close()
 
+
+
+# -- the raw-record reader against the geoip2 models it replaced -----------------------------------
+
+def _geoip2_fields(db: Database, addr, rec: dict, prefix_len: int) -> dict[str, Any]:
+    """What databases.py read through geoip2's models before it read the raw records itself."""
+    import geoip2.models
+
+    from geogate.databases import _code as code
+
+    out = dict(source=db.name, country=None, registered_country=None, represented_country=None, represented_type=None,
+               continent=None, subdivisions=(), asn=None, as_org=None, anycast=False)
+    if db.kind == "asn":
+        model = geoip2.models.ASN(addr, prefix_len=prefix_len, **rec)
+        out.update(asn=model.autonomous_system_number, as_org=model.autonomous_system_organization)
+    elif db.kind != "anonymous-ip":
+        model = geoip2.models.City(["en"], ip_address=addr, prefix_len=prefix_len, **rec)
+        country = code(model.country.iso_code)
+        out.update(
+            country=country,
+            registered_country=code(model.registered_country.iso_code),
+            represented_country=code(model.represented_country.iso_code),
+            represented_type=model.represented_country.type,
+            continent=code(model.continent.code),
+            subdivisions=tuple(f"{country}-{s.iso_code.upper()}" for s in model.subdivisions if country and s.iso_code),
+            anycast=bool(model.traits.is_anycast),
+        )
+    out["network"] = str(ipaddress.ip_network((addr, prefix_len), strict=False))
+    return out
+
+
+def _fields(rec, addr, prefix_len: int) -> dict[str, Any]:
+    names = ("source", "country", "registered_country", "represented_country", "represented_type", "continent",
+             "subdivisions", "asn", "as_org", "anycast")
+    return {n: getattr(rec, n) for n in names} | {"network": network_text(addr, prefix_len)}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MAXMIND_DATA.glob("*.mmdb")))
+def test_reader_agrees_with_geoip2_models_on_every_network(name: str) -> None:
+    """Every network of every MaxMind test database, at both ends: the same fields as geoip2's
+    models give, and the same network."""
+    db = Database(MAXMIND_DATA / name)
+    raw = maxminddb.open_database(str(MAXMIND_DATA / name))
+    try:
+        checked, mismatches = 0, []
+        for net, _record in raw:
+            for addr in (net.network_address, net.broadcast_address):
+                rec, prefix_len = raw.get_with_prefix_len(addr)
+                got, found = db.find(addr)
+                assert found == prefix_len
+                want = _geoip2_fields(db, addr, rec, prefix_len)
+                if _fields(got, addr, found) != want:
+                    mismatches.append((str(addr), _fields(got, addr, found), want))
+                checked += 1
+        assert not mismatches, mismatches[:3]
+        assert checked > 20
+    finally:
+        raw.close()
+        db.close()
+
+
+def test_flat_reader_agrees_with_the_reader_it_replaced(tmp_path: Path) -> None:
+    """The flat schema as it was read before records were shared, over awkward values."""
+    extras = {
+        "1.0.0.0/24": {"asn": "AS4134", "as_name": "ChinaNet"},
+        "1.0.1.0/24": {"asn": "as4134", "as_name": 7},
+        "1.0.2.0/24": {"asn": 64500, "continent_code": "eu"},
+        "1.0.3.0/24": {"asn": "", "continent_code": "Europe"},
+        "1.0.4.0/24": {"asn": "ASX"},
+        "1.0.5.0/24": {"asn": "AS64500", "as_name": "Example", "as_domain": "example.com", "country": "Germany"},
+        "1.0.6.0/24": {"tags": ["unhashable", "list"]},  # a value that cannot be a dictionary key
+    }
+    countries = {"1.0.0.0/24": "CN", "1.0.1.0/24": "cn", "1.0.2.0/24": " de ", "1.0.3.0/24": "China",
+                 "1.0.4.0/24": "", "1.0.5.0/24": "DE", "1.0.6.0/24": "XK", "1.0.7.0/24": "US", "1.0.8.0/24": "US"}
+    db = Database(write_flat(tmp_path / "flat.mmdb", countries, **extras))
+    try:
+        for net in countries:
+            addr = ipaddress.ip_network(net).network_address
+            record, prefix_len = db._reader.get_with_prefix_len(addr)
+            got, found = db.find(addr)
+            want = _old_flat(db.name, record)
+            assert (found, _fields(got, addr, found)) == (prefix_len, want | {"network": net}), net
+        # one shared record per content: 1.0.7.0 and 1.0.8.0 say the same
+        assert db.lookup(ip("1.0.7.1")) is db.lookup(ip("1.0.8.1")) is db.lookup(ip("1.0.7.200"))
+        assert db.lookup(ip("1.0.7.1")) is not db.lookup(ip("1.0.5.1"))
+    finally:
+        db.close()
+
+
+def _old_flat(source: str, rec: dict[str, Any]) -> dict[str, Any]:
+    from geogate.databases import _CONTINENT_OF
+    from geogate.databases import _code
+
+    asn = rec.get("asn")
+    if isinstance(asn, str) and asn.upper().startswith("AS"):
+        asn = asn[2:]
+    try:
+        asn = int(asn) if asn not in (None, "") else None
+    except (TypeError, ValueError):
+        asn = None
+    country = _code(rec.get("country_code"))
+    return dict(source=source, country=country, registered_country=None, represented_country=None,
+                represented_type=None, continent=_code(rec.get("continent_code")) or _CONTINENT_OF.get(country),
+                subdivisions=(), asn=asn, as_org=rec.get("as_name") if isinstance(rec.get("as_name"), str) else None,
+                anycast=False)
+
+
+def test_records_are_shared_per_database() -> None:
+    a, b = Database(CITY_DB), Database(CITY_DB, name="other")
+    try:
+        # two addresses of one network, and two networks with the same record content
+        assert a.lookup(ip("81.2.69.142")) is a.lookup(ip("81.2.69.143"))
+        assert a.lookup(ip("81.2.69.142")) is not b.lookup(ip("81.2.69.142"))  # the source differs
+        assert b.lookup(ip("81.2.69.142")).source == "other"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_malformed_maxmind_record_is_a_lookup_error(tmp_path: Path) -> None:
+    """A map that is not a map: geoip2 raised TypeError here; now it is a ValueError, which
+    FactsSource reports as a failed lookup (so the decision fails closed)."""
+    from geogate.facts import FactsSource
+
+    path = write_maxmind(tmp_path / "odd.mmdb", {
+        "1.2.3.0/24": {"country": "RU", "continent": {"code": "EU"}},
+        "5.6.7.0/24": {"country": {"iso_code": "UA"}, "subdivisions": [{"iso_code": 43}]},
+        "8.8.8.0/24": maxmind_record("US", continent="NA"),
+    })
+    dbs = DatabaseSet.open([path])
+    try:
+        db = dbs.databases[0]
+        for addr in ("1.2.3.4", "5.6.7.8"):
+            with pytest.raises(ValueError):
+                db.find(ip(addr))
+        assert db.lookup(ip("8.8.8.8")).country == "US"
+        facts = FactsSource(dbs)._lookup_ip(ip("1.2.3.4"))
+        assert facts.error and "odd" in facts.error and facts.records == ()
+    finally:
+        dbs.close()

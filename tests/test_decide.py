@@ -588,14 +588,14 @@ def test_maxmind_alias_of_mapped_addresses_is_not_special(gate) -> None:
 def test_lookup_error_blocks(gate, monkeypatch: pytest.MonkeyPatch) -> None:
     state = gate("default: allow\nspecial: allow\ngeo: {unknown: allow}\n", "geo", "flat")
     flat = state.databases.databases[1]
-    real = flat.lookup
+    real = flat.find
 
     def broken(addr):
         if addr == ip("1.0.0.1"):
             raise InvalidDatabaseError("The MaxMind DB file's data section contains bad data")
         return real(addr)
 
-    monkeypatch.setattr(flat, "lookup", broken)
+    monkeypatch.setattr(flat, "find", broken)
     d = ask(state, "1.0.0.1")
     assert (d.action, d.rule) == ("block", "error")
     assert "flat" in d.reason and "1.0.0.1" in d.reason
@@ -614,7 +614,7 @@ def test_lookup_error_via_facts_source(dbs) -> None:
     databases = DatabaseSet.open([dbs["geo"]])
     try:
         db = databases.databases[0]
-        db.lookup = lambda addr: (_ for _ in ()).throw(InvalidDatabaseError("corrupt"))  # type: ignore[method-assign]
+        db.find = lambda addr: (_ for _ in ()).throw(InvalidDatabaseError("corrupt"))  # type: ignore[method-assign]
         source = FactsSource(databases)
         facts = [source.facts(classify(ip("2.0.0.1")))]
         d = decide(policy, Request(host="2.0.0.1", port=443), facts, source.infos, now=NOW)
@@ -737,3 +737,84 @@ def test_proxy_status_and_block_body(gate) -> None:
     d = ask(state, host="nx.example", resolve_error="no such host")
     assert proxy_status(d) == 'geogate; error=destination_ip_prohibited; details="country=unknown; rule=resolve-error"'
     assert "no such host" in block_body(d)
+
+
+# -- the verdict memo changes nothing -----------------------------------------------------------------
+
+MEMO_POLICY = """\
+default: allow
+special: {special}
+geo: {{fields: [country, registered_country], unknown: block}}
+clients:
+  - name: ci
+    sources: [10.20.0.0/16]
+    rules:
+      - {{name: ci-no-registry, action: block, hosts: [pypi.org]}}
+  - name: support
+    users: [support]
+    rules:
+      - {{name: support-eu-only, action: block, continents: [AS, NA]}}
+rules:
+  {carve}
+  - {{name: mirror, action: allow, hosts: ["*.example.com"], ports: [443]}}
+  - {{name: old, action: block, countries: [AU], expires: 2026-06-15}}
+  - {{name: doj, action: block, countries: ["@us-doj-countries-of-concern"]}}
+  - {{name: watch, action: monitor, asns: [15169]}}
+  - {{name: regions, action: block, subdivisions: [UA-43]}}
+"""
+CARVE = "- {name: carve, action: allow, networks: [127.0.0.0/8, 3.0.0.0/24]}"  # makes every rule set address-dependent
+
+MEMO_ADDRESSES = ["1.0.0.1", "2.0.0.1", "3.0.0.1", "4.0.0.1", "5.0.0.1", "5.0.1.1", "6.0.0.1", "6.1.0.1", "8.0.0.1",
+                  "11.0.0.1", "12.0.0.1", "13.0.0.1", "14.0.0.1", "127.0.0.1", "127.0.1.5", "10.1.2.3", "9.9.9.9",
+                  "::ffff:1.0.0.1", "::ffff:2.0.0.1", "2002:200:1::1", "2002:100:2::1", "64:ff9b::300:1", "2400:cb00::1",
+                  "2001:4860::1", "fe80::1", "::ffff:127.0.0.1"]
+
+
+@pytest.mark.parametrize("carve", [CARVE, ""], ids=["networks-rule", "no-networks-rule"])
+@pytest.mark.parametrize("special", ["allow", "block", "lookup"])
+def test_memoised_verdicts_render_the_same_records(gate, special, carve) -> None:
+    """GateState remembers what the rules said per set of records (decide.VerdictMemo); the plain
+    decide() does not. Every record must come out the same, for rules that depend on the address
+    (networks, claimed hosts), the host, the port, the client, the date, and for special ranges and
+    embedded IPv4."""
+    state = gate(MEMO_POLICY.format(special=special, carve=carve), "geo", "flat", "asn")
+    source = FactsSource(state.databases)
+    requests = [
+        dict(host="www.example.com", port=443), dict(host="www.example.com", port=80), dict(host="pypi.org", port=443),
+        dict(host="pypi.org", port=443, client_ip=ip("10.20.0.9")), dict(host="a.example", port=443, user="support"),
+        dict(host="www.example.com", port=443, host_is_claim=True, host_addresses=frozenset({ip("1.0.0.1")})),
+        dict(host="www.example.com", port=443, host_is_claim=True, host_addresses=frozenset()),
+    ]
+    checked = set()
+    for now in (NOW, datetime(2026, 7, 1, tzinfo=timezone.utc)):  # before and after `old` expires
+        for fields in requests:
+            for group in [[a] for a in MEMO_ADDRESSES] + [MEMO_ADDRESSES[i:i + 3] for i in range(0, 24, 3)]:
+                req = Request(**fields)
+                addresses = [ip(a) for a in group]
+                for _ in range(2):  # the second time from the memo (and the outcome cache)
+                    got = decision_record(state.decide(req, addresses, now=now))
+                    want = decision_record(decide(state.policy, req, [source.facts(classify(a)) for a in addresses],
+                                                  source.infos, now=now))
+                    assert got == want, (fields, group, now)
+                checked.add(got["rule"])
+    assert checked >= {"mirror", "old", "doj", "watch", "regions", "default", "geo.unknown", "ci-no-registry",
+                       "support-eu-only"} | ({"carve"} if carve else set())
+    assert bool(state._verdicts.judgements) == (not carve)  # the memo was used exactly where it may be
+
+
+def test_memo_is_not_used_where_the_rules_depend_on_the_address() -> None:
+    from geogate.decide import VerdictMemo
+    from geogate.policy.loader import load_policy_text
+
+    def memo_key(body: str, **req):
+        policy = load_policy_text("version: 1\nname: t\ndefault: allow\n" + body, "inline.yaml")
+        return VerdictMemo(policy).rules_for(Request(**req), NOW.date())[1]
+
+    countries = "rules:\n  - {name: r, action: block, countries: [CN]}\n"
+    hosts = "rules:\n  - {name: r, action: block, hosts: [a.example]}\n"
+    ports = "rules:\n  - {name: r, action: block, ports: [443]}\n"
+    assert memo_key(countries, host="a.example", port=443) == (None, None, None, NOW.date())  # host, port irrelevant
+    assert memo_key(hosts, host="a.example", port=443) == (None, "a.example", None, NOW.date())
+    assert memo_key(ports, host="a.example", port=443) == (None, None, 443, NOW.date())
+    assert memo_key("rules:\n  - {name: r, action: allow, networks: [10.0.0.0/8]}\n", host="a.example", port=443) is None
+    assert memo_key(hosts, host="a.example", port=443, host_is_claim=True) is None  # verified against the address

@@ -10,6 +10,7 @@ caller can check both.
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Union
@@ -61,23 +62,62 @@ _SPECIAL_V6: tuple[tuple[str, str], ...] = (
     ("fec0::/10", "site-local"),
     ("ff00::/8", "multicast"),
 )
-# (first, last, name) as integers per IP version: a lookup on every decision must be cheap.
-_SPECIAL: dict[int, tuple[tuple[int, int, str], ...]] = {
-    version: tuple(
-        (int(net.network_address), int(net.broadcast_address), name)
-        for net, name in ((ipaddress.ip_network(n), name) for n, name in table)
-    )
-    for version, table in ((4, _SPECIAL_V4), (6, _SPECIAL_V6))
-}
 
-# IPv6 forms that carry an IPv4 address, and where it sits.
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
-_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
-_COMPATIBLE = ipaddress.ip_network("::/96")
-_NAT64_WKP = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-_SIXTOFOUR = ipaddress.ip_network("2002::/16")
-_TEREDO = ipaddress.ip_network("2001::/32")
+
+def _flatten(
+    table: tuple[tuple[str, str], ...], rest: tuple[tuple[str, str], ...] = (),
+) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
+    """The table (first match wins) as sorted, disjoint runs: (starts, names), for bisect.
+
+    A decision needs the range of every address it has not seen before, so the lookup is one
+    bisect on integers instead of a scan of the table; `rest` ranges match only after all of
+    `table` (the catch-all "reserved" parts of IPv6).
+    """
+    ranges = [
+        (int(net.network_address), int(net.broadcast_address), name)
+        for net, name in ((ipaddress.ip_network(n), name) for n, name in table + rest)
+    ]
+    top = max(last for _f, last, _n in ranges)
+    cuts = sorted({0} | {first for first, _l, _n in ranges} | {last + 1 for _f, last, _n in ranges if last < top})
+    starts: list[int] = []
+    names: list[str | None] = []
+    for cut in cuts:
+        # every range begins and ends on a cut, so the run from `cut` is wholly in or out of it
+        name = next((n for first, last, n in ranges if first <= cut <= last), None)
+        if not names or names[-1] != name:
+            starts.append(cut)
+            names.append(name)
+    return tuple(starts), tuple(names)
+
+
+# Outside 2000::/3, the global unicast space, every IPv6 address not named above is reserved.
+_V6_RESERVED = (("::/3", "reserved"), ("4000::/2", "reserved"), ("8000::/1", "reserved"))
+_V4_STARTS, _V4_NAMES = _flatten(_SPECIAL_V4)
+_V6_STARTS, _V6_NAMES = _flatten(_SPECIAL_V6, _V6_RESERVED)
+
+
+def _prefix(text: str) -> tuple[int, int]:
+    """(prefix, shift): an IPv6 address `value` is in the network when value >> shift == prefix."""
+    net = ipaddress.IPv6Network(text)
+    return int(net.network_address) >> (128 - net.prefixlen), 128 - net.prefixlen
+
+
+# IPv6 forms that carry an IPv4 address, as integers: recognising one is a shift and a comparison,
+# not an `ip in network` test (which builds objects) per form.
+_MAPPED = _prefix("::ffff:0:0/96")
+_TRANSLATED = _prefix("::ffff:0:0:0/96")
+_COMPATIBLE = _prefix("::/96")
+_NAT64_WKP = _prefix("64:ff9b::/96")
+_NAT64_LOCAL = _prefix("64:ff9b:1::/48")
+_SIXTOFOUR = _prefix("2002::/16")
+_TEREDO = _prefix("2001::/32")
+_LOW32 = 0xFFFFFFFF
+# The first 16 bits of every form above: any other address (nearly all traffic) is rejected with
+# one shift and one set lookup.
+_CARRIER_TOPS = frozenset(
+    prefix >> (112 - shift)
+    for prefix, shift in (_MAPPED, _TRANSLATED, _COMPATIBLE, _NAT64_WKP, _NAT64_LOCAL, _SIXTOFOUR, _TEREDO)
+)
 
 
 @dataclass(slots=True)
@@ -94,57 +134,75 @@ class Address:
         return str(self.ip)
 
 
-def _low32(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+def _embedded(value: int) -> tuple[int, str] | None:
+    """(IPv4 as an integer, form) carried by the IPv6 address `value`, or None."""
+    if value >> 112 not in _CARRIER_TOPS:
+        return None
+    if value >> _MAPPED[1] == _MAPPED[0]:
+        return value & _LOW32, "ipv4-mapped"
+    if value >> _TRANSLATED[1] == _TRANSLATED[0]:
+        return value & _LOW32, "ipv4-translated"
+    if value >> _COMPATIBLE[1] == _COMPATIBLE[0] and value > 1:  # :: and ::1 are not IPv4-compatible
+        return value & _LOW32, "ipv4-compatible"
+    if value >> _NAT64_WKP[1] == _NAT64_WKP[0]:
+        return value & _LOW32, "nat64"
+    if value >> _NAT64_LOCAL[1] == _NAT64_LOCAL[0]:
+        # RFC 8215 leaves the prefix length to the operator; /96 is the common deployment.
+        return value & _LOW32, "nat64"
+    if value >> _SIXTOFOUR[1] == _SIXTOFOUR[0]:
+        return (value >> 80) & _LOW32, "6to4"
+    if value >> _TEREDO[1] == _TEREDO[0]:
+        # The client address is stored inverted (RFC 4380 section 4).
+        return ~value & _LOW32, "teredo"
+    return None
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
     """The IPv4 address an IPv6 transition form carries, and the form's name."""
-    if ip in _MAPPED:
-        return _low32(ip), "ipv4-mapped"
-    if ip in _TRANSLATED:
-        return _low32(ip), "ipv4-translated"
-    if ip in _COMPATIBLE and int(ip) > 1:  # :: and ::1 are not IPv4-compatible addresses
-        return _low32(ip), "ipv4-compatible"
-    if ip in _NAT64_WKP:
-        return _low32(ip), "nat64"
-    if ip in _NAT64_LOCAL:
-        # RFC 8215 leaves the prefix length to the operator; /96 is the common deployment.
-        return _low32(ip), "nat64"
-    if ip in _SIXTOFOUR:
-        return ipaddress.IPv4Address((int(ip) >> 80) & 0xFFFFFFFF), "6to4"
-    if ip in _TEREDO:
-        # The client address is stored inverted (RFC 4380 section 4).
-        return ipaddress.IPv4Address(~int(ip) & 0xFFFFFFFF), "teredo"
-    return None
+    carried = _embedded(int(ip))
+    return None if carried is None else (ipaddress.IPv4Address(carried[0]), carried[1])
 
 
 def special_range(ip: IPAddress) -> str | None:
     """Name of the special-purpose range holding `ip`, or None for a global unicast address."""
-    value = int(ip)
-    for first, last, name in _SPECIAL[ip.version]:
-        if first <= value <= last:
-            return name
-    if ip.version == 6 and value >> 125 != 1:  # outside 2000::/3, the global unicast space
-        return "reserved"
-    return None
+    starts, names = (_V4_STARTS, _V4_NAMES) if ip.version == 4 else (_V6_STARTS, _V6_NAMES)
+    return names[bisect_right(starts, int(ip)) - 1]
 
 
-@lru_cache(maxsize=65536)
+# ipaddress objects keep their integer and version in `_ip` and `_version` (since Python 3.3);
+# int(ip) and ip.version are Python-level calls around them, and on the path of every new
+# decision those calls cost more than the arithmetic below. tests/test_addresses.py checks that
+# ip_key and classify agree with the public int() and .version for every kind of address.
+
+
+def ip_key(ip: IPAddress) -> int:
+    """A cheap, exact dictionary key for an address as the policy sees it: its integer, IPv6
+    above 2**128 (so that ::1.2.3.4 and 1.2.3.4 differ). Hashing an ipaddress object runs Python
+    code and costs more than a cache probe; the zone id is left out, as classify drops it."""
+    return ip._ip if ip._version == 4 else ip._ip | _V6_KEY
+
+
+_V6_KEY = 1 << 128
+
+
 def classify(ip: IPAddress) -> Address:
     """Canonical Address for an already parsed IP: embedded IPv4 unwrapped, special range named.
 
     For a transition form the special range is the embedded IPv4's: `::ffff:127.0.0.1` is loopback
     whatever the IPv6 registry says about `::ffff:0:0/96`.
+
+    Not cached: it is integer arithmetic, cheaper than hashing an ipaddress object for a cache.
     """
-    if ip.version == 6:
-        if ip.scope_id:
-            ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
-        carried = embedded_ipv4(ip)
-        if carried is not None:
-            v4, form = carried
-            return Address(ip, v4, form, special_range(v4))
-    return Address(ip, None, None, special_range(ip))
+    value = ip._ip
+    if ip._version == 4:
+        return Address(ip, None, None, _V4_NAMES[bisect_right(_V4_STARTS, value) - 1])
+    if ip.scope_id:
+        ip = ipaddress.IPv6Address(value)  # the zone id is the dialler's business, not the policy's
+    carried = _embedded(value)
+    if carried is not None:
+        v4, form = carried
+        return Address(ip, ipaddress.IPv4Address(v4), form, _V4_NAMES[bisect_right(_V4_STARTS, v4) - 1])
+    return Address(ip, None, None, _V6_NAMES[bisect_right(_V6_STARTS, value) - 1])
 
 
 def _inet_aton(text: str) -> ipaddress.IPv4Address | None:

@@ -1,11 +1,14 @@
 """MMDB GeoIP databases: open, detect the schema, read one address into a GeoRecord.
 
-Two schemas are read:
-- MaxMind (GeoIP2/GeoLite2 Country, City, ASN, Anonymous-IP; DB-IP uses it too), interpreted with
-  geoip2's models;
-- flat (`country_code` at the top of each record, as in ip-location-db and IPinfo Lite), read with
-  maxminddb directly.
+Two schemas are read, both from maxminddb's raw records:
+- MaxMind (GeoIP2/GeoLite2 Country, City, ASN, Anonymous-IP; DB-IP uses it too), read the way
+  geoip2's models read it (tests/test_databases.py checks the two agree on MaxMind's test files);
+- flat (`country_code` at the top of each record, as in ip-location-db and IPinfo Lite).
 The schema is detected from the records themselves, never from the file name or the type string.
+
+A GeoRecord holds only what the record says, not where it was found, so records with the same
+content are one shared object per database (most addresses share a handful of country records):
+a lookup costs a dictionary probe instead of building a record.
 
 Each database is read from a private snapshot of the file taken at load time: the reader mmaps the
 snapshot, so a file rewritten in place cannot crash the process or change answers half-way, and
@@ -27,8 +30,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from typing import Callable
 
-import geoip2.models
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
@@ -36,21 +39,27 @@ from .addresses import IPAddress
 from .errors import GeogateError
 
 _CODE = re.compile(r"^[A-Z]{2}$")
+_NONE: dict[str, Any] = {}  # an absent map in a MaxMind record; never written to
 _CONTINENT_OF: dict[str, str] = {
     k: v
     for k, v in json.loads(resources.files("geogate").joinpath("data/continents.json").read_text()).items()
     if not k.startswith("_")
 }
 _SAMPLE_RECORDS = 64
+_MAX_SHARED = 65536  # distinct records kept per database; a City database has ~100k, a country one ~250
 
 
 class DatabaseError(GeogateError):
     """A database that cannot be used; the message names the file."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class GeoRecord:
-    """What one database says about one address."""
+    """What one database says about an address; shared by every address with the same record.
+
+    Shared, so never mutated. Compared by identity (eq=False): a cheap, exact dictionary key for
+    the decision engine's memo of verdicts.
+    """
 
     source: str
     country: str | None = None
@@ -62,15 +71,11 @@ class GeoRecord:
     asn: int | None = None
     as_org: str | None = None
     anycast: bool = False
-    # the looked-up address and the record's prefix length: the network is derived on demand,
-    # because building it for every lookup would cost more than the lookup itself
-    found_at: tuple[IPAddress, int] | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def network(self) -> str | None:
-        if self.found_at is None:
-            return None
-        return str(ipaddress.ip_network(self.found_at, strict=False))
+
+def network_text(ip: IPAddress, prefix_len: int) -> str:
+    """The network of a record found for `ip` with `prefix_len`, e.g. "1.2.3.0/24"."""
+    return str(ipaddress.ip_network((ip, prefix_len), strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,9 @@ class Database:
             ("maxmind", "asn"): self._asn,
             ("maxmind", "anonymous-ip"): self._anonymous,
         }.get((self.schema, self.kind), self._maxmind)
+        self._records: dict[Any, GeoRecord] = {}  # see _shared
+        self._by_code: dict[str, GeoRecord] = {}  # see find
+        self._ipv4_only = self.info.ip_version == 4
 
     @property
     def name(self) -> str:
@@ -167,20 +175,53 @@ class Database:
             for _n, rec in itertools.islice(self._reader, _SAMPLE_RECORDS)
         )
 
-    def lookup(self, ip: IPAddress) -> GeoRecord | None:
-        """The record for `ip`, or None when the database has none (or cannot hold the family).
+    def find(self, ip: IPAddress) -> tuple[GeoRecord | None, int]:
+        """(record, prefix length) for `ip`; the record is None when the database has none (or
+        cannot hold the family).
 
-        Raises InvalidDatabaseError when the file is corrupt at this record: callers must treat
-        that as a lookup error (fail closed), never as "no record".
+        Raises InvalidDatabaseError when the file is corrupt at this record, and ValueError when a
+        record is malformed: callers must treat both as a lookup error (fail closed), never as "no
+        record".
         """
-        if ip.version == 6 and self.info.ip_version == 4:
-            return None
+        if self._ipv4_only and ip.version == 6:
+            return None, 0
         record, prefix_len = self._reader.get_with_prefix_len(ip)
         if not isinstance(record, dict):
-            return None
-        return self._read_record(ip, record, prefix_len)
+            return None, prefix_len
+        if len(record) == 1:
+            # A record that is only a country code (the bundled databases) is found by the code,
+            # without building a key; anything else, and the first of each code, goes through the
+            # schema's reader (see _flat, which fills _by_code).
+            shared = self._by_code.get(record.get("country_code"))
+            if shared is not None:
+                return shared, prefix_len
+        return self._read_record(record), prefix_len
 
-    def _flat(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
+    def lookup(self, ip: IPAddress) -> GeoRecord | None:
+        """The record for `ip`, or None (see `find`, which also gives the network)."""
+        return self.find(ip)[0]
+
+    def _shared(self, key: Any, build: Callable[[Any], GeoRecord], raw: Any) -> GeoRecord:
+        """The one GeoRecord for `key` (what the record's fields are): build(raw) on first use."""
+        try:
+            rec = self._records.get(key)
+        except TypeError:  # an unhashable value in a record: build it, don't share it
+            return build(raw)
+        if rec is None:
+            if len(self._records) >= _MAX_SHARED:
+                self._records.clear()  # bounded; a cleared table only costs rebuilding
+            rec = self._records[key] = build(raw)
+        return rec
+
+    def _flat(self, rec: dict[str, Any]) -> GeoRecord:
+        # every field can matter (unknown ones are ignored by _build_flat): key on all of them
+        shared = self._shared(tuple(rec.items()), self._build_flat, rec)
+        code = rec.get("country_code")
+        if len(rec) == 1 and isinstance(code, str) and len(self._by_code) < _MAX_SHARED:
+            self._by_code[code] = shared  # see find; a country database has ~250 codes
+        return shared
+
+    def _build_flat(self, rec: dict[str, Any]) -> GeoRecord:
         asn = rec.get("asn")
         if isinstance(asn, str) and asn.upper().startswith("AS"):
             asn = asn[2:]
@@ -196,41 +237,52 @@ class Database:
             continent=_code(rec.get("continent_code")) or _CONTINENT_OF.get(country),
             asn=asn,
             as_org=rec.get("as_name") if isinstance(rec.get("as_name"), str) else None,
-            found_at=(ip, prefix_len),
         )
 
-    def _maxmind(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
-        model = geoip2.models.City(["en"], ip_address=ip, prefix_len=prefix_len, **rec)
-        country = _code(model.country.iso_code)
-        subdivisions = tuple(
-            f"{country}-{s.iso_code.upper()}"
-            for s in model.subdivisions
-            if country and s.iso_code
-        )
-        represented = model.represented_country
+    def _maxmind(self, rec: dict[str, Any]) -> GeoRecord:
+        """The fields geoip2's City model would give (Country records are read the same way)."""
+        try:
+            represented = rec.get("represented_country") or _NONE
+            raw = (
+                (rec.get("country") or _NONE).get("iso_code"),
+                (rec.get("registered_country") or _NONE).get("iso_code"),
+                represented.get("iso_code"),
+                represented.get("type"),
+                (rec.get("continent") or _NONE).get("code"),
+                tuple(s.get("iso_code") for s in rec.get("subdivisions") or ()),
+                (rec.get("traits") or _NONE).get("is_anycast", False),
+            )
+            return self._shared(raw, self._build_maxmind, raw)
+        except (AttributeError, TypeError):
+            # a map that is not a map, a code that is not text: geoip2 raised here too. Fail
+            # closed (a lookup error blocks), never crash the caller.
+            raise ValueError(f"malformed record in {self.name}") from None
+
+    def _build_maxmind(self, raw: tuple) -> GeoRecord:
+        country, registered, represented, represented_type, continent, subdivisions, anycast = raw
+        country = _code(country)
         return GeoRecord(
             source=self.name,
             country=country,
-            registered_country=_code(model.registered_country.iso_code),
-            represented_country=_code(represented.iso_code),
-            represented_type=represented.type,
-            continent=_code(model.continent.code),
-            subdivisions=subdivisions,
-            anycast=bool(model.traits.is_anycast),
-            found_at=(ip, prefix_len),
+            registered_country=_code(registered),
+            represented_country=_code(represented),
+            represented_type=represented_type,
+            continent=_code(continent),
+            # "UA" + "43" -> "UA-43": a subdivision code means nothing without its country
+            subdivisions=tuple(f"{country}-{s.upper()}" for s in subdivisions if country and s),
+            anycast=bool(anycast),
         )
 
-    def _asn(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
-        model = geoip2.models.ASN(ip, prefix_len=prefix_len, **rec)
-        return GeoRecord(
-            source=self.name,
-            asn=model.autonomous_system_number,
-            as_org=model.autonomous_system_organization,
-            found_at=(ip, prefix_len),
-        )
+    def _asn(self, rec: dict[str, Any]) -> GeoRecord:
+        # as geoip2's ASN model: the values as the database has them
+        raw = (rec.get("autonomous_system_number"), rec.get("autonomous_system_organization"))
+        return self._shared(raw, self._build_asn, raw)
 
-    def _anonymous(self, ip: IPAddress, rec: dict[str, Any], prefix_len: int) -> GeoRecord:
-        return GeoRecord(source=self.name, found_at=(ip, prefix_len))
+    def _build_asn(self, raw: tuple) -> GeoRecord:
+        return GeoRecord(source=self.name, asn=raw[0], as_org=raw[1])
+
+    def _anonymous(self, rec: dict[str, Any]) -> GeoRecord:
+        return self._shared((), lambda _raw: GeoRecord(source=self.name), None)
 
     def count_networks(self) -> int:
         """Number of networks with a record (walks the whole tree: seconds for a large file)."""

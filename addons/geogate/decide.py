@@ -16,12 +16,17 @@ database has one); the stricter result wins.
 The result types are slots dataclasses that nothing mutates after construction; they are not
 declared frozen because a frozen dataclass costs several times more to build, and several are built
 for every connection.
+
+GateState passes a VerdictMemo: what the rules said about a set of database records is kept and
+reused for the next address with the same records, where the rules cannot tell the two apart. The
+memo saves work only; every decision is the same without it (tests/test_decide.py compares).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from dataclasses import replace
+from datetime import date
 from datetime import datetime
 from datetime import timezone
 from functools import lru_cache
@@ -226,74 +231,165 @@ def _reason(rule: Rule, match: Match) -> str:
     return f"{match.key}:{field} {match.value}{where} matched rule {rule.name}".replace(":  ", ": ")
 
 
-def _evaluate_view(
-    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts,
-    ip: IPAddress, special: str | None, records: tuple[GeoRecord, ...], now: datetime,
-) -> Verdict:
-    address_ips = (ip, facts.address.ip)
-    if special is not None and policy.special != "lookup":
-        for rule in rules:
-            if rule.networks is not None and _live(rule, now):
-                m = _rule_match(rule, req, (), policy, address_ips)
-                if m is not None:
-                    return _rule_verdict(policy, rule, m, facts)
-        return Verdict(facts, policy.special, f"special:{special}",
-                       f"{ip} is in a special-purpose range ({special}); policy says special: {policy.special}")
+# What the rules say about one view of an address, without the address itself:
+# (action, rule, reason, citation, match, warnings). reason None stands for geo.unknown, whose
+# reason names the address. Shared between verdicts through VerdictMemo, so never mutated.
+Judgement = tuple[str, str, "str | None", "str | None", "Match | None", tuple[str, ...]]
+
+
+def _judge(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, records: tuple[GeoRecord, ...],
+    address_ips: tuple[IPAddress, ...], day: date,
+) -> Judgement:
+    """Steps 3-5 of the evaluation: first live rule that matches, else geo.unknown, else default."""
     warnings: list[str] = []
     for rule in rules:
         m = _rule_match(rule, req, records, policy, address_ips)
         if m is None:
             continue
-        if not _live(rule, now):
+        if not _live(rule, day):
             warnings.append(f"rule {rule.name} expired on {rule.expires} and was skipped")
             continue
-        return _rule_verdict(policy, rule, m, facts, tuple(warnings))
+        return rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m, tuple(warnings)
     if not any(getattr(r, f) for r in records for f in policy.fields):
-        return Verdict(facts, policy.unknown, "geo.unknown",
-                       f"no database gives a {' or '.join(policy.fields)} for {ip}; policy says geo.unknown: {policy.unknown}",
-                       warnings=tuple(warnings))
-    return Verdict(facts, policy.default, "default", f"no rule matched; policy default is {policy.default}",
-                   warnings=tuple(warnings))
+        return policy.unknown, "geo.unknown", None, None, None, tuple(warnings)
+    reason = f"no rule matched; policy default is {policy.default}"
+    return policy.default, "default", reason, None, None, tuple(warnings)
 
 
-def _live(rule: Rule, now: datetime) -> bool:
-    return rule.expires is None or now.date() <= rule.expires
+def _evaluate_view(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts,
+    ip: IPAddress, special: str | None, records: tuple[GeoRecord, ...], day: date,
+    memo: VerdictMemo | None = None, memo_key: tuple | None = None,
+) -> Verdict:
+    if special is not None and policy.special != "lookup":
+        return _special_verdict(policy, rules, req, facts, ip, special, day)
+    if memo_key is None:
+        judgement = _judge(policy, rules, req, records, (ip, facts.address.ip), day)
+    else:
+        key = (memo_key, records)
+        judgement = memo.judgements.get(key)
+        if judgement is None:
+            judgement = memo.remember(key, _judge(policy, rules, req, records, (ip, facts.address.ip), day))
+    action, rule_name, reason, citation, match, warnings = judgement
+    if reason is None:
+        reason = f"no database gives a {' or '.join(policy.fields)} for {ip}; policy says geo.unknown: {policy.unknown}"
+    return Verdict(facts, action, rule_name, reason, citation, match, False, warnings)
 
 
-def _rule_verdict(policy: Policy, rule: Rule, m: Match, facts: AddressFacts, warnings: tuple[str, ...] = ()) -> Verdict:
-    citation = rule.citation or (policy.group_citations.get(m.group) if m.group else None)
-    return Verdict(facts, rule.action, rule.name, _reason(rule, m), citation, m, False, warnings)
+def _special_verdict(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts,
+    ip: IPAddress, special: str, day: date,
+) -> Verdict:
+    """Step 2: `special: allow|block` decides, unless a `networks` rule carves the address out."""
+    address_ips = (ip, facts.address.ip)
+    for rule in rules:
+        if rule.networks is not None and _live(rule, day):
+            m = _rule_match(rule, req, (), policy, address_ips)
+            if m is not None:
+                return Verdict(facts, rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m)
+    return Verdict(facts, policy.special, f"special:{special}",
+                   f"{ip} is in a special-purpose range ({special}); policy says special: {policy.special}")
 
 
-def evaluate_address(policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, now: datetime) -> Verdict:
-    """Verdict for one address: the stricter of its embedded-IPv4 view and its own record."""
-    verdict = _evaluate_stricter(policy, rules, req, facts, now)
-    if req.host_is_claim and req.host and not _host_verified(req, (facts.address.ip,)):
+def _live(rule: Rule, day: date) -> bool:
+    return rule.expires is None or day <= rule.expires
+
+
+def _citation(policy: Policy, rule: Rule, m: Match) -> str | None:
+    return rule.citation or (policy.group_citations.get(m.group) if m.group else None)
+
+
+def evaluate_address(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, now: datetime,
+    memo: VerdictMemo | None = None, memo_key: tuple | None = None,
+) -> Verdict:
+    """Verdict for one address: the stricter of its embedded-IPv4 view and its own record.
+
+    With a memo and a memo_key (see VerdictMemo.rules_for), what the rules say is looked up by
+    the records instead of evaluated again; the verdict is the same either way.
+    """
+    return _evaluate_address(policy, rules, req, facts, now.date(), memo, memo_key)
+
+
+def _evaluate_address(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, day: date,
+    memo: VerdictMemo | None, memo_key: tuple | None,
+) -> Verdict:
+    addr = facts.address
+    if facts.own.error or (facts.embedded is not None and facts.embedded.error):  # facts.error, inline
+        verdict = Verdict(facts, "block", "error",
+                          f"address lookup failed, so the connection is refused: {facts.error}")
+    elif addr.embedded_ipv4 is None:
+        verdict = _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records,
+                                 day, memo, memo_key)
+    else:
+        verdict = _evaluate_view(policy, rules, req, facts, addr.embedded_ipv4, addr.special, facts.embedded.records,
+                                 day, memo, memo_key)
+        if facts.own.records:
+            # The transition prefix itself (::ffff:0:0/96, ::/96, 64:ff9b::/96, 2001::/32, ...) is
+            # not a destination class of its own: its special range is the embedded IPv4's (see
+            # classify).
+            own = _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records,
+                                 day, memo, memo_key)
+            if _SEVERITY[own.action] > _SEVERITY[verdict.action]:
+                verdict = own
+    if req.host_is_claim and req.host and not _host_verified(req, (addr.ip,)):
         verdict = replace(verdict, host_mismatch=True)
     return verdict
 
 
-def _evaluate_stricter(policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, now: datetime) -> Verdict:
-    if facts.error:
-        return Verdict(facts, "block", "error", f"address lookup failed, so the connection is refused: {facts.error}")
-    addr = facts.address
-    if addr.embedded_ipv4 is None:
-        return _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records, now)
-    verdict = _evaluate_view(policy, rules, req, facts, addr.embedded_ipv4, addr.special, facts.embedded.records, now)
-    if facts.own.records:
-        # The transition prefix itself (::ffff:0:0/96, ::/96, 64:ff9b::/96, 2001::/32, ...) is not a
-        # destination class of its own: its special range is the embedded IPv4's (see classify).
-        own = _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records, now)
-        if _SEVERITY[own.action] > _SEVERITY[verdict.action]:
-            verdict = own
-    return verdict
+class VerdictMemo:
+    """What the rules said about each set of records, for one policy: most addresses share their
+    records (a country database has a few hundred distinct ones), so after the first address of a
+    country the rules need not be evaluated again.
+
+    Used only where the rules cannot depend on the address itself: not when a rule matches on
+    `networks`, nor on `hosts` for a claimed host name (verified against the address). Otherwise a
+    judgement depends on the rules (the client profile), the records, the date (expiry) and, when
+    rules match on them, the host name and the port: exactly the memo key.
+    """
+
+    MAX_ENTRIES = 8192  # cleared when full: a cleared memo only costs evaluating the rules again
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        # profile index (None: no profile) -> (rules, any networks, any hosts, any ports)
+        self._rule_sets = {None: self._rule_set(None)}
+        self.judgements: dict[tuple, Judgement] = {}  # (memo key prefix, records) -> judgement
+
+    def _rule_set(self, profile: int | None) -> tuple[tuple[Rule, ...], bool, bool, bool]:
+        rules = _rules(self.policy, profile)
+        return (
+            rules,
+            any(r.networks is not None for r in rules),
+            any(r.hosts is not None for r in rules),
+            any(r.ports is not None for r in rules),
+        )
+
+    def rules_for(self, req: Request, day: date) -> tuple[tuple[Rule, ...], tuple | None]:
+        """(the rules that apply to the request, the memo key prefix or None if not memoisable)."""
+        profile = _profile_index(self.policy, req) if self.policy.clients else None
+        rule_set = self._rule_sets.get(profile)
+        if rule_set is None:
+            rule_set = self._rule_sets[profile] = self._rule_set(profile)
+        rules, by_network, by_host, by_port = rule_set
+        if by_network or (by_host and req.host_is_claim):
+            return rules, None
+        return rules, (profile, req.host if by_host else None, req.port if by_port else None, day)
+
+    def remember(self, key: tuple, judgement: Judgement) -> Judgement:
+        if len(self.judgements) >= self.MAX_ENTRIES:
+            self.judgements.clear()
+        self.judgements[key] = judgement
+        return judgement
 
 
 # -- the whole request ---------------------------------------------------------------------------
 
-def rules_for(policy: Policy, req: Request) -> tuple[Rule, ...]:
-    """The rules that apply to this client: its first matching profile's, then the policy's."""
-    for profile in policy.clients:
+def _profile_index(policy: Policy, req: Request) -> int | None:
+    """Index of the client's first matching profile, or None."""
+    for index, profile in enumerate(policy.clients):
         if profile.sources is not None and not (
             req.client_ip is not None
             and any(req.client_ip.version == n.version and req.client_ip in n for n in profile.sources)
@@ -301,8 +397,17 @@ def rules_for(policy: Policy, req: Request) -> tuple[Rule, ...]:
             continue
         if profile.users is not None and req.user not in profile.users:
             continue
-        return profile.rules + policy.rules
-    return policy.rules
+        return index
+    return None
+
+
+def _rules(policy: Policy, profile: int | None) -> tuple[Rule, ...]:
+    return policy.rules if profile is None else policy.clients[profile].rules + policy.rules
+
+
+def rules_for(policy: Policy, req: Request) -> tuple[Rule, ...]:
+    """The rules that apply to this client: its first matching profile's, then the policy's."""
+    return _rules(policy, _profile_index(policy, req))
 
 
 def decide(
@@ -325,11 +430,22 @@ def decide_outcome(
     databases: tuple[DatabaseInfo, ...],
     now: datetime,
     resolve_error: str | None = None,
+    memo: VerdictMemo | None = None,
 ) -> Outcome:
     """The outcome depends on the request's host, port, client, user and claim fields, the
-    addresses' facts and the date (rule expiry); callers may memoise on exactly those."""
-    rules = rules_for(policy, req)
-    verdicts = tuple(evaluate_address(policy, rules, req, f, now) for f in facts)
+    addresses' facts and the date (rule expiry); callers may memoise on exactly those.
+
+    `memo` (made for this policy) only saves work: the outcome is the same without it.
+    """
+    day = now.date()
+    if memo is not None and memo.policy is policy:
+        rules, memo_key = memo.rules_for(req, day)
+    else:
+        rules, memo_key = rules_for(policy, req), None
+    if len(facts) == 1:
+        verdict = _evaluate_address(policy, rules, req, facts[0], day, memo, memo_key)
+        return _one_address_outcome(policy, verdict, databases)
+    verdicts = tuple(_evaluate_address(policy, rules, req, f, day, memo, memo_key) for f in facts)
     warnings = tuple(dict.fromkeys(w for v in verdicts for w in v.warnings))
     worst = max(verdicts, key=lambda v: _SEVERITY[v.action]) if verdicts else None  # first of the most severe
 
@@ -369,6 +485,16 @@ def decide_outcome(
         action = "allow"
     return Outcome(action, enforced, would_block, chosen, verdicts, policy.ref, databases,
                    rule, reason, citation, warnings)
+
+
+def _one_address_outcome(policy: Policy, verdict: Verdict, databases: tuple[DatabaseInfo, ...]) -> Outcome:
+    """decide_outcome for a single address (most requests), without its generators: the one
+    verdict is the chosen one and the worst one, for `addresses: all` and `any` alike."""
+    blocked = verdict.action == "block"
+    enforced = policy.mode == "enforce"
+    return Outcome("block" if blocked and enforced else "allow", enforced, verdict.action != "allow", verdict,
+                   (verdict,), policy.ref, databases, verdict.rule, verdict.reason, verdict.citation,
+                   tuple(dict.fromkeys(verdict.warnings)) if verdict.warnings else ())
 
 
 @lru_cache(maxsize=8192)

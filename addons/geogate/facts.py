@@ -3,26 +3,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from maxminddb.errors import InvalidDatabaseError
 
 from .addresses import Address
 from .addresses import IPAddress
+from .addresses import classify
 from .databases import DatabaseInfo
 from .databases import DatabaseSet
 from .databases import GeoRecord
+from .databases import network_text
 
 
 @dataclass(slots=True)
 class IPFacts:
-    """The records every database holds for one IP, in database order."""
+    """The records every database holds for one IP, in database order.
+
+    The records are shared between addresses (see databases.GeoRecord); what is particular to this
+    IP is `prefix_len`, the length of the network the first record covers.
+    """
 
     ip: IPAddress
     records: tuple[GeoRecord, ...] = ()
     error: str | None = None
+    prefix_len: int | None = None
+
+    @property
+    def network(self) -> str | None:
+        """The network of the first record, e.g. "1.2.3.0/24"."""
+        if not self.records or self.prefix_len is None:
+            return None
+        return network_text(self.ip, self.prefix_len)
 
     def first(self, attr: str):
+        """The first non-empty value of a GeoRecord field, in database order ("network" too)."""
+        if attr == "network":
+            return self.network
         for r in self.records:
             value = getattr(r, attr)
             if value:
@@ -49,7 +65,7 @@ class AddressFacts:
 
 
 class FactsSource:
-    """Looks addresses up in a DatabaseSet, with an LRU cache per set.
+    """Looks addresses up in a DatabaseSet, with a cache per set (up to `cache_size` addresses).
 
     A new DatabaseSet (reload) gets a new FactsSource, so cached answers never outlive the
     databases that gave them.
@@ -58,21 +74,40 @@ class FactsSource:
     def __init__(self, databases: DatabaseSet, cache_size: int = 4096) -> None:
         self.databases = databases
         self.infos: tuple[DatabaseInfo, ...] = tuple(databases.infos)
-        self.lookup_ip = lru_cache(maxsize=cache_size)(self._lookup_ip)
+        self.cache_size = cache_size
+        # addresses.ip_key -> the whole AddressFacts (classification included): one probe per
+        # address, with a key whose hash runs no Python code. Emptied when full: this cache only
+        # serves an address decided again under another outcome key (another host name, port or
+        # address list), so it need not be exact, and any eviction bookkeeping would cost more on
+        # every new address than the occasional lost hit.
+        self._cache: dict[int, AddressFacts] = {}
+
+    def facts_of(self, ip: IPAddress, key: int) -> AddressFacts:
+        """Facts for `ip` as it will be dialled (see addresses.classify); `key` is ip_key(ip)."""
+        facts = self._cache.get(key)
+        if facts is None:
+            facts = self.facts(classify(ip))
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[key] = facts
+        return facts
+
+    def facts(self, address: Address) -> AddressFacts:
+        """Facts for an already classified address, looked up now (not cached)."""
+        own = self._lookup_ip(address.ip)
+        embedded = self._lookup_ip(address.embedded_ipv4) if address.embedded_ipv4 else None
+        return AddressFacts(address, own, embedded)
 
     def _lookup_ip(self, ip: IPAddress) -> IPFacts:
         records = []
+        prefix_len = None
         for db in self.databases.databases:
             try:
-                rec = db.lookup(ip)
+                rec, found = db.find(ip)
             except (InvalidDatabaseError, ValueError, OSError) as e:
-                return IPFacts(ip, tuple(records), f"lookup of {ip} in {db.name} failed: {e}")
+                return IPFacts(ip, tuple(records), f"lookup of {ip} in {db.name} failed: {e}", prefix_len)
             if rec is not None:
+                if not records:
+                    prefix_len = found
                 records.append(rec)
-        return IPFacts(ip, tuple(records))
-
-    def facts(self, address: Address) -> AddressFacts:
-        own = self.lookup_ip(address.ip)
-        embedded = self.lookup_ip(address.embedded_ipv4) if address.embedded_ipv4 else None
-        return AddressFacts(address, own, embedded)
-
+        return IPFacts(ip, tuple(records), None, prefix_len)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
@@ -13,11 +12,12 @@ from typing import Iterable
 from typing import Sequence
 
 from .addresses import IPAddress
-from .addresses import classify
+from .addresses import ip_key
+from .cache import FifoCache
 from .databases import DatabaseSet
 from .decide import Decision
-from .decide import Outcome
 from .decide import Request
+from .decide import VerdictMemo
 from .decide import decide_outcome
 from .facts import FactsSource
 from .policy.loader import load_policy
@@ -67,7 +67,13 @@ class GateState:
     databases: DatabaseSet
     facts: FactsSource
     # outcomes memoised on exactly what they depend on (see decide.decide_outcome)
-    _outcomes: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+    _outcomes: FifoCache = field(default_factory=lambda: FifoCache(OUTCOME_CACHE_SIZE), repr=False, compare=False)
+    # what the rules said about each set of records (see decide.VerdictMemo)
+    _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._verdicts is None or self._verdicts.policy is not self.policy:
+            object.__setattr__(self, "_verdicts", VerdictMemo(self.policy))
 
     @classmethod
     def load(cls, policy_path: str | os.PathLike[str] | None, db_paths: Sequence[str | os.PathLike[str]] | None) -> "GateState":
@@ -88,16 +94,14 @@ class GateState:
         resolve_error: str | None = None,
     ) -> Decision:
         now = now or datetime.now(timezone.utc)
-        key = (req.host, req.port, req.client_ip, req.user, req.host_is_claim, req.host_addresses,
-               tuple(addresses), resolve_error, now.date())
+        # Addresses by integer (an ipaddress object's hash runs Python code); the client only
+        # where a client profile can tell clients apart.
+        client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
+        keys = tuple(map(ip_key, addresses))
+        key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, now.date())
         outcome = self._outcomes.get(key)
         if outcome is None:
-            outcome = self._outcome(req, addresses, now, resolve_error)
-            if len(self._outcomes) >= OUTCOME_CACHE_SIZE:
-                self._outcomes.popitem(last=False)  # oldest first; O(1), unlike popping a dict's first key
-            self._outcomes[key] = outcome
+            facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]
+            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error, self._verdicts)
+            self._outcomes.put(key, outcome)
         return Decision(req, outcome, now)
-
-    def _outcome(self, req: Request, addresses: Sequence[IPAddress], now: datetime, resolve_error: str | None) -> Outcome:
-        facts = [self.facts.facts(classify(ip)) for ip in addresses]
-        return decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error)

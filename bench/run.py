@@ -226,7 +226,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the engine, audit and capacity benchmarks")
-    p.add_argument("--load-rounds", type=int, default=6, help="rounds of the paired proxy and tunnel comparisons")
+    p.add_argument("--load-rounds", type=int, default=9, help="rounds of the paired proxy and tunnel comparisons")
     p.add_argument("--seconds", type=int, default=4, help="seconds per paired load unit (wrk / tunnel client)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--addresses", type=int, default=100_000)

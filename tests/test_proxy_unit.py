@@ -68,6 +68,13 @@ async def gate(files):
         gg.done()
 
 
+async def hook(fn, arg) -> None:
+    """Call a hook the way mitmproxy does: await what it returns, if anything."""
+    pending = fn(arg)
+    if pending is not None:
+        await pending
+
+
 def records(files) -> list[dict]:
     return [json.loads(line) for line in files.log.read_text().splitlines()] if files.log.exists() else []
 
@@ -137,7 +144,7 @@ async def test_decimal_resolve_timeout(gate):
 
 async def test_blocked_connect_gets_403_and_is_never_dialled(gate):
     f = connect_flow("blocked.test")
-    await gate.gg.http_connect(f)
+    await hook(gate.gg.http_connect, f)
     assert f.response.status_code == 403
     assert f.response.headers["Proxy-Status"] == 'geogate; error=destination_ip_prohibited; details="country=KP; rule=doj"'
     assert b"blocked.test" in f.response.content and BLOCKED_IP.encode() in f.response.content
@@ -149,7 +156,7 @@ async def test_blocked_connect_gets_403_and_is_never_dialled(gate):
 
 async def test_allowed_connect_is_pinned_without_a_second_decision(gate):
     f = connect_flow("allowed.test")
-    await gate.gg.http_connect(f)
+    await hook(gate.gg.http_connect, f)
     assert f.response is None and f.metadata["geogate"]["action"] == "allow"
     data = hook_data("allowed.test", 443, f.client_conn)
     await gate.gg.server_connect(data)
@@ -164,7 +171,7 @@ async def test_allowed_connect_is_pinned_without_a_second_decision(gate):
 
 async def test_an_unchecked_address_on_a_decided_connection_is_decided(gate):
     f = connect_flow("allowed.test")
-    await gate.gg.http_connect(f)
+    await hook(gate.gg.http_connect, f)
     other = hook_data(BLOCKED_IP, 443, f.client_conn)
     await gate.gg.server_connect(other)
     assert other.server.error and "rule doj" in other.server.error
@@ -175,7 +182,7 @@ async def test_an_unchecked_address_on_a_decided_connection_is_decided(gate):
 
 async def test_plain_http_is_pinned_in_requestheaders(gate):
     f = proxy_request("allowed.test", 8000)
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response is None
     assert f.request.host == ALLOWED_IP and f.request.host_header == "allowed.test:8000"
     rec = f.metadata["geogate"]
@@ -196,7 +203,7 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
     first.client_conn = second.client_conn = c
     second.request.path = "/other"
     for f in (first, second):
-        await gate.gg.requestheaders(f)
+        await hook(gate.gg.requestheaders, f)
     assert len(decisions) == 1  # one decision, two requests
     assert second.request.host == ALLOWED_IP and second.request.host_header == "allowed.test:8000"
     a, b = records(gate.files)
@@ -207,22 +214,22 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
 
     # what the reuse must never outlive: the name's resolution, another client or user, the policy
     clock[0] += proxy_module.NAME_REUSE_SECONDS + 0.1
-    await gate.gg.requestheaders(proxy_request("allowed.test", 8000))
+    await hook(gate.gg.requestheaders, proxy_request("allowed.test", 8000))
     assert len(decisions) == 2
     other = proxy_request("allowed.test", 8000)
     other.client_conn.peername = ("192.0.2.7", 5555)
-    await gate.gg.requestheaders(other)
+    await hook(gate.gg.requestheaders, other)
     assert len(decisions) == 3
     authed = proxy_request("allowed.test", 8000)
     authed.client_conn.peername = c.peername
     authed.metadata["proxyauth"] = ("alice", "secret")
-    await gate.gg.requestheaders(authed)
+    await hook(gate.gg.requestheaders, authed)
     assert len(decisions) == 4 and records(gate.files)[-1]["user"] == "alice"
     write_policy(gate.files.policy, name="v2", extra="  - name: no-de\n    action: block\n    countries: [DE]\n")
     assert poll_until_changed(gate.gg)
     again = proxy_request("allowed.test", 8000)
     again.client_conn = c
-    await gate.gg.requestheaders(again)
+    await hook(gate.gg.requestheaders, again)
     assert len(decisions) == 5 and again.response.status_code == 403 and records(gate.files)[-1]["policy"]["name"] == "v2"
 
 
@@ -232,7 +239,7 @@ async def test_repeated_connects_reuse_the_decision_and_a_block_stays_a_block(ga
     monkeypatch.setattr(GateState, "decide", lambda self, *a, **k: decisions.append(a) or real_decide(self, *a, **k))
     flows = [connect_flow("blocked.test") for _ in range(3)]
     for f in flows:
-        await gate.gg.http_connect(f)
+        await hook(gate.gg.http_connect, f)
         assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
     assert len(decisions) == 1
     assert [r["flow_id"] for r in records(gate.files)] == [f.id for f in flows]
@@ -240,14 +247,14 @@ async def test_repeated_connects_reuse_the_decision_and_a_block_stays_a_block(ga
 
 async def test_plain_http_blocked_gets_403(gate):
     f = proxy_request("blocked.test")
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
     assert f.request.host == "blocked.test" and f.marked == ":no_entry:"
 
 
 async def test_ip_spelled_in_hex_is_checked_and_dialled_as_that_address(gate):
     f = proxy_request("0x7f.0.0x201")  # inet_aton: 127.0.2.1
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response.status_code == 403 and f.metadata["geogate"]["address"] == BLOCKED_IP
 
 
@@ -255,13 +262,13 @@ async def test_addresses_any_pins_to_the_allowed_address(gate):
     write_policy(gate.files.policy, settings="addresses: any\n")
     assert poll_until_changed(gate.gg)
     f = proxy_request("mixed.test")
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response is None and f.request.host == ALLOWED_IP
 
 
 async def test_name_with_a_blocked_address_is_blocked_under_addresses_all(gate):
     f = proxy_request("mixed.test")
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response.status_code == 403 and f.metadata["geogate"]["address"] == BLOCKED_IP
 
 
@@ -303,13 +310,13 @@ async def test_transparent_http_with_lazy_connections_is_decided_in_requestheade
     c = client("transparent")
     f = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(BLOCKED_IP, 80)))
     f.request.host, f.request.port, f.request.host_header = BLOCKED_IP, 80, "trusted.test"
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response.status_code == 403 and "country=KP" in f.response.headers["Proxy-Status"]
     rec = f.metadata["geogate"]
     assert (rec["host"], rec["host_mismatch"], rec["address"]) == ("trusted.test", True, BLOCKED_IP)
     ok = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 80)))
     ok.request.host, ok.request.port, ok.request.host_header = ALLOWED_IP, 80, "trusted.test:80"
-    await gate.gg.requestheaders(ok)
+    await hook(gate.gg.requestheaders, ok)
     assert ok.response is None and ok.metadata["geogate"]["rule"] == "trusted"
     data = hook_data(ALLOWED_IP, 80, c)
     await gate.gg.server_connect(data)  # carried: no second decision
@@ -404,12 +411,12 @@ async def test_intercepted_requests_carry_the_decision_and_log_their_url(gate):
     c = client()
     f = connect_flow("allowed.test")
     f.client_conn = c
-    await gate.gg.http_connect(f)
+    await hook(gate.gg.http_connect, f)
     await gate.gg.server_connect(hook_data("allowed.test", 443, c))
     inner = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 443)))
     inner.request.scheme, inner.request.host, inner.request.port = "https", ALLOWED_IP, 443
     inner.request.host_header = "allowed.test"
-    await gate.gg.requestheaders(inner)
+    await hook(gate.gg.requestheaders, inner)
     rec = inner.metadata["geogate"]
     assert rec["event"] == "request" and rec["url"] == "https://allowed.test/path" and rec["flow_id"] == inner.id
     assert [r["event"] for r in records(gate.files)] == ["decision", "request"]
@@ -423,10 +430,10 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
     monkeypatch.setattr(GateState, "decide", explode)
     f = connect_flow("allowed.test")
-    await gate.gg.http_connect(f)
+    await hook(gate.gg.http_connect, f)
     assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]
     f = proxy_request("allowed.test")
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     assert f.response.status_code == 403 and f.request.host == "allowed.test"
     data = hook_data("allowed.test", 443, client("socks5"))
     await gate.gg.server_connect(data)
@@ -523,7 +530,7 @@ async def test_monitor_mode_never_blocks_but_records_would_block(gate):
     write_policy(gate.files.policy, name="watch", mode="monitor")
     assert poll_until_changed(gate.gg)
     f = proxy_request("blocked.test")
-    await gate.gg.requestheaders(f)
+    await hook(gate.gg.requestheaders, f)
     rec = f.metadata["geogate"]
     assert f.response is None and f.request.host == BLOCKED_IP
     assert (rec["action"], rec["enforced"], rec["would_block"]) == ("allow", False, True)

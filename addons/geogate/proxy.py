@@ -25,6 +25,7 @@ import signal
 import time
 from datetime import datetime
 from datetime import timezone
+from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
@@ -87,9 +88,9 @@ def fail_closed(block: Callable[[Any, Any, Exception], None]):
 
     def decorate(hook):
         @functools.wraps(hook)
-        async def guarded(self, arg):
+        async def guarded(self, arg, *more):
             try:
-                await hook(self, arg)
+                await hook(self, arg, *more)
             except Exception as e:
                 logger.error(f"geogate: {hook.__name__} failed, refusing the connection (fail closed): {e!r}",
                              exc_info=logger.isEnabledFor(logging.DEBUG))
@@ -97,6 +98,38 @@ def fail_closed(block: Callable[[Any, Any, Exception], None]):
                     block(self, arg, e)
                 except Exception as e2:
                     logger.error(f"geogate: could not refuse the connection after {hook.__name__} failed: {e2!r}")
+
+        return guarded
+
+    return decorate
+
+
+def fail_closed_sync_first(block: Callable[[Any, Any, Exception], None]):
+    """fail_closed for a hook that does its work synchronously when it can and returns None, or
+    returns a coroutine for the part that must wait (a DNS lookup). mitmproxy awaits only what a
+    hook returns, so the common case costs no coroutine at all."""
+    guard = fail_closed(block)
+
+    def decorate(hook):
+        async def finish(self, arg, pending):
+            await pending
+
+        finish.__name__ = hook.__name__
+        finish_guarded = guard(finish)
+
+        @functools.wraps(hook)
+        def guarded(self, arg):
+            try:
+                pending = hook(self, arg)
+            except Exception as e:
+                logger.error(f"geogate: {hook.__name__} failed, refusing the connection (fail closed): {e!r}",
+                             exc_info=logger.isEnabledFor(logging.DEBUG))
+                try:
+                    block(self, arg, e)
+                except Exception as e2:
+                    logger.error(f"geogate: could not refuse the connection after {hook.__name__} failed: {e2!r}")
+                return None
+            return None if pending is None else finish_guarded(self, arg, pending)
 
         return guarded
 
@@ -374,51 +407,71 @@ class GeoGate:
         return user_of(authenticated.get(client)) if authenticated is not None else None
 
     # -- hooks ---------------------------------------------------------------------------------
-    async def _decide_flow(self, flow: http.HTTPFlow, host: str, port: int, **extra: Any) -> tuple[Decision, dict[str, Any]]:
-        """Decide and record a destination the client named in a request (CONNECT or absolute
-        form). Clients repeat the same destinations: a recent decision is reused while it
-        cannot have changed (see targets.RecentDecisions)."""
+    def _flow_key(self, flow: http.HTTPFlow, host: str, port: int) -> tuple:
+        """What a decision for a destination the client named depends on, besides the state."""
         client = flow.client_conn
         peername = client.peername
-        mode = mode_name(client.proxy_mode)
-        user = user_of(flow.metadata.get("proxyauth"))
-        key = (host, port, peername[0] if peername else None, user, mode)
+        return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
+                mode_name(client.proxy_mode))
+
+    def _reuse(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]] | None:
+        """A recent decision for the same destination, recorded again for this flow; or None.
+        Clients repeat destinations; see targets.RecentDecisions for when reuse is sound."""
         now = datetime.now(timezone.utc)
         recent = self.recent.get(key, self.live.state if self.live else None, now, time.monotonic())
-        if recent is not None:
-            d = recent.again(flow.id, client_text(peername), now)
-            rec = repeat_record(recent.record, d)
-            rec.update(extra)
-            return d, self._publish(d, rec, flow)
-        context = dict(peername=peername, mode=mode, flow_id=flow.id, user=user)
+        if recent is None:
+            return None
+        d = recent.again(flow.id, client_text(flow.client_conn.peername), now)
+        rec = repeat_record(recent.record, d)
+        rec.update(extra)
+        return d, self._publish(d, rec, flow)
+
+    async def _decide_flow(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]]:
+        """Decide and record a destination the client named in a request (CONNECT or absolute
+        form), and keep the decision for repeats."""
+        host, port, _client_ip, user, mode = key
+        context = dict(peername=flow.client_conn.peername, mode=mode, flow_id=flow.id, user=user)
         d = await self._decide_name(host, port, **context)
         rec = self._record(d, flow, **extra)
         lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
         self.recent.put(key, RecentDecision(self.current_state(), d.ts.date(), time.monotonic() + lifetime, d, dict(rec)))
         return d, rec
 
-    @fail_closed(_refuse_flow)
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
+    @fail_closed_sync_first(_refuse_flow)
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live or flow.response:
-            return
+            return None
         req = flow.request
-        d, _rec = await self._decide_flow(flow, req.host, req.port)
+        key = self._flow_key(flow, req.host, req.port)
+        reused = self._reuse(flow, key)
+        if reused is None:
+            return self._connect_decided(flow, self._decide_flow(flow, key))
+        self._connect_decided_now(flow, reused[0])
+        return None
+
+    async def _connect_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
+        d, _rec = await deciding
+        self._connect_decided_now(flow, d)
+
+    def _connect_decided_now(self, flow: http.HTTPFlow, d: Decision) -> None:
         if d.blocked:
             flow.response = block_response(d)  # nothing is dialled for a refused CONNECT
             return
+        req = flow.request
         self.carried.remember(flow.client_conn.id, (req.host, req.port), d)
 
-    @fail_closed(_refuse_flow)
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    @fail_closed_sync_first(_refuse_flow)
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live or flow.response or flow.error:
-            return
+            return None
         if self._is_proxy_request(flow):
-            await self._decide_proxy_request(flow)
-        elif self.carried.get(flow.client_conn.id, flow.server_conn.address) is not None:
+            return self._decide_proxy_request(flow)
+        if self.carried.get(flow.client_conn.id, flow.server_conn.address) is not None:
             self._attach(flow)
         elif mode_name(flow.client_conn.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
-            await self._decide_intercepted_request(flow)
+            return self._decide_intercepted_request(flow)
         # else: server_connect decides when the connection is opened
+        return None
 
     @staticmethod
     def _is_proxy_request(flow: http.HTTPFlow) -> bool:
@@ -430,27 +483,38 @@ class GeoGate:
         return (isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode)
                 and flow.server_conn.address is None)
 
-    async def _decide_proxy_request(self, flow: http.HTTPFlow) -> None:
+    def _decide_proxy_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         data = flow.request.data
         host, port = data.host, data.port
         url = target_url(data)  # before the host is pinned to an address below
-        d, rec = await self._decide_flow(flow, host, port, url=url)
-        address = rec["address"]  # the record spells it already
+        key = self._flow_key(flow, host, port)
+        reused = self._reuse(flow, key, url=url)
+        if reused is None:
+            return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
+        self._proxy_request_decided_now(flow, *reused)
+        return None
+
+    async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
+        self._proxy_request_decided_now(flow, *await deciding)
+
+    def _proxy_request_decided_now(self, flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
+        """Answer a block, or point the request at the checked address."""
         if d.blocked:
             flow.response = block_response(d)
             return
-        client_id = flow.client_conn.id
+        data = flow.request.data
+        address, port = rec["address"], data.port  # the record spells the address already
         if address is not None and data.scheme == b"http":
             pin = (address, port)
             # Only the target changes: the client's Host header (or h2 :authority) stays as sent.
             # Request.host's setter would rewrite both, and putting them back costs more than
             # the whole decision.
-            data.host = pin[0]
-            self.carried.remember(client_id, pin, d)
+            data.host = address
+            self.carried.remember(flow.client_conn.id, pin, d)
         else:
             # https in absolute form: mitmproxy takes the TLS server name from request.host, so
             # the name stays and server_connect pins the address from this carried decision.
-            self.carried.remember(client_id, (host, port), d)
+            self.carried.remember(flow.client_conn.id, (data.host, port), d)
 
     async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
         """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):

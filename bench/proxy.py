@@ -38,7 +38,6 @@ from lib import MITMDUMP
 from lib import PY
 from lib import Figure
 from lib import Proc
-from lib import cpu_seconds
 from lib import free_port
 from lib import log
 from lib import median

@@ -35,7 +35,6 @@ from lib import log  # noqa: E402
 from lib import machine_info  # noqa: E402
 from lib import processes  # noqa: E402
 from lib import rnd  # noqa: E402
-from lib import skipped  # noqa: E402
 from lib import spread  # noqa: E402
 
 RESULTS = BENCH / "results"

@@ -440,6 +440,15 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
     assert "fail closed" in data.server.error and data.server.address == ("allowed.test", 443)
 
 
+async def test_a_hook_raising_before_it_would_await_refuses_the_connection(gate, monkeypatch):
+    await hook(gate.gg.requestheaders, proxy_request("allowed.test"))  # decided: the next one reuses it
+    monkeypatch.setattr(proxy_module, "repeat_record", lambda *a: 1 / 0)
+    f = proxy_request("allowed.test")
+    assert gate.gg.requestheaders(f) is None  # failed synchronously, nothing left to await
+    assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]
+    assert f.request.host == "allowed.test"  # never pinned
+
+
 async def test_a_raising_resolver_refuses_the_connection(gate, monkeypatch):
     def explode_now(name):
         raise OSError("resolver exploded")

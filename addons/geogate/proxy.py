@@ -92,16 +92,20 @@ def fail_closed(block: Callable[[Any, Any, Exception], None]):
             try:
                 await hook(self, arg, *more)
             except Exception as e:
-                logger.error(f"geogate: {hook.__name__} failed, refusing the connection (fail closed): {e!r}",
-                             exc_info=logger.isEnabledFor(logging.DEBUG))
-                try:
-                    block(self, arg, e)
-                except Exception as e2:
-                    logger.error(f"geogate: could not refuse the connection after {hook.__name__} failed: {e2!r}")
+                _refuse(hook.__name__, block, self, arg, e)
 
         return guarded
 
     return decorate
+
+
+def _refuse(hook_name: str, block: Callable[[Any, Any, Exception], None], addon: Any, arg: Any, error: Exception) -> None:
+    logger.error(f"geogate: {hook_name} failed, refusing the connection (fail closed): {error!r}",
+                 exc_info=logger.isEnabledFor(logging.DEBUG))
+    try:
+        block(addon, arg, error)
+    except Exception as e2:
+        logger.error(f"geogate: could not refuse the connection after {hook_name} failed: {e2!r}")
 
 
 def fail_closed_sync_first(block: Callable[[Any, Any, Exception], None]):
@@ -122,12 +126,7 @@ def fail_closed_sync_first(block: Callable[[Any, Any, Exception], None]):
             try:
                 pending = hook(self, arg)
             except Exception as e:
-                logger.error(f"geogate: {hook.__name__} failed, refusing the connection (fail closed): {e!r}",
-                             exc_info=logger.isEnabledFor(logging.DEBUG))
-                try:
-                    block(self, arg, e)
-                except Exception as e2:
-                    logger.error(f"geogate: could not refuse the connection after {hook.__name__} failed: {e2!r}")
+                _refuse(hook.__name__, block, self, arg, e)
                 return None
             return None if pending is None else finish_guarded(self, arg, pending)
 

@@ -143,9 +143,10 @@ def _key(address: tuple) -> Address:
     return (str(address[0]).lower(), int(address[1]))
 
 
-# How long a decision on a host name is reused for repeated requests: the resolver re-reads the
-# hosts file at most once a second and keeps DNS answers for at least 5 s, so within a second a
-# fresh decision could not come out differently.
+# How long a decision on a host name is reused for repeated requests. The resolver re-reads the
+# hosts file at most once a second and keeps DNS answers for at least 5 s, so a fresh decision
+# could differ only when a DNS answer expires within that second: then the old answer is used for
+# less than a second longer, still an answer that was checked.
 NAME_REUSE_SECONDS = 1.0
 
 

@@ -457,7 +457,7 @@ async def test_a_raising_resolver_refuses_the_connection(gate, monkeypatch):
         explode_now(name)
 
     monkeypatch.setattr(gate.gg.resolver, "known", explode_now)
-    monkeypatch.setattr(gate.gg.resolver, "resolve", explode)
+    monkeypatch.setattr(gate.gg.resolver, "query", explode)
     data = hook_data("allowed.test", 443, client("socks5"))
     await gate.gg.server_connect(data)
     assert "fail closed" in data.server.error

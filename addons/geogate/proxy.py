@@ -336,7 +336,7 @@ class GeoGate:
     async def _resolve(self, name: str) -> tuple[list, str | None]:
         try:
             # most answers need no query; awaiting the resolver for them costs more than deciding
-            r = self.resolver.known(name) or await self.resolver.resolve(name)
+            r = self.resolver.known(name) or await self.resolver.query(name)
         except ResolveError as e:
             return [], str(e)
         return list(r.addresses), None

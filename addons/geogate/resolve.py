@@ -161,9 +161,10 @@ class Resolver:
 
     async def resolve(self, name: str) -> Resolution:
         """All addresses of `name` (canonical form, see addresses.canonical_host)."""
-        known = self.known(name)
-        if known is not None:
-            return known
+        return self.known(name) or await self.query(name)
+
+    async def query(self, name: str) -> Resolution:
+        """Ask DNS for a name that known() could not answer (one query in flight per name)."""
         if name in self._inflight:
             return await asyncio.shield(self._inflight[name])
         fut: asyncio.Future[Resolution] = asyncio.get_running_loop().create_future()

@@ -128,12 +128,29 @@ def _sort_key(d: Destination) -> tuple:
 
 
 @dataclass
-class Aggregate:
+class ResolutionCounts:
+    """How many flows had an address recorded, looked up, or none (Aggregate and Changes alike)."""
+
+    by_resolution: dict[str, int] = field(default_factory=dict)
+
+    def count_resolution(self, addressing: Addressing) -> None:
+        self.by_resolution[addressing.resolution] = self.by_resolution.get(addressing.resolution, 0) + 1
+
+    @property
+    def resolved(self) -> int:
+        return self.by_resolution.get(RESOLVED, 0)
+
+    @property
+    def unresolved(self) -> int:
+        return self.by_resolution.get(UNRESOLVED, 0)
+
+
+@dataclass
+class Aggregate(ResolutionCounts):
     """Everything the text, HTML and JSON summaries show about one policy's decisions."""
 
     totals: Tally = field(default_factory=Tally)
     by_label: dict[str, int] = field(default_factory=dict)
-    by_resolution: dict[str, int] = field(default_factory=dict)
     destinations: dict[tuple, Destination] = field(default_factory=dict)
     countries: dict[str, Country] = field(default_factory=dict)
     rules: dict[str, Tally] = field(default_factory=dict)
@@ -150,7 +167,7 @@ class Aggregate:
         self.totals.add(flow, blocked)
         self.by_label[lab] = self.by_label.get(lab, 0) + 1
         self.by_label_rule[(lab, d.rule)] = self.by_label_rule.get((lab, d.rule), 0) + 1
-        self.by_resolution[addressing.resolution] = self.by_resolution.get(addressing.resolution, 0) + 1
+        self.count_resolution(addressing)
         self.host_mismatches += d.host_mismatch
         key = (flow.destination, address, addressing.resolution, country, lab, d.rule)
         dest = self.destinations.get(key)
@@ -186,13 +203,6 @@ class Aggregate:
     def rule_rows(self) -> list[tuple[str, Tally]]:
         return sorted(self.rules.items(), key=lambda kv: (-kv[1].would_block, -kv[1].flows, kv[0]))
 
-    @property
-    def resolved(self) -> int:
-        return self.by_resolution.get(RESOLVED, 0)
-
-    @property
-    def unresolved(self) -> int:
-        return self.by_resolution.get(UNRESOLVED, 0)
 
 
 # -- --against: what changes between two policies --------------------------------------------
@@ -233,7 +243,7 @@ class ChangeRow:
 
 
 @dataclass
-class Changes:
+class Changes(ResolutionCounts):
     """The flows whose outcome differs between two policies, counted like Aggregate counts."""
 
     totals: Tally = field(default_factory=Tally)  # every flow evaluated
@@ -242,11 +252,10 @@ class Changes:
     countries: dict[tuple[str, str], Country] = field(default_factory=dict)  # (change, country)
     sample: list[dict] = field(default_factory=list)
     unlisted: int = 0
-    by_resolution: dict[str, int] = field(default_factory=dict)
 
     def add(self, flow: RecordedFlow, before: Decision, after: Decision, addressing: Addressing) -> str | None:
         self.totals.add(flow, after.would_block)
-        self.by_resolution[addressing.resolution] = self.by_resolution.get(addressing.resolution, 0) + 1
+        self.count_resolution(addressing)
         change = change_of(before, after)
         if change is None:
             return None
@@ -281,13 +290,6 @@ class Changes:
         return sorted((c for (ch, _), c in self.countries.items() if ch == change),
                       key=lambda c: (-c.tally.bytes_total, -c.tally.flows, c.key))
 
-    @property
-    def resolved(self) -> int:
-        return self.by_resolution.get(RESOLVED, 0)
-
-    @property
-    def unresolved(self) -> int:
-        return self.by_resolution.get(UNRESOLVED, 0)
 
     @property
     def unchanged(self) -> int:

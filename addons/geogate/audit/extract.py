@@ -272,23 +272,24 @@ def _state_bytes(kind: str, state: dict) -> tuple[int, int]:
             received += _body_size(resp) + _trailers_size(resp)
         ws = state.get("websocket")
         if ws:
-            for msg in ws.get("messages") or ():
-                # (type, from_client, content, timestamp, dropped, injected)
-                if msg[1]:
-                    sent += len(msg[2])
-                else:
-                    received += len(msg[2])
+            # (type, from_client, content, timestamp, dropped, injected)
+            ws_sent, ws_received = _message_sizes(ws.get("messages"), 1)
+            sent, received = sent + ws_sent, received + ws_received
         return sent, received
     if kind in ("tcp", "udp"):
-        sent = received = 0
-        for msg in state.get("messages") or ():
-            # (from_client, content, timestamp)
-            if msg[0]:
-                sent += len(msg[1])
-            else:
-                received += len(msg[1])
-        return sent, received
+        return _message_sizes(state.get("messages"), 0)  # (from_client, content, timestamp)
     return _dns_size(state.get("request")), _dns_size(state.get("response"))
+
+
+def _message_sizes(messages, from_client_at: int) -> tuple[int, int]:
+    """(sent, received) bytes of recorded messages; the content follows the from_client flag."""
+    sent = received = 0
+    for msg in messages or ():
+        if msg[from_client_at]:
+            sent += len(msg[from_client_at + 1])
+        else:
+            received += len(msg[from_client_at + 1])
+    return sent, received
 
 
 def _dns_size(message: dict | None) -> int:

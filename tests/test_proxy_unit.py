@@ -30,6 +30,8 @@ from geogate import proxy as proxy_module
 from geogate.decision_log import DecisionLog
 from geogate.errors import GeogateError
 from geogate.proxy import GeoGate
+from geogate.record import decision_record
+from geogate.record import summary_line
 from geogate.state import GateState
 from geogate.targets import CarriedDecisions
 from geogate.targets import client_text
@@ -377,14 +379,16 @@ def next_layer_for(data: bytes, transport: str = "tcp") -> layer.NextLayer:
 
 
 def passthrough_hooks(gg: GeoGate) -> list:
-    return [a for a in gg.addons if isinstance(a, proxy_module.EagerPassthrough)]
+    return [gg._passthrough] if gg._passthrough is not None else []
 
 
 async def test_eager_connections_relay_tls_before_any_tls_layer_is_built(gate):
     # the default strategy: the connection was decided in server_connect already
     gate.tctx.master.addons.add(NextLayer())
     gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="eager"))
-    [hooks] = passthrough_hooks(gate.gg)
+    assert passthrough_hooks(gate.gg) != []
+    assert not hasattr(gate.gg, "addons")  # no sub-addon for mitmproxy to walk on every event
+    hooks = gate.gg
     nl = next_layer_for(client_hello())
     hooks.next_layer(nl)
     assert type(nl.layer) is layers.TCPLayer and nl.layer.flow is None  # relayed, no flow recorded
@@ -442,7 +446,7 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
 async def test_a_hook_raising_before_it_would_await_refuses_the_connection(gate, monkeypatch):
     await hook(gate.gg.requestheaders, proxy_request("allowed.test"))  # decided: the next one reuses it
-    monkeypatch.setattr(proxy_module, "repeat_record", lambda *a: 1 / 0)
+    monkeypatch.setattr(proxy_module, "timestamp_at", lambda *a: 1 / 0)
     f = proxy_request("allowed.test")
     assert gate.gg.requestheaders(f) is None  # failed synchronously, nothing left to await
     assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]
@@ -629,4 +633,31 @@ def test_summary_line_names_host_address_country_and_rule(files):
 
     d = state.decide(Request("blocked.test", 443, mode="regular", client="127.0.0.1:1"),
                      [ipaddress.ip_address(BLOCKED_IP)])
-    assert proxy_module.summary(d) == "geogate: BLOCK blocked.test:443 -> 127.0.2.1 (KP) rule doj [regular 127.0.0.1:1]"
+    assert summary_line(decision_record(d)) == \
+        "geogate: BLOCK blocked.test:443 -> 127.0.2.1 (KP) rule doj [regular 127.0.0.1:1]"
+
+
+def test_a_recent_decision_holds_for_its_state_its_utc_day_and_its_lifetime(files):
+    from datetime import datetime
+    from datetime import timezone
+
+    from geogate.decide import Request
+    from geogate.targets import RecentDecision
+    from geogate.targets import RecentDecisions
+
+    import ipaddress
+
+    state = GateState.load(str(files.policy), [str(files.db)])
+    late = datetime(2026, 11, 28, 23, 59, 59, 500000, tzinfo=timezone.utc)
+    d = state.decide(Request("allowed.test", 80), [ipaddress.ip_address(ALLOWED_IP)], now=late)
+    recent = RecentDecisions()
+    entry = RecentDecision.of(state, d, {}, until=100.0)
+    recent.put(("allowed.test", 80), entry)
+    midnight = datetime(2026, 11, 29, tzinfo=timezone.utc).timestamp()
+    assert recent.get(("allowed.test", 80), state, late.timestamp(), 99.0) is entry
+    assert recent.get(("allowed.test", 80), state, midnight - 0.001, 100.0) is entry
+    assert recent.get(("allowed.test", 80), state, midnight, 99.0) is None  # rules expire by date
+    assert recent.get(("allowed.test", 80), state, late.timestamp(), 100.5) is None  # the name's lifetime
+    other = GateState.load(str(files.policy), [str(files.db)])
+    assert recent.get(("allowed.test", 80), other, late.timestamp(), 99.0) is None  # a reload
+    assert recent.get(("allowed.test", 81), state, late.timestamp(), 99.0) is None

@@ -9,6 +9,7 @@ from datetime import timezone
 import pytest
 
 from geogate.record import timestamp
+from geogate.record import timestamp_at
 
 UTC = timezone.utc
 
@@ -30,3 +31,12 @@ def test_timestamp_agrees_with_isoformat_across_seconds():
     for ms in range(0, 4000, 7):
         ts = start + timedelta(milliseconds=ms, microseconds=ms % 1000)
         assert timestamp(ts) == ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_timestamp_at_spells_the_time_as_timestamp_does():
+    start = datetime(2026, 11, 28, 23, 59, 58, tzinfo=UTC).timestamp()
+    for step in range(0, 3_000_000, 4_999):  # microseconds: across a second, a day and a month boundary
+        wall = start + step / 1_000_000
+        assert timestamp_at(wall) == timestamp(datetime.fromtimestamp(wall, UTC)), wall
+    assert timestamp_at(0.0) == "1970-01-01T00:00:00.000Z"
+    assert timestamp_at(1798761599.9995) == "2026-12-31T23:59:59.999Z"  # 999.5 ms: not rounded up into 2027

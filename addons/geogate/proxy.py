@@ -23,8 +23,6 @@ import logging
 import os
 import signal
 import time
-from datetime import datetime
-from datetime import timezone
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -55,6 +53,8 @@ from .record import block_body
 from .record import decision_record
 from .record import proxy_status
 from .record import repeat_record
+from .record import summary_line
+from .record import timestamp_at
 from .reload import LiveState
 from .reload import Source
 from .reload import describe
@@ -169,16 +169,6 @@ def block_response(d: Decision) -> http.Response:
     )
 
 
-def summary(d: Decision) -> str:
-    """One event-log line per decision, for people watching the console."""
-    r = d.request
-    host = f"[{r.host}]" if r.host and ":" in r.host else r.host
-    verdict = "BLOCK" if d.blocked else ("allow, WOULD BLOCK" if d.would_block else "allow")
-    claim = " (name not verified)" if d.host_mismatch else ""
-    return (f"geogate: {verdict} {host}:{r.port}{claim} -> {d.address or '-'} "
-            f"({d.country or 'no country'}) rule {d.rule} [{r.mode} {r.client}]")
-
-
 def _parse_timeout(text: str) -> float:
     try:
         value = float(str(text).strip())
@@ -207,10 +197,9 @@ class GeoGate:
         self._replay: Any = None  # geogate.audit.replay.ReplayAudit, made on the first replayed flow
         self._replay_missing = False
         self.log_allows = True
-        # Hooks that only some set-ups need live in sub-addons listed here (mitmproxy reads this
-        # list on every event): a hook that exists is dispatched on every flow, and that costs
-        # more than most of what geogate does per request.
-        self.addons: list[object] = []
+        self._passthrough: EagerPassthrough | None = None  # see next_layer
+        # Hooks that only some set-ups need live in sub-addons, in an `addons` attribute that
+        # exists only while there are any (see _configure_optional_hooks).
 
     def current_state(self) -> GateState:
         """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
@@ -256,13 +245,21 @@ class GeoGate:
     def _configure_optional_hooks(self, opts) -> None:
         verbosity = getattr(opts, "termlog_verbosity", "info")
         self.log_allows = verbosity in ("info", "debug")
-        self.addons = []
+        subs: list[object] = []
         if getattr(opts, "rfile", None):
-            self.addons.append(ReplayHooks(self))
-        if getattr(opts, "connection_strategy", "eager") == "lazy":
-            self.addons.append(LazyHooks(self))
-        elif not self.intercept:
-            self.addons.append(EagerPassthrough())
+            subs.append(ReplayHooks(self))
+        lazy = getattr(opts, "connection_strategy", "eager") == "lazy"
+        if lazy:
+            subs.append(LazyHooks(self))
+        self._passthrough = None if lazy or self.intercept else EagerPassthrough()
+        # mitmproxy walks every addon's `addons` on every event, for every hook name: a hook that
+        # exists is dispatched on every flow, and even an empty list is one more generator per
+        # event. Both cost more than most of what geogate does per request, so the attribute
+        # exists only when some sub-addon is needed.
+        if subs:
+            self.addons = subs
+        else:
+            self.__dict__.pop("addons", None)
 
     @staticmethod
     def _refuse_upstream(modes: Sequence[str]) -> None:
@@ -378,9 +375,9 @@ class GeoGate:
         if self.log is not None:
             self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
         if d.blocked or d.would_block:
-            logger.warning(summary(d))
+            logger.warning(summary_line(rec))
         elif self.log_allows:
-            logger.info(summary(d))
+            logger.info(summary_line(rec))
         if flow is not None:
             self._annotate(flow, d, rec)
         return rec
@@ -413,16 +410,22 @@ class GeoGate:
         return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
                 mode_name(client.proxy_mode))
 
-    def _reuse(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]] | None:
+    def _reuse(self, flow: http.HTTPFlow, key: tuple, own_decision: bool = False,
+               **extra: Any) -> tuple[Decision, dict[str, Any]] | None:
         """A recent decision for the same destination, recorded again for this flow; or None.
-        Clients repeat destinations; see targets.RecentDecisions for when reuse is sound."""
-        now = datetime.now(timezone.utc)
-        recent = self.recent.get(key, self.live.state if self.live else None, now, time.monotonic())
+        Clients repeat destinations; see targets.RecentDecisions for when reuse is sound.
+
+        The record is always this request's own. The decision object is shared unless
+        `own_decision`: a plain request only acts on it, but a tunnel's decision is carried to
+        the requests inside it, whose records name the CONNECT that decided."""
+        wall = time.time()
+        recent = self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
         if recent is None:
             return None
-        d = recent.again(flow.id, client_text(flow.client_conn.peername), now)
-        rec = repeat_record(recent.record, d)
+        client = client_text(flow.client_conn.peername)
+        rec = repeat_record(recent.record, wall, flow.id, client)
         rec.update(extra)
+        d = recent.again(flow.id, client, wall) if own_decision else recent.decision
         return d, self._publish(d, rec, flow)
 
     async def _decide_flow(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]]:
@@ -433,7 +436,7 @@ class GeoGate:
         d = await self._decide_name(host, port, **context)
         rec = self._record(d, flow, **extra)
         lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
-        self.recent.put(key, RecentDecision(self.current_state(), d.ts.date(), time.monotonic() + lifetime, d, dict(rec)))
+        self.recent.put(key, RecentDecision.of(self.current_state(), d, dict(rec), time.monotonic() + lifetime))
         return d, rec
 
     @fail_closed_sync_first(_refuse_flow)
@@ -442,7 +445,7 @@ class GeoGate:
             return None
         req = flow.request
         key = self._flow_key(flow, req.host, req.port)
-        reused = self._reuse(flow, key)
+        reused = self._reuse(flow, key, own_decision=True)
         if reused is None:
             return self._connect_decided(flow, self._decide_flow(flow, key))
         self._connect_decided_now(flow, reused[0])
@@ -484,13 +487,32 @@ class GeoGate:
 
     def _decide_proxy_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         data = flow.request.data
-        host, port = data.host, data.port
+        client = flow.client_conn
+        peername = client.peername
+        proxyauth = flow.metadata.get("proxyauth")
+        # _flow_key, spelled out: this runs for every plain-HTTP request through the proxy
+        key = (data.host, data.port, peername[0] if peername else None, user_of(proxyauth) if proxyauth else None,
+               client.proxy_mode.type_name)
         url = target_url(data)  # before the host is pinned to an address below
-        key = self._flow_key(flow, host, port)
-        reused = self._reuse(flow, key, url=url)
-        if reused is None:
+        wall = time.time()
+        recent = self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
+        if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
-        self._proxy_request_decided_now(flow, *reused)
+        # A repeat: the decision is shared and this request gets its own record. Done inline
+        # rather than through _reuse and _publish, because in a loaded proxy every call here
+        # costs several times what it costs alone, and this is geogate's share of nearly every
+        # plain-HTTP request.
+        rec = recent.record.copy()
+        rec["ts"] = timestamp_at(wall)
+        rec["flow_id"] = flow.id
+        rec["client"] = client_text(peername)
+        rec["url"] = url
+        d = recent.decision
+        if self.log is not None or d.blocked or d.would_block or self.log_allows:
+            self._publish(d, rec, flow)
+        else:
+            flow.metadata["geogate"] = rec  # _publish with nothing to log or mark
+        self._proxy_request_decided_now(flow, d, rec)
         return None
 
     async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
@@ -601,6 +623,12 @@ class GeoGate:
     def client_disconnected(self, client: Client) -> None:
         self.carried.forget(client.id)
 
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        # Once per connection, so a method here costs less than a sub-addon, which every event
+        # would visit.
+        if self._passthrough is not None:
+            self._passthrough.next_layer(nextlayer)
+
     # -- replayed flows (mitmdump -nr FILE): reported on, never touched ------------------------
     def replayed(self, flow) -> None:
         if flow.live or self._replay_missing:
@@ -639,7 +667,7 @@ class ReplayHooks:
 
 
 class EagerPassthrough:
-    """TLS pass-through decided before mitmproxy builds its TLS layers.
+    """TLS pass-through decided before mitmproxy builds its TLS layers (GeoGate.next_layer).
 
     With the eager connection strategy every upstream connection is decided in server_connect
     before the client's first bytes arrive, so nothing in a ClientHello can change the decision.

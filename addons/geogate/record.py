@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from datetime import timezone
 from typing import Any
@@ -84,6 +85,7 @@ def _outcome_fields(d: Decision) -> dict[str, Any]:
 
 
 _second: tuple = (None, "")  # the last second formatted: (key, text), replaced whole
+_epoch_second: tuple = (None, "")  # the same for timestamp_at: (whole seconds since the epoch, text)
 
 
 def timestamp(ts: datetime) -> str:
@@ -115,14 +117,13 @@ def decision_record(d: Decision) -> dict[str, Any]:
     }
 
 
-def repeat_record(template: dict[str, Any], d: Decision) -> dict[str, Any]:
-    """The record of `d`, from the record of an earlier decision that differs from it only in
-    who asked and when (flow id, client address, time)."""
+def repeat_record(template: dict[str, Any], wall: float, flow_id: str | None, client: str | None) -> dict[str, Any]:
+    """The record of a decision repeated for another request, from the record of the decision:
+    only who asked and when differ (flow id, client address, `wall` = time.time())."""
     rec = template.copy()
-    req = d.request
-    rec["ts"] = timestamp(d.ts)
-    rec["flow_id"] = req.flow_id
-    rec["client"] = req.client
+    rec["ts"] = timestamp_at(wall)
+    rec["flow_id"] = flow_id
+    rec["client"] = client
     return rec
 
 
@@ -152,3 +153,26 @@ def block_body(d: Decision) -> str:
         lines.append(f"citation: {d.citation}")
     lines.append(f"policy:  {d.policy.name} (sha256 {d.policy.sha256[:12]})")
     return "\n".join(lines) + "\n"
+
+
+def timestamp_at(wall: float) -> str:
+    """timestamp() of the UTC time `wall` (seconds since the epoch, as time.time() gives), for
+    records that have no datetime: the same text, without building one."""
+    global _epoch_second
+    micros = round(wall * 1_000_000)  # as datetime.fromtimestamp rounds
+    second = micros // 1_000_000
+    cached = _epoch_second
+    if cached[0] != second:
+        cached = _epoch_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{(micros - second * 1_000_000) // 1000:03d}Z"
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    """One event-log line per decision record, for people watching the console."""
+    host = rec["host"]
+    if host and ":" in host:
+        host = f"[{host}]"
+    verdict = "BLOCK" if rec["action"] == "block" else ("allow, WOULD BLOCK" if rec["would_block"] else "allow")
+    claim = " (name not verified)" if rec["host_mismatch"] else ""
+    return (f"geogate: {verdict} {host}:{rec['port']}{claim} -> {rec['address'] or '-'} "
+            f"({rec['country'] or 'no country'}) rule {rec['rule']} [{rec['mode']} {rec['client']}]")

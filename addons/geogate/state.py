@@ -97,7 +97,7 @@ class GateState:
         # Addresses by integer (an ipaddress object's hash runs Python code); the client only
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
-        keys = tuple(map(ip_key, addresses))
+        keys = (ip_key(addresses[0]),) if len(addresses) == 1 else tuple(map(ip_key, addresses))
         key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, now.date())
         outcome = self._outcomes.get(key)
         if outcome is None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
-from datetime import date
 from datetime import datetime
+from datetime import time as dtime
+from datetime import timedelta
+from datetime import timezone
 
 from .addresses import AddressError
 from .addresses import IPAddress
@@ -125,7 +127,10 @@ class CarriedDecisions:
     _by_client: dict[str, dict[Address, Decision]] = field(default_factory=dict)
 
     def remember(self, client_id: str, address: Address, decision: Decision) -> None:
-        self._by_client.setdefault(client_id, {})[_key(address)] = decision
+        by_address = self._by_client.get(client_id)
+        if by_address is None:
+            by_address = self._by_client[client_id] = {}
+        by_address[_key(address)] = decision
 
     def get(self, client_id: str, address: tuple | None) -> Decision | None:
         if not address:
@@ -140,7 +145,10 @@ class CarriedDecisions:
 
 
 def _key(address: tuple) -> Address:
-    return (str(address[0]).lower(), int(address[1]))
+    host, port = address[0], address[1]
+    if type(address) is tuple and len(address) == 2 and type(host) is str and type(port) is int and host == host.lower():
+        return address  # already in key form (the common case): no new tuple
+    return (str(host).lower(), int(port))
 
 
 # How long a decision on a host name is reused for repeated requests. The resolver re-reads the
@@ -153,17 +161,24 @@ NAME_REUSE_SECONDS = 1.0
 @dataclass(slots=True)
 class RecentDecision:
     state: object  # the GateState that decided; a reload makes a new one
-    day: date  # rules expire by date
+    day_ends: float  # time.time() at which the UTC day of the decision ends: rules expire by date
     until: float  # time.monotonic() after which the name must be resolved again
-    decision: Decision
-    record: dict  # its decision record, the template for repeats
+    decision: Decision  # the decision: the same for every request it is reused for
+    record: dict  # its decision record, the template for repeats (see record.repeat_record)
 
-    def again(self, flow_id: str | None, client: str | None, now: datetime) -> Decision:
-        """The same decision for another request that differs only in who asked and when."""
+    @classmethod
+    def of(cls, state: object, decision: Decision, record: dict, until: float) -> "RecentDecision":
+        day = decision.ts.astimezone(timezone.utc).date()
+        day_ends = datetime.combine(day + timedelta(days=1), dtime(0), timezone.utc).timestamp()
+        return cls(state, day_ends, until, decision, record)
+
+    def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
+        """The same decision made for another request (who asked and when differ), for what
+        names the request that decided: a tunnel's connection_id."""
         r = self.decision.request
         req = Request(r.host, r.port, r.client_ip, r.user, r.host_is_claim, r.host_addresses,
                       flow_id, client, r.mode, r.sni)
-        return Decision(req, self.decision.outcome, now)
+        return Decision(req, self.decision.outcome, datetime.fromtimestamp(wall, timezone.utc))
 
 
 class RecentDecisions:
@@ -178,9 +193,10 @@ class RecentDecisions:
         self.size = size
         self._entries: OrderedDict[tuple, RecentDecision] = OrderedDict()
 
-    def get(self, key: tuple, state: object, now: datetime, mono: float) -> RecentDecision | None:
+    def get(self, key: tuple, state: object, wall: float, mono: float) -> RecentDecision | None:
+        """The entry for `key` if it still holds at `wall` (time.time()) and `mono` (time.monotonic())."""
         entry = self._entries.get(key)
-        if entry is None or entry.state is not state or entry.until < mono or entry.day != now.date():
+        if entry is None or entry.state is not state or entry.until < mono or wall >= entry.day_ends:
             return None
         return entry
 

@@ -8,21 +8,27 @@ requests.
 How noise is kept out of the ratios (the test machine is a shared 2-core VM):
 - the two sides of a comparison (bare vs geogate) are loaded *simultaneously*, each by its own
   client, so both see the same background load;
-- the load is *paced* (wrk's delay(): each of the 10 connections waits PACE_DELAY_MS between
+- the load is *paced* (wrk's delay(): each of PACED_CONNS connections waits PACE_DELAY_MS between
   requests; the tunnel client starts TUNNEL_RATE tunnels/s), well below what one core can serve:
   at saturation, a process that gets less CPU batches more events per loop iteration and its CPU
   per request drops, which made saturated ratios swing by +-40% even between two identical
   processes. Paced, each request costs what it costs;
 - pairs run in an order that rotates every round (and which side starts first alternates);
-- an A/A pair (bare vs a second bare) is measured the same way and reported as the noise floor.
+- an A/A pair (bare vs a second bare) is measured the same way and reported as the noise floor;
+- plain HTTP: the proxies run on one CPU and the clients and the origin on the others
+  (proxy_cpus), so both sides of a pair run on the same core. Left to the scheduler, the two
+  sides of a pair often ran on different vCPUs, whose speed differs from moment to moment on a
+  shared host: single rounds then differed by up to 15% between two identical processes.
 Wall-clock capacity (req/s at saturation, one proxy at a time, alternating) is measured separately.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
+import os
 import socket
 import subprocess
 import time
@@ -52,7 +58,8 @@ from lib import wait_port
 SETTLE = 0.3  # seconds after a load unit before reading CPU: connection teardown is included
 WRK_CONNS = 10  # saturating runs (origin alone, capacity)
 PACE_DELAY_MS = 100  # paced runs: each connection waits this long between requests...
-PACED_CONNS = {"keepalive": 20, "close": 10}  # ...with this many connections: ~180 and ~90 req/s
+PACED_CONNS = {"keepalive": 16, "close": 7}  # ...with this many connections: ~145 and ~64 req/s per proxy,
+# so that the two proxies of a pair, sharing one CPU (proxy_cpus), keep it below about 70% busy
 TUNNEL_CONCURRENCY = 4
 TUNNEL_RATE = 45.0  # tunnels per second per proxy
 OVERHEAD_TARGET_PCT = 3.0
@@ -314,6 +321,36 @@ def run_pairs(pairs: list[tuple[str, Any, str, str]], procs: dict, rounds: int, 
     return results
 
 
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto `cpus` (threads started later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def proxy_cpus(env: Env, proxies: list[Proc]):
+    """Run the proxies on the last CPU, and this process, its children (the load generators)
+    and the origin on the others; undone on exit. Yields the split, or None on one CPU."""
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(mine)
+    if len(cpus) < 2:
+        yield None
+        return
+    split = ({cpus[-1]}, set(cpus[:-1]))
+    for p in proxies:
+        _pin(p.popen.pid, split[0])
+    if env.origin is not None:
+        _pin(env.origin.popen.pid, split[1])
+    os.sched_setaffinity(0, split[1])
+    try:
+        yield split
+    finally:
+        os.sched_setaffinity(0, mine)
+        if env.origin is not None and env.origin.alive():
+            _pin(env.origin.popen.pid, mine)
+
+
 # -- benchmark 2 + 5: plain HTTP -----------------------------------------------------------------
 
 def name_targets(env: Env, all_names: bool) -> list[tuple[str, str]]:
@@ -368,23 +405,27 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
     pairs = [p for p in pairs if (p[2], *p[0]) not in broken and (p[3], *p[0]) not in broken
              and not (p[0][0] in ("control", "null") and ((p[3], "ip", "keepalive") in broken))]
 
-    log(f"warm-up: {env.warmup}s per pair")
-    for _key, (script, nconn), base, test in pairs:
-        run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
-                      for n in (base, test)], env.warmup, "req")
-    results = run_pairs(pairs, procs, env.rounds, env.seconds,
-                        lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", "http", t0)
+    with proxy_cpus(env, [p for p, _port in procs.values()]) as split:
+        log("CPUs: " + (f"proxies on {sorted(split[0])}, clients and origin on {sorted(split[1])}" if split
+                        else "one CPU, nothing pinned"))
+        log(f"warm-up: {env.warmup}s per pair")
+        for _key, (script, nconn), base, test in pairs:
+            run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
+                          for n in (base, test)], env.warmup, "req")
+        results = run_pairs(pairs, procs, env.rounds, env.seconds,
+                            lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", "http", t0)
 
-    # wall-clock capacity: saturating load, one proxy at a time, alternating
-    capacity: dict[str, list[dict]] = {}
-    cap_names = [n for n in ("bare", "geogate") if n in procs and (n, "ip", "keepalive") not in broken]
-    if len(cap_names) == 2:
-        sat = _wrk_script(env, "127.0.0.1", "keepalive")
-        for rno in range(env.capacity_rounds):
-            for n in rotate(cap_names, rno):
-                capacity.setdefault(n, []).append(_wrk(procs[n][0], procs[n][1], sat, env.capacity_seconds))
-        log(f"capacity: bare {median([r['rps'] for r in capacity['bare']])} req/s, "
-            f"geogate {median([r['rps'] for r in capacity['geogate']])} req/s")
+        # wall-clock capacity: saturating load, one proxy at a time, alternating
+        capacity: dict[str, list[dict]] = {}
+        cap_names = [n for n in ("bare", "geogate") if n in procs and (n, "ip", "keepalive") not in broken]
+        if len(cap_names) == 2:
+            sat = _wrk_script(env, "127.0.0.1", "keepalive")
+            for rno in range(env.capacity_rounds):
+                for n in rotate(cap_names, rno):
+                    capacity.setdefault(n, []).append(_wrk(procs[n][0], procs[n][1], sat, env.capacity_seconds))
+            log(f"capacity: bare {median([r['rps'] for r in capacity['bare']])} req/s, "
+                f"geogate {median([r['rps'] for r in capacity['geogate']])} req/s")
+    env.notes["http_cpus"] = {"proxies": sorted(split[0]), "clients_and_origin": sorted(split[1])} if split else None
     mem_load = {name: p.mem() for name, (p, _port) in procs.items()}
     log("RSS after load: " + ", ".join(f"{k} {v.get('VmRSS', 0):.1f} MiB" for k, v in mem_load.items()))
 
@@ -401,7 +442,8 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
                       f"http://{_authority(env, host)}/ {'with Connection: close ' if conn == 'close' else ''}to the "
                       f"explicit proxy; mitmdump -q CPU (utime+stime from /proc) / completed requests, geogate "
                       f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump, both loaded "
-                      f"at the same time by their own wrk (same background load), {env.rounds} rounds, pairs in "
+                      f"at the same time by their own wrk (same background load), both proxies on one CPU and the "
+                      f"clients and origin on the other(s), {env.rounds} rounds, pairs in "
                       f"rotating order after a {env.warmup}s warm-up; value = median of the per-round ratios - 1")
             if not have_addon:
                 figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%",

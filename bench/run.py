@@ -90,6 +90,17 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                 "cache_stats": d.get("cache_stats")}),
         Figure("engine.uncached", "Decision, uncached (first decision of an address)", med(us["uncached"]["all"]), "µs",
                "see engine.uncached_vs_raw; " + common, None, None, rounds, raw_rounds("uncached")),
+        Figure("engine.least_vs_raw", "Bound: the least a decision written in Python does around the lookups "
+               "(no rules), relative to the raw lookup", med(d["ratio_least_raw"]), "x",
+               "not geogate: a loop doing only what any decision must do around the lookups (cache key with the "
+               "date, a probe and insert in a 4096-entry FIFO cache, the special-range check, get_with_prefix_len in "
+               "every database, records shared by country code, one tuple as the result), divided by the raw floor; "
+               "it shows how much of engine.uncached_vs_raw the interpreter costs whatever the engine does (see "
+               "bench/engine.py); " + common, None, None, rounds,
+               [{"least_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in
+                zip(us["least"]["all"], us["raw"]["all"], d["ratio_least_raw"])],
+               {"least_us": med(us["least"]["all"]), "raw_us": med(us["raw"]["all"]),
+                "ratio_range": spread(d["ratio_least_raw"])}),
         Figure("engine.raw", "Raw maxminddb lookup in every configured database (the floor)", med(us["raw"]["all"]), "µs",
                f"Reader.get(ip) of {d['reader']} for each of the {len(d['databases'])} databases; " + common,
                None, None, rounds, raw_rounds("raw"),
@@ -115,8 +126,9 @@ SHORT_METHOD = {
     "engine": "In-process, 100k distinct public IPv4/IPv6 addresses, bundled databases, default policy; µs per decision "
               "(wall clock), median of 5 rounds; raw = maxminddb Reader.get in every database.",
     "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
-    "proxy": "paced wrk (~180 req/s keep-alive, ~90 req/s new connections) sending absolute-form GETs to mitmdump -q; CPU of the mitmdump "
-             "process from /proc per completed request, geogate and bare mitmdump loaded at the same time, median of "
+    "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
+             "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc per completed request, geogate "
+             "and bare mitmdump loaded at the same time on the same CPU (clients and origin on the other), median of "
              "per-round ratios; an A/A pair of two bare processes gives the noise floor; capacity = saturating wrk, "
              "one proxy at a time.",
     "tunnel": "4 Python workers paced to 45 tunnels/s looping CONNECT → TLS handshake → GET → close through "
@@ -151,6 +163,8 @@ def _detail(f: dict) -> str:
                 f"{e['base_per_s_median']:.0f} → {e['test_per_s_median']:.0f} tunnels/s")
     if fid == "engine.uncached_vs_raw":
         return f"uncached {e.get('uncached_us')} µs vs raw {e.get('raw_us')} µs"
+    if fid == "engine.least_vs_raw":
+        return f"{e.get('least_us')} µs vs raw {e.get('raw_us')} µs"
     if fid.startswith("memory.") and e:
         return f"{e.get('geogate_rss_mib')} vs {e.get('bare_rss_mib')} MiB (2nd bare: {e.get('bare2_rss_mib')})"
     if fid == "audit.rate_ratio" and e:

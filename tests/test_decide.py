@@ -413,6 +413,24 @@ def test_expired_rule_is_skipped_and_warned(gate, now, action, rule, warned) -> 
         assert not any("temp-allow-cn" in w for w in warnings)
 
 
+def test_without_a_given_time_the_clock_decides_the_day_and_the_record_time(gate, monkeypatch) -> None:
+    # GateState.decide(now=None) reads time.time() and keeps the UTC day it is in; expiry must
+    # still turn exactly at midnight UTC, and the decision's time must be the clock's
+    import geogate.state as state_module
+
+    state = gate(EXPIRING)
+    clock = [datetime(2026, 6, 30, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp()]
+    monkeypatch.setattr(state_module.time, "time", lambda: clock[0])
+    d = ask(state, "1.0.0.1", now=None)
+    assert (d.rule, d.ts) == ("temp-allow-cn", datetime(2026, 6, 30, 23, 59, 59, 999000, tzinfo=timezone.utc))
+    assert decision_record(d)["ts"] == "2026-06-30T23:59:59.999Z"
+    clock[0] += 0.001  # midnight
+    d = ask(state, "1.0.0.1", now=None)
+    assert (d.rule, d.ts.date().isoformat()) == ("block-cn", "2026-07-01")
+    clock[0] -= 86400  # a clock that steps back a day is followed too
+    assert ask(state, "1.0.0.1", now=None).rule == "temp-allow-cn"
+
+
 def test_expired_rule_that_does_not_match_is_not_warned(gate) -> None:
     d = ask(gate(EXPIRING), "2.0.0.1", now=datetime(2027, 1, 1, tzinfo=timezone.utc))
     assert d.rule == "default" and not d.warnings

@@ -110,11 +110,30 @@ class Outcome:
     record_fields: dict | None = None  # record.py's rendering of this outcome, made once
 
 
-@dataclass(slots=True)
 class Decision:
-    request: Request
-    outcome: Outcome
-    ts: datetime
+    """One request's decision: the request, the shared outcome, and when it was decided.
+
+    `ts` is built on first use from the seconds since the epoch when the caller had no datetime
+    (GateState.decide): most decisions served from cache are never rendered with a time.
+    """
+
+    __slots__ = ("request", "outcome", "wall", "_ts")
+
+    def __init__(self, request: Request, outcome: Outcome, ts: datetime | None = None, wall: float | None = None) -> None:
+        self.request = request
+        self.outcome = outcome
+        self._ts = ts
+        self.wall = wall if ts is None else ts.timestamp()  # time.time() of the decision
+
+    @property
+    def ts(self) -> datetime:
+        ts = self._ts
+        if ts is None:
+            ts = self._ts = datetime.fromtimestamp(self.wall, timezone.utc)
+        return ts
+
+    def __repr__(self) -> str:
+        return f"Decision(request={self.request!r}, outcome={self.outcome!r}, ts={self.ts!r})"
 
     action = property(lambda self: self.outcome.action)
     enforced = property(lambda self: self.outcome.enforced)

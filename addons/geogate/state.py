@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import date
 from datetime import datetime
+from datetime import time as dtime
 from datetime import timezone
 from pathlib import Path
 from typing import Iterable
@@ -70,6 +73,8 @@ class GateState:
     _outcomes: FifoCache = field(default_factory=lambda: FifoCache(OUTCOME_CACHE_SIZE), repr=False, compare=False)
     # what the rules said about each set of records (see decide.VerdictMemo)
     _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
+    # (start, end, date) of the UTC day last seen, in time.time() seconds (see _day_of)
+    _day: tuple = field(default=(0.0, 0.0, None), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self._verdicts is None or self._verdicts.policy is not self.policy:
@@ -93,15 +98,30 @@ class GateState:
         now: datetime | None = None,
         resolve_error: str | None = None,
     ) -> Decision:
-        now = now or datetime.now(timezone.utc)
+        if now is None:
+            wall = time.time()
+            day = self._day_of(wall)
+        else:
+            wall, day = None, now.date()
         # Addresses by integer (an ipaddress object's hash runs Python code); the client only
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
         keys = (ip_key(addresses[0]),) if len(addresses) == 1 else tuple(map(ip_key, addresses))
-        key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, now.date())
+        key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day)
         outcome = self._outcomes.get(key)
         if outcome is None:
             facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]
-            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error, self._verdicts)
+            when = now if now is not None else datetime.fromtimestamp(wall, timezone.utc)
+            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, when, resolve_error, self._verdicts)
             self._outcomes.put(key, outcome)
-        return Decision(req, outcome, now)
+        return Decision(req, outcome, now, wall)
+
+    def _day_of(self, wall: float) -> date:
+        """The UTC date at `wall` (time.time()), from the day last seen while it lasts: cheaper
+        than a datetime per decision, and what rules expire by."""
+        start, end, day = self._day
+        if not start <= wall < end:
+            day = datetime.fromtimestamp(wall, timezone.utc).date()
+            start = datetime.combine(day, dtime(0), timezone.utc).timestamp()
+            object.__setattr__(self, "_day", (start, start + 86400.0, day))
+        return day

@@ -235,6 +235,26 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
     assert len(decisions) == 5 and again.response.status_code == 403 and records(gate.files)[-1]["policy"]["name"] == "v2"
 
 
+async def test_a_connect_after_a_plain_request_to_the_same_place_has_no_url_of_that_request(gate):
+    # both kinds of request share the recent decision for a host and port; only the record's
+    # common part is shared
+    c = client()
+    plain = proxy_request("allowed.test", 443)
+    plain.client_conn = c
+    await hook(gate.gg.requestheaders, plain)
+    tunnel = connect_flow("allowed.test", 443)
+    tunnel.client_conn = c
+    await hook(gate.gg.http_connect, tunnel)
+    first, second = records(gate.files)
+    assert first["url"] == "http://allowed.test:443/path" and "url" not in second
+    assert second["flow_id"] == tunnel.id and tunnel.metadata["geogate"] == second
+    again = proxy_request("allowed.test", 443)
+    again.client_conn = c
+    again.request.path = "/next"
+    await hook(gate.gg.requestheaders, again)
+    assert records(gate.files)[-1]["url"] == "http://allowed.test:443/next"
+
+
 async def test_repeated_connects_reuse_the_decision_and_a_block_stays_a_block(gate, monkeypatch):
     decisions = []
     real_decide = GateState.decide
@@ -446,7 +466,7 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
 async def test_a_hook_raising_before_it_would_await_refuses_the_connection(gate, monkeypatch):
     await hook(gate.gg.requestheaders, proxy_request("allowed.test"))  # decided: the next one reuses it
-    monkeypatch.setattr(proxy_module, "timestamp_at", lambda *a: 1 / 0)
+    monkeypatch.setattr(proxy_module, "repeat_record", lambda *a: 1 / 0)
     f = proxy_request("allowed.test")
     assert gate.gg.requestheaders(f) is None  # failed synchronously, nothing left to await
     assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]

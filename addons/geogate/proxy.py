@@ -54,7 +54,6 @@ from .record import decision_record
 from .record import proxy_status
 from .record import repeat_record
 from .record import summary_line
-from .record import timestamp_at
 from .reload import LiveState
 from .reload import Source
 from .reload import describe
@@ -410,23 +409,20 @@ class GeoGate:
         return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
                 mode_name(client.proxy_mode))
 
-    def _reuse(self, flow: http.HTTPFlow, key: tuple, own_decision: bool = False,
-               **extra: Any) -> tuple[Decision, dict[str, Any]] | None:
-        """A recent decision for the same destination, recorded again for this flow; or None.
+    def _reuse_for_connect(self, flow: http.HTTPFlow, key: tuple) -> Decision | None:
+        """A recent decision for the same destination, recorded again for this CONNECT; or None.
         Clients repeat destinations; see targets.RecentDecisions for when reuse is sound.
 
-        The record is always this request's own. The decision object is shared unless
-        `own_decision`: a plain request only acts on it, but a tunnel's decision is carried to
-        the requests inside it, whose records name the CONNECT that decided."""
+        The tunnel gets a decision object of its own: it is carried to the requests inside the
+        tunnel, whose records name the CONNECT that decided (connection_id)."""
         wall = time.time()
         recent = self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
         if recent is None:
             return None
         client = client_text(flow.client_conn.peername)
-        rec = repeat_record(recent.record, wall, flow.id, client)
-        rec.update(extra)
-        d = recent.again(flow.id, client, wall) if own_decision else recent.decision
-        return d, self._publish(d, rec, flow)
+        d = recent.again(flow.id, client, wall)
+        self._publish(d, repeat_record(recent.record, wall, flow.id, client), flow)
+        return d
 
     async def _decide_flow(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]]:
         """Decide and record a destination the client named in a request (CONNECT or absolute
@@ -436,7 +432,10 @@ class GeoGate:
         d = await self._decide_name(host, port, **context)
         rec = self._record(d, flow, **extra)
         lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
-        self.recent.put(key, RecentDecision.of(self.current_state(), d, dict(rec), time.monotonic() + lifetime))
+        # The template leaves out what belongs to this request only (its URL): CONNECT and plain
+        # requests for the same host and port share the entry.
+        template = {k: v for k, v in rec.items() if k not in extra}
+        self.recent.put(key, RecentDecision.of(self.current_state(), d, template, time.monotonic() + lifetime))
         return d, rec
 
     @fail_closed_sync_first(_refuse_flow)
@@ -445,10 +444,10 @@ class GeoGate:
             return None
         req = flow.request
         key = self._flow_key(flow, req.host, req.port)
-        reused = self._reuse(flow, key, own_decision=True)
+        reused = self._reuse_for_connect(flow, key)
         if reused is None:
             return self._connect_decided(flow, self._decide_flow(flow, key))
-        self._connect_decided_now(flow, reused[0])
+        self._connect_decided_now(flow, reused)
         return None
 
     async def _connect_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
@@ -499,13 +498,10 @@ class GeoGate:
         if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
         # A repeat: the decision is shared and this request gets its own record. Done inline
-        # rather than through _reuse and _publish, because in a loaded proxy every call here
+        # rather than through _publish, because in a loaded proxy every call here
         # costs several times what it costs alone, and this is geogate's share of nearly every
         # plain-HTTP request.
-        rec = recent.record.copy()
-        rec["ts"] = timestamp_at(wall)
-        rec["flow_id"] = flow.id
-        rec["client"] = client_text(peername)
+        rec = repeat_record(recent.record, wall, flow.id, client_text(peername))
         rec["url"] = url
         d = recent.decision
         if self.log is not None or d.blocked or d.would_block or self.log_allows:

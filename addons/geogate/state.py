@@ -64,7 +64,8 @@ def database_warnings(policy: Policy, databases: DatabaseSet) -> list[str]:
 
 @dataclass(frozen=True)
 class GateState:
-    """Immutable: a reload builds a new one, so no decision ever sees half of a change."""
+    """Immutable in what it decides with (a reload builds a new one, so no decision ever sees
+    half of a change); only its caches and the day it last saw change."""
 
     policy: Policy
     databases: DatabaseSet

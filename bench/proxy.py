@@ -425,7 +425,6 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
                     capacity.setdefault(n, []).append(_wrk(procs[n][0], procs[n][1], sat, env.capacity_seconds))
             log(f"capacity: bare {median([r['rps'] for r in capacity['bare']])} req/s, "
                 f"geogate {median([r['rps'] for r in capacity['geogate']])} req/s")
-    env.notes["http_cpus"] = {"proxies": sorted(split[0]), "clients_and_origin": sorted(split[1])} if split else None
     mem_load = {name: p.mem() for name, (p, _port) in procs.items()}
     log("RSS after load: " + ", ".join(f"{k} {v.get('VmRSS', 0):.1f} MiB" for k, v in mem_load.items()))
 
@@ -482,7 +481,8 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
              "geogate_cpu_ms_per_req_median": rnd(median([r["cpu_ms_per_req"] for r in capacity["geogate"]]))}))
     figures += _memory_figures(mem_start, mem_load, have_addon)
     notes = {"startup_s": round(startup_s, 1), "broken_checks": {"/".join(k): v for k, v in broken.items()},
-             "memory": {"after_start": mem_start, "after_load": mem_load}}
+             "memory": {"after_start": mem_start, "after_load": mem_load},
+             "cpus": {"proxies": sorted(split[0]), "clients_and_origin": sorted(split[1])} if split else None}
     for name, (p, _port) in procs.items():
         p.stop()
         notes.setdefault("logs", {})[name] = p.tail(1500)

@@ -408,15 +408,14 @@ async def test_eager_connections_relay_tls_before_any_tls_layer_is_built(gate):
     gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="eager"))
     assert passthrough_hooks(gate.gg) != []
     assert not hasattr(gate.gg, "addons")  # no sub-addon for mitmproxy to walk on every event
-    hooks = gate.gg
     nl = next_layer_for(client_hello())
-    hooks.next_layer(nl)
+    gate.gg.next_layer(nl)
     assert type(nl.layer) is layers.TCPLayer and nl.layer.flow is None  # relayed, no flow recorded
     assert [type(x).__name__ for x in nl.context.layers] == ["TransparentProxy", "TCPLayer"]
     assert not nl.context.client.tls and not nl.context.server.tls  # nothing half set up
     # anything else is mitmproxy's own choice
     nl = next_layer_for(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
-    hooks.next_layer(nl)
+    gate.gg.next_layer(nl)
     assert type(nl.layer) is layers.HttpLayer
 
 

@@ -173,8 +173,9 @@ class RecentDecision:
         return cls(state, day_ends, until, decision, record)
 
     def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
-        """The same decision made for another request (who asked and when differ), for what
-        names the request that decided: a tunnel's connection_id."""
+        """The same decision, made for another request (only who asked and when differ). A tunnel
+        needs one of its own: the requests inside it name the CONNECT that decided it
+        (connection_id)."""
         r = self.decision.request
         req = Request(r.host, r.port, r.client_ip, r.user, r.host_is_claim, r.host_addresses,
                       flow_id, client, r.mode, r.sni)

@@ -93,8 +93,9 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
         Figure("engine.least_vs_raw", "Bound: the least a decision written in Python does around the lookups "
                "(no rules), relative to the raw lookup", med(d["ratio_least_raw"]), "x",
                "not geogate: a loop doing only what any decision must do around the lookups (time.time() and the "
-               "UTC day, cache key with the day, a probe and insert in a 4096-entry FIFO cache, the special-range check, get_with_prefix_len in "
-               "every database, records shared by country code, one tuple as the result), divided by the raw floor; "
+               "UTC day, cache key with the day, a probe and insert in a 4096-entry FIFO cache, the special-range "
+               "check, get_with_prefix_len in every database, records shared by country code, one tuple as the "
+               "result), divided by the raw floor; "
                "it shows how much of engine.uncached_vs_raw the interpreter costs whatever the engine does (see "
                "bench/engine.py); " + common, None, None, rounds,
                [{"least_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in

@@ -85,11 +85,6 @@ def main() -> None:
     if a.profile_phase:
         return profile_phase(a)
 
-    from datetime import datetime
-    from datetime import time as dtime
-    from datetime import timedelta
-    from datetime import timezone
-
     import maxminddb
 
     from geogate.addresses import ip_key
@@ -98,6 +93,7 @@ def main() -> None:
     from geogate.decide import Request
     from geogate.state import OUTCOME_CACHE_SIZE
     from geogate.state import GateState
+    from geogate.state import utc_day
 
     t0 = time.perf_counter()
     addrs = public_addresses(a.addresses, seed=1, v6_share=a.v6_share)
@@ -149,13 +145,11 @@ def main() -> None:
             gets = [r.get_with_prefix_len for r in readers]
             shared = [{} for _ in readers]
             cache = FifoCache(OUTCOME_CACHE_SIZE)
-            today = datetime.now(timezone.utc).date()
-            day_ends = datetime.combine(today + timedelta(days=1), dtime(0), timezone.utc).timestamp()
+            _start, day_ends, today = utc_day(time.time())
             for req, ip in zip(reqs_, ips):
                 now = time.time()  # the cheapest clock a decision can keep; the day as GateState keeps it
                 if now >= day_ends:
-                    today = datetime.fromtimestamp(now, timezone.utc).date()
-                    day_ends = datetime.combine(today + timedelta(days=1), dtime(0), timezone.utc).timestamp()
+                    _start, day_ends, today = utc_day(now)
                 key = (req.host, req.port, ip_key(ip), today)
                 if cache.get(key) is None:
                     special = special_range(ip)

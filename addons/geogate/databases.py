@@ -282,7 +282,10 @@ class Database:
         return GeoRecord(source=self.name, asn=raw[0], as_org=raw[1])
 
     def _anonymous(self, rec: dict[str, Any]) -> GeoRecord:
-        return self._shared((), lambda _raw: GeoRecord(source=self.name), None)
+        return self._shared((), self._build_anonymous, None)
+
+    def _build_anonymous(self, _raw: None) -> GeoRecord:
+        return GeoRecord(source=self.name)
 
     def count_networks(self) -> int:
         """Number of networks with a record (walks the whole tree: seconds for a large file)."""

@@ -123,7 +123,7 @@ class Decision:
         self.request = request
         self.outcome = outcome
         self._ts = ts
-        self.wall = wall if ts is None else ts.timestamp()  # time.time() of the decision
+        self.wall = ts.timestamp() if wall is None else wall  # time.time() of the decision
 
     @property
     def ts(self) -> datetime:
@@ -319,22 +319,15 @@ def _citation(policy: Policy, rule: Rule, m: Match) -> str | None:
     return rule.citation or (policy.group_citations.get(m.group) if m.group else None)
 
 
-def evaluate_address(
-    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, now: datetime,
-    memo: VerdictMemo | None = None, memo_key: tuple | None = None,
+def _evaluate_address(
+    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, day: date,
+    memo: VerdictMemo | None, memo_key: tuple | None,
 ) -> Verdict:
     """Verdict for one address: the stricter of its embedded-IPv4 view and its own record.
 
     With a memo and a memo_key (see VerdictMemo.rules_for), what the rules say is looked up by
     the records instead of evaluated again; the verdict is the same either way.
     """
-    return _evaluate_address(policy, rules, req, facts, now.date(), memo, memo_key)
-
-
-def _evaluate_address(
-    policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, day: date,
-    memo: VerdictMemo | None, memo_key: tuple | None,
-) -> Verdict:
     addr = facts.address
     if facts.own.error or (facts.embedded is not None and facts.embedded.error):  # facts.error, inline
         verdict = Verdict(facts, "block", "error",

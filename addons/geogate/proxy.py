@@ -409,6 +409,10 @@ class GeoGate:
         return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
                 mode_name(client.proxy_mode))
 
+    def _recent(self, key: tuple, wall: float) -> RecentDecision | None:
+        """The recent decision for `key` that still holds now (see targets.RecentDecisions)."""
+        return self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
+
     def _reuse_for_connect(self, flow: http.HTTPFlow, key: tuple) -> Decision | None:
         """A recent decision for the same destination, recorded again for this CONNECT; or None.
         Clients repeat destinations; see targets.RecentDecisions for when reuse is sound.
@@ -416,7 +420,7 @@ class GeoGate:
         The tunnel gets a decision object of its own: it is carried to the requests inside the
         tunnel, whose records name the CONNECT that decided (connection_id)."""
         wall = time.time()
-        recent = self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
+        recent = self._recent(key, wall)
         if recent is None:
             return None
         client = client_text(flow.client_conn.peername)
@@ -486,28 +490,18 @@ class GeoGate:
 
     def _decide_proxy_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         data = flow.request.data
-        client = flow.client_conn
-        peername = client.peername
-        proxyauth = flow.metadata.get("proxyauth")
-        # _flow_key, spelled out: this runs for every plain-HTTP request through the proxy
-        key = (data.host, data.port, peername[0] if peername else None, user_of(proxyauth) if proxyauth else None,
-               client.proxy_mode.type_name)
+        key = self._flow_key(flow, data.host, data.port)
         url = target_url(data)  # before the host is pinned to an address below
         wall = time.time()
-        recent = self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
+        recent = self._recent(key, wall)
         if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
-        # A repeat: the decision is shared and this request gets its own record. Done inline
-        # rather than through _publish, because in a loaded proxy every call here
-        # costs several times what it costs alone, and this is geogate's share of nearly every
-        # plain-HTTP request.
-        rec = repeat_record(recent.record, wall, flow.id, client_text(peername))
+        # A repeat: the decision is shared (nothing on the request's own path acts on who asked)
+        # and this request gets its own record.
+        rec = repeat_record(recent.record, wall, flow.id, client_text(flow.client_conn.peername))
         rec["url"] = url
         d = recent.decision
-        if self.log is not None or d.blocked or d.would_block or self.log_allows:
-            self._publish(d, rec, flow)
-        else:
-            flow.metadata["geogate"] = rec  # _publish with nothing to log or mark
+        self._publish(d, rec, flow)
         self._proxy_request_decided_now(flow, d, rec)
         return None
 

@@ -103,7 +103,7 @@ class GateState:
             wall = time.time()
             day = self._day_of(wall)
         else:
-            wall, day = None, now.date()
+            wall, day = now.timestamp(), now.date()
         # Addresses by integer (an ipaddress object's hash runs Python code); the client only
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
@@ -112,8 +112,9 @@ class GateState:
         outcome = self._outcomes.get(key)
         if outcome is None:
             facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]
-            when = now if now is not None else datetime.fromtimestamp(wall, timezone.utc)
-            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, when, resolve_error, self._verdicts)
+            if now is None:
+                now = datetime.fromtimestamp(wall, timezone.utc)  # the decision keeps it (Decision.ts)
+            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error, self._verdicts)
             self._outcomes.put(key, outcome)
         return Decision(req, outcome, now, wall)
 
@@ -122,7 +123,13 @@ class GateState:
         than a datetime per decision, and what rules expire by."""
         start, end, day = self._day
         if not start <= wall < end:
-            day = datetime.fromtimestamp(wall, timezone.utc).date()
-            start = datetime.combine(day, dtime(0), timezone.utc).timestamp()
-            object.__setattr__(self, "_day", (start, start + 86400.0, day))
+            start, end, day = utc_day(wall)
+            object.__setattr__(self, "_day", (start, end, day))
         return day
+
+
+def utc_day(wall: float) -> tuple[float, float, date]:
+    """(start, end, date) of the UTC day holding `wall`, in time.time() seconds."""
+    day = datetime.fromtimestamp(wall, timezone.utc).date()
+    start = datetime.combine(day, dtime(0), timezone.utc).timestamp()
+    return start, start + 86400.0, day

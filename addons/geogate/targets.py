@@ -14,10 +14,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
-from datetime import datetime
-from datetime import time as dtime
-from datetime import timedelta
-from datetime import timezone
 
 from .addresses import AddressError
 from .addresses import IPAddress
@@ -26,6 +22,7 @@ from .addresses import split_host_port
 from .decide import Decision
 from .decide import Request
 from .decide import parse_client
+from .state import utc_day
 
 INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
 
@@ -168,9 +165,7 @@ class RecentDecision:
 
     @classmethod
     def of(cls, state: object, decision: Decision, record: dict, until: float) -> "RecentDecision":
-        day = decision.ts.astimezone(timezone.utc).date()
-        day_ends = datetime.combine(day + timedelta(days=1), dtime(0), timezone.utc).timestamp()
-        return cls(state, day_ends, until, decision, record)
+        return cls(state, utc_day(decision.wall)[1], until, decision, record)
 
     def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
         """The same decision, made for another request (only who asked and when differ). A tunnel
@@ -179,7 +174,7 @@ class RecentDecision:
         r = self.decision.request
         req = Request(r.host, r.port, r.client_ip, r.user, r.host_is_claim, r.host_addresses,
                       flow_id, client, r.mode, r.sni)
-        return Decision(req, self.decision.outcome, datetime.fromtimestamp(wall, timezone.utc))
+        return Decision(req, self.decision.outcome, wall=wall)
 
 
 class RecentDecisions:

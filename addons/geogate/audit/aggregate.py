@@ -204,7 +204,6 @@ class Aggregate(ResolutionCounts):
         return sorted(self.rules.items(), key=lambda kv: (-kv[1].would_block, -kv[1].flows, kv[0]))
 
 
-
 # -- --against: what changes between two policies --------------------------------------------
 
 NEWLY_BLOCKED = "newly-blocked"
@@ -289,7 +288,6 @@ class Changes(ResolutionCounts):
     def country_rows(self, change: str) -> list[Country]:
         return sorted((c for (ch, _), c in self.countries.items() if ch == change),
                       key=lambda c: (-c.tally.bytes_total, -c.tally.flows, c.key))
-
 
     @property
     def unchanged(self) -> int:

@@ -1,9 +1,11 @@
 """Benchmarks 2 (proxy overhead), 3 (tunnels) and 5 (memory): mitmdump with geogate vs bare.
 
 Everything on loopback: a local origin (origin.py), mitmdump processes on free ports, wrk and
-tunnel_client.py as clients. CPU time of each mitmdump process is read from /proc/<pid>/stat
-(utime+stime, all threads) before and after each load unit; CPU per request = delta / completed
-requests.
+tunnel_client.py as clients. CPU time of each mitmdump process is read from /proc before and
+after each load unit: the nanoseconds every thread has run (/proc/<pid>/task/*/schedstat), or
+utime+stime from /proc/<pid>/stat where a thread exited in between (see lib.cpu_delta); CPU per
+request = delta / completed requests. (utime+stime come in 10 ms ticks: a side uses about 1.5 s of
+CPU in a 4 s unit, so rounding alone could move it by up to 1.3%.)
 
 How noise is kept out of the ratios (the test machine is a shared 2-core VM):
 - the two sides of a comparison (bare vs geogate) are loaded *simultaneously*, each by its own
@@ -44,6 +46,7 @@ from lib import MITMDUMP
 from lib import PY
 from lib import Figure
 from lib import Proc
+from lib import cpu_delta
 from lib import free_port
 from lib import log
 from lib import median
@@ -282,8 +285,9 @@ def run_together(units: list[tuple[Proc, list[str], Any]], seconds: int, per: st
     for (proc, _argv, parse), (out, err), p, c0, c1 in zip(units, outs, popens, cpu0, cpu1):
         r = parse(out, err, p.returncode)
         n = r.pop("count")
-        r.update(cpu_s=round(c1 - c0, 3), machine_busy=rnd(busy, 3))
-        r[f"cpu_ms_per_{per}"] = rnd(1000 * (c1 - c0) / n) if n else None
+        cpu_s, source = cpu_delta(c0, c1)
+        r.update(cpu_s=round(cpu_s, 4), cpu_source=source, machine_busy=rnd(busy, 3))
+        r[f"cpu_ms_per_{per}"] = rnd(1000 * cpu_s / n) if n else None
         results.append(r)
     return results
 
@@ -439,7 +443,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
             method = (f"wrk -t1 -c{PACED_CONNS[conn]} -d{env.seconds}s paced (each connection waits {PACE_DELAY_MS} ms "
                       f"between requests, ~{1000 * PACED_CONNS[conn] // (PACE_DELAY_MS + 10)} req/s), absolute-form GET "
                       f"http://{_authority(env, host)}/ {'with Connection: close ' if conn == 'close' else ''}to the "
-                      f"explicit proxy; mitmdump -q CPU (utime+stime from /proc) / completed requests, geogate "
+                      f"explicit proxy; mitmdump -q CPU (ns per thread from /proc/<pid>/task/*/schedstat) / completed requests, geogate "
                       f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump, both loaded "
                       f"at the same time by their own wrk (same background load), both proxies on one CPU and the "
                       f"clients and origin on the other(s), {env.rounds} rounds, pairs in "

@@ -128,7 +128,7 @@ SHORT_METHOD = {
               "(wall clock), median of 5 rounds; raw = maxminddb Reader.get in every database.",
     "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
     "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
-             "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc per completed request, geogate "
+             "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed request, geogate "
              "and bare mitmdump loaded at the same time on the same CPU (clients and origin on the other), median of "
              "per-round ratios; an A/A pair of two bare processes gives the noise floor; capacity = saturating wrk, "
              "one proxy at a time.",

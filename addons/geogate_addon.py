@@ -2,6 +2,8 @@
 
 Only this file is loaded as a script (and reloaded when it changes); the logic lives in the
 `geogate` package, so a half-saved edit of it can never unload the checks.
+
+The module itself is the addon: its hooks are those of one GeoGate (see GeoGate.serve_from).
 """
 
 import os
@@ -14,4 +16,4 @@ except ImportError:  # a checkout that was never installed: use the package besi
 
 from geogate.proxy import GeoGate  # noqa: E402
 
-addons = [GeoGate()]
+GeoGate().serve_from(globals())

@@ -3,7 +3,7 @@
     mitmdump -s bench/null_addon.py ...
 
 It defines exactly the mitmproxy hooks that geogate's addon class defines (async where geogate's
-are async), each returning at once. Comparing it with bare mitmdump measures what *any* addon
+are async), each returning at once, on the script module itself as geogate's script does. Comparing it with bare mitmdump measures what *any* addon
 with that hook set costs in mitmproxy's dispatch (AddonManager.trigger_event, safecall, the
 awaits), i.e. the part of geogate's overhead that its own code cannot remove.
 """
@@ -48,4 +48,8 @@ def _noop(self, *args):
 
 NullAddon = type("NullAddon", (), {name: (_anoop if is_async else _noop) for name, is_async in _hooks().items()})
 
-addons = [NullAddon()]
+# Served from this module's namespace, as addons/geogate_addon.py serves geogate's hooks.
+_null = NullAddon()
+name = "null"
+for _hook in _hooks():
+    globals()[_hook] = getattr(_null, _hook)

@@ -419,6 +419,41 @@ async def test_eager_connections_relay_tls_before_any_tls_layer_is_built(gate):
     assert type(nl.layer) is layers.HttpLayer
 
 
+def test_the_script_module_is_the_addon_with_the_hooks_of_one_geogate():
+    from mitmproxy.addons.script import load_script
+
+    from geogate.proxy import hook_names
+
+    module = load_script(str(Path(__file__).resolve().parents[1] / "addons" / "geogate_addon.py"))
+    assert module.name == "geogate"  # what ctx.master.addons.get("geogate") finds
+    gg = module.requestheaders.__self__
+    assert isinstance(gg, GeoGate)
+    expected = {"load", "configure", "running", "done", "http_connect", "requestheaders", "error",
+                "server_connect", "tls_clienthello", "client_disconnected", "next_layer"}
+    assert set(hook_names(gg)) == expected
+    for hook in expected:
+        bound = getattr(module, hook)
+        assert bound.__self__ is gg and bound.__func__ is getattr(GeoGate, hook)
+    # nothing below the module for mitmproxy to walk on every event...
+    assert not hasattr(module, "addons") and not hasattr(gg, "addons")
+    assert [type(a).__name__ for a in addonmanager.traverse([module])] == ["module"]
+    # ...until a set-up needs sub-addons, which then hang from the module, not from the GeoGate
+    gg._configure_optional_hooks(SimpleNamespace(rfile="flows.mitm", connection_strategy="lazy"))
+    assert [type(a).__name__ for a in module.addons] == ["ReplayHooks", "LazyHooks"]
+    assert [type(a).__name__ for a in addonmanager.traverse([module])] == ["module", "ReplayHooks", "LazyHooks"]
+    assert not hasattr(gg, "addons")
+    gg._configure_optional_hooks(SimpleNamespace(rfile=None, connection_strategy="eager"))
+    assert not hasattr(module, "addons")
+
+
+def test_serving_from_a_namespace_moves_sub_addons_already_configured():
+    gg = GeoGate()
+    gg._configure_optional_hooks(SimpleNamespace(rfile="flows.mitm"))
+    namespace: dict = {}
+    gg.serve_from(namespace)
+    assert [type(a).__name__ for a in namespace["addons"]] == ["ReplayHooks"] and not hasattr(gg, "addons")
+
+
 async def test_tls_layers_stay_when_intercepting_or_connections_are_lazy(gate):
     # lazy connections need the SNI the ClientHello carries; intercepting needs the TLS layers
     gate.gg._configure_optional_hooks(SimpleNamespace(connection_strategy="lazy"))

@@ -30,6 +30,7 @@ from typing import Any
 
 from mitmproxy import ctx
 from mitmproxy import exceptions
+from mitmproxy import hooks
 from mitmproxy import http
 from mitmproxy import tls
 from mitmproxy.addons.next_layer import NeedsMoreData
@@ -179,6 +180,13 @@ def _parse_timeout(text: str) -> float:
     return value
 
 
+def hook_names(addon: object) -> list[str]:
+    """The mitmproxy hooks `addon` has a method for."""
+    from mitmproxy import addonmanager  # noqa: F401  (defines the load hook)
+
+    return [name for name in sorted(hooks.all_hooks) if callable(getattr(addon, name, None))]
+
+
 class GeoGate:
     def __init__(self) -> None:
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
@@ -197,8 +205,10 @@ class GeoGate:
         self._replay_missing = False
         self.log_allows = True
         self._passthrough: EagerPassthrough | None = None  # see next_layer
-        # Hooks that only some set-ups need live in sub-addons, in an `addons` attribute that
-        # exists only while there are any (see _configure_optional_hooks).
+        # Hooks that only some set-ups need live in sub-addons, in an `addons` entry that exists
+        # only while there are any (see _configure_optional_hooks): in the namespace of the object
+        # mitmproxy walks, this addon's own or the script's it serves from (serve_from).
+        self._tree_namespace: dict[str, Any] | None = None
 
     def current_state(self) -> GateState:
         """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
@@ -255,10 +265,26 @@ class GeoGate:
         # exists is dispatched on every flow, and even an empty list is one more generator per
         # event. Both cost more than most of what geogate does per request, so the attribute
         # exists only when some sub-addon is needed.
+        namespace = self.__dict__ if self._tree_namespace is None else self._tree_namespace
         if subs:
-            self.addons = subs
+            namespace["addons"] = subs
         else:
-            self.__dict__.pop("addons", None)
+            namespace.pop("addons", None)
+
+    def serve_from(self, namespace: dict[str, Any]) -> None:
+        """Put this addon's hooks in a script's namespace, making the script module the addon.
+
+        mitmproxy walks the whole addon tree for every event of every flow (several per request),
+        and an `addons = [GeoGate()]` list puts one more object and one more level of nested
+        generators in that walk; on a keep-alive request that cost about as much again as
+        geogate's own work. The module takes the name `geogate` (ctx.master.addons.get).
+        """
+        namespace["name"] = "geogate"
+        for hook in hook_names(self):
+            namespace[hook] = getattr(self, hook)
+        if "addons" in self.__dict__:
+            namespace["addons"] = self.__dict__.pop("addons")
+        self._tree_namespace = namespace
 
     @staticmethod
     def _refuse_upstream(modes: Sequence[str]) -> None:

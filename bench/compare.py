@@ -6,10 +6,13 @@ part of `make bench`).
 
 Both run as `mitmdump -q -s SCRIPT --set geogate_policy=FILE` and are measured the way
 `make bench` measures geogate against bare mitmdump (bench/proxy.py): loaded at the same time by
-their own paced wrk, both on one CPU, CPU from /proc per completed request, pairs in rotating order,
-new processes every round.
-A second copy of A is measured against A in the same rounds as the noise floor. Prints the median
-and mean of the per-round ratios B/A and A'/A, and every round.
+their own paced wrk, both on one CPU, CPU from /proc per completed request, pairs in rotating order.
+A second copy of A is measured against A in the same rounds as the noise floor. Each process lives
+for the whole comparison: a new process costs more per request for a while (with new processes
+every round, a copy of A measured +3.9% against A), more than what is compared here.
+Processes of the same script still differ by a percent or so for their whole life, so repeat a
+comparison (new processes each time) before trusting a difference of that size.
+Prints the median and mean of the per-round ratios B/A and A'/A, and every round.
 
 To compare an older version of the entry script, copy it out first (for example
 `git show REV:addons/geogate_addon.py > /tmp/old_addon.py`); it imports the installed `geogate`
@@ -58,17 +61,13 @@ def main() -> int:
         time.sleep(2.0)
         target = (P._wrk_script(env, host, a.conn, delay_ms=P.PACE_DELAY_MS), P.PACED_CONNS[a.conn])
         pairs = [(("B",), target, "A", "B"), (("A2",), target, "A", "A2")]
-        with P.proxy_cpus(env, [proc for proc, _port in started.values()]) as split:
-            def warm() -> None:
-                for _key, (script, conns), base, test in pairs:
-                    P.run_together([(started[n][0], P._wrk_argv(started[n][1], script, env.warmup, conns), P._wrk_parse)
-                                    for n in (base, test)], env.warmup, "req")
-
-            warm()
+        with P.proxy_cpus(env, [proc for proc, _port in started.values()]):
+            for _key, (script, conns), base, test in pairs:
+                P.run_together([(started[n][0], P._wrk_argv(started[n][1], script, env.warmup, conns), P._wrk_parse)
+                                for n in (base, test)], env.warmup, "req")
             results = P.run_pairs(pairs, started, a.rounds, a.seconds,
                                   lambda port, tgt, s: P._wrk_argv(port, tgt[0], s, tgt[1]),
-                                  P._wrk_parse, "req", "compare", time.perf_counter(),
-                                  renew=lambda: P.renew_proxies(env, started, specs, split[0] if split else None, warm))
+                                  P._wrk_parse, "req", "compare", time.perf_counter())
     log(f"{a.conn} to {host}, {a.rounds} rounds of {a.seconds}s")
     for key, _target, base, test in pairs:
         ratios = [t["cpu_ms_per_req"] / b["cpu_ms_per_req"]

@@ -16,8 +16,8 @@ How noise is kept out of the ratios (the test machine is a shared 2-core VM):
   per request drops, which made saturated ratios swing by +-40% even between two identical
   processes. Paced, each request costs what it costs;
 - pairs run in an order that rotates every round (and which side starts first alternates);
-- every round after the first runs on new mitmdump processes (renew_proxies): a process keeps
-  its own speed, a percent or two either way, for its whole life;
+- each process lives for the whole section: a new process costs more per request for a while,
+  and with new processes every round the A/A pair measured +2% to +4%;
 - an A/A pair (bare vs a second bare) is measured the same way and reported as the noise floor;
 - plain HTTP: the proxies run on one CPU and the clients and the origin on the others
   (proxy_cpus), so both sides of a pair run on the same core. Left to the scheduler, the two
@@ -33,7 +33,6 @@ import http.client
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -41,7 +40,6 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
-from typing import Callable
 
 from lib import ADDON
 from lib import BENCH
@@ -187,31 +185,6 @@ def start_proxies(env: Env, specs: list[tuple[str, bool, list[str]]],
     return started
 
 
-def renew_proxies(env: Env, procs: dict[str, tuple[Proc, int]], specs: list[tuple[str, bool, list[str]]],
-                  cpus: set[int] | None, warm: Callable[[], None]) -> None:
-    """Replace every process of `procs` by a new one started the same way, pin it to `cpus`, and
-    warm it up with `warm`.
-
-    Each process keeps its own speed for its whole life, within a percent or two: memory layout
-    and hash seeds differ from one process to the next. With the same two processes in every
-    round, that offset is in every round's ratio and no number of rounds averages it out; fresh
-    processes every round put it into the spread, where the median deals with it. It also gives
-    every process the same history: otherwise the bare process, which serves every pair, has
-    served several times more requests than the others.
-    """
-    old = [proc for proc, _port in procs.values()]
-    for proc in old:
-        with contextlib.suppress(ProcessLookupError):
-            proc.popen.send_signal(signal.SIGINT)
-    for proc in old:
-        proc.stop()
-    procs.update(start_proxies(env, specs))
-    if cpus:
-        for proc, _port in procs.values():
-            _pin(proc.popen.pid, cpus)
-    warm()
-
-
 def check_http(port: int, authority: str, conn: str = "keepalive") -> tuple[bool, str]:
     """One request through the proxy: 200 and the origin's body, or why not."""
     try:
@@ -336,15 +309,11 @@ def len_cpus() -> int:
 
 
 def run_pairs(pairs: list[tuple[str, Any, str, str]], procs: dict, rounds: int, seconds: int,
-              make_argv, parse, per: str, label: str, t0: float,
-              renew: Callable[[], None] | None = None) -> dict[tuple, list[dict]]:
+              make_argv, parse, per: str, label: str, t0: float) -> dict[tuple, list[dict]]:
     """pairs: (group key, target, base proc name, test proc name). Every round runs every pair
-    (rotating order), the two sides of a pair simultaneously, launched in alternating order.
-    `renew`, if given, replaces the processes in `procs` before every round after the first."""
+    (rotating order), the two sides of a pair simultaneously, launched in alternating order."""
     results: dict[tuple, list[dict]] = {}
     for rno in range(rounds):
-        if renew is not None and rno:
-            renew()
         for key, target, base, test in rotate(pairs, rno):
             names = [base, test] if rno % 2 == 0 else [test, base]
             for n in names:
@@ -445,17 +414,12 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
     with proxy_cpus(env, [p for p, _port in procs.values()]) as split:
         log("CPUs: " + (f"proxies on {sorted(split[0])}, clients and origin on {sorted(split[1])}" if split
                         else "one CPU, nothing pinned"))
-        log(f"warm-up: {env.warmup}s per pair; new processes every round")
-
-        def warm() -> None:
-            for _key, (script, nconn), base, test in pairs:
-                run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
-                              for n in (base, test)], env.warmup, "req")
-
-        warm()
+        log(f"warm-up: {env.warmup}s per pair")
+        for _key, (script, nconn), base, test in pairs:
+            run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
+                          for n in (base, test)], env.warmup, "req")
         results = run_pairs(pairs, procs, env.rounds, env.seconds,
-                            lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", "http", t0,
-                            renew=lambda: renew_proxies(env, procs, specs, split[0] if split else None, warm))
+                            lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", "http", t0)
 
         # wall-clock capacity: saturating load, one proxy at a time, alternating
         capacity: dict[str, list[dict]] = {}
@@ -484,8 +448,8 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
                       f"explicit proxy; mitmdump -q CPU (ns per thread from /proc/<pid>/task/*/schedstat) / completed requests, geogate "
                       f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump, both loaded "
                       f"at the same time by their own wrk (same background load), both proxies on one CPU and the "
-                      f"clients and origin on the other(s), {env.rounds} rounds, each on new mitmdump processes warmed up "
-                      f"for {env.warmup}s per pair, pairs in rotating order; value = median of the per-round ratios - 1")
+                      f"clients and origin on the other(s), {env.rounds} rounds, pairs in "
+                      f"rotating order after a {env.warmup}s warm-up; value = median of the per-round ratios - 1")
             if not have_addon:
                 figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%",
                                        "addons/geogate_addon.py does not exist yet", method))
@@ -569,11 +533,10 @@ def _memory_figures(mem_start: dict, mem_load: dict, have_addon: bool) -> list[F
     out = []
     for when, mem in (("after_start", mem_start), ("after_load", mem_load)):
         fid = f"memory.{when}"
-        name = f"Proxy resident memory above bare mitmdump, {'after start-up' if when == 'after_start' else 'after load'}"
+        name = f"Proxy resident memory above bare mitmdump, {'after start-up' if when == 'after_start' else 'after the load rounds'}"
         method = ("VmRSS from /proc/<pid>/status of mitmdump with geogate minus bare mitmdump, "
                   + ("2 s after both listen (no request yet)" if when == "after_start"
-                     else "after the last plain-HTTP round and the saturating capacity runs (thousands of requests "
-                          "each)") + "; the second bare process shows the spread")
+                     else "after every plain-HTTP round") + "; the second bare process shows the spread")
         if not have_addon:
             out.append(skipped(fid, name, "MiB", f"<= {MEMORY_TARGET_MIB:g} MiB", "addons/geogate_addon.py does not exist yet", method))
             continue
@@ -614,15 +577,8 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
         pairs += [(tkey + ".diag", host, "tbare", "tgeogate_ignore") for tkey, host in targets]
     pairs.append(("control", "127.0.0.1", "tbare", "tbare2"))
     pairs = [p for p in pairs if (p[2], p[0].split(".")[0]) not in broken and (p[3], p[0].split(".")[0]) not in broken]
-
-    def warm() -> None:
-        for _key, host, base, test in pairs:
-            run_together([(procs[n][0], _tunnel_argv(env, procs[n][1], host, env.warmup), _tunnel_parse)
-                          for n in (base, test)], env.warmup, "tunnel")
-
     results = run_pairs(pairs, procs, env.rounds, env.seconds,
-                        lambda port, host, s: _tunnel_argv(env, port, host, s), _tunnel_parse, "tunnel", "tunnel", t0,
-                        renew=lambda: renew_proxies(env, procs, specs, None, warm))
+                        lambda port, host, s: _tunnel_argv(env, port, host, s), _tunnel_parse, "tunnel", "tunnel", t0)
     figures = []
     label = {"ip": "CONNECT 127.0.0.1", "localhost": "CONNECT localhost",
              "hostsfile": f"CONNECT {env.hosts_name} (hosts file)"}
@@ -633,8 +589,8 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
                   f"in all, each looping CONNECT {_authority(env, host, tls=True)} -> TLS handshake with the origin "
                   f"through the tunnel -> GET -> close, {env.seconds}s per unit; mitmdump CPU (/proc) / completed "
                   f"tunnels, geogate (default: TLS passthrough) "
-                  f"vs bare mitmdump --ignore-hosts '.*', loaded simultaneously by two clients, {env.rounds} rounds, each "
-                  f"on new mitmdump processes, pairs in rotating order; "
+                  f"vs bare mitmdump --ignore-hosts '.*', loaded simultaneously by two clients, {env.rounds} rounds, pairs in "
+                  f"rotating order; "
                   f"value = median of the per-round ratios - 1")
         if not have_addon:
             figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%", "addons/geogate_addon.py does not exist yet", method))

@@ -130,12 +130,11 @@ SHORT_METHOD = {
     "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
              "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed request, geogate "
              "and bare mitmdump loaded at the same time on the same CPU (clients and origin on the other), median of "
-             "per-round ratios, new processes every round; an A/A pair of two bare processes gives the noise floor; "
-             "capacity = saturating wrk, "
+             "per-round ratios; an A/A pair of two bare processes gives the noise floor; capacity = saturating wrk, "
              "one proxy at a time.",
     "tunnel": "4 Python workers paced to 45 tunnels/s looping CONNECT → TLS handshake → GET → close through "
               "mitmdump; CPU per tunnel from /proc, geogate (TLS passthrough) vs bare mitmdump --ignore-hosts '.*' "
-              "loaded at the same time, new processes every round; A/A pair as noise floor.",
+              "loaded at the same time; A/A pair as noise floor.",
     "memory": "VmRSS of the geogate mitmdump minus bare mitmdump, after start-up and after the plain-HTTP load.",
     "audit": "Fresh processes measured with wait4 (wall, CPU, ru_maxrss); geogate audit vs mitmdump -nr -q on the "
              "same generated .mitm file.",

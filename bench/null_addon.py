@@ -3,9 +3,10 @@
     mitmdump -s bench/null_addon.py ...
 
 It defines exactly the mitmproxy hooks that geogate's addon class defines (async where geogate's
-are async), each returning at once, on the script module itself as geogate's script does. Comparing it with bare mitmdump measures what *any* addon
-with that hook set costs in mitmproxy's dispatch (AddonManager.trigger_event, safecall, the
-awaits), i.e. the part of geogate's overhead that its own code cannot remove.
+are async), each returning at once, on the script module itself as geogate's script does.
+Comparing it with bare mitmdump measures what *any* addon with that hook set costs in mitmproxy's
+dispatch (AddonManager.trigger_event, safecall, the awaits), i.e. the part of geogate's overhead
+that its own code cannot remove.
 """
 
 from __future__ import annotations

@@ -62,12 +62,7 @@ def main() -> int:
         target = (P._wrk_script(env, host, a.conn, delay_ms=P.PACE_DELAY_MS), P.PACED_CONNS[a.conn])
         pairs = [(("B",), target, "A", "B"), (("A2",), target, "A", "A2")]
         with P.proxy_cpus(env, [proc for proc, _port in started.values()]):
-            for _key, (script, conns), base, test in pairs:
-                P.run_together([(started[n][0], P._wrk_argv(started[n][1], script, env.warmup, conns), P._wrk_parse)
-                                for n in (base, test)], env.warmup, "req")
-            results = P.run_pairs(pairs, started, a.rounds, a.seconds,
-                                  lambda port, tgt, s: P._wrk_argv(port, tgt[0], s, tgt[1]),
-                                  P._wrk_parse, "req", "compare", time.perf_counter())
+            results = P.run_http_pairs(env, pairs, started, "compare", time.perf_counter())
     log(f"{a.conn} to {host}, {a.rounds} rounds of {a.seconds}s")
     for key, _target, base, test in pairs:
         ratios = [t["cpu_ms_per_req"] / b["cpu_ms_per_req"]

@@ -47,10 +47,11 @@ def _noop(self, *args):
     return None
 
 
-NullAddon = type("NullAddon", (), {name: (_anoop if is_async else _noop) for name, is_async in _hooks().items()})
+_HOOKS = _hooks()
+NullAddon = type("NullAddon", (), {name: (_anoop if is_async else _noop) for name, is_async in _HOOKS.items()})
 
 # Served from this module's namespace, as addons/geogate_addon.py serves geogate's hooks.
 _null = NullAddon()
 name = "null"
-for _hook in _hooks():
+for _hook in _HOOKS:
     globals()[_hook] = getattr(_null, _hook)

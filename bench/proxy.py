@@ -327,6 +327,17 @@ def run_pairs(pairs: list[tuple[str, Any, str, str]], procs: dict, rounds: int, 
     return results
 
 
+def run_http_pairs(env: Env, pairs: list[tuple[tuple, tuple[Path, int], str, str]], procs: dict,
+                   label: str, t0: float) -> dict[tuple, list[dict]]:
+    """Paced plain-HTTP pairs ((key, (wrk script, connections), base, test)): every pair warmed up
+    for env.warmup seconds, then env.rounds rounds of run_pairs."""
+    for _key, (script, nconn), base, test in pairs:
+        run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
+                      for n in (base, test)], env.warmup, "req")
+    return run_pairs(pairs, procs, env.rounds, env.seconds,
+                     lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", label, t0)
+
+
 def _pin(pid: int, cpus: set[int]) -> None:
     """Every thread of a process onto `cpus` (threads started later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -415,11 +426,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
         log("CPUs: " + (f"proxies on {sorted(split[0])}, clients and origin on {sorted(split[1])}" if split
                         else "one CPU, nothing pinned"))
         log(f"warm-up: {env.warmup}s per pair")
-        for _key, (script, nconn), base, test in pairs:
-            run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
-                          for n in (base, test)], env.warmup, "req")
-        results = run_pairs(pairs, procs, env.rounds, env.seconds,
-                            lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", "http", t0)
+        results = run_http_pairs(env, pairs, procs, "http", t0)
 
         # wall-clock capacity: saturating load, one proxy at a time, alternating
         capacity: dict[str, list[dict]] = {}

@@ -44,17 +44,24 @@ def rmed(xs):
     return rnd(median(xs))
 
 
-def flow_files(rate_flows: int) -> tuple[Path, Path, Path, dict[str, Any]]:
+def flows_text(n: int) -> str:
+    """100000 -> "100k", for figure names; other counts in full."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
+def flow_files(rate_flows: int, full_flows: int = FULL_FLOWS) -> tuple[Path, Path, Path, dict[str, Any]]:
     """(full file, rate file, 1-flow file), generated once and cached under bench/.cache."""
+    if not 1 <= rate_flows <= full_flows:
+        raise ValueError(f"the rate file ({rate_flows} flows) is a prefix of the full file ({full_flows} flows)")
     src = b"".join((BENCH / f).read_bytes() for f in ("flowgen.py", "addrgen.py"))
-    key = hashlib.sha256(src + f"{FULL_FLOWS}/{DESTINATIONS}/{rate_flows}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(src + f"{full_flows}/{DESTINATIONS}/{rate_flows}".encode()).hexdigest()[:12]
     d = CACHE / f"flows-{key}"
-    full, rate, one = d / f"flows-{FULL_FLOWS}.mitm", d / f"flows-{rate_flows}.mitm", d / "flows-1.mitm"
+    full, rate, one = d / f"flows-{full_flows}.mitm", d / f"flows-{rate_flows}.mitm", d / "flows-1.mitm"
     info: dict[str, Any] = {"cached": True, "dir": str(d.relative_to(BENCH.parent))}
     if not (full.exists() and rate.exists() and one.exists()):
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        for tmp_name, flows, prefix in ((full, FULL_FLOWS, rate), (one, 1, None)):
+        for tmp_name, flows, prefix in ((full, full_flows, rate), (one, 1, None)):
             tmp = tmp_name.with_suffix(".part")
             argv = [PY, str(BENCH / "flowgen.py"), str(tmp), "--flows", str(flows), "--destinations", str(DESTINATIONS)]
             if prefix is not None:
@@ -89,19 +96,21 @@ def _run(tool: str, path: Path, tmp: Path, flows: int, timeout: float) -> dict[s
     return out
 
 
-def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool) -> tuple[list[Figure], dict[str, Any]]:
+def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool,
+                  full_flows: int = FULL_FLOWS) -> tuple[list[Figure], dict[str, Any]]:
     have = AUDIT_COMMAND.exists()
-    full, rate, one, info = flow_files(rate_flows)
+    full, rate, one, info = flow_files(rate_flows, full_flows)
+    big = flows_text(full_flows)
     log(f"flow files ready ({info})")
     method_rate = (f"wall-clock flows/s of `geogate audit FILE --format json` (stdout to /dev/null) vs `mitmdump -nr FILE -q` "
-                   f"(no addon) on the same file: the first {rate_flows:,} flows of the generated 100k-flow file "
+                   f"(no addon) on the same file: the first {rate_flows:,} flows of the generated {big}-flow file "
                    f"(tflow HTTPS flows, peernames on {DESTINATIONS:,} public IPv4/IPv6 addresses), {rounds} rounds, "
                    f"tools alternating in rotating order; each run is a fresh process (start-up included; start-up "
                    f"alone measured on a 1-flow file); value = median geogate rate / median mitmdump rate")
     if not have:
         return [skipped("audit.rate_ratio", "Audit speed vs mitmdump -nr", "x", ">= 1.0x",
                         "addons/geogate/audit/command.py does not exist yet", method_rate),
-                skipped("audit.memory_flat", "Audit peak memory, 100k vs {rate_flows} flows", "x",
+                skipped("audit.memory_flat", f"Audit peak memory, {big} vs {rate_flows:,} flows", "x",
                         f"<= {FLAT_TARGET}x", "addons/geogate/audit/command.py does not exist yet")], {"files": info}
     runs: dict[str, list[dict]] = {"mitmdump": [], "geogate": []}
     starts: dict[str, list[dict]] = {"mitmdump": [], "geogate": []}
@@ -112,12 +121,12 @@ def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool) 
             starts[tool].append(_run(tool, one, tmp, 1, timeout=120))
         log(f"audit round {rno + 1}/{rounds}: mitmdump {runs['mitmdump'][-1]['flows_per_s']} flows/s, "
             f"geogate {runs['geogate'][-1]['flows_per_s']} flows/s ({time.perf_counter() - t0:.0f}s)")
-    log("audit: geogate on the full 100k-flow file")
-    full_geo = _run("geogate", full, tmp, FULL_FLOWS, timeout=900)
+    log(f"audit: geogate on the full {big}-flow file")
+    full_geo = _run("geogate", full, tmp, full_flows, timeout=900)
     log(f"audit full: {full_geo}")
     full_md = None
     if full_baseline:
-        full_md = _run("mitmdump", full, tmp, FULL_FLOWS, timeout=1200)
+        full_md = _run("mitmdump", full, tmp, full_flows, timeout=1200)
         log(f"audit full mitmdump: {full_md}")
 
     failed = [r for tool in runs for r in runs[tool] + starts[tool] if "stderr" in r]
@@ -146,22 +155,22 @@ def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool) 
     small_rss = rmed([r["maxrss_mib"] for r in runs["geogate"]])
     flat = full_geo["maxrss_mib"] / small_rss if small_rss and full_geo.get("maxrss_mib") else None
     figures.append(Figure(
-        "audit.memory_flat", f"Audit peak memory: 100k flows vs {rate_flows:,} flows (geogate audit)", rnd(flat, 3), "x",
-        f"ru_maxrss of `geogate audit` on the full 100k-flow file ({rnd(full_geo['maxrss_mib'])} MiB) divided by the median "
+        "audit.memory_flat", f"Audit peak memory: {big} flows vs {rate_flows:,} flows (geogate audit)", rnd(flat, 3), "x",
+        f"ru_maxrss of `geogate audit` on the full {big}-flow file ({rnd(full_geo['maxrss_mib'])} MiB) divided by the median "
         f"on the {rate_flows:,}-flow file ({rnd(small_rss)} MiB), both drawn from the same {DESTINATIONS:,} destinations "
         f"(most already in the small file), so the ratio shows growth per flow; flat = at most {FLAT_TARGET}x for "
-        f"{FULL_FLOWS // rate_flows}x the flows",
+        f"{full_flows // rate_flows}x the flows",
         f"<= {FLAT_TARGET}x", (flat is not None and flat <= FLAT_TARGET and "stderr" not in full_geo), 1, [full_geo],
-        {"full_flows_per_s": full_geo.get("flows_per_s"), "full_wall_s": full_geo.get("wall_s"),
+        {"full_flows": full_flows, "full_flows_per_s": full_geo.get("flows_per_s"), "full_wall_s": full_geo.get("wall_s"),
          "full_maxrss_mib": full_geo.get("maxrss_mib"), "small_maxrss_mib": small_rss,
          "mitmdump_small_maxrss_mib": rmed([r["maxrss_mib"] for r in runs["mitmdump"]]),
          **({"mitmdump_full": full_md} if full_md else {})},
         status="failed" if "stderr" in full_geo else "measured"))
     figures.append(Figure(
-        "audit.full_rate", "Audit speed on the full 100k-flow file (geogate audit, one run)", full_geo.get("flows_per_s"),
-        "flows/s", "one run of `geogate audit FILE --format json` on the 100k-flow file, wall clock incl. start-up"
+        "audit.full_rate", f"Audit speed on the full {big}-flow file (geogate audit, one run)", full_geo.get("flows_per_s"),
+        "flows/s", f"one run of `geogate audit FILE --format json` on the {big}-flow file, wall clock incl. start-up"
         + (f"; mitmdump -nr on the same file: {full_md['flows_per_s']} flows/s" if full_md else
-           f"; mitmdump -nr on the full file is not run by default (about {rnd(FULL_FLOWS / m_rate / 60, 2) if m_rate else '?'} "
+           f"; mitmdump -nr on the full file is not run by default (about {rnd(full_flows / m_rate / 60, 2) if m_rate else '?'} "
            f"minutes at the rate measured above)"),
         None, None, 1, [full_geo] + ([full_md] if full_md else [])))
     return figures, {"files": info, "python": sys.version.split()[0]}

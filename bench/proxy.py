@@ -330,8 +330,8 @@ def run_pairs(pairs: list[tuple[str, Any, str, str]], procs: dict, rounds: int, 
 def run_http_pairs(env: Env, pairs: list[tuple[tuple, tuple[Path, int], str, str]], procs: dict,
                    label: str, t0: float) -> dict[tuple, list[dict]]:
     """Paced plain-HTTP pairs ((key, (wrk script, connections), base, test)): every pair warmed up
-    for env.warmup seconds, then env.rounds rounds of run_pairs."""
-    for _key, (script, nconn), base, test in pairs:
+    for env.warmup seconds (none when 0), then env.rounds rounds of run_pairs."""
+    for _key, (script, nconn), base, test in pairs if env.warmup > 0 else ():
         run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
                       for n in (base, test)], env.warmup, "req")
     return run_pairs(pairs, procs, env.rounds, env.seconds,

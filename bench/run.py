@@ -106,8 +106,9 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                f"Reader.get(ip) of {d['reader']} for each of the {len(d['databases'])} databases; " + common,
                None, None, rounds, raw_rounds("raw"),
                {"get_with_prefix_len_us": med(us["rawprefix"]["all"])}),
-        Figure("engine.second_pass", f"Decision, second pass over {n['total'] // 1000}k distinct addresses, more than "
-               f"the {ws.get('outcome_cache_size', 4096)}-entry cache", med(us["second_pass"]["all"]), "µs",
+        Figure("engine.second_pass", f"Decision, second pass over {n['total']:,} distinct addresses, "
+               f"{'more' if n['total'] > ws.get('outcome_cache_size', 4096) else 'no more'} than the "
+               f"{ws.get('outcome_cache_size', 4096):,}-entry cache", med(us["second_pass"]["all"]), "µs",
                "GateState.decide(Request(host, 443), [ip]) on the state that has just decided every address once, "
                "same order: the outcome cache holds only the most recent addresses, so this is mostly the uncached "
                "path again (informational); " + common, None, None, rounds, raw_rounds("second_pass"),
@@ -124,8 +125,8 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
 # -- report --------------------------------------------------------------------------------------
 
 SHORT_METHOD = {
-    "engine": "In-process, 100k distinct public IPv4/IPv6 addresses, bundled databases, default policy; µs per decision "
-              "(wall clock), median of 5 rounds; raw = maxminddb Reader.get in every database.",
+    "engine": "In-process, {addresses:,} distinct public IPv4/IPv6 addresses, bundled databases, default policy; µs per "
+              "decision (wall clock), median of {rounds} rounds; raw = maxminddb Reader.get in every database.",
     "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
     "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
              "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed request, geogate "
@@ -172,7 +173,8 @@ def _detail(f: dict) -> str:
         return (f"{e.get('geogate_flows_per_s')} vs {e.get('mitmdump_flows_per_s')} flows/s; "
                 f"peak RSS {e.get('geogate_maxrss_mib_median')} vs {e.get('mitmdump_maxrss_mib_median')} MiB")
     if fid == "audit.memory_flat" and e:
-        return f"{e.get('full_maxrss_mib')} MiB (100k) vs {e.get('small_maxrss_mib')} MiB"
+        full = audit_bench.flows_text(e["full_flows"]) if e.get("full_flows") else "full file"
+        return f"{e.get('full_maxrss_mib')} MiB ({full}) vs {e.get('small_maxrss_mib')} MiB"
     if fid.startswith("proxy.capacity") and e:
         r = e.get("ratio_range") or [0, 0]
         return (f"{e.get('bare_rps_median')} → {e.get('geogate_rps_median')} req/s (per-round ratios "
@@ -187,6 +189,14 @@ def _detail(f: dict) -> str:
 def _range_pct(f: dict) -> str:
     r = (f.get("extra") or {}).get("ratio_range")
     return f"{(r[0] - 1) * 100:+.1f}% … {(r[1] - 1) * 100:+.1f}%" if r else "—"
+
+
+def error_line(text: str) -> str:
+    """The line of a section's traceback that says what went wrong: the exception's first line."""
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    rest = lines[frames[-1] + 1:] if frames else lines
+    return next((line for line in rest if line and not line[0].isspace()), text.strip()[:200])
 
 
 def write_markdown(path: Path, doc: dict) -> None:
@@ -227,10 +237,11 @@ def write_markdown(path: Path, doc: dict) -> None:
                   "the proxy and tunnel ratios are measured so that background load hits both sides alike): "
                   + ", ".join(f"{k} {v['before'][0]:.2f}" for k, v in la.items()) + "."]
     lines += ["", "Method, in a sentence each (full wording per figure in latest.json):", ""]
+    settings = {"addresses": 100_000, "rounds": 5} | doc["settings"]
     for key, text in SHORT_METHOD.items():
-        lines.append(f"- **{key}**: {text}")
+        lines.append(f"- **{key}**: {text.format(**settings)}")
     if doc.get("errors"):
-        lines += ["", "Errors:", ""] + [f"- {k}: {v.splitlines()[-1] if v else ''}" for k, v in doc["errors"].items()]
+        lines += ["", "Errors:", ""] + [f"- {k}: {error_line(v)}" for k, v in doc["errors"].items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -242,9 +253,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds of the engine, audit and capacity benchmarks")
     p.add_argument("--load-rounds", type=int, default=9, help="rounds of the paired proxy and tunnel comparisons")
     p.add_argument("--seconds", type=int, default=4, help="seconds per paired load unit (wrk / tunnel client)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up load per proxy pair (0: none)")
     p.add_argument("--addresses", type=int, default=100_000)
     p.add_argument("--audit-rate-flows", type=int, default=5_000)
+    p.add_argument("--audit-full-flows", type=int, default=audit_bench.FULL_FLOWS,
+                   help="flows in the large audit file (memory and rate at scale)")
     p.add_argument("--audit-full-baseline", action="store_true", help="also run mitmdump -nr on the 100k file (~4 min)")
     p.add_argument("--tunnel-diagnostic", action="store_true",
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
@@ -257,6 +270,13 @@ def main() -> int:
         write_markdown(a.out / "latest.md", json.loads((a.out / "latest.json").read_text()))
         print((a.out / "latest.md").read_text())
         return 0
+    for name in ("rounds", "load_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.audit_rate_flows > a.audit_full_flows:
+        p.error("--audit-rate-flows must not exceed --audit-full-flows (the rate file is its first flows)")
+    if a.warmup < 0:
+        p.error("--warmup must be 0 or more")
     only = [s.strip() for s in a.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -298,7 +318,8 @@ def main() -> int:
                     else:
                         figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
                 else:
-                    figs, n = audit_bench.audit_section(tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline)
+                    figs, n = audit_bench.audit_section(tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
+                                                        a.audit_full_flows)
                 figures.extend(figs)
                 notes[section] = n
             except Exception:
@@ -320,7 +341,8 @@ def _write(a, machine, figures, notes, errors, timings, t_start, only) -> dict:
         "machine": machine,
         "settings": {"sections": only, "rounds": a.rounds, "load_rounds": a.load_rounds, "seconds": a.seconds,
                      "warmup": a.warmup,
-                     "addresses": a.addresses, "audit_rate_flows": a.audit_rate_flows},
+                     "addresses": a.addresses, "audit_rate_flows": a.audit_rate_flows,
+                     "audit_full_flows": a.audit_full_flows},
         "pieces": {"addon": ADDON.exists(), "audit_command": AUDIT_COMMAND.exists()},
         "elapsed_s": round(time.perf_counter() - t_start, 1),
         "section_seconds": timings,

@@ -1,0 +1,232 @@
+"""The benchmark suite's own arithmetic and reports, and one tiny end-to-end run of `bench/run.py`.
+
+The committed results are only as good as the code that computes them: the CPU readings, the
+address mix, the report. The smoke run keeps `make bench` from rotting between benchmark runs;
+its numbers (one round of one second) mean nothing and are not checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The bench modules (they import each other by top-level name), without leaving bench/ on
+    sys.path or its module names in sys.modules for other tests."""
+    names = ("lib", "addrgen", "flowgen", "audit", "proxy", "run")
+    saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
+    sys.path.insert(0, str(BENCH))
+    try:
+        mods = {n: importlib.import_module(n) for n in names}
+    finally:
+        sys.path.remove(str(BENCH))
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+    return type("Bench", (), mods)
+
+
+# -- CPU readings ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "before, after, expected",
+    [
+        # every thread still there and the two clocks agree: the nanosecond figure
+        ((1.00, {1: 0, 2: 0}), (1.50, {1: 300_000_000, 2: 205_000_000}), (0.505, "schedstat")),
+        # a thread started during the unit counts from zero
+        ((1.00, {1: 0}), (1.50, {1: 300_000_000, 3: 200_000_000}), (0.5, "schedstat")),
+        # a thread of the first reading exited: its time since then is lost, so the ticks
+        ((1.00, {1: 0, 2: 0}), (1.50, {1: 300_000_000}), (0.5, "stat")),
+        # the two disagree by more than tick rounding explains: the ticks
+        ((1.00, {1: 0}), (2.00, {1: 500_000_000}), (1.0, "stat")),
+        # no schedstat on this kernel
+        ((1.00, None), (1.25, None), (0.25, "stat")),
+        ((1.00, {1: 0}), (1.25, None), (0.25, "stat")),
+    ],
+)
+def test_cpu_delta_prefers_thread_nanoseconds_only_when_they_are_complete(bench, before, after, expected):
+    seconds, source = bench.lib.cpu_delta(bench.lib.CpuReading(*before), bench.lib.CpuReading(*after))
+    assert (round(seconds, 6), source) == expected
+
+
+def test_cpu_reading_of_a_busy_process_grows_by_what_it_ran(bench):
+    r0 = bench.lib.cpu_reading(os.getpid())
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.2:
+        pass
+    spent = time.process_time() - t0
+    seconds, source = bench.lib.cpu_delta(r0, bench.lib.cpu_reading(os.getpid()))
+    assert source in ("schedstat", "stat")
+    assert spent - 0.03 <= seconds <= spent + 0.1
+
+
+# -- statistics and interleaving ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "variants, round_no, expected",
+    [
+        (["a", "b", "c"], 0, ["a", "b", "c"]),
+        (["a", "b", "c"], 1, ["b", "c", "a"]),
+        (["a", "b", "c"], 2, ["c", "a", "b"]),
+        (["a", "b", "c"], 3, ["a", "b", "c"]),
+        (["a"], 5, ["a"]),
+    ],
+)
+def test_rotate_runs_every_variant_each_round_starting_one_further(bench, variants, round_no, expected):
+    assert bench.lib.rotate(variants, round_no) == expected
+
+
+def test_median_and_spread_ignore_missing_rounds(bench):
+    assert bench.lib.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert bench.lib.median([None]) is None
+    assert bench.lib.spread([0.98, None, 1.031, 1.0]) == [0.98, 1.031]
+    assert bench.lib.rnd(1.234567, 3) == 1.23
+    assert bench.lib.rnd(None) is None
+
+
+# -- the address mix of the engine benchmark ------------------------------------------------------
+
+def test_address_mix_is_distinct_global_and_repeatable(bench):
+    """Every address must take the full lookup path: a special-purpose or transition-form address
+    would be decided without touching the databases and flatter the uncached figure."""
+    from geogate.addresses import classify
+
+    addrs = bench.addrgen.public_addresses(3000, seed=1, v6_share=0.3)
+    assert len(addrs) == len(set(addrs)) == 3000
+    v6 = [ip for ip in addrs if ip.version == 6]
+    assert 0.25 <= len(v6) / len(addrs) <= 0.35
+    for ip in addrs:
+        address = classify(ip)
+        assert address.special is None, ip
+        assert address.embedded_ipv4 is None, ip
+    assert bench.addrgen.public_addresses(3000, seed=1, v6_share=0.3) == addrs
+    assert bench.addrgen.public_addresses(3000, seed=2, v6_share=0.3) != addrs
+
+
+def test_ipv6_mix_lies_in_delegated_ranges(bench):
+    from geogate.bundled import default_database_paths
+    from geogate.databases import Database
+
+    whois = next(Database(p) for p in default_database_paths() if "whois" in Path(p).name)
+    v6 = [ip for ip in bench.addrgen.public_addresses(1000, seed=3, v6_share=1.0) if ip.version == 6]
+    assert v6
+    assert all(whois.lookup(ip) is not None for ip in v6)
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flows, text", [(100_000, "100k"), (5_000, "5k"), (1_500, "1,500"), (200, "200")])
+def test_flow_counts_in_figure_names(bench, flows, text):
+    assert bench.audit.flows_text(flows) == text
+
+
+def test_error_line_names_the_exception_not_the_last_line_of_its_message(bench):
+    try:
+        raise RuntimeError("wrk gave no result (rc 1): usage\n    -d <T> duration\n")
+    except RuntimeError:
+        text = traceback.format_exc()
+    assert bench.run.error_line(text) == "RuntimeError: wrk gave no result (rc 1): usage"
+    assert bench.run.error_line("not run: the time budget was used up") == "not run: the time budget was used up"
+
+
+def _doc(figures: list, **settings) -> dict:
+    return {
+        "machine": {"date": "2026-01-01T00:00:00+00:00", "nproc": 2, "cpu_model": "cpu", "mem_total_gib": 1,
+                    "kernel": "k", "python": "3.12", "versions": {}, "git": "abc"},
+        "settings": {"rounds": 3, "load_rounds": 1, "seconds": 1, "addresses": 2000} | settings,
+        "elapsed_s": 1.0,
+        "figures": figures,
+        "errors": {"tunnel": "Traceback (most recent call last):\n  File \"x\", line 1\nOSError: boom\n"},
+        "notes": {},
+    }
+
+
+def _fig(bench, id, value, target, passed, status="measured"):
+    return bench.lib.Figure(id, f"name of {id}", value, "%", "method", target, passed, 1, [], {}, status).to_json()
+
+
+def test_markdown_gives_every_figure_its_result_and_the_settings_it_ran_with(bench, tmp_path):
+    doc = _doc([
+        _fig(bench, "a.pass", 1.0, "<= +3%", True),
+        _fig(bench, "b.fail", 4.0, "<= +3%", False),
+        _fig(bench, "c.info", 0.5, None, None),
+        _fig(bench, "d.skipped", None, "<= +3%", None, "skipped"),
+        _fig(bench, "e.failed", None, "<= +3%", False, "failed"),
+    ])
+    path = tmp_path / "latest.md"
+    bench.run.write_markdown(path, doc)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in path.read_text().splitlines()
+            if line.startswith("| name of ")}
+    assert rows["name of a.pass"].startswith("| name of a.pass | +1.0% | <= +3% | pass |")
+    assert rows["name of b.fail"].startswith("| name of b.fail | +4.0% | <= +3% | **FAIL** |")
+    assert rows["name of c.info"].startswith("| name of c.info | +0.5% | — |  |")
+    assert rows["name of d.skipped"].startswith("| name of d.skipped | — | <= +3% | skipped |")
+    assert rows["name of e.failed"].startswith("| name of e.failed | — | <= +3% | **FAIL** (error) |")
+    text = path.read_text()
+    assert "In-process, 2,000 distinct public IPv4/IPv6 addresses" in text
+    assert "median of 3 rounds" in text
+    assert "- tunnel: OSError: boom" in text
+
+
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["--warmup", "-1"], "--warmup"),
+        (["--rounds", "0"], "--rounds"),
+        (["--audit-rate-flows", "5000", "--audit-full-flows", "1000"], "--audit-rate-flows"),
+        (["--only", "engine,nonsense"], "nonsense"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(args, complaint, tmp_path):
+    res = subprocess.run([sys.executable, str(BENCH / "run.py"), *args, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2
+    assert complaint in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not list(tmp_path.iterdir())
+
+
+# -- the whole suite, tiny ------------------------------------------------------------------------
+
+TARGETS = ("engine.cached", "engine.uncached_vs_raw", "proxy.ip.keepalive", "proxy.ip.close", "memory.after_start",
+           "memory.after_load", "tunnel.ip", "audit.rate_ratio", "audit.memory_flat")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+def test_make_bench_runs_every_section_and_reports_every_target(tmp_path):
+    argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "1", "--seconds", "1",
+            "--warmup", "0", "--addresses", "2000", "--audit-rate-flows", "200", "--audit-full-flows", "1000",
+            "--out", str(tmp_path)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["errors"] == {}
+    by_id = {f["id"]: f for f in doc["figures"]}
+    for fid in TARGETS:
+        f = by_id[fid]
+        assert f["status"] == "measured", fid
+        assert isinstance(f["value"], (int, float)), fid
+        assert f["target"] and isinstance(f["pass"], bool), fid
+        assert f["method"], fid
+    # a host name is measured next to the IP literal, for plain HTTP and for tunnels
+    assert {i for i in by_id if i.startswith("proxy.") and i.endswith(".keepalive")} - {"proxy.ip.keepalive",
+                                                                                         "proxy.capacity.ip.keepalive"}
+    assert [i for i in by_id if i.startswith("tunnel.") and i not in ("tunnel.ip", "tunnel.control.bare_vs_bare")]
+    md = (tmp_path / "latest.md").read_text()
+    for f in doc["figures"]:
+        assert f"| {f['name']} |" in md

@@ -606,14 +606,26 @@ def test_maxmind_alias_of_mapped_addresses_is_not_special(gate) -> None:
 def test_lookup_error_blocks(gate, monkeypatch: pytest.MonkeyPatch) -> None:
     state = gate("default: allow\nspecial: allow\ngeo: {unknown: allow}\n", "geo", "flat")
     flat = state.databases.databases[1]
-    real = flat.find
 
-    def broken(addr):
-        if addr == ip("1.0.0.1"):
-            raise InvalidDatabaseError("The MaxMind DB file's data section contains bad data")
-        return real(addr)
+    class BrokenAt:
+        """The reader, corrupt at the data of one address (whichever of its lookups is used)."""
 
-    monkeypatch.setattr(flat, "find", broken)
+        def __init__(self, reader):
+            self.reader = reader
+
+        def _check(self, addr):
+            if addr == ip("1.0.0.1"):
+                raise InvalidDatabaseError("The MaxMind DB file's data section contains bad data")
+
+        def get(self, addr):
+            self._check(addr)
+            return self.reader.get(addr)
+
+        def get_with_prefix_len(self, addr):
+            self._check(addr)
+            return self.reader.get_with_prefix_len(addr)
+
+    monkeypatch.setattr(flat, "_reader", BrokenAt(flat._reader))
     d = ask(state, "1.0.0.1")
     assert (d.action, d.rule) == ("block", "error")
     assert "flat" in d.reason and "1.0.0.1" in d.reason
@@ -621,6 +633,32 @@ def test_lookup_error_blocks(gate, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ask(state, "2.0.0.1").action == "allow"  # other addresses are unaffected
     d = ask(state, "::ffff:1.0.0.1")  # the embedded IPv4's lookup fails: also a block
     assert (d.action, d.rule) == ("block", "error")
+
+
+@pytest.mark.parametrize(
+    "order, address, network, records",
+    [
+        (("wide", "narrow"), "20.0.0.1", "20.0.0.0/16", (("wide", "US"), ("narrow", "CA"))),
+        (("narrow", "wide"), "20.0.0.1", "20.0.0.0/24", (("narrow", "CA"), ("wide", "US"))),
+        (("wide", "narrow"), "21.0.0.1", "21.0.0.0/24", (("narrow", "MX"),)),  # the first has no record
+        (("wide", "narrow"), "22.0.0.1", None, ()),
+    ],
+)
+def test_facts_give_every_record_and_the_network_of_the_first(tmp_path, order, address, network, records) -> None:
+    """Each database answers for the address; the network reported is that of the first record,
+    in database order, whatever the later databases' networks are."""
+    from geogate.databases import DatabaseSet
+
+    paths = {"wide": write_flat(tmp_path / "wide.mmdb", {"20.0.0.0/16": "US"}),
+             "narrow": write_flat(tmp_path / "narrow.mmdb", {"20.0.0.0/24": "CA", "21.0.0.0/24": "MX"})}
+    databases = DatabaseSet.open([paths[n] for n in order])
+    try:
+        facts = FactsSource(databases).facts(classify(ip(address))).own
+        assert facts.network == network
+        assert tuple((r.source, r.country) for r in facts.records) == records
+        assert facts.error is None
+    finally:
+        databases.close()
 
 
 def test_lookup_error_via_facts_source(dbs) -> None:

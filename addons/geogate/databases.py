@@ -186,20 +186,26 @@ class Database:
         if self._ipv4_only and ip.version == 6:
             return None, 0
         record, prefix_len = self._reader.get_with_prefix_len(ip)
+        return self._record(record), prefix_len
+
+    def lookup(self, ip: IPAddress) -> GeoRecord | None:
+        """The record for `ip`, or None; raises as `find` does. Cheaper than `find` when the
+        network is not needed (maxminddb then builds no tuple)."""
+        if self._ipv4_only and ip.version == 6:
+            return None
+        return self._record(self._reader.get(ip))
+
+    def _record(self, record: Any) -> GeoRecord | None:
         if not isinstance(record, dict):
-            return None, prefix_len
+            return None
         if len(record) == 1:
             # A record that is only a country code (the bundled databases) is found by the code,
             # without building a key; anything else, and the first of each code, goes through the
             # schema's reader (see _flat, which fills _by_code).
             shared = self._by_code.get(record.get("country_code"))
             if shared is not None:
-                return shared, prefix_len
-        return self._read_record(record), prefix_len
-
-    def lookup(self, ip: IPAddress) -> GeoRecord | None:
-        """The record for `ip`, or None (see `find`, which also gives the network)."""
-        return self.find(ip)[0]
+                return shared
+        return self._read_record(record)
 
     def _shared(self, key: Any, build: Callable[[Any], GeoRecord], raw: Any) -> GeoRecord:
         """The one GeoRecord for `key` (what the record's fields are): build(raw) on first use."""

@@ -114,7 +114,8 @@ class Decision:
     """One request's decision: the request, the shared outcome, and when it was decided.
 
     `ts` is built on first use from the seconds since the epoch when the caller had no datetime
-    (GateState.decide): most decisions served from cache are never rendered with a time.
+    (GateState.decide): many decisions are never rendered with a time, and the rules need only the
+    date.
     """
 
     __slots__ = ("request", "outcome", "wall", "_ts")
@@ -432,7 +433,7 @@ def decide(
     resolve_error: str | None = None,
 ) -> Decision:
     now = now or datetime.now(timezone.utc)
-    return Decision(req, decide_outcome(policy, req, facts, databases, now, resolve_error), now)
+    return Decision(req, decide_outcome(policy, req, facts, databases, now.date(), resolve_error), now)
 
 
 def decide_outcome(
@@ -440,7 +441,7 @@ def decide_outcome(
     req: Request,
     facts: list[AddressFacts],
     databases: tuple[DatabaseInfo, ...],
-    now: datetime,
+    day: date,
     resolve_error: str | None = None,
     memo: VerdictMemo | None = None,
 ) -> Outcome:
@@ -449,7 +450,6 @@ def decide_outcome(
 
     `memo` (made for this policy) only saves work: the outcome is the same without it.
     """
-    day = now.date()
     if memo is not None and memo.policy is policy:
         rules, memo_key = memo.rules_for(req, day)
     else:

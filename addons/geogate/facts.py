@@ -103,11 +103,15 @@ class FactsSource:
         prefix_len = None
         for db in self.databases.databases:
             try:
-                rec, found = db.find(ip)
+                # the network is that of the first record: later databases need not give theirs
+                if records:
+                    rec = db.lookup(ip)
+                else:
+                    rec, found = db.find(ip)
+                    if rec is not None:
+                        prefix_len = found
             except (InvalidDatabaseError, ValueError, OSError) as e:
                 return IPFacts(ip, tuple(records), f"lookup of {ip} in {db.name} failed: {e}", prefix_len)
             if rec is not None:
-                if not records:
-                    prefix_len = found
                 records.append(rec)
         return IPFacts(ip, tuple(records), None, prefix_len)

@@ -112,9 +112,7 @@ class GateState:
         outcome = self._outcomes.get(key)
         if outcome is None:
             facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]
-            if now is None:
-                now = datetime.fromtimestamp(wall, timezone.utc)  # the decision keeps it (Decision.ts)
-            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, now, resolve_error, self._verdicts)
+            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, day, resolve_error, self._verdicts)
             self._outcomes.put(key, outcome)
         return Decision(req, outcome, now, wall)
 

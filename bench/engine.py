@@ -2,18 +2,23 @@
 
     python bench/engine.py [--addresses 100000] [--rounds 5] [--v6-share 0.3] > engine.json
 
-Variants, interleaved per round (the order rotates every round):
+Variants, interleaved in chunks: the addresses of each family are cut into CHUNKS parts, and
+every variant runs on a part before any runs on the next, in an order that rotates from part to
+part and round to round. A shared virtual CPU changes speed from one second to the next (the raw
+lookup has measured 2.5 µs and 4.2 µs in one run), so the ratios compare variants measured within
+a second or so of each other rather than whole passes measured far apart:
   raw       the floor: maxminddb `Reader.get(ip)` of every address in every configured database
             (the bundled two), i.e. what any decision must at least do;
   least     a bound, not geogate: the least bookkeeping any decision written in Python does around
             those lookups (the time as seconds and the UTC day, a cache key with the day, a probe
-            and insert in a bounded cache, the special-range check, both lookups with the network's
-            prefix length, records shared by country code, one tuple as the result; no rules at
-            all). It shows how much of the uncached figure the interpreter costs whatever the
-            engine does;
+            and insert in a bounded cache, the special-range check, the lookups (the first with
+            the network's prefix length), records shared by country code, one tuple as the result;
+            no rules at all). It shows how much of the uncached figure the interpreter costs
+            whatever the engine does;
   geogate   a fresh GateState.load(policies/default.yaml, bundled databases) with every geogate
-            lru_cache cleared, then
-              uncached:    GateState.decide(Request(host, 443), [ip]) for every address once;
+            lru_cache cleared every round, then
+              uncached:    GateState.decide(Request(host, 443), [ip]) for every address once
+                           (interleaved with raw and least as above);
               second_pass: the same addresses decided a second time, same order: 100k distinct
                            addresses are more than the 4096-entry outcome cache holds, so this is
                            mostly the uncached path again (kept as the figure it used to be);
@@ -48,6 +53,7 @@ from lib import log  # noqa: E402
 from lib import rotate  # noqa: E402
 
 HOT = 1_000  # the hot working set: small enough for any reasonable cache
+CHUNKS = 10  # parts of the address list, see the module docstring
 HOT_PASSES = 10
 CACHED_PASSES = 5  # passes over the cached working set (OUTCOME_CACHE_SIZE addresses)
 
@@ -140,11 +146,15 @@ def main() -> None:
                     r.get_with_prefix_len(ip)
         return run
 
-    def least_pass(reqs_, ips):
+    def least_state():
+        """What the bound keeps between chunks of one round: its cache and shared records."""
+        return FifoCache(OUTCOME_CACHE_SIZE), [{} for _ in readers]
+
+    def least_pass(reqs_, ips, kept):
+        cache, shared = kept
+        pairs = list(zip(readers, shared))
+
         def run():
-            gets = [r.get_with_prefix_len for r in readers]
-            shared = [{} for _ in readers]
-            cache = FifoCache(OUTCOME_CACHE_SIZE)
             _start, day_ends, today = utc_day(time.time())
             for req, ip in zip(reqs_, ips):
                 now = time.time()  # the cheapest clock a decision can keep; the day as GateState keeps it
@@ -154,12 +164,17 @@ def main() -> None:
                 if cache.get(key) is None:
                     special = special_range(ip)
                     records, prefix = [], None
-                    for get, by_code in zip(gets, shared):
-                        rec, prefix_len = get(ip)
+                    for reader, by_code in pairs:
+                        # the network of the first record only, as any report of one needs
+                        if prefix is None:
+                            rec, prefix_len = reader.get_with_prefix_len(ip)
+                        else:
+                            rec = reader.get(ip)
                         if rec is not None:
                             code = rec.get("country_code")
                             records.append(by_code.get(code) or by_code.setdefault(code, (code,)))
-                            prefix = prefix_len if prefix is None else prefix
+                            if prefix is None:
+                                prefix = prefix_len
                     cache.put(key, (ip, special, tuple(records), prefix, now))
         return run
 
@@ -178,42 +193,50 @@ def main() -> None:
             cache.cache_clear()
         return state
 
+    def parts(seq: list) -> list[list]:
+        size = -(-len(seq) // CHUNKS)
+        return [seq[i:i + size] for i in range(0, len(seq), size)] or [[]]
+
+    chunked = {fam: list(zip(parts(reqs[fam]), parts(ips))) for fam, ips in fams.items()}
+
     rounds: list[dict] = []
     cache_stats: list[dict] = []
     for rno in range(a.rounds):
         row: dict[str, float] = {}
-        for variant in rotate(["raw", "least", "geogate"], rno):
-            if variant == "least":
-                for fam, ips in fams.items():
-                    w, c = _timed(least_pass(reqs[fam], ips))
-                    row[f"least_{fam}_wall"], row[f"least_{fam}_cpu"] = w, c
-                continue
-            if variant == "raw":
-                for fam, ips in fams.items():
-                    w, c = _timed(raw_pass(ips))
-                    row[f"raw_{fam}_wall"], row[f"raw_{fam}_cpu"] = w, c
-                    w, c = _timed(raw_prefix_pass(ips))
-                    row[f"rawprefix_{fam}_wall"], row[f"rawprefix_{fam}_cpu"] = w, c
-                continue
-            state = fresh_state()
-            for phase in ("uncached", "second_pass"):
-                for fam, ips in fams.items():
-                    w, c = _timed(decide_pass(state, reqs[fam], ips))
-                    row[f"{phase}_{fam}_wall"], row[f"{phase}_{fam}_cpu"] = w, c
-                if phase == "uncached":
-                    cache_stats.append(_cache_stats(state))
-            decide_pass(state, hot_reqs, hot)()  # make sure the hot set is the most recent
-            w, c = _timed(decide_pass(state, hot_reqs * HOT_PASSES, hot * HOT_PASSES))
-            row["hot_wall"], row["hot_cpu"] = w, c
-            del state
-            # cached: a state whose outcome cache holds exactly the working set
-            state = fresh_state()
-            for fam, ips in recent_fams.items():
-                decide_pass(state, recent_reqs[fam], ips)()
-            for fam, ips in recent_fams.items():
-                w, c = _timed(decide_pass(state, recent_reqs[fam], ips, CACHED_PASSES))
-                row[f"cached_{fam}_wall"], row[f"cached_{fam}_cpu"] = w, c
-            del state
+
+        def add(name: str, fn) -> None:
+            w, c = _timed(fn)
+            row[f"{name}_wall"] = row.get(f"{name}_wall", 0.0) + w
+            row[f"{name}_cpu"] = row.get(f"{name}_cpu", 0.0) + c
+
+        state = fresh_state()
+        kept = least_state()
+        for part in range(CHUNKS):
+            for variant in rotate(["raw", "least", "geogate"], rno + part):
+                for fam, fam_parts in chunked.items():
+                    if part >= len(fam_parts):
+                        continue
+                    part_reqs, part_ips = fam_parts[part]
+                    if variant == "raw":
+                        add(f"raw_{fam}", raw_pass(part_ips))
+                        add(f"rawprefix_{fam}", raw_prefix_pass(part_ips))
+                    elif variant == "least":
+                        add(f"least_{fam}", least_pass(part_reqs, part_ips, kept))
+                    else:
+                        add(f"uncached_{fam}", decide_pass(state, part_reqs, part_ips))
+        cache_stats.append(_cache_stats(state))
+        for fam, ips in fams.items():
+            add(f"second_pass_{fam}", decide_pass(state, reqs[fam], ips))
+        decide_pass(state, hot_reqs, hot)()  # make sure the hot set is the most recent
+        add("hot", decide_pass(state, hot_reqs * HOT_PASSES, hot * HOT_PASSES))
+        del state
+        # cached: a state whose outcome cache holds exactly the working set
+        state = fresh_state()
+        for fam, ips in recent_fams.items():
+            decide_pass(state, recent_reqs[fam], ips)()
+        for fam, ips in recent_fams.items():
+            add(f"cached_{fam}", decide_pass(state, recent_reqs[fam], ips, CACHED_PASSES))
+        del state
         rounds.append(row)
         n_recent = len(recent) * CACHED_PASSES
         log(f"engine round {rno + 1}/{a.rounds}: raw {1e6 * (row['raw_v4_wall'] + row['raw_v6_wall']) / len(addrs):.2f} µs, "

@@ -56,7 +56,8 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
     n = d["addresses"]
     common = (f"{n['total']:,} distinct addresses ({n['v4']:,} random global IPv4, {n['v6']:,} IPv6 from RIR "
               f"allocations), bundled databases ({len(d['databases'])}), policies/default.yaml, in one process, "
-              f"{rounds} rounds with rotating variant order, median of per-round µs per address (wall clock)")
+              f"{rounds} rounds; within a round the variants take turns on each tenth of the addresses, in an order "
+              f"that rotates, so that all see the same machine speed; median of per-round µs per address (wall clock)")
     med = lambda xs: rnd(sorted(xs)[len(xs) // 2] if len(xs) % 2 else (sorted(xs)[len(xs) // 2 - 1] + sorted(xs)[len(xs) // 2]) / 2)  # noqa: E731
 
     def raw_rounds(kind: str) -> list[dict]:
@@ -73,7 +74,8 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                f"{ws.get('addresses', 4096):,} addresses of the mix ({ws.get('v4')} IPv4, {ws.get('v6')} IPv6) once, "
                f"i.e. exactly what its {ws.get('outcome_cache_size', 4096)}-entry outcome cache holds; they are decided "
                f"{ws.get('passes')} more times, by family; bundled databases, policies/default.yaml, in one process, "
-               f"{rounds} rounds with rotating variant order, median of per-round µs per decision (wall clock)",
+               f"{rounds} rounds (after the interleaved variants of each round), median of per-round µs per decision "
+               "(wall clock)",
                "< 2 µs", cached is not None and cached < 2.0, rounds, raw_rounds("cached"),
                {"v4_us": med(us["cached"]["v4"]), "v6_us": med(us["cached"]["v6"]),
                 "cpu_us": med(us["cached"]["cpu_all"]), "working_set": ws}),
@@ -94,8 +96,8 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                "(no rules), relative to the raw lookup", med(d["ratio_least_raw"]), "x",
                "not geogate: a loop doing only what any decision must do around the lookups (time.time() and the "
                "UTC day, cache key with the day, a probe and insert in a 4096-entry FIFO cache, the special-range "
-               "check, get_with_prefix_len in every database, records shared by country code, one tuple as the "
-               "result), divided by the raw floor; "
+               "check, the lookup in every database (get_with_prefix_len until a record gives the network, then "
+               "get), records shared by country code, one tuple as the result), divided by the raw floor; "
                "it shows how much of engine.uncached_vs_raw the interpreter costs whatever the engine does (see "
                "bench/engine.py); " + common, None, None, rounds,
                [{"least_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in
@@ -126,7 +128,8 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
 
 SHORT_METHOD = {
     "engine": "In-process, {addresses:,} distinct public IPv4/IPv6 addresses, bundled databases, default policy; µs per "
-              "decision (wall clock), median of {rounds} rounds; raw = maxminddb Reader.get in every database.",
+              "decision (wall clock), median of {rounds} rounds, the variants taking turns on each tenth of the "
+              "addresses; raw = maxminddb Reader.get in every database.",
     "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
     "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
              "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed request, geogate "

@@ -66,7 +66,7 @@ def main() -> int:
     log(f"{a.conn} to {host}, {a.rounds} rounds of {a.seconds}s")
     for key, _target, base, test in pairs:
         ratios = [t["cpu_ms_per_req"] / b["cpu_ms_per_req"]
-                  for b, t in zip(results[(key, base)], results[(key, test)])]
+                  for b, t in zip(results[(key, "base")], results[(key, "test")])]
         label = "B vs A          " if test == "B" else "A vs A (control)"
         print(f"{label} median {100 * (statistics.median(ratios) - 1):+.2f}%  "
               f"mean {100 * (statistics.mean(ratios) - 1):+.2f}%  rounds "

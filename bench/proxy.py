@@ -308,21 +308,34 @@ def len_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def run_pairs(pairs: list[tuple[str, Any, str, str]], procs: dict, rounds: int, seconds: int,
+def base_names(base: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (base,) if isinstance(base, str) else tuple(base)
+
+
+def run_pairs(pairs: list[tuple[Any, Any, Any, str]], procs: dict, rounds: int, seconds: int,
               make_argv, parse, per: str, label: str, t0: float) -> dict[tuple, list[dict]]:
-    """pairs: (group key, target, base proc name, test proc name). Every round runs every pair
-    (rotating order), the two sides of a pair simultaneously, launched in alternating order."""
+    """pairs: (group key, target, base, test proc name), where base is a proc name or a tuple of
+    them taking turns round by round (round r uses base[r % len(base)]): every process keeps a
+    speed offset of its own for its whole life (two bare mitmdumps started alike differ by a
+    percent or so), and comparing with two bare processes in turn halves what one base's offset
+    can do to the median. Every round runs every pair (rotating order), the two sides of a pair
+    simultaneously, launched in alternating order. Results by (group key, "base" | "test"), each
+    naming its process ("proc")."""
     results: dict[tuple, list[dict]] = {}
     for rno in range(rounds):
         for key, target, base, test in rotate(pairs, rno):
-            names = [base, test] if rno % 2 == 0 else [test, base]
-            for n in names:
+            bases = base_names(base)
+            base_now = bases[rno % len(bases)]
+            roles = [("base", base_now), ("test", test)]
+            if rno % 2:
+                roles.reverse()
+            for _role, n in roles:
                 if not procs[n][0].alive():
                     raise RuntimeError(f"{n} died:\n{procs[n][0].tail()}")
-            rs = run_together([(procs[n][0], make_argv(procs[n][1], target, seconds), parse) for n in names],
+            rs = run_together([(procs[n][0], make_argv(procs[n][1], target, seconds), parse) for _role, n in roles],
                               seconds, per)
-            for n, r in zip(names, rs):
-                results.setdefault((key, n), []).append(r)
+            for (role, n), r in zip(roles, rs):
+                results.setdefault((key, role), []).append(r | {"proc": n})
         log(f"{label} round {rno + 1}/{rounds} done ({time.perf_counter() - t0:.0f}s)")
     return results
 
@@ -333,7 +346,7 @@ def run_http_pairs(env: Env, pairs: list[tuple[tuple, tuple[Path, int], str, str
     for env.warmup seconds (none when 0), then env.rounds rounds of run_pairs."""
     for _key, (script, nconn), base, test in pairs if env.warmup > 0 else ():
         run_together([(procs[n][0], _wrk_argv(procs[n][1], script, env.warmup, nconn), _wrk_parse)
-                      for n in (base, test)], env.warmup, "req")
+                      for n in (*base_names(base), test)], env.warmup, "req")
     return run_pairs(pairs, procs, env.rounds, env.seconds,
                      lambda port, target, s: _wrk_argv(port, target[0], s, target[1]), _wrk_parse, "req", label, t0)
 
@@ -411,16 +424,28 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
 
     scripts = {(tkey, conn): (_wrk_script(env, host, conn, delay_ms=PACE_DELAY_MS), PACED_CONNS[conn])
                for tkey, host in targets for conn in conns}
-    pairs = []  # (group key, wrk script, base, test)
+    # (group key, wrk script, base(s), test): geogate and the null addon against the two bare
+    # processes in turn (see run_pairs); the A/A pair compares those two
+    pairs: list[tuple[tuple, tuple[Path, int], str | tuple[str, ...], str]] = []
     for tkey, host in targets:
         for conn in conns:
             if have_addon:
-                pairs.append(((tkey, conn), scripts[(tkey, conn)], "bare", "geogate"))
+                pairs.append(((tkey, conn), scripts[(tkey, conn)], ("bare", "bare2"), "geogate"))
     pairs.append((("control", "keepalive"), scripts[("ip", "keepalive")], "bare", "bare2"))  # A/A: noise floor
     if "null" in procs:
-        pairs.append((("null", "keepalive"), scripts[("ip", "keepalive")], "bare", "null"))
-    pairs = [p for p in pairs if (p[2], *p[0]) not in broken and (p[3], *p[0]) not in broken
-             and not (p[0][0] in ("control", "null") and ((p[3], "ip", "keepalive") in broken))]
+        pairs.append((("null", "keepalive"), scripts[("ip", "keepalive")], ("bare", "bare2"), "null"))
+    target_of = {("control", "keepalive"): ("ip", "keepalive"), ("null", "keepalive"): ("ip", "keepalive")}
+    why_broken: dict[tuple, str] = {}
+    measurable = []
+    for key, script, base, test in pairs:
+        tk = target_of.get(key, key)
+        bases = tuple(b for b in base_names(base) if (b, *tk) not in broken)
+        why = broken.get((test, *tk)) or (None if bases else broken.get((base_names(base)[0], *tk)))
+        if why:
+            why_broken[key] = why
+        else:
+            measurable.append((key, script, bases if len(bases) > 1 else bases[0], test))
+    pairs = measurable
 
     with proxy_cpus(env, [p for p, _port in procs.values()]) as split:
         log("CPUs: " + (f"proxies on {sorted(split[0])}, clients and origin on {sorted(split[1])}" if split
@@ -453,7 +478,8 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
                       f"between requests, ~{1000 * PACED_CONNS[conn] // (PACE_DELAY_MS + 10)} req/s), absolute-form GET "
                       f"http://{_authority(env, host)}/ {'with Connection: close ' if conn == 'close' else ''}to the "
                       f"explicit proxy; mitmdump -q CPU (ns per thread from /proc/<pid>/task/*/schedstat) / completed requests, geogate "
-                      f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump, both loaded "
+                      f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump (two bare processes "
+                      f"taking turns from round to round, so that neither's own speed offset decides), both loaded "
                       f"at the same time by their own wrk (same background load), both proxies on one CPU and the "
                       f"clients and origin on the other(s), {env.rounds} rounds, pairs in "
                       f"rotating order after a {env.warmup}s warm-up; value = median of the per-round ratios - 1")
@@ -461,21 +487,19 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
                 figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%",
                                        "addons/geogate_addon.py does not exist yet", method))
                 continue
-            bmap = {((t, c), n): d for (n, t, c), d in broken.items()}
-            figures.append(_ratio_figure(fid, name, method, results, ((tkey, conn), "bare"), ((tkey, conn), "geogate"),
-                                         "cpu_ms_per_req", "rps", OVERHEAD_TARGET_PCT, bmap))
+            figures.append(_ratio_figure(fid, name, method, results, (tkey, conn),
+                                         "cpu_ms_per_req", "rps", OVERHEAD_TARGET_PCT, why_broken.get((tkey, conn))))
     figures.append(_ratio_figure(
         "proxy.control.bare_vs_bare", "Control: bare mitmdump vs a second bare mitmdump (noise floor)",
-        "as proxy.ip.keepalive, but the two simultaneously loaded processes are both bare mitmdump",
-        results, (("control", "keepalive"), "bare"), (("control", "keepalive"), "bare2"),
-        "cpu_ms_per_req", "rps", None, {}))
+        "as proxy.ip.keepalive, but the two simultaneously loaded processes are the two bare mitmdumps",
+        results, ("control", "keepalive"), "cpu_ms_per_req", "rps", None, why_broken.get(("control", "keepalive"))))
 
     if "null" in procs:
         figures.append(_ratio_figure(
             "proxy.diag.null_addon", "Diagnostic: an addon that does nothing, with geogate's hooks, vs bare (IP, keep-alive)",
             "as proxy.ip.keepalive, but the second process runs bench/null_addon.py: the same hook methods as "
             "geogate's addon class, each returning at once; what mitmproxy's dispatch of such an addon costs",
-            results, (("null", "keepalive"), "bare"), (("null", "keepalive"), "null"), "cpu_ms_per_req", "rps", None, {}))
+            results, ("null", "keepalive"), "cpu_ms_per_req", "rps", None, why_broken.get(("null", "keepalive"))))
     if capacity:
         b, g = rnd(median([r["rps"] for r in capacity["bare"]])), rnd(median([r["rps"] for r in capacity["geogate"]]))
         ratios = [y["rps"] / x["rps"] for x, y in zip(capacity["bare"], capacity["geogate"]) if x["rps"]]
@@ -502,14 +526,15 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
     return figures, notes
 
 
-def _ratio_figure(fid: str, name: str, method: str, results: dict, base_key: tuple, test_key: tuple,
-                  metric: str, rate: str, target_pct: float | None, broken: dict) -> Figure:
-    if test_key in broken or base_key in broken:
-        why = broken.get(test_key) or broken.get(base_key)
+def _ratio_figure(fid: str, name: str, method: str, results: dict, key: Any,
+                  metric: str, rate: str, target_pct: float | None, why_broken: str | None) -> Figure:
+    """The figure of one pair from run_pairs' results: median of the per-round ratios test/base."""
+    if why_broken:
+        why = why_broken
         return Figure(fid, name, None, "%", method, f"<= +{target_pct:g}%" if target_pct is not None else None,
                       False if target_pct is not None else None, 0, [], {"error": f"check request failed: {why}"},
                       "failed")
-    base, test = results.get(base_key, []), results.get(test_key, [])
+    base, test = results.get((key, "base"), []), results.get((key, "test"), [])
     pairs = []
     for b, t in zip(base, test):
         ratio = t[metric] / b[metric] if b.get(metric) and t.get(metric) else None
@@ -579,11 +604,23 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
             if not r["tunnels"]:
                 broken[(name, tkey)] = json.dumps(r.get("errors"))
                 log(f"tunnel check failed: {name} -> {host}: {r.get('errors')}\n{proc.tail(800)}")
-    pairs = [(tkey, host, "tbare", "tgeogate") for tkey, host in targets if have_addon]
+    both = ("tbare", "tbare2")  # the two bare processes take turns as the base (see run_pairs)
+    pairs: list[tuple[str, str, str | tuple[str, ...], str]] = [
+        (tkey, host, both, "tgeogate") for tkey, host in targets if have_addon]
     if diagnostic and have_addon:
-        pairs += [(tkey + ".diag", host, "tbare", "tgeogate_ignore") for tkey, host in targets]
+        pairs += [(tkey + ".diag", host, both, "tgeogate_ignore") for tkey, host in targets]
     pairs.append(("control", "127.0.0.1", "tbare", "tbare2"))
-    pairs = [p for p in pairs if (p[2], p[0].split(".")[0]) not in broken and (p[3], p[0].split(".")[0]) not in broken]
+    why_broken: dict[str, str] = {}
+    measurable = []
+    for key, host, base, test in pairs:
+        tk = "ip" if key == "control" else key.split(".")[0]
+        bases = tuple(b for b in base_names(base) if (b, tk) not in broken)
+        why = broken.get((test, tk)) or (None if bases else broken.get((base_names(base)[0], tk)))
+        if why:
+            why_broken[key] = why
+        else:
+            measurable.append((key, host, bases if len(bases) > 1 else bases[0], test))
+    pairs = measurable
     results = run_pairs(pairs, procs, env.rounds, env.seconds,
                         lambda port, host, s: _tunnel_argv(env, port, host, s), _tunnel_parse, "tunnel", "tunnel", t0)
     figures = []
@@ -596,26 +633,25 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
                   f"in all, each looping CONNECT {_authority(env, host, tls=True)} -> TLS handshake with the origin "
                   f"through the tunnel -> GET -> close, {env.seconds}s per unit; mitmdump CPU (/proc) / completed "
                   f"tunnels, geogate (default: TLS passthrough) "
-                  f"vs bare mitmdump --ignore-hosts '.*', loaded simultaneously by two clients, {env.rounds} rounds, pairs in "
+                  f"vs bare mitmdump --ignore-hosts '.*' (two bare processes taking turns from round to round), loaded "
+                  f"simultaneously by two clients, {env.rounds} rounds, pairs in "
                   f"rotating order; "
                   f"value = median of the per-round ratios - 1")
         if not have_addon:
             figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%", "addons/geogate_addon.py does not exist yet", method))
             continue
-        bmap = {(t, n): d for (n, t), d in broken.items()}
-        figures.append(_ratio_figure(fid, name, method, results, (tkey, "tbare"), (tkey, "tgeogate"),
-                                     "cpu_ms_per_tunnel", "per_s", OVERHEAD_TARGET_PCT, bmap))
+        figures.append(_ratio_figure(fid, name, method, results, tkey,
+                                     "cpu_ms_per_tunnel", "per_s", OVERHEAD_TARGET_PCT, why_broken.get(tkey)))
         if diagnostic:
             figures.append(_ratio_figure(
                 f"tunnel.{tkey}.diag_ignore_hosts", f"Diagnostic: geogate with --ignore-hosts '.*' vs bare, {label[tkey]}",
                 "as the tunnel figure, but geogate also runs with --ignore-hosts '.*' (its tls_clienthello hook "
                 "never fires), to split the cost of the ClientHello hook from geogate's decision cost",
-                results, (tkey + ".diag", "tbare"), (tkey + ".diag", "tgeogate_ignore"), "cpu_ms_per_tunnel", "per_s",
-                None, {}))
+                results, tkey + ".diag", "cpu_ms_per_tunnel", "per_s", None, why_broken.get(tkey + ".diag")))
     figures.append(_ratio_figure(
         "tunnel.control.bare_vs_bare", "Control: bare mitmdump --ignore-hosts vs a second one (noise floor)",
         "as tunnel.ip, but both simultaneously loaded processes are bare mitmdump --ignore-hosts '.*'",
-        results, ("control", "tbare"), ("control", "tbare2"), "cpu_ms_per_tunnel", "per_s", None, {}))
+        results, "control", "cpu_ms_per_tunnel", "per_s", None, why_broken.get("control")))
     notes = {"broken_checks": {"/".join(k): v for k, v in broken.items()}}
     for name, (p, _port) in procs.items():
         notes.setdefault("memory", {})[name] = p.mem()

@@ -209,7 +209,7 @@ TARGETS = ("engine.cached", "engine.uncached_vs_raw", "proxy.ip.keepalive", "pro
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
 def test_make_bench_runs_every_section_and_reports_every_target(tmp_path):
-    argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "1", "--seconds", "1",
+    argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "2", "--seconds", "1",
             "--warmup", "0", "--addresses", "2000", "--audit-rate-flows", "200", "--audit-full-flows", "1000",
             "--out", str(tmp_path)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
@@ -227,6 +227,13 @@ def test_make_bench_runs_every_section_and_reports_every_target(tmp_path):
     assert {i for i in by_id if i.startswith("proxy.") and i.endswith(".keepalive")} - {"proxy.ip.keepalive",
                                                                                          "proxy.capacity.ip.keepalive"}
     assert [i for i in by_id if i.startswith("tunnel.") and i not in ("tunnel.ip", "tunnel.control.bare_vs_bare")]
+    # geogate is compared with the two bare processes in turn; the A/A pair compares those two
+    assert [(r["base"]["proc"], r["test"]["proc"]) for r in by_id["proxy.ip.keepalive"]["raw"]] == [
+        ("bare", "geogate"), ("bare2", "geogate")]
+    assert [(r["base"]["proc"], r["test"]["proc"]) for r in by_id["tunnel.ip"]["raw"]] == [
+        ("tbare", "tgeogate"), ("tbare2", "tgeogate")]
+    assert {(r["base"]["proc"], r["test"]["proc"]) for r in by_id["proxy.control.bare_vs_bare"]["raw"]} == {
+        ("bare", "bare2")}
     md = (tmp_path / "latest.md").read_text()
     for f in doc["figures"]:
         assert f"| {f['name']} |" in md

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from typing import Callable
 
 from lib import ADDON
 from lib import BENCH
@@ -312,13 +313,28 @@ def base_names(base: str | tuple[str, ...]) -> tuple[str, ...]:
     return (base,) if isinstance(base, str) else tuple(base)
 
 
+def split_measurable(pairs: list[tuple], why_of: Callable[[str, Any], str | None]) -> tuple[list[tuple], dict]:
+    """(the pairs that can be measured, {group key: why not} for the others). why_of(proc name,
+    group key) says why that process failed its check for the pair's target, or None; a base
+    that failed drops out of the turns, and a pair is lost only with its test or all its bases."""
+    measurable, why_broken = [], {}
+    for key, target, base, test in pairs:
+        bases = tuple(b for b in base_names(base) if not why_of(b, key))
+        why = why_of(test, key) or (None if bases else why_of(base_names(base)[0], key))
+        if why:
+            why_broken[key] = why
+        else:
+            measurable.append((key, target, bases if len(bases) > 1 else bases[0], test))
+    return measurable, why_broken
+
+
 def run_pairs(pairs: list[tuple[Any, Any, Any, str]], procs: dict, rounds: int, seconds: int,
               make_argv, parse, per: str, label: str, t0: float) -> dict[tuple, list[dict]]:
     """pairs: (group key, target, base, test proc name), where base is a proc name or a tuple of
     them taking turns round by round (round r uses base[r % len(base)]): every process keeps a
     speed offset of its own for its whole life (two bare mitmdumps started alike differ by a
-    percent or so), and comparing with two bare processes in turn halves what one base's offset
-    can do to the median. Every round runs every pair (rotating order), the two sides of a pair
+    percent or so), and comparing with two bare processes in turn averages their offsets instead
+    of carrying one of them into every figure. Every round runs every pair (rotating order), the two sides of a pair
     simultaneously, launched in alternating order. Results by (group key, "base" | "test"), each
     naming its process ("proc")."""
     results: dict[tuple, list[dict]] = {}
@@ -340,7 +356,7 @@ def run_pairs(pairs: list[tuple[Any, Any, Any, str]], procs: dict, rounds: int, 
     return results
 
 
-def run_http_pairs(env: Env, pairs: list[tuple[tuple, tuple[Path, int], str, str]], procs: dict,
+def run_http_pairs(env: Env, pairs: list[tuple[tuple, tuple[Path, int], str | tuple[str, ...], str]], procs: dict,
                    label: str, t0: float) -> dict[tuple, list[dict]]:
     """Paced plain-HTTP pairs ((key, (wrk script, connections), base, test)): every pair warmed up
     for env.warmup seconds (none when 0), then env.rounds rounds of run_pairs."""
@@ -435,17 +451,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
     if "null" in procs:
         pairs.append((("null", "keepalive"), scripts[("ip", "keepalive")], ("bare", "bare2"), "null"))
     target_of = {("control", "keepalive"): ("ip", "keepalive"), ("null", "keepalive"): ("ip", "keepalive")}
-    why_broken: dict[tuple, str] = {}
-    measurable = []
-    for key, script, base, test in pairs:
-        tk = target_of.get(key, key)
-        bases = tuple(b for b in base_names(base) if (b, *tk) not in broken)
-        why = broken.get((test, *tk)) or (None if bases else broken.get((base_names(base)[0], *tk)))
-        if why:
-            why_broken[key] = why
-        else:
-            measurable.append((key, script, bases if len(bases) > 1 else bases[0], test))
-    pairs = measurable
+    pairs, why_broken = split_measurable(pairs, lambda n, key: broken.get((n, *target_of.get(key, key))))
 
     with proxy_cpus(env, [p for p, _port in procs.values()]) as split:
         log("CPUs: " + (f"proxies on {sorted(split[0])}, clients and origin on {sorted(split[1])}" if split
@@ -530,9 +536,8 @@ def _ratio_figure(fid: str, name: str, method: str, results: dict, key: Any,
                   metric: str, rate: str, target_pct: float | None, why_broken: str | None) -> Figure:
     """The figure of one pair from run_pairs' results: median of the per-round ratios test/base."""
     if why_broken:
-        why = why_broken
         return Figure(fid, name, None, "%", method, f"<= +{target_pct:g}%" if target_pct is not None else None,
-                      False if target_pct is not None else None, 0, [], {"error": f"check request failed: {why}"},
+                      False if target_pct is not None else None, 0, [], {"error": f"check request failed: {why_broken}"},
                       "failed")
     base, test = results.get((key, "base"), []), results.get((key, "test"), [])
     pairs = []
@@ -610,17 +615,8 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
     if diagnostic and have_addon:
         pairs += [(tkey + ".diag", host, both, "tgeogate_ignore") for tkey, host in targets]
     pairs.append(("control", "127.0.0.1", "tbare", "tbare2"))
-    why_broken: dict[str, str] = {}
-    measurable = []
-    for key, host, base, test in pairs:
-        tk = "ip" if key == "control" else key.split(".")[0]
-        bases = tuple(b for b in base_names(base) if (b, tk) not in broken)
-        why = broken.get((test, tk)) or (None if bases else broken.get((base_names(base)[0], tk)))
-        if why:
-            why_broken[key] = why
-        else:
-            measurable.append((key, host, bases if len(bases) > 1 else bases[0], test))
-    pairs = measurable
+    pairs, why_broken = split_measurable(
+        pairs, lambda n, key: broken.get((n, "ip" if key == "control" else key.split(".")[0])))
     results = run_pairs(pairs, procs, env.rounds, env.seconds,
                         lambda port, host, s: _tunnel_argv(env, port, host, s), _tunnel_parse, "tunnel", "tunnel", t0)
     figures = []

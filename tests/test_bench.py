@@ -98,6 +98,21 @@ def test_median_and_spread_ignore_missing_rounds(bench):
     assert bench.lib.rnd(None) is None
 
 
+@pytest.mark.parametrize(
+    "broken, measured, why",
+    [
+        ({}, [("k", "t", ("bare", "bare2"), "geogate")], {}),
+        # a base that failed its check leaves the turns to the other
+        ({"bare2": "refused"}, [("k", "t", "bare", "geogate")], {}),
+        ({"bare": "refused", "bare2": "refused"}, [], {"k": "refused"}),
+        ({"geogate": "timeout"}, [], {"k": "timeout"}),
+    ],
+)
+def test_a_pair_is_measured_while_its_test_and_one_base_work(bench, broken, measured, why):
+    pairs = [("k", "t", ("bare", "bare2"), "geogate")]
+    assert bench.proxy.split_measurable(pairs, lambda name, key: broken.get(name)) == (measured, why)
+
+
 # -- the address mix of the engine benchmark ------------------------------------------------------
 
 def test_address_mix_is_distinct_global_and_repeatable(bench):

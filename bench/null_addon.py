@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import inspect
 
-from mitmproxy import hooks
-from mitmproxy.proxy import layers  # noqa: F401  (registers the proxy hooks in hooks.all_hooks)
-from mitmproxy.proxy import server_hooks  # noqa: F401
-from mitmproxy import addons as _default_addons  # noqa: F401
-
 try:
     from geogate.proxy import GeoGate as _Shape
+    from geogate.proxy import hook_names
 except Exception:  # geogate not importable: the hooks the addon is documented to use
     _Shape = None
 
@@ -32,9 +28,9 @@ def _hooks() -> dict[str, bool]:
         return {**{h: True for h in _ASYNC_DEFAULT}, **{h: False for h in _SYNC_DEFAULT}}
     lifecycle = {"load", "configure", "running", "done"}
     out = {}
-    for name in hooks.all_hooks:
-        fn = getattr(_Shape, name, None)
-        if callable(fn) and name not in lifecycle:
+    for name in hook_names(_Shape):
+        if name not in lifecycle:
+            fn = getattr(_Shape, name)
             out[name] = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__wrapped__", None))
     return out
 

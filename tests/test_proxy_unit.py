@@ -235,6 +235,38 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
     assert len(decisions) == 5 and again.response.status_code == 403 and records(gate.files)[-1]["policy"]["name"] == "v2"
 
 
+@pytest.mark.parametrize("mode, host, scheme, expect", [
+    ("enforce", "allowed.test", "http", "pinned"),
+    ("enforce", "allowed.test", "https", "named"),  # the TLS server name stays; server_connect pins
+    ("enforce", "blocked.test", "http", "403"),
+    ("monitor", "blocked.test", "http", "pinned, marked"),
+])
+async def test_a_repeated_plain_http_request_is_treated_as_the_first(gate, mode, host, scheme, expect):
+    # the repeat path takes what a decision implies from the recent entry (RecentDecision.quiet
+    # and .pin) instead of working it out again: every request of the run must end the same way
+    if mode == "monitor":
+        write_policy(gate.files.policy, name="watch", mode="monitor")
+        assert poll_until_changed(gate.gg)
+    c = client()
+    flows = [proxy_request(host, 8000) for _ in range(3)]
+    outcomes = []
+    for i, f in enumerate(flows):
+        f.client_conn, f.request.scheme, f.request.path = c, scheme, f"/{i}"
+        await hook(gate.gg.requestheaders, f)
+        outcomes.append((f.response.status_code if f.response else None, f.request.host, f.marked,
+                         f.comment, f.metadata["geogate"]["url"]))
+    pinned = ALLOWED_IP if host == "allowed.test" else BLOCKED_IP
+    first = {"pinned": (None, pinned, "", ""), "named": (None, host, "", ""), "403": (403, host, ":no_entry:"),
+             "pinned, marked": (None, pinned, ":warning:")}[expect]
+    assert outcomes[0][:len(first)] == first
+    assert [o[:4] for o in outcomes] == [outcomes[0][:4]] * 3
+    assert [o[4] for o in outcomes] == [f"{scheme}://{host}:8000/{i}" for i in range(3)]
+    assert [r["flow_id"] for r in records(gate.files)] == [f.id for f in flows]
+    if expect != "403":
+        address = pinned if expect != "named" else host
+        assert gate.gg.carried.get(c.id, (address, 8000)) is not None
+
+
 async def test_a_connect_after_a_plain_request_to_the_same_place_has_no_url_of_that_request(gate):
     # both kinds of request share the recent decision for a host and port; only the record's
     # common part is shared

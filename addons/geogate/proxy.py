@@ -67,6 +67,7 @@ from .targets import NAME_REUSE_SECONDS
 from .targets import CarriedDecisions
 from .targets import RecentDecision
 from .targets import RecentDecisions
+from .targets import carried_key
 from .targets import client_text
 from .targets import host_of_header
 from .targets import is_ip
@@ -396,20 +397,31 @@ class GeoGate:
         rec.update(extra)
         return self._publish(d, rec, flow)
 
-    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None) -> dict[str, Any]:
+    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None,
+                 quiet: bool | None = None) -> dict[str, Any]:
+        """Log and attach a record. `quiet`: the decision allows and would not block (None:
+        work it out; a repeated decision knows it already, see RecentDecision)."""
         if self.log is not None:
             self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
-        if d.blocked or d.would_block:
+        if quiet is None:
+            quiet = not (d.blocked or d.would_block)
+        if not quiet:
             logger.warning(summary_line(rec))
         elif self.log_allows:
             logger.info(summary_line(rec))
         if flow is not None:
-            self._annotate(flow, d, rec)
+            flow.metadata["geogate"] = rec
+            if not quiet:
+                self._mark(flow, d)
         return rec
 
-    @staticmethod
-    def _annotate(flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
+    @classmethod
+    def _annotate(cls, flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
         flow.metadata["geogate"] = rec
+        cls._mark(flow, d)
+
+    @staticmethod
+    def _mark(flow: http.HTTPFlow, d: Decision) -> None:
         if d.blocked:
             flow.marked = BLOCKED_MARK
             flow.comment = f"geogate: blocked {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
@@ -495,40 +507,47 @@ class GeoGate:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live or flow.response or flow.error:
             return None
-        if self._is_proxy_request(flow):
-            return self._decide_proxy_request(flow)
-        if self.carried.get(flow.client_conn.id, flow.server_conn.address) is not None:
+        client = flow.client_conn
+        # An absolute-form request to the explicit proxy: no upstream chosen for it yet. Requests
+        # inside a CONNECT tunnel or in transparent/reverse mode already have their server
+        # connection's address set; those connections are decided on their own.
+        if flow.server_conn.address is None and isinstance(client.proxy_mode, mode_specs.RegularMode):
+            return self._decide_proxy_request(flow, client)
+        if self.carried.get(client.id, flow.server_conn.address) is not None:
             self._attach(flow)
-        elif mode_name(flow.client_conn.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
+        elif mode_name(client.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
             return self._decide_intercepted_request(flow)
         # else: server_connect decides when the connection is opened
         return None
 
-    @staticmethod
-    def _is_proxy_request(flow: http.HTTPFlow) -> bool:
-        """An absolute-form request to the explicit proxy: no upstream chosen for it yet.
-
-        Requests inside a CONNECT tunnel or in transparent/reverse mode already have their
-        server connection's address set; those connections are decided on their own.
-        """
-        return (isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode)
-                and flow.server_conn.address is None)
-
-    def _decide_proxy_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def _decide_proxy_request(self, flow: http.HTTPFlow, client: Client) -> Awaitable[None] | None:
+        """Every plain-HTTP request through the explicit proxy comes here, and most of them
+        repeat a recent one. In a running proxy each Python call and attribute lookup on this
+        path costs several times what it costs in a loop (mitmproxy's own work between two
+        requests evicts it from the CPU caches), so the repeat path calls as little as it can:
+        _flow_key and _recent are spelled out, and what a repeat's decision implies was worked
+        out once (RecentDecision.quiet and .pin)."""
         data = flow.request.data
-        key = self._flow_key(flow, data.host, data.port)
+        host, port, peername = data.host, data.port, client.peername
+        auth = flow.metadata.get("proxyauth")
+        key = (host, port, peername[0] if peername else None, user_of(auth) if auth is not None else None, "regular")
         url = target_url(data)  # before the host is pinned to an address below
         wall = time.time()
-        recent = self._recent(key, wall)
+        live = self.live
+        recent = self.recent.get(key, live.state if live is not None else None, wall, time.monotonic())
         if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
         # A repeat: the decision is shared (nothing on the request's own path acts on who asked)
         # and this request gets its own record.
-        rec = repeat_record(recent.record, wall, flow.id, client_text(flow.client_conn.peername))
+        rec = repeat_record(recent.record, wall, flow.id, client_text(peername))
         rec["url"] = url
         d = recent.decision
-        self._publish(d, rec, flow)
-        self._proxy_request_decided_now(flow, d, rec)
+        if recent.quiet:
+            self._publish(d, rec, flow, quiet=True)
+            self._pin_request(data, client.id, d, recent.pin)
+        else:
+            self._publish(d, rec, flow)
+            self._proxy_request_decided_now(flow, d, rec)
         return None
 
     async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
@@ -540,18 +559,21 @@ class GeoGate:
             flow.response = block_response(d)
             return
         data = flow.request.data
-        address, port = rec["address"], data.port  # the record spells the address already
-        if address is not None and data.scheme == b"http":
-            pin = (address, port)
+        address = rec["address"]  # the record spells the address already
+        self._pin_request(data, flow.client_conn.id, d, carried_key((address, data.port)) if address is not None else None)
+
+    def _pin_request(self, data: http.RequestData, client_id: str, d: Decision, pin: tuple[str, int] | None) -> None:
+        """Point an allowed request at `pin`, its checked address (as carried_key gives it)."""
+        if pin is not None and data.scheme == b"http":
             # Only the target changes: the client's Host header (or h2 :authority) stays as sent.
             # Request.host's setter would rewrite both, and putting them back costs more than
             # the whole decision.
-            data.host = address
-            self.carried.remember(flow.client_conn.id, pin, d)
+            data.host = pin[0]
+            self.carried.remember_key(client_id, pin, d)
         else:
             # https in absolute form: mitmproxy takes the TLS server name from request.host, so
             # the name stays and server_connect pins the address from this carried decision.
-            self.carried.remember(flow.client_conn.id, (data.host, port), d)
+            self.carried.remember(client_id, (data.host, data.port), d)
 
     async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
         """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
+from functools import lru_cache
 
 from .addresses import AddressError
 from .addresses import IPAddress
@@ -34,6 +35,7 @@ def mode_name(proxy_mode: object) -> str:
     return getattr(proxy_mode, "type_name", None) or "unknown"
 
 
+@lru_cache(maxsize=4096)  # every request of a connection asks again; a cache hit runs no Python code
 def client_text(peername: tuple | None) -> str | None:
     """`ip:port` (IPv6 in brackets) of a client's address, as the decision record shows it."""
     if not peername:
@@ -89,13 +91,18 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ws": 80, b"wss": 443}
 def target_url(data) -> str:
     """The URL a request names (mitmproxy RequestData: scheme, host, port, path), default port
     left out, IPv6 in brackets."""
-    host, port = data.host, data.port
+    path = data.path
+    return _origin_text(data.scheme, data.host, data.port) + ("" if path == b"*" else path.decode("utf-8", "surrogateescape"))
+
+
+@lru_cache(maxsize=4096)  # clients repeat their destinations; see client_text
+def _origin_text(scheme: bytes, host: str, port: int) -> str:
+    """`scheme://host[:port]` of target_url."""
     if ":" in host:
         host = f"[{host}]"
-    if _DEFAULT_PORTS.get(data.scheme) != port:
+    if _DEFAULT_PORTS.get(scheme) != port:
         host = f"{host}:{port}"
-    path = data.path
-    return f"{data.scheme.decode('ascii', 'replace')}://{host}{'' if path == b'*' else path.decode('utf-8', 'surrogateescape')}"
+    return f"{scheme.decode('ascii', 'replace')}://{host}"
 
 
 def host_of_header(value: str) -> str:
@@ -124,15 +131,20 @@ class CarriedDecisions:
     _by_client: dict[str, dict[Address, Decision]] = field(default_factory=dict)
 
     def remember(self, client_id: str, address: Address, decision: Decision) -> None:
+        self.remember_key(client_id, carried_key(address), decision)
+
+    def remember_key(self, client_id: str, key: Address, decision: Decision) -> None:
+        """remember() for an address already in key form (lower-case host, int port): what
+        carried_key gives."""
         by_address = self._by_client.get(client_id)
         if by_address is None:
             by_address = self._by_client[client_id] = {}
-        by_address[_key(address)] = decision
+        by_address[key] = decision
 
     def get(self, client_id: str, address: tuple | None) -> Decision | None:
         if not address:
             return None
-        return self._by_client.get(client_id, {}).get(_key(address))
+        return self._by_client.get(client_id, {}).get(carried_key(address))
 
     def forget(self, client_id: str) -> None:
         self._by_client.pop(client_id, None)
@@ -141,7 +153,8 @@ class CarriedDecisions:
         return len(self._by_client)
 
 
-def _key(address: tuple) -> Address:
+def carried_key(address: tuple) -> Address:
+    """The form CarriedDecisions keys an address by: lower-case host, int port."""
     host, port = address[0], address[1]
     if type(address) is tuple and len(address) == 2 and type(host) is str and type(port) is int and host == host.lower():
         return address  # already in key form (the common case): no new tuple
@@ -162,10 +175,18 @@ class RecentDecision:
     until: float  # time.monotonic() after which the name must be resolved again
     decision: Decision  # the decision: the same for every request it is reused for
     record: dict  # its decision record, the template for repeats (see record.repeat_record)
+    # Worked out once for every repeat: an allowed decision that nothing warns about (no log
+    # warning, no flow mark, no block response), and the checked address a plain-HTTP request is
+    # pinned to, as CarriedDecisions keys it.
+    quiet: bool = False
+    pin: Address | None = None
 
     @classmethod
     def of(cls, state: object, decision: Decision, record: dict, until: float) -> "RecentDecision":
-        return cls(state, utc_day(decision.wall)[1], until, decision, record)
+        address, port = record.get("address"), decision.request.port
+        pin = carried_key((address, port)) if address is not None and port is not None else None
+        quiet = not decision.blocked and not decision.would_block
+        return cls(state, utc_day(decision.wall)[1], until, decision, record, quiet, pin)
 
     def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
         """The same decision, made for another request (only who asked and when differ). A tunnel

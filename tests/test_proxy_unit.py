@@ -267,6 +267,24 @@ async def test_a_repeated_plain_http_request_is_treated_as_the_first(gate, mode,
         assert gate.gg.carried.get(c.id, (address, 8000)) is not None
 
 
+async def test_a_repeat_is_recorded_as_repeat_record_makes_it(gate, monkeypatch):
+    # the repeat path builds its record itself; it must be the record record.repeat_record makes
+    from geogate.record import repeat_record
+
+    wall = proxy_module.time.time() + 0.1234
+    monkeypatch.setattr(proxy_module.time, "time", lambda: wall)
+    c = client()
+    first, second = proxy_request("allowed.test", 8000), proxy_request("allowed.test", 8000)
+    first.client_conn = second.client_conn = c
+    second.request.path = "/second?q=%C3%A9"
+    for f in (first, second):
+        await hook(gate.gg.requestheaders, f)
+    (entry,) = gate.gg.recent._entries.values()
+    expected = repeat_record(entry.record, wall, second.id, client_text(c.peername))
+    expected["url"] = "http://allowed.test:8000/second?q=%C3%A9"
+    assert second.metadata["geogate"] == expected == records(gate.files)[-1]
+
+
 async def test_a_connect_after_a_plain_request_to_the_same_place_has_no_url_of_that_request(gate):
     # both kinds of request share the recent decision for a host and port; only the record's
     # common part is shared
@@ -532,7 +550,7 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
 async def test_a_hook_raising_before_it_would_await_refuses_the_connection(gate, monkeypatch):
     await hook(gate.gg.requestheaders, proxy_request("allowed.test"))  # decided: the next one reuses it
-    monkeypatch.setattr(proxy_module, "repeat_record", lambda *a: 1 / 0)
+    monkeypatch.setattr(proxy_module, "timestamp_at", lambda *a: 1 / 0)
     f = proxy_request("allowed.test")
     assert gate.gg.requestheaders(f) is None  # failed synchronously, nothing left to await
     assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]

@@ -55,6 +55,7 @@ from .record import decision_record
 from .record import proxy_status
 from .record import repeat_record
 from .record import summary_line
+from .record import timestamp_at
 from .reload import LiveState
 from .reload import Source
 from .reload import describe
@@ -67,7 +68,6 @@ from .targets import NAME_REUSE_SECONDS
 from .targets import CarriedDecisions
 from .targets import RecentDecision
 from .targets import RecentDecisions
-from .targets import carried_key
 from .targets import client_text
 from .targets import host_of_header
 from .targets import is_ip
@@ -397,31 +397,20 @@ class GeoGate:
         rec.update(extra)
         return self._publish(d, rec, flow)
 
-    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None,
-                 quiet: bool | None = None) -> dict[str, Any]:
-        """Log and attach a record. `quiet`: the decision allows and would not block (None:
-        work it out; a repeated decision knows it already, see RecentDecision)."""
+    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None) -> dict[str, Any]:
         if self.log is not None:
             self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
-        if quiet is None:
-            quiet = not (d.blocked or d.would_block)
-        if not quiet:
+        if d.blocked or d.would_block:
             logger.warning(summary_line(rec))
         elif self.log_allows:
             logger.info(summary_line(rec))
         if flow is not None:
-            flow.metadata["geogate"] = rec
-            if not quiet:
-                self._mark(flow, d)
+            self._annotate(flow, d, rec)
         return rec
 
-    @classmethod
-    def _annotate(cls, flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
-        flow.metadata["geogate"] = rec
-        cls._mark(flow, d)
-
     @staticmethod
-    def _mark(flow: http.HTTPFlow, d: Decision) -> None:
+    def _annotate(flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
+        flow.metadata["geogate"] = rec
         if d.blocked:
             flow.marked = BLOCKED_MARK
             flow.comment = f"geogate: blocked {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
@@ -511,22 +500,21 @@ class GeoGate:
         # An absolute-form request to the explicit proxy: no upstream chosen for it yet. Requests
         # inside a CONNECT tunnel or in transparent/reverse mode already have their server
         # connection's address set; those connections are decided on their own.
-        if flow.server_conn.address is None and isinstance(client.proxy_mode, mode_specs.RegularMode):
-            return self._decide_proxy_request(flow, client)
-        if self.carried.get(client.id, flow.server_conn.address) is not None:
-            self._attach(flow)
-        elif mode_name(client.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
-            return self._decide_intercepted_request(flow)
-        # else: server_connect decides when the connection is opened
-        return None
+        if flow.server_conn.address is not None or not isinstance(client.proxy_mode, mode_specs.RegularMode):
+            if self.carried.get(client.id, flow.server_conn.address) is not None:
+                self._attach(flow)
+            elif mode_name(client.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
+                return self._decide_intercepted_request(flow)
+            # else: server_connect decides when the connection is opened
+            return None
 
-    def _decide_proxy_request(self, flow: http.HTTPFlow, client: Client) -> Awaitable[None] | None:
-        """Every plain-HTTP request through the explicit proxy comes here, and most of them
-        repeat a recent one. In a running proxy each Python call and attribute lookup on this
-        path costs several times what it costs in a loop (mitmproxy's own work between two
-        requests evicts it from the CPU caches), so the repeat path calls as little as it can:
-        _flow_key and _recent are spelled out, and what a repeat's decision implies was worked
-        out once (RecentDecision.quiet and .pin)."""
+        # Most plain-HTTP requests repeat a recent one (see targets.RecentDecisions). In a loaded
+        # proxy each Python call on this path costs a few microseconds, several times what it
+        # costs in a loop (mitmproxy's own work between two requests evicts it from the CPU
+        # caches), so the repeat of an allowed decision is spelled out here: what _flow_key,
+        # repeat_record, _publish and _proxy_request_decided_now do for it, with what the
+        # decision implies worked out once (RecentDecision.quiet and .pin).
+        # tests/test_proxy_unit.py checks that repeats end exactly like first requests.
         data = flow.request.data
         host, port, peername = data.host, data.port, client.peername
         auth = flow.metadata.get("proxyauth")
@@ -539,15 +527,27 @@ class GeoGate:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
         # A repeat: the decision is shared (nothing on the request's own path acts on who asked)
         # and this request gets its own record.
-        rec = repeat_record(recent.record, wall, flow.id, client_text(peername))
+        rec = recent.record.copy()
+        rec["ts"] = timestamp_at(wall)
+        rec["flow_id"] = flow.id
+        rec["client"] = client_text(peername)
         rec["url"] = url
         d = recent.decision
-        if recent.quiet:
-            self._publish(d, rec, flow, quiet=True)
-            self._pin_request(data, client.id, d, recent.pin)
-        else:
+        if not recent.quiet:
             self._publish(d, rec, flow)
             self._proxy_request_decided_now(flow, d, rec)
+            return None
+        if self.log is not None:
+            self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
+        if self.log_allows:
+            logger.info(summary_line(rec))
+        flow.metadata["geogate"] = rec
+        pin = recent.pin
+        if pin is not None and data.scheme == b"http":
+            data.host = pin[0]
+            self.carried.remember_key(client.id, pin, d)
+        else:
+            self.carried.remember(client.id, (host, port), d)
         return None
 
     async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
@@ -559,21 +559,18 @@ class GeoGate:
             flow.response = block_response(d)
             return
         data = flow.request.data
-        address = rec["address"]  # the record spells the address already
-        self._pin_request(data, flow.client_conn.id, d, carried_key((address, data.port)) if address is not None else None)
-
-    def _pin_request(self, data: http.RequestData, client_id: str, d: Decision, pin: tuple[str, int] | None) -> None:
-        """Point an allowed request at `pin`, its checked address (as carried_key gives it)."""
-        if pin is not None and data.scheme == b"http":
+        address, port = rec["address"], data.port  # the record spells the address already
+        if address is not None and data.scheme == b"http":
+            pin = (address, port)
             # Only the target changes: the client's Host header (or h2 :authority) stays as sent.
             # Request.host's setter would rewrite both, and putting them back costs more than
             # the whole decision.
-            data.host = pin[0]
-            self.carried.remember_key(client_id, pin, d)
+            data.host = address
+            self.carried.remember(flow.client_conn.id, pin, d)
         else:
             # https in absolute form: mitmproxy takes the TLS server name from request.host, so
             # the name stays and server_connect pins the address from this carried decision.
-            self.carried.remember(client_id, (data.host, data.port), d)
+            self.carried.remember(flow.client_conn.id, (data.host, port), d)
 
     async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
         """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):

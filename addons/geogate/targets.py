@@ -97,7 +97,7 @@ def target_url(data) -> str:
 
 @lru_cache(maxsize=4096)  # clients repeat their destinations; see client_text
 def _origin_text(scheme: bytes, host: str, port: int) -> str:
-    """`scheme://host[:port]` of target_url."""
+    """`scheme://host[:port]`: target_url without the path."""
     if ":" in host:
         host = f"[{host}]"
     if _DEFAULT_PORTS.get(scheme) != port:

@@ -194,18 +194,25 @@ async def test_plain_http_is_pinned_in_requestheaders(gate):
     assert data.server.error is None and len(records(gate.files)) == 1
 
 
+async def two_requests_on_one_client(gate, second_path: str):
+    """Two plain-HTTP requests for allowed.test:8000 from one client connection, the second for
+    `second_path`, through requestheaders; (client, first, second)."""
+    c = client()
+    first, second = proxy_request("allowed.test", 8000), proxy_request("allowed.test", 8000)
+    first.client_conn = second.client_conn = c
+    second.request.path = second_path
+    for f in (first, second):
+        await hook(gate.gg.requestheaders, f)
+    return c, first, second
+
+
 async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_records(gate, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(proxy_module.time, "monotonic", lambda: clock[0])
     decisions = []
     real_decide = GateState.decide
     monkeypatch.setattr(GateState, "decide", lambda self, *a, **k: decisions.append(a) or real_decide(self, *a, **k))
-    c = client()
-    first, second = proxy_request("allowed.test", 8000), proxy_request("allowed.test", 8000)
-    first.client_conn = second.client_conn = c
-    second.request.path = "/other"
-    for f in (first, second):
-        await hook(gate.gg.requestheaders, f)
+    c, first, second = await two_requests_on_one_client(gate, "/other")
     assert len(decisions) == 1  # one decision, two requests
     assert second.request.host == ALLOWED_IP and second.request.host_header == "allowed.test:8000"
     a, b = records(gate.files)
@@ -273,12 +280,7 @@ async def test_a_repeat_is_recorded_as_repeat_record_makes_it(gate, monkeypatch)
 
     wall = proxy_module.time.time() + 0.1234
     monkeypatch.setattr(proxy_module.time, "time", lambda: wall)
-    c = client()
-    first, second = proxy_request("allowed.test", 8000), proxy_request("allowed.test", 8000)
-    first.client_conn = second.client_conn = c
-    second.request.path = "/second?q=%C3%A9"
-    for f in (first, second):
-        await hook(gate.gg.requestheaders, f)
+    c, _first, second = await two_requests_on_one_client(gate, "/second?q=%C3%A9")
     (entry,) = gate.gg.recent._entries.values()
     expected = repeat_record(entry.record, wall, second.id, client_text(c.peername))
     expected["url"] = "http://allowed.test:8000/second?q=%C3%A9"

@@ -334,9 +334,9 @@ def run_pairs(pairs: list[tuple[Any, Any, Any, str]], procs: dict, rounds: int, 
     them taking turns round by round (round r uses base[r % len(base)]): every process keeps a
     speed offset of its own for its whole life (two bare mitmdumps started alike differ by a
     percent or so), and comparing with two bare processes in turn averages their offsets instead
-    of carrying one of them into every figure. Every round runs every pair (rotating order), the two sides of a pair
-    simultaneously, launched in alternating order. Results by (group key, "base" | "test"), each
-    naming its process ("proc")."""
+    of carrying one of them into every figure. Every round runs every pair (rotating order), the
+    two sides of a pair simultaneously, launched in alternating order. Results by (group key,
+    "base" | "test"), each naming its process ("proc")."""
     results: dict[tuple, list[dict]] = {}
     for rno in range(rounds):
         for key, target, base, test in rotate(pairs, rno):
@@ -573,7 +573,7 @@ def _memory_figures(mem_start: dict, mem_load: dict, have_addon: bool) -> list[F
         name = f"Proxy resident memory above bare mitmdump, {'after start-up' if when == 'after_start' else 'after the load rounds'}"
         method = ("VmRSS from /proc/<pid>/status of mitmdump with geogate minus bare mitmdump, "
                   + ("2 s after both listen (no request yet)" if when == "after_start"
-                     else "after every plain-HTTP round") + "; the second bare process shows the spread")
+                     else "after every plain-HTTP round and the saturating capacity runs") + "; the second bare process shows the spread")
         if not have_addon:
             out.append(skipped(fid, name, "MiB", f"<= {MEMORY_TARGET_MIB:g} MiB", "addons/geogate_addon.py does not exist yet", method))
             continue

@@ -261,7 +261,7 @@ def main() -> int:
     p.add_argument("--audit-rate-flows", type=int, default=5_000)
     p.add_argument("--audit-full-flows", type=int, default=audit_bench.FULL_FLOWS,
                    help="flows in the large audit file (memory and rate at scale)")
-    p.add_argument("--audit-full-baseline", action="store_true", help="also run mitmdump -nr on the 100k file (~4 min)")
+    p.add_argument("--audit-full-baseline", action="store_true", help="also run mitmdump -nr on the full file (~4 min at 100k flows)")
     p.add_argument("--tunnel-diagnostic", action="store_true",
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
     p.add_argument("--all-names", action="store_true",

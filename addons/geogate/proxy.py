@@ -49,6 +49,7 @@ from .addresses import canonical_host
 from .addresses import parse_ip
 from .decide import Decision
 from .decision_log import DecisionLog
+from .dns_mode import DnsGate
 from .errors import GeogateError
 from .record import block_body
 from .record import decision_record
@@ -210,6 +211,7 @@ class GeoGate:
         # only while there are any (see _configure_optional_hooks): in the namespace of the object
         # mitmproxy walks, this addon's own or the script's it serves from (serve_from).
         self._tree_namespace: dict[str, Any] | None = None
+        self.dns = DnsGate(self)  # DNS mode and WireGuard DNS: name servers and questions (dns_mode.py)
 
     def current_state(self) -> GateState:
         """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
@@ -240,7 +242,8 @@ class GeoGate:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
                 self._open_log(opts.geogate_log)
-            if updated & {"termlog_verbosity", "rfile", "connection_strategy", "geogate_intercept"}:
+            self.dns.setup(updated, opts, self._running)
+            if updated & {"termlog_verbosity", "rfile", "connection_strategy", "geogate_intercept", "mode"}:
                 self._configure_optional_hooks(opts)
         except exceptions.OptionsError as e:
             if self._running:
@@ -261,6 +264,8 @@ class GeoGate:
         lazy = getattr(opts, "connection_strategy", "eager") == "lazy"
         if lazy:
             subs.append(LazyHooks(self))
+        if self.dns.mode is not None:
+            subs.append(self.dns)  # dns_* hooks, in DNS and WireGuard modes only
         self._passthrough = None if lazy or self.intercept else EagerPassthrough()
         # mitmproxy walks every addon's `addons` on every event, for every hook name: a hook that
         # exists is dispatched on every flow, and even an empty list is one more generator per
@@ -332,6 +337,7 @@ class GeoGate:
         self._running = True
         if self.live is not None:
             self.live.start()
+        self.dns.start()
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reopen_log)
         except (NotImplementedError, RuntimeError, ValueError):
@@ -346,6 +352,7 @@ class GeoGate:
         self._running = False
         if self.live is not None:
             self.live.stop()
+        self.dns.stop()
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         except (NotImplementedError, RuntimeError, ValueError):

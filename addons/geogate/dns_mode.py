@@ -64,6 +64,19 @@ def uses_name_servers(modes: Sequence[str]) -> str | None:
     return None
 
 
+def forwards_dns(modes: Sequence[str]) -> bool:
+    """True when a mode answers DNS by forwarding to an upstream named in its spec
+    (`reverse:dns://HOST[:PORT]`; mitmproxy's `dns` mode takes no upstream)."""
+    for spec in modes:
+        try:
+            mode = mode_specs.ProxyMode.parse(spec)
+        except ValueError:
+            continue
+        if isinstance(mode, mode_specs.ReverseMode) and mode.scheme == "dns":
+            return True
+    return False
+
+
 def system_name_servers() -> list[str]:
     """What mitmproxy's dns_resolver would use without dns_name_servers (tests replace this)."""
     import mitmproxy_rs
@@ -160,6 +173,7 @@ class DnsGate:
     def __init__(self, gate: Any) -> None:
         self.gate = gate
         self.mode: str | None = None  # "dns"/"wireguard" while such a mode is configured
+        self.records_questions = False  # the dns_* hooks are needed (a DNS, WireGuard or reverse:dns mode)
         self.configured: list[str] = []  # dns_name_servers as the user gave it
         self.applied: list[str] | None = None  # what geogate set dns_name_servers to
         self.judged: NameServerJudgement | None = None
@@ -170,6 +184,7 @@ class DnsGate:
     def setup(self, updated: set[str], opts: Any, running: bool) -> None:
         if "mode" in updated:
             self.mode = uses_name_servers(getattr(opts, "mode", ()))
+            self.records_questions = self.mode is not None or forwards_dns(getattr(opts, "mode", ()))
         user_change = False
         if "dns_name_servers" in updated and hasattr(opts, "dns_name_servers"):
             value = list(opts.dns_name_servers)

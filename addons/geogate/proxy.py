@@ -264,8 +264,8 @@ class GeoGate:
         lazy = getattr(opts, "connection_strategy", "eager") == "lazy"
         if lazy:
             subs.append(LazyHooks(self))
-        if self.dns.mode is not None:
-            subs.append(self.dns)  # dns_* hooks, in DNS and WireGuard modes only
+        if self.dns.records_questions:
+            subs.append(self.dns)  # dns_* hooks, in DNS, WireGuard and reverse:dns modes only
         self._passthrough = None if lazy or self.intercept else EagerPassthrough()
         # mitmproxy walks every addon's `addons` on every event, for every hook name: a hook that
         # exists is dispatched on every flow, and even an empty list is one more generator per

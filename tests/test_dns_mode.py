@@ -1,0 +1,334 @@
+"""DNS mode and WireGuard's built-in DNS (geogate/dns_mode.py), with mitmproxy's test helpers:
+the name servers mitmproxy may ask are judged, only the allowed ones are used, and every question
+gets a decision record. 127.0.1.0/24 is DE (allowed), 127.0.2.0/24 KP (blocked by the doj rule)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mitmproxy import connection
+from mitmproxy import dns
+from mitmproxy import exceptions
+from mitmproxy.addons.dns_resolver import DnsResolver
+from mitmproxy.flow import Error
+from mitmproxy.net.dns import response_codes
+from mitmproxy.net.dns import types as dns_types
+from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons
+from mitmproxy.test import tflow
+
+from geogate import dns_mode
+from geogate.proxy import GeoGate
+from proxy_support import write_db
+from proxy_support import write_policy
+
+ALLOWED_NS = "127.0.1.53"
+BLOCKED_NS = "127.0.2.53"
+BLOCK_DE = "  - name: no-de\n    action: block\n    countries: [DE]\n"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> SimpleNamespace:
+    return SimpleNamespace(tmp=tmp_path, db=write_db(tmp_path / "geo.mmdb"),
+                           policy=write_policy(tmp_path / "policy.yaml"), log=tmp_path / "decisions.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def no_system_name_servers(monkeypatch):
+    """Tests never read the machine's resolv.conf through mitmproxy_rs."""
+    monkeypatch.setattr(dns_mode, "system_name_servers", lambda: [])
+
+
+def records(files) -> list[dict]:
+    return [json.loads(line) for line in files.log.read_text().splitlines()] if files.log.exists() else []
+
+
+def start(tctx, gg, files, *, mode="dns", name_servers=(ALLOWED_NS,), **more) -> None:
+    tctx.configure(gg, geogate_policy=str(files.policy), geogate_db=[str(files.db)], geogate_log=str(files.log),
+                   mode=[mode], dns_name_servers=list(name_servers), **more)
+
+
+def question(name="foo.example", type_=dns_types.A, mode="dns", server=None) -> dns.DNSFlow:
+    client = tflow.tclient_conn()
+    client.proxy_mode = ProxyMode.parse(mode)
+    client.transport_protocol = "udp"
+    req = dns.DNSMessage(id=7, query=True, op_code=dns.op_codes.QUERY, authoritative_answer=False,
+                         truncation=False, recursion_desired=True, recursion_available=False, reserved=0,
+                         response_code=response_codes.NOERROR,
+                         questions=[dns.Question(name, type_, dns.classes.IN)],
+                         answers=[], authorities=[], additionals=[])
+    return tflow.tdnsflow(client_conn=client, server_conn=connection.Server(address=server, transport_protocol="udp"),
+                          req=req)
+
+
+def answer(flow: dns.DNSFlow, *ips: str) -> None:
+    """What mitmproxy's resolver does: answer the question with these addresses."""
+    q = flow.request.question
+    flow.response = flow.request.succeed([
+        dns.ResourceRecord(q.name, q.type, q.class_, 60, ipaddress.ip_address(ip).packed) for ip in ips])
+
+
+def question_records(files) -> list[dict]:
+    return [r for r in records(files) if r.get("dns", {}).get("role") != "name_server"]
+
+
+def test_a_blocked_name_server_is_dropped_and_mitmproxy_gets_only_the_allowed_ones(files, caplog):
+    caplog.set_level(logging.INFO)
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, name_servers=[BLOCKED_NS, ALLOWED_NS])
+        assert tctx.options.dns_name_servers == [ALLOWED_NS]
+        dropped = [r.getMessage() for r in caplog.records if BLOCKED_NS in r.getMessage()]
+        assert dropped == [f"geogate: DNS name server {BLOCKED_NS} blocked, dropped: KP, rule doj"]
+        # one decision record per name server, through the engine like any destination
+        ns = {r["host"]: r for r in records(files)}
+        assert ns[BLOCKED_NS]["action"] == "block" and ns[BLOCKED_NS]["rule"] == "doj"
+        assert ns[BLOCKED_NS]["port"] == 53 and ns[BLOCKED_NS]["mode"] == "dns"
+        assert ns[ALLOWED_NS]["action"] == "allow" and ns[ALLOWED_NS]["country"] == "DE"
+        assert not any(r.levelno >= logging.ERROR for r in caplog.records)  # start-up goes on
+        gg.done()
+
+
+def test_the_systems_name_servers_are_judged_when_none_are_given(files, monkeypatch):
+    monkeypatch.setattr(dns_mode, "system_name_servers", lambda: [BLOCKED_NS, ALLOWED_NS])
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, name_servers=[])
+        # set explicitly, so mitmproxy never falls back to the unjudged system list
+        assert tctx.options.dns_name_servers == [ALLOWED_NS]
+        gg.done()
+
+
+def test_only_blocked_name_servers_refuse_start_up_and_every_question(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, name_servers=[BLOCKED_NS])
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [f"geogate: no DNS name server is allowed: {BLOCKED_NS} (KP, rule doj); "
+                          "refusing to start (set dns_name_servers)"]
+        f = question()
+        gg.dns.dns_request(f)
+        assert f.response.response_code == response_codes.REFUSED
+        # mitmproxy's resolver, which runs after the script, leaves a refused question alone
+        assert DnsResolver._should_resolve(f) is False
+        gg.dns.dns_response(f)
+        rec = question_records(files)[-1]
+        assert rec["action"] == "block" and rec["host"] == BLOCKED_NS and rec["dns"]["refused"] is True
+        assert rec["dns"]["question"] == {"name": "foo.example", "type": "A"}
+        gg.done()
+
+
+def test_no_name_server_at_all_refuses_start_up(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, name_servers=[])
+        assert any("no DNS name server is configured" in r.getMessage() and r.levelno >= logging.ERROR
+                   for r in caplog.records)
+        f = question()
+        gg.dns.dns_request(f)
+        assert f.response.response_code == response_codes.REFUSED
+        gg.done()
+
+
+def test_each_answered_question_gets_one_record_with_name_server_and_answers(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+        f = question("Foo.Example")
+        gg.dns.dns_request(f)
+        assert f.response is None  # left to mitmproxy's resolver
+        answer(f, "127.0.2.9", "127.0.1.9")
+        gg.dns.dns_response(f)
+        [rec] = question_records(files)
+        assert rec["event"] == "decision" and rec["mode"] == "dns" and rec["flow_id"] == f.id
+        assert rec["host"] == ALLOWED_NS and rec["port"] == 53 and rec["action"] == "allow" and rec["country"] == "DE"
+        d = rec["dns"]
+        assert d["question"] == {"name": "Foo.Example", "type": "A"}
+        assert d["name_server"] == ALLOWED_NS and d["name_servers"] == [ALLOWED_NS]
+        assert d["response_code"] == "NOERROR" and d["refused"] is False
+        assert d["answers"] == [{"ip": "127.0.2.9", "country": "KP", "action": "block", "rule": "doj"},
+                                {"ip": "127.0.1.9", "country": "DE", "action": "allow", "rule": "default"}]
+        assert d["answers_action"] == "block" and d["filtered"] is False
+        assert len(f.response.answers) == 2  # recorded, never removed unless asked
+        assert f.metadata["geogate"] is not None
+        gg.dns.dns_response(f)  # a hook seen twice is recorded once
+        assert len(question_records(files)) == 1
+        gg.done()
+
+
+def test_blocked_answers_are_removed_only_when_asked(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+        gg.dns.drop_blocked_answers = True  # what the gateway's --dns will switch on
+        f = question()
+        answer(f, "127.0.2.9", "127.0.1.9")
+        gg.dns.dns_response(f)
+        assert [str(rr.ipv4_address) for rr in f.response.answers] == ["127.0.1.9"]
+        assert question_records(files)[-1]["dns"]["filtered"] is True
+        gg.done()
+
+
+def reload(gg) -> None:
+    """What the watcher does on a change: two polls (the change must hold still for one)."""
+    os.utime(gg.live.paths[0], ns=(1, 1))
+    gg.live.poll()
+    assert gg.live.poll()
+
+
+def test_a_reload_that_blocks_every_name_server_fails_closed_until_one_is_allowed(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+        gg._running = True
+        write_policy(files.policy, before=BLOCK_DE)
+        reload(gg)
+        f = question()
+        gg.dns.dns_request(f)  # judged again for the new state before anything is answered
+        assert f.response.response_code == response_codes.REFUSED
+        assert any("EVERY DNS QUESTION IS REFUSED (fail closed)" in r.getMessage() and r.levelno >= logging.ERROR
+                   for r in caplog.records)
+        gg.dns.dns_response(f)
+        assert question_records(files)[-1]["rule"] == "no-de"
+        write_policy(files.policy)
+        reload(gg)
+        f = question()
+        gg.dns.dns_request(f)
+        assert f.response is None
+        assert tctx.options.dns_name_servers == [ALLOWED_NS]
+        gg.done()
+
+
+def test_a_reload_drops_a_name_server_the_new_policy_blocks(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, name_servers=[ALLOWED_NS, "127.0.2.54"])
+        assert tctx.options.dns_name_servers == [ALLOWED_NS]
+        # a policy that allows the KP one and blocks DE: the set flips
+        write_policy(files.policy, before=BLOCK_DE + "  - name: kp-ns\n    action: allow\n    networks: [127.0.2.54/32]\n")
+        reload(gg)
+        gg.dns.current()
+        assert tctx.options.dns_name_servers == ["127.0.2.54"]
+        gg.done()
+
+
+def test_setting_only_blocked_name_servers_at_run_time_is_rolled_back(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+        gg._running = True
+        with pytest.raises(exceptions.OptionsError, match="no DNS name server is allowed"):
+            tctx.options.update(dns_name_servers=[BLOCKED_NS])
+        assert tctx.options.dns_name_servers == [ALLOWED_NS]
+        gg.done()
+
+
+def test_a_record_that_cannot_be_written_refuses_the_answer(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+
+        class Broken:
+            def write(self, rec):
+                raise OSError("disk full")
+
+        gg.log = Broken()
+        f = question()
+        answer(f, "127.0.1.9")
+        gg.dns.dns_response(f)
+        assert f.response.response_code == response_codes.REFUSED and f.response.answers == []
+        gg.log = None
+        gg.done()
+
+
+async def test_reverse_dns_upstream_is_decided_in_server_connect_and_each_question_recorded(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, mode=f"reverse:dns://{BLOCKED_NS}")
+        assert gg.dns.mode is None and gg.dns.records_questions  # no name servers of its own to judge
+        assert [type(a).__name__ for a in gg.addons] == ["DnsGate"]
+        f = question(mode=f"reverse:dns://{BLOCKED_NS}", server=(BLOCKED_NS, 53))
+        gg.dns.dns_request(f)
+        assert f.response is None  # mitmproxy forwards it: a connection, so server_connect decides
+        data = server_hooks.ServerConnectionHookData(client=f.client_conn, server=f.server_conn)
+        await gg.server_connect(data)
+        assert "blocked" in data.server.error and "KP" in data.server.error
+        f.error = Error("Connection killed: " + data.server.error)
+        gg.dns.dns_error(f)
+        rec = question_records(files)[-1]
+        assert rec["mode"] == "reverse" and rec["action"] == "block" and rec["host"] == BLOCKED_NS
+        assert rec["dns"]["question"]["name"] == "foo.example" and rec["dns"]["name_server"] == BLOCKED_NS
+        gg.done()
+
+
+async def test_forwarded_questions_carry_the_server_connect_decision(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files)
+        f = question(type_=dns_types.TXT)
+        gg.dns.dns_request(f)
+        f.server_conn.address = (tctx.options.dns_name_servers[0], 53)  # dns_resolver forwards it
+        data = server_hooks.ServerConnectionHookData(client=f.client_conn, server=f.server_conn)
+        await gg.server_connect(data)
+        assert data.server.error is None
+        f.response = f.request.succeed([])
+        gg.dns.dns_response(f)
+        rec = question_records(files)[-1]
+        assert rec["host"] == ALLOWED_NS and rec["action"] == "allow"
+        assert rec["dns"]["question"]["type"] == "TXT" and rec["dns"]["name_server"] == ALLOWED_NS
+        gg.done()
+
+
+def test_wireguard_dns_to_the_virtual_resolver_is_judged_the_same_way(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, mode="wireguard", name_servers=[BLOCKED_NS, ALLOWED_NS])
+        assert gg.dns.mode == "wireguard" and tctx.options.dns_name_servers == [ALLOWED_NS]
+        f = question(mode="wireguard", server=("10.0.0.53", 53))
+        gg.dns.dns_request(f)
+        assert f.response is None
+        answer(f, "127.0.1.9")
+        gg.dns.dns_response(f)
+        rec = question_records(files)[-1]
+        assert rec["mode"] == "wireguard" and rec["host"] == ALLOWED_NS and rec["dns"]["name_server"] == ALLOWED_NS
+        # DNS a WireGuard client sends elsewhere is an ordinary connection (server_connect)
+        other = question(mode="wireguard", server=(BLOCKED_NS, 53))
+        gg.dns.dns_request(other)
+        assert other.response is None
+        gg.done()
+
+
+def test_wireguard_dns_is_refused_when_no_name_server_is_allowed(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, mode="wireguard", name_servers=[BLOCKED_NS])
+        f = question(mode="wireguard", server=("10.0.0.53", 53))
+        gg.dns.dns_request(f)
+        assert f.response.response_code == response_codes.REFUSED
+        gg.done()
+
+
+def test_other_modes_have_no_dns_hooks(files):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, mode="regular", name_servers=[BLOCKED_NS])
+        assert gg.dns.mode is None and not hasattr(gg, "addons")
+        assert tctx.options.dns_name_servers == [BLOCKED_NS]  # unused outside DNS/WireGuard modes
+        gg.done()
+
+
+def test_geogate_run_refuses_to_start_without_an_allowed_name_server(files, monkeypatch):
+    from geogate.state import GateState
+
+    state = GateState.load(files.policy, [files.db])
+    assert dns_mode.refusal_before_start(state, ["dns"], [ALLOWED_NS]) is None
+    assert dns_mode.refusal_before_start(state, ["regular"], [BLOCKED_NS]) is None
+    assert "no DNS name server is allowed: 127.0.2.53 (KP, rule doj)" in dns_mode.refusal_before_start(
+        state, ["dns@5353"], [BLOCKED_NS])

@@ -332,3 +332,15 @@ def test_geogate_run_refuses_to_start_without_an_allowed_name_server(files, monk
     assert dns_mode.refusal_before_start(state, ["regular"], [BLOCKED_NS]) is None
     assert "no DNS name server is allowed: 127.0.2.53 (KP, rule doj)" in dns_mode.refusal_before_start(
         state, ["dns@5353"], [BLOCKED_NS])
+
+
+def test_geogate_run_dns_mode_with_only_a_blocked_name_server_exits_2_with_one_line(files):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "geogate.cli", "run", "--mode", "dns", "--policy", str(files.policy),
+                        "--db", str(files.db), "--", "--set", f"dns_name_servers={BLOCKED_NS}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr == (f"geogate: no DNS name server is allowed: {BLOCKED_NS} (KP, rule doj); "
+                        "refusing to start (set dns_name_servers)\n")

@@ -29,6 +29,16 @@ def _mode_specs(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return specs
 
 
+def _set_values(extra: list[str], name: str) -> list[str]:
+    """The values `--set name=VALUE` gives in the mitmdump arguments (repeatable)."""
+    values = []
+    for i, a in enumerate(extra):
+        setting = extra[i + 1] if a == "--set" and i + 1 < len(extra) else a[6:] if a.startswith("--set=") else ""
+        if setting.startswith(name + "="):
+            values.append(setting.split("=", 1)[1])
+    return values
+
+
 def _mitmdump() -> str | None:
     beside = Path(sys.executable).with_name("mitmdump")
     return str(beside) if beside.exists() else shutil.which("mitmdump")
@@ -59,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         raise GeogateError(f"the mitmproxy entry point {ADDON} is missing; run geogate from a checkout "
                            "(pip install -e .) or use `mitmdump -s addons/geogate_addon.py`")
     state = GateState.load(args.policy, args.db)
+    from .dns_mode import refusal_before_start
+
+    if refusal := refusal_before_start(state, _mode_specs(args, extra), _set_values(extra, "dns_name_servers")):
+        print(refusal, file=sys.stderr)
+        return 2
     for line in describe(state):
         print(f"geogate: {line}")
     for w in state.warnings:

@@ -79,8 +79,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for w in database_warnings(policy, databases):
             print(w, file=sys.stderr)
         rules = len(policy.all_rules())
+        nat64 = f", nat64 {' '.join(map(str, policy.nat64.networks))}" if policy.nat64 else ""
         print(f"{path}: ok (policy {policy.name}, {rules} rule{'s' if rules != 1 else ''}, "
-              f"mode {policy.mode}, default {policy.default})")
+              f"mode {policy.mode}, default {policy.default}{nat64})")
     return 1 if failed else 0
 
 
@@ -92,8 +93,9 @@ def _explain_text(d: Decision, resolution: str) -> str:
     host = f"[{rec['host']}]" if ":" in (rec["host"] or "") and rec["port"] else rec["host"]
     target = f"{host}" + (f":{rec['port']}" if rec["port"] else "")
     lines.append(f"target     {target}  ({resolution})")
-    for a in rec["addresses"]:
-        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']})" if a["embedded_ipv4"] else "")
+    for a, v in zip(rec["addresses"], d.outcome.verdicts):
+        via = f" via {v.facts.address.nat64_prefix}" if a["embedded_ipv4"] and v.facts.address.nat64_prefix else ""
+        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']}{via})" if a["embedded_ipv4"] else "")
         if a["error"]:
             geo = f"lookup error: {a['error']}"
         elif a["special"]:

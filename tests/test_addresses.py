@@ -49,7 +49,7 @@ ADDRESS_VECTORS = [
     ("[::ffff:169.254.169.254]", "::ffff:a9fe:a9fe", "link-local", "169.254.169.254", "ipv4-mapped"),  # cloud metadata
     ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1", "loopback", "127.0.0.1", "nat64"),  # NAT64 well-known prefix
     ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe", "link-local", "169.254.169.254", "nat64"),  # NAT64 -> metadata
-    ("[64:ff9b:1::a9fe:a9fe]", "64:ff9b:1::a9fe:a9fe", "link-local", "169.254.169.254", "nat64"),  # RFC 8215 local-use, /96
+    ("[64:ff9b:1::a9fe:a9fe]", "64:ff9b:1::a9fe:a9fe", "nat64-local-undeclared", None, None),  # RFC 8215 local-use: layout unknown
     ("[2002:7f00:1::]", "2002:7f00:1::", "loopback", "127.0.0.1", "6to4"),  # 6to4 carrying loopback
     ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1", "link-local", "169.254.169.254", "6to4"),  # CVE-2026-44589 form
     ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback", "127.0.0.1", "teredo"),  # client bits inverted
@@ -215,7 +215,7 @@ EMBEDDINGS = [
     ("::1.2.3.4", "1.2.3.4", "ipv4-compatible"),
     ("::ffff:0:1.2.3.4", "1.2.3.4", "ipv4-translated"),
     ("64:ff9b::1.2.3.4", "1.2.3.4", "nat64"),
-    ("64:ff9b:1:ffff::1.2.3.4", "1.2.3.4", "nat64"),  # anywhere in 64:ff9b:1::/48, last 32 bits
+    ("64:ff9b:1:ffff::1.2.3.4", None, None),  # 64:ff9b:1::/48 not declared: the layout is unknown
     ("2002:102:304::", "1.2.3.4", "6to4"),  # bits 16-47
     ("2002:102:304:ffff:ffff:ffff:ffff:ffff", "1.2.3.4", "6to4"),  # the rest does not matter
     ("2001:0:4136:e378:8000:63bf:fefd:fcfb", "1.2.3.4", "teredo"),  # ~0x01020304
@@ -381,7 +381,7 @@ def _reference_special(addr) -> str | None:
 
 
 _FORMS = [("::ffff:0:0/96", "ipv4-mapped"), ("::ffff:0:0:0/96", "ipv4-translated"), ("::/96", "ipv4-compatible"),
-          ("64:ff9b::/96", "nat64"), ("64:ff9b:1::/48", "nat64"), ("2002::/16", "6to4"), ("2001::/32", "teredo")]
+          ("64:ff9b::/96", "nat64"), ("64:ff9b:1::/48", "nat64-local"), ("2002::/16", "6to4"), ("2001::/32", "teredo")]
 _REF_FORMS = [(ipaddress.ip_network(n), form) for n, form in _FORMS]
 
 
@@ -395,6 +395,8 @@ def _reference_embedded(addr):
                 return ipaddress.IPv4Address((int(addr) >> 80) & 0xFFFFFFFF), form
             if form == "teredo":
                 return ipaddress.IPv4Address(~int(addr) & 0xFFFFFFFF), form
+            if form == "nat64-local":
+                return None  # no layout declared: carries nothing
             return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF), form
     return None
 
@@ -402,9 +404,12 @@ def _reference_embedded(addr):
 def _reference_classify(addr) -> Address:
     if addr.version == 6:
         addr = ipaddress.IPv6Address(int(addr))  # zone id dropped
+        if addr in _REF_FORMS[4][0]:
+            return Address(addr, None, None, "nat64-local-undeclared", "64:ff9b:1::/48")
         carried = _reference_embedded(addr)
         if carried is not None:
-            return Address(addr, carried[0], carried[1], _reference_special(carried[0]))
+            prefix = "64:ff9b::/96" if carried[1] == "nat64" else None
+            return Address(addr, carried[0], carried[1], _reference_special(carried[0]), prefix)
     return Address(addr, None, None, _reference_special(addr))
 
 
@@ -475,8 +480,8 @@ def test_classification_matches_the_ipaddress_based_reference() -> None:
     assert not mismatches, mismatches[:5]
     # the sample is not vacuous: every range name and every form occurs
     names = {classify(a).special for a in CLASSIFY_SAMPLE}
-    assert names >= {name for _t, name in SPECIAL_RANGES if name} | {None}
-    assert {classify(a).embedding for a in CLASSIFY_SAMPLE} == {None} | {form for _n, form in _FORMS}
+    assert names >= {name for _t, name in SPECIAL_RANGES if name} | {None, "nat64-local-undeclared"}
+    assert {classify(a).embedding for a in CLASSIFY_SAMPLE} == {None} | {form for _n, form in _FORMS} - {"nat64-local"}
 
 
 def test_classify_of_a_scoped_address_equals_the_unscoped_one() -> None:

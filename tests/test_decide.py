@@ -573,7 +573,6 @@ EMBEDDED_POLICY = "default: allow\nspecial: block\nrules:\n  - name: block-cn\n 
     ("::1.0.0.1", "block", "block-cn", "CN"),  # IPv4-compatible
     ("::ffff:0:1.0.0.1", "block", "block-cn", "CN"),  # IPv4-translated
     ("64:ff9b::1.0.0.1", "block", "block-cn", "CN"),  # NAT64
-    ("64:ff9b:1::100:1", "block", "block-cn", "CN"),  # NAT64 local-use
     ("2002:100:1::1", "block", "block-cn", "CN"),  # 6to4
     ("2001:0:4136:e378:8000:63bf:feff:fffe", "block", "block-cn", "CN"),  # Teredo client 1.0.0.1
     ("::ffff:2.0.0.1", "allow", "default", "US"),  # control (the database has an own, aliased record too)

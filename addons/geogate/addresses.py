@@ -119,6 +119,75 @@ _CARRIER_TOPS = frozenset(
     for prefix, shift in (_MAPPED, _TRANSLATED, _COMPATIBLE, _NAT64_WKP, _NAT64_LOCAL, _SIXTOFOUR, _TEREDO)
 )
 
+# NAT64 (RFC 6052). The well-known prefix is always /96. Any other prefix (the RFC 8215 local-use
+# 64:ff9b:1::/48 or an operator's own) may use any of these layouts, which only the operator knows:
+# a policy declares them (`nat64:`), and an address in 64:ff9b:1::/48 outside every declared prefix
+# is never guessed at.
+NAT64_LENGTHS = (32, 40, 48, 56, 64, 96)
+NAT64_WELL_KNOWN = "64:ff9b::/96"
+NAT64_LOCAL_USE = "64:ff9b:1::/48"
+# Special range names of NAT64 addresses that carry no IPv4 address geogate can trust: the engine
+# blocks them whatever the policy says about special ranges (decide.py).
+NAT64_UNDECLARED = "nat64-local-undeclared"
+NAT64_BAD_U_OCTET = "nat64-nonzero-u-octet"
+NAT64_UNDECODED = frozenset({NAT64_UNDECLARED, NAT64_BAD_U_OCTET})
+# Built-in transition forms a declared NAT64 prefix must not overlap (it would be read two ways).
+BUILTIN_CARRIERS = (
+    ("::ffff:0:0/96", "ipv4-mapped"), ("::ffff:0:0:0/96", "ipv4-translated"), ("::/96", "ipv4-compatible"),
+    (NAT64_WELL_KNOWN, "nat64 (well-known prefix)"), ("2002::/16", "6to4"), ("2001::/32", "teredo"),
+)  # fmt: skip
+
+
+def nat64_decode(value: int, length: int) -> int | None:
+    """The IPv4 address (as an integer) that the IPv6 address `value` carries in the RFC 6052
+    layout for a prefix of `length` bits, or None when bits 64-71 (the u-octet) are not zero.
+
+    For /32 to /64 the 32 IPv4 bits start right after the prefix and skip the u-octet; the suffix
+    after them is ignored (RFC 6052 section 2.2). For /96 they are the last 32 bits.
+    """
+    if length == 96:
+        return value & _LOW32
+    if (value >> 56) & 0xFF:
+        return None
+    before = 64 - length  # IPv4 bits between the prefix and the u-octet
+    after = 32 - before  # IPv4 bits after the u-octet, from bit 72
+    return ((value >> 64) & ((1 << before) - 1)) << after | (value >> (56 - after)) & ((1 << after) - 1)
+
+
+class Nat64Prefixes:
+    """The NAT64 prefixes a policy declares (RFC 6052 layouts), ready for classify.
+
+    `tops` is the set of first 16 bits that may carry an IPv4 address at all: the built-in forms
+    and the declared prefixes, so an address outside them (nearly all traffic) still costs one
+    set lookup. Declared prefixes never overlap each other or a built-in form (the policy loader
+    refuses that), so at most one matches.
+    """
+
+    __slots__ = ("networks", "tops", "table")
+
+    def __init__(self, networks: tuple[ipaddress.IPv6Network, ...] = ()) -> None:
+        self.networks = tuple(networks)
+        self.table = tuple(
+            (int(n.network_address) >> (128 - n.prefixlen), 128 - n.prefixlen, n.prefixlen, str(n))
+            for n in self.networks
+        )
+        self.tops = _CARRIER_TOPS | frozenset(int(n.network_address) >> 112 for n in self.networks)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Nat64Prefixes) and self.networks == other.networks
+
+    def __hash__(self) -> int:
+        return hash(self.networks)
+
+    def __repr__(self) -> str:
+        return f"Nat64Prefixes({[str(n) for n in self.networks]})"
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+
+NO_NAT64 = Nat64Prefixes()
+
 
 @dataclass(slots=True)
 class Address:
@@ -128,39 +197,53 @@ class Address:
     embedded_ipv4: ipaddress.IPv4Address | None = None
     embedding: str | None = None  # ipv4-mapped, ipv4-compatible, nat64, 6to4, teredo, ...
     special: str | None = None  # name of the special-purpose range of the address that decides
+    # the NAT64 prefix the address is in, e.g. "64:ff9b:1::/48"; set whether or not it was decoded
+    nat64_prefix: str | None = None
 
     @property
     def text(self) -> str:
         return str(self.ip)
 
 
-def _embedded(value: int) -> tuple[int, str] | None:
-    """(IPv4 as an integer, form) carried by the IPv6 address `value`, or None."""
-    if value >> 112 not in _CARRIER_TOPS:
+def _embedded(value: int, nat64: Nat64Prefixes = NO_NAT64) -> tuple[int | None, str, str | None] | None:
+    """(IPv4 as an integer, form, NAT64 prefix) carried by the IPv6 address `value`, or None.
+
+    A NAT64 address whose IPv4 cannot be read (an undeclared local-use prefix, a u-octet that is
+    not zero) gives (None, name of its special range, prefix).
+    """
+    if value >> 112 not in nat64.tops:
         return None
+    for prefix, shift, length, text in nat64.table:  # declared prefixes, before the local-use /48
+        if value >> shift == prefix:
+            v4 = nat64_decode(value, length)
+            return (None, NAT64_BAD_U_OCTET, text) if v4 is None else (v4, "nat64", text)
     if value >> _MAPPED[1] == _MAPPED[0]:
-        return value & _LOW32, "ipv4-mapped"
+        return value & _LOW32, "ipv4-mapped", None
     if value >> _TRANSLATED[1] == _TRANSLATED[0]:
-        return value & _LOW32, "ipv4-translated"
+        return value & _LOW32, "ipv4-translated", None
     if value >> _COMPATIBLE[1] == _COMPATIBLE[0] and value > 1:  # :: and ::1 are not IPv4-compatible
-        return value & _LOW32, "ipv4-compatible"
+        return value & _LOW32, "ipv4-compatible", None
     if value >> _NAT64_WKP[1] == _NAT64_WKP[0]:
-        return value & _LOW32, "nat64"
+        return value & _LOW32, "nat64", NAT64_WELL_KNOWN
     if value >> _NAT64_LOCAL[1] == _NAT64_LOCAL[0]:
-        # RFC 8215 leaves the prefix length to the operator; /96 is the common deployment.
-        return value & _LOW32, "nat64"
+        # RFC 8215 leaves the prefix length (and so the layout) to the operator: never guess it.
+        return None, NAT64_UNDECLARED, NAT64_LOCAL_USE
     if value >> _SIXTOFOUR[1] == _SIXTOFOUR[0]:
-        return (value >> 80) & _LOW32, "6to4"
+        return (value >> 80) & _LOW32, "6to4", None
     if value >> _TEREDO[1] == _TEREDO[0]:
         # The client address is stored inverted (RFC 4380 section 4).
-        return ~value & _LOW32, "teredo"
+        return ~value & _LOW32, "teredo", None
     return None
 
 
-def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, str] | None:
+def embedded_ipv4(
+    ip: ipaddress.IPv6Address, nat64: Nat64Prefixes = NO_NAT64,
+) -> tuple[ipaddress.IPv4Address, str] | None:
     """The IPv4 address an IPv6 transition form carries, and the form's name."""
-    carried = _embedded(int(ip))
-    return None if carried is None else (ipaddress.IPv4Address(carried[0]), carried[1])
+    carried = _embedded(int(ip), nat64)
+    if carried is None or carried[0] is None:
+        return None
+    return ipaddress.IPv4Address(carried[0]), carried[1]
 
 
 def special_range(ip: IPAddress) -> str | None:
@@ -185,11 +268,13 @@ def ip_key(ip: IPAddress) -> int:
 _V6_KEY = 1 << 128
 
 
-def classify(ip: IPAddress) -> Address:
+def classify(ip: IPAddress, nat64: Nat64Prefixes = NO_NAT64) -> Address:
     """Canonical Address for an already parsed IP: embedded IPv4 unwrapped, special range named.
 
     For a transition form the special range is the embedded IPv4's: `::ffff:127.0.0.1` is loopback
-    whatever the IPv6 registry says about `::ffff:0:0/96`.
+    whatever the IPv6 registry says about `::ffff:0:0/96`. `nat64` is the policy's declared NAT64
+    prefixes; an address in 64:ff9b:1::/48 outside them (or with a non-zero u-octet) carries no
+    IPv4 and is in the special range NAT64_UNDECLARED (NAT64_BAD_U_OCTET).
 
     Not cached: it is integer arithmetic, cheaper than hashing an ipaddress object for a cache.
     """
@@ -198,10 +283,12 @@ def classify(ip: IPAddress) -> Address:
         return Address(ip, None, None, _V4_NAMES[bisect_right(_V4_STARTS, value) - 1])
     if ip.scope_id:
         ip = ipaddress.IPv6Address(value)  # the zone id is the dialler's business, not the policy's
-    carried = _embedded(value)
+    carried = _embedded(value, nat64)
     if carried is not None:
-        v4, form = carried
-        return Address(ip, ipaddress.IPv4Address(v4), form, _V4_NAMES[bisect_right(_V4_STARTS, v4) - 1])
+        v4, form, prefix = carried
+        if v4 is None:
+            return Address(ip, None, None, form, prefix)
+        return Address(ip, ipaddress.IPv4Address(v4), form, _V4_NAMES[bisect_right(_V4_STARTS, v4) - 1], prefix)
     return Address(ip, None, None, _V6_NAMES[bisect_right(_V6_STARTS, value) - 1])
 
 

@@ -208,8 +208,16 @@ def check_mmdb(path: Path, label: str) -> Any:
             google, cloudflare = reader.get("8.8.8.8"), reader.get("1.1.1.1")
     except Exception as e:  # an untrusted file can break the decoder in many ways; all mean "unusable"
         raise GeogateError(f"{label} is not a usable MMDB file ({e})") from None
+    from geogate.databases import build_date
+    from geogate.databases import build_text
+    from geogate.databases import clean_text
+
     if meta.ip_version != 6:
-        raise GeogateError(f"{label} has no IPv6 data (ip_version {meta.ip_version}); not using it")
+        raise GeogateError(f"{label} has no IPv6 data (ip_version {clean_text(meta.ip_version, 40)}); not using it")
+    built = build_date(meta.build_epoch)
+    if built is None or built > datetime.now(UTC).date():
+        # update() compares build times to refuse a downgrade: an impossible one would defeat that
+        raise GeogateError(f"{label} has an impossible build time ({build_text(meta.build_epoch)}); not using it")
     if not (isinstance(google, dict) and google.get("country_code") == "US"):
         raise GeogateError(f"{label} does not place 8.8.8.8 in the US (got {google!r}); not using it")
     cc = cloudflare.get("country_code") if isinstance(cloudflare, dict) else None
@@ -367,8 +375,11 @@ def _stamp(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
-def _date(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
+def _date(epoch: Any) -> str:
+    """A build_epoch as a date; a provenance file or a download may hold any value there."""
+    from geogate.databases import build_text
+
+    return build_text(epoch)
 
 
 def _show(path: Path) -> str:

@@ -79,21 +79,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         for w in database_warnings(policy, databases):
             print(w, file=sys.stderr)
         rules = len(policy.all_rules())
+        nat64 = f", nat64 {' '.join(map(str, policy.nat64.networks))}" if policy.nat64 else ""
         print(f"{path}: ok (policy {policy.name}, {rules} rule{'s' if rules != 1 else ''}, "
-              f"mode {policy.mode}, default {policy.default})")
+              f"mode {policy.mode}, default {policy.default}{nat64})")
     return 1 if failed else 0
 
 
 # -- explain -------------------------------------------------------------------------------------
 
 def _explain_text(d: Decision, resolution: str) -> str:
+    from .databases import build_text
+
     rec = decision_record(d)
     lines = []
     host = f"[{rec['host']}]" if ":" in (rec["host"] or "") and rec["port"] else rec["host"]
     target = f"{host}" + (f":{rec['port']}" if rec["port"] else "")
     lines.append(f"target     {target}  ({resolution})")
-    for a in rec["addresses"]:
-        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']})" if a["embedded_ipv4"] else "")
+    for a, v in zip(rec["addresses"], d.outcome.verdicts):
+        via = f" via {v.facts.address.nat64_prefix}" if a["embedded_ipv4"] and v.facts.address.nat64_prefix else ""
+        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']}{via})" if a["embedded_ipv4"] else "")
         if a["error"]:
             geo = f"lookup error: {a['error']}"
         elif a["special"]:
@@ -141,7 +145,7 @@ def _explain_text(d: Decision, resolution: str) -> str:
     p = rec["policy"]
     lines.append(f"policy     {p['name']}  {p['path']}  sha256:{p['sha256'][:16]}")
     for db in rec["databases"]:
-        built = datetime.fromtimestamp(db["build_epoch"], timezone.utc).date()
+        built = build_text(db["build_epoch"])  # metadata is untrusted: UINT64_MAX is no date
         lines.append(f"database   {db['name']}  {db['type']}  built {built}  sha256:{db['sha256'][:16]}")
     for w in rec["warnings"]:
         lines.append(f"warning    {w}")
@@ -253,29 +257,42 @@ def _network_count(db, cache: Path) -> int:
 def cmd_db_info(args: argparse.Namespace) -> int:
     from . import bundled
     from .databases import Database
+    from .databases import build_date
+    from .databases import build_text
+    from .databases import clean_text
     from .state import database_paths
 
     paths = database_paths(args.db)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
     now = time.time()
     out = []
+    today = datetime.fromtimestamp(now, timezone.utc).date()
     for path in paths:
         db = Database(path)
         i = db.info
-        age = int((now - i.build_epoch) // 86400)
+        built = build_date(i.build_epoch)  # None: not a usable time (0, UINT64_MAX, ...)
+        age = int((now - i.build_epoch) // 86400) if built is not None else None
+        problems = []
+        if built is None:
+            problems.append(f"the build time is {build_text(i.build_epoch)}: its age cannot be told")
+        elif built > today:
+            problems.append(f"the build time {built} is in the future: its age cannot be told")
+            age = None
         entry = {
-            "name": i.name, "path": i.path, "type": i.type, "schema": i.schema, "kind": i.kind,
+            "name": i.name, "path": clean_text(i.path, 4096), "type": i.type, "schema": i.schema, "kind": i.kind,
             "build_epoch": i.build_epoch,
-            "built": datetime.fromtimestamp(i.build_epoch, timezone.utc).strftime("%Y-%m-%d"),
-            "age_days": age, "stale": age > STALE_DB_DAYS, "ip_version": i.ip_version,
+            "built": str(built) if built is not None else None,
+            "age_days": age, "stale": age is not None and age > STALE_DB_DAYS, "ip_version": i.ip_version,
             "node_count": i.node_count, "networks": _network_count(db, bundled.cache_dir()),
             "sha256": i.sha256, "description": i.description or None,
         }
+        if problems:
+            entry["problems"] = problems
         p = provenance.get(i.sha256)  # identified by content, wherever the file lives
         if p:
-            entry.update({"source": f"npm {p.get('npm_package')}@{p.get('version')}",
-                          "license": p.get("license"),
-                          "attribution": " ".join(filter(None, (p.get("attribution"), p.get("attribution_url"))))})
+            entry.update({"source": clean_text(f"npm {p.get('npm_package')}@{p.get('version')}"),
+                          "license": clean_text(p.get("license")) if p.get("license") else None,
+                          "attribution": clean_text(" ".join(filter(None, (p.get("attribution"), p.get("attribution_url")))))})
         out.append(entry)
         db.close()
     if args.json:
@@ -285,7 +302,10 @@ def cmd_db_info(args: argparse.Namespace) -> int:
             print(e["name"])
             print(f"  file         {e['path']}")
             print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
-            print(f"  built        {e['built']} ({e['age_days']} days ago)")
+            if e["age_days"] is not None:
+                print(f"  built        {e['built']} ({e['age_days']} days ago)")
+            else:
+                print(f"  built        {build_text(e['build_epoch'])}")
             print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
             print(f"  sha256       {e['sha256']}")
             for key in ("source", "license", "attribution"):
@@ -293,8 +313,12 @@ def cmd_db_info(args: argparse.Namespace) -> int:
                     print(f"  {key:<12} {e[key]}")
             if e["stale"]:
                 print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
+            for problem in e.get("problems", ()):
+                print(f"  WARNING      {problem}")
     if any(e["stale"] for e in out):
         print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days", file=sys.stderr)
+    if any(e.get("problems") for e in out):
+        print("geogate: warning: a database's build time is not usable; check where the file came from", file=sys.stderr)
     return 0
 
 

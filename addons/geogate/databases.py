@@ -24,8 +24,12 @@ import itertools
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from dataclasses import field
+from datetime import date
+from datetime import datetime
+from datetime import timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -76,6 +80,72 @@ class GeoRecord:
 def network_text(ip: IPAddress, prefix_len: int) -> str:
     """The network of a record found for `ip` with `prefix_len`, e.g. "1.2.3.0/24"."""
     return str(ipaddress.ip_network((ip, prefix_len), strict=False))
+
+
+# -- metadata is untrusted input ------------------------------------------------------------------
+# Every metadata field of a database is whatever its writer put there: a build time past the end
+# of the calendar, a type string with terminal escapes, a description of megabytes, a field of the
+# wrong type (the pure-Python reader does not check types). DatabaseInfo holds only cleaned values;
+# build_epoch stays the raw number, and build_date/build_text say when it is not a usable time.
+
+_TEXT_LIMIT = 200
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def clean_text(value: Any, limit: int = _TEXT_LIMIT) -> str:
+    """`value` as one printable line: control, format (bidi) and unassigned characters escaped
+    (\\x1b, \\u202e), anything but a string shown by its repr, at most `limit` characters kept."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable() or any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in text if not c.isascii()):
+        text = "".join(_escape(c) for c in text)
+    return text + ("…" if cut else "")
+
+
+def _escape(c: str) -> str:
+    if c.isascii() and c.isprintable() or not c.isascii() and unicodedata.category(c) not in _UNSAFE_CATEGORIES:
+        return c
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def _meta_int(value: Any) -> int:
+    """An integer metadata field; anything that is not an integer reads as 0."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _meta_description(value: Any) -> str:
+    """The English description (else the first one that is a string), cleaned."""
+    if isinstance(value, dict):
+        text = value.get("en")
+        if not isinstance(text, str):
+            text = next((v for v in value.values() if isinstance(v, str)), "")
+        return clean_text(text)
+    return clean_text(value) if isinstance(value, str) else ""
+
+
+def build_date(epoch: Any) -> date | None:
+    """The UTC date of a build_epoch, or None when it is not a usable time (not an integer, zero,
+    negative, or outside what a date can hold: UINT64_MAX is a valid uint64)."""
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc).date()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def build_text(epoch: Any, today: date | None = None) -> str:
+    """How to show a build_epoch: "2026-06-01", "2999-01-01 (in the future)", or "unknown
+    (build_epoch 0)" / "invalid (build_epoch 18446744073709551615)" with the raw number."""
+    built = build_date(epoch)
+    if built is None:
+        raw = clean_text(repr(epoch), 40)
+        return f"unknown (build_epoch {raw})" if epoch == 0 else f"invalid (build_epoch {raw})"
+    if built > (today or datetime.now(timezone.utc).date()):
+        return f"{built} (in the future)"
+    return str(built)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +207,30 @@ class Database:
         data = _read(self.path)
         self._reader = _open_snapshot(self.path, data)
         meta = self._reader.metadata()
+        ip_version = meta.ip_version
+        if ip_version not in (4, 6) or isinstance(ip_version, bool):
+            self._reader.close()
+            raise DatabaseError(f"{self.path}: the metadata gives ip_version {clean_text(repr(ip_version), 40)}; "
+                                "an MMDB file is IPv4 (4) or IPv6 (6), so this one is corrupt")
         try:
             self.schema, self.kind = _detect(self._reader, self.path)
-        except InvalidDatabaseError as e:
-            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({e})") from None
+        except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError) as e:
+            self._reader.close()
+            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({clean_text(str(e))})") from None
+        except DatabaseError:
+            self._reader.close()
+            raise
         self.info = DatabaseInfo(
-            name=name or self.path.name.removesuffix(".mmdb"),
+            name=clean_text(name or self.path.name.removesuffix(".mmdb")),
             path=str(self.path),
             schema=self.schema,
             kind=self.kind,
-            type=str(meta.database_type),
-            build_epoch=int(meta.build_epoch),
+            type=clean_text(meta.database_type, 100),
+            build_epoch=_meta_int(meta.build_epoch),
             sha256=hashlib.sha256(data).hexdigest(),
-            ip_version=int(meta.ip_version),
-            node_count=int(meta.node_count),
-            description=str((meta.description or {}).get("en", "")),
+            ip_version=ip_version,
+            node_count=_meta_int(meta.node_count),
+            description=_meta_description(meta.description),
             has_country=self.kind in ("country", "city", "enterprise"),
             has_subdivisions=self.kind in ("city", "enterprise"),
             has_asn=self.kind == "asn" or (self.schema == "flat" and self._flat_has_asn()),
@@ -322,7 +401,8 @@ def _open_snapshot(path: Path, data: bytes) -> maxminddb.Reader:
             f.write(data)
         try:
             return maxminddb.open_database(snapshot, maxminddb.MODE_AUTO)
-        except (InvalidDatabaseError, ValueError):
+        except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError, OverflowError):
+            # TypeError: the pure-Python reader's answer to metadata with a required field missing
             raise DatabaseError(
                 f"{path} is not a MaxMind DB (.mmdb) file, or it is truncated or corrupt"
             ) from None

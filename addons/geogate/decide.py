@@ -5,7 +5,9 @@ The live proxy, the audit replay and `geogate explain` all call `decide` and not
 Order of evaluation for one address:
 1. a failed lookup blocks (fail closed);
 2. an address in a special-purpose range, under `special: allow|block`, gets that action, unless a
-   rule whose `networks` contains the address comes first (the way to carve exceptions);
+   rule whose `networks` contains the address comes first (the way to carve exceptions); a NAT64
+   address whose IPv4 cannot be read (local-use prefix not declared, u-octet not zero) blocks
+   whatever the policy says;
 3. rules, first match wins (client profile rules before the policy's); expired rules are skipped
    and the skip is reported;
 4. no rule matched and no database knows the country: `geo.unknown`;
@@ -32,6 +34,8 @@ from datetime import timezone
 from functools import lru_cache
 from ipaddress import ip_address
 
+from .addresses import NAT64_BAD_U_OCTET
+from .addresses import NAT64_UNDECODED
 from .addresses import IPAddress
 from .databases import DatabaseInfo
 from .databases import GeoRecord
@@ -282,8 +286,11 @@ def _evaluate_view(
     ip: IPAddress, special: str | None, records: tuple[GeoRecord, ...], day: date,
     memo: VerdictMemo | None = None, memo_key: tuple | None = None,
 ) -> Verdict:
-    if special is not None and policy.special != "lookup":
-        return _special_verdict(policy, rules, req, facts, ip, special, day)
+    if special is not None:
+        if special in NAT64_UNDECODED:
+            return _nat64_verdict(facts, ip, special)
+        if policy.special != "lookup":
+            return _special_verdict(policy, rules, req, facts, ip, special, day)
     if memo_key is None:
         judgement = _judge(policy, rules, req, records, (ip, facts.address.ip), day)
     else:
@@ -310,6 +317,21 @@ def _special_verdict(
                 return Verdict(facts, rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m)
     return Verdict(facts, policy.special, f"special:{special}",
                    f"{ip} is in a special-purpose range ({special}); policy says special: {policy.special}")
+
+
+def _nat64_verdict(facts: AddressFacts, ip: IPAddress, special: str) -> Verdict:
+    """A NAT64 address whose IPv4 cannot be read blocks, whatever `special:` and the rules say:
+    where it leads is unknown, and a guessed layout could let a sanctioned address through."""
+    prefix = facts.address.nat64_prefix
+    if special == NAT64_BAD_U_OCTET:
+        reason = (f"{ip} is in the NAT64 prefix {prefix} declared by the policy, but its bits 64-71 (the "
+                  f"u-octet) are not zero as RFC 6052 requires, so it carries no IPv4 address that can be "
+                  f"checked; the connection is refused")
+    else:
+        reason = (f"{ip} is in the NAT64 local-use prefix {prefix}, whose layout the policy does not declare, "
+                  f"so the IPv4 address it leads to is unknown and the connection is refused; declare the "
+                  f"prefix your NAT64 uses with its length, e.g. `nat64: [64:ff9b:1::/48]` in the policy")
+    return Verdict(facts, "block", f"special:{special}", reason)
 
 
 def _live(rule: Rule, day: date) -> bool:

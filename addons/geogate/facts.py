@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from maxminddb.errors import InvalidDatabaseError
 
 from .addresses import Address
+from .addresses import NO_NAT64
 from .addresses import IPAddress
+from .addresses import Nat64Prefixes
 from .addresses import classify
 from .databases import DatabaseInfo
 from .databases import DatabaseSet
@@ -68,11 +71,13 @@ class FactsSource:
     """Looks addresses up in a DatabaseSet, with a cache per set (up to `cache_size` addresses).
 
     A new DatabaseSet (reload) gets a new FactsSource, so cached answers never outlive the
-    databases that gave them.
+    databases that gave them. Addresses are classified with the policy's declared NAT64 prefixes
+    (`nat64`): GateState binds them with with_nat64, so cached facts never outlive those either.
     """
 
-    def __init__(self, databases: DatabaseSet, cache_size: int = 4096) -> None:
+    def __init__(self, databases: DatabaseSet, cache_size: int = 4096, nat64: Nat64Prefixes = NO_NAT64) -> None:
         self.databases = databases
+        self.nat64 = nat64
         self.infos: tuple[DatabaseInfo, ...] = tuple(databases.infos)
         self.cache_size = cache_size
         # addresses.ip_key -> the whole AddressFacts (classification included): one probe per
@@ -86,11 +91,18 @@ class FactsSource:
         """Facts for `ip` as it will be dialled (see addresses.classify); `key` is ip_key(ip)."""
         facts = self._cache.get(key)
         if facts is None:
-            facts = self.facts(classify(ip))
+            facts = self.facts(classify(ip, self.nat64))
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
             self._cache[key] = facts
         return facts
+
+    def with_nat64(self, nat64: Nat64Prefixes) -> "FactsSource":
+        """The same source (subclass and all) classifying with `nat64`, with an empty cache."""
+        other = copy.copy(self)
+        other.nat64 = nat64
+        other._cache = {}
+        return other
 
     def facts(self, address: Address) -> AddressFacts:
         """Facts for an already classified address, looked up now (not cached)."""

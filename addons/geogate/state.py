@@ -78,6 +78,8 @@ class GateState:
     _day: tuple = field(default=(0.0, 0.0, None), repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.facts.nat64 != self.policy.nat64:  # addresses are classified with the policy's NAT64 prefixes
+            object.__setattr__(self, "facts", self.facts.with_nat64(self.policy.nat64))
         if self._verdicts is None or self._verdicts.policy is not self.policy:
             object.__setattr__(self, "_verdicts", VerdictMemo(self.policy))
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import timezone
 from functools import lru_cache
 
 from ..databases import DatabaseInfo
+from ..databases import build_text
 from ..policy.model import PolicyRef
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -51,7 +50,7 @@ def policy_line(ref: PolicyRef) -> str:
 
 
 def database_line(info: DatabaseInfo) -> str:
-    built = datetime.fromtimestamp(info.build_epoch, timezone.utc).strftime("%Y-%m-%d")
+    built = build_text(info.build_epoch)  # metadata is untrusted: UINT64_MAX is no date
     return f"{info.name}  built {built}  sha256:{info.sha256[:12]}"
 
 

@@ -19,7 +19,11 @@ from yaml.nodes import Node
 from yaml.nodes import ScalarNode
 from yaml.nodes import SequenceNode
 
+from ..addresses import BUILTIN_CARRIERS
+from ..addresses import NAT64_LENGTHS
+from ..addresses import NAT64_WELL_KNOWN
 from ..addresses import AddressError
+from ..addresses import Nat64Prefixes
 from ..addresses import canonical_host
 from ..addresses import parse_ip
 from ..errors import GeogateError
@@ -38,7 +42,7 @@ from .yamlnodes import compose
 from .yamlnodes import position
 
 TOP_KEYS = (
-    "version", "name", "description", "mode", "default", "geo", "special", "addresses",
+    "version", "name", "description", "mode", "default", "geo", "special", "addresses", "nat64",
     "groups", "rules", "clients",
 )  # fmt: skip
 GEO_KEYS = ("fields", "unknown", "disagreement")
@@ -431,6 +435,60 @@ class _PolicyBuilder:
             self.r.warn(node, f"{label} expired on {when}: it no longer matches anything")
         return when
 
+    # -- nat64 -------------------------------------------------------------------------------
+    def nat64(self, node: Node) -> Nat64Prefixes:
+        """`nat64: [PREFIX/LEN, ...]`: RFC 6052 prefixes, none overlapping another or a built-in form."""
+        lengths = ", ".join(f"/{n}" for n in NAT64_LENGTHS)
+        seen: list[tuple[ipaddress.IPv6Network, int]] = []
+        for item in self.r.items(node, "nat64"):
+            text = self.r.scalar(item, "nat64")
+            if text is None:
+                continue
+            text = text.strip()
+            line = item.start_mark.line + 1
+            if "/" not in text and parse_ip(text) is not None:
+                self.r.error(item, f"nat64: `{text}` has no prefix length; write the prefix your NAT64 uses with "
+                                   f"its RFC 6052 length ({lengths}), e.g. 64:ff9b:1::/48")
+                continue
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError as e:
+                self.r.error(item, f"nat64: `{text}` is not an IPv6 prefix ({e}); write e.g. 64:ff9b:1::/48")
+                continue
+            if net.version != 6:
+                self.r.error(item, f"nat64: `{text}` is an IPv4 network; NAT64 prefixes are IPv6, e.g. 64:ff9b:1::/48")
+                continue
+            if net.prefixlen not in NAT64_LENGTHS:
+                written = ipaddress.ip_address(text.split("/", 1)[0])
+                longer = min((n for n in NAT64_LENGTHS if n > net.prefixlen), default=96)
+                hint = f"; did you mean {ipaddress.ip_network((written, longer), strict=False)}?"
+                self.r.error(item, f"nat64: `{text}`: /{net.prefixlen} is not an RFC 6052 prefix length; write the "
+                                   f"length your NAT64 uses, one of {lengths}{hint}")
+                continue
+            if int(ipaddress.ip_address(text.split("/", 1)[0])) != int(net.network_address):
+                self.r.error(item, f"nat64: `{text}` has host bits set; did you mean {net}?")
+                continue
+            if net.prefixlen == 96 and (int(net.network_address) >> 56) & 0xFF:
+                fixed = ipaddress.IPv6Network((int(net.network_address) & ~(0xFF << 56), 96))
+                self.r.error(item, f"nat64: `{text}`: bits 64-71 of a NAT64 prefix must be zero (RFC 6052 "
+                                   f"section 2.2); did you mean {fixed}?")
+                continue
+            if str(net) == NAT64_WELL_KNOWN:
+                self.r.warn(item, f"nat64: {NAT64_WELL_KNOWN} is the well-known prefix, always decoded; this entry can go")
+                continue
+            clash = next((f"{c} ({form})" for c, form in BUILTIN_CARRIERS if net.overlaps(ipaddress.ip_network(c))), None)
+            if clash is not None:
+                self.r.error(item, f"nat64: `{text}` overlaps {clash}, which geogate already decodes; "
+                                   f"declare only the prefix your NAT64 uses, e.g. 64:ff9b:1::/48")
+                continue
+            other = next(((o, ln) for o, ln in seen if o.overlaps(net)), None)
+            if other is not None:
+                self.r.error(item, f"nat64: `{text}` overlaps {other[0]} (line {other[1]}); an address must have one "
+                                   f"layout, so keep the prefix your NAT64 really uses")
+                continue
+            seen.append((net, line))
+        return Nat64Prefixes(tuple(n for n, _ in seen))
+
     # -- clients -----------------------------------------------------------------------------
     def clients(self, node: Node) -> tuple[ClientProfile, ...]:
         if not isinstance(node, SequenceNode):
@@ -513,6 +571,8 @@ def load_policy_text(text: str, path: str, *, today: date | None = None, data: b
             settings["unknown"] = reader.choice(geo["unknown"][1], "geo.unknown", ("allow", "block"))
         if "disagreement" in geo:
             settings["disagreement"] = reader.choice(geo["disagreement"][1], "geo.disagreement", ("any", "first"))
+    if "nat64" in top:
+        settings["nat64"] = b.nat64(top["nat64"][1])
     if "groups" in top:
         b.read_groups(top["groups"][1])
         for gname, (knode, _items) in b.user_groups.items():

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import date
 
+from ..addresses import NO_NAT64
 from ..addresses import IPNetwork
+from ..addresses import Nat64Prefixes
 
 ACTIONS = ("allow", "block", "monitor")
 FIELDS = ("country", "registered_country", "represented_country")
@@ -81,6 +83,7 @@ class Policy:
     disagreement: str = "any"
     special: str = "block"
     addresses: str = "all"
+    nat64: Nat64Prefixes = NO_NAT64  # declared NAT64 prefixes (64:ff9b::/96 is always decoded)
     groups: dict[str, frozenset[str]] = field(default_factory=dict, hash=False, compare=False)
     rules: tuple[Rule, ...] = ()
     clients: tuple[ClientProfile, ...] = ()

@@ -770,3 +770,19 @@ def test_a_recent_decision_holds_for_its_state_its_utc_day_and_its_lifetime(file
     other = GateState.load(str(files.policy), [str(files.db)])
     assert recent.get(("allowed.test", 80), other, late.timestamp(), 99.0) is None  # a reload
     assert recent.get(("allowed.test", 81), state, late.timestamp(), 99.0) is None
+
+
+async def test_a_blocked_upload_expecting_100_continue_gets_no_100(gate):
+    # without a live connection to write to (here; or TLS, HTTP/2), the expectation is removed so
+    # that mitmproxy sends no 100 Continue: the 403 is the first answer (end to end, it is sent at
+    # once: test_proxy_raw_e2e.py)
+    f = proxy_request(BLOCKED_IP)
+    f.request.method, f.request.timestamp_end = "POST", None
+    f.request.headers["Expect"] = "100-continue"
+    await hook(gate.gg.requestheaders, f)
+    assert f.response.status_code == 403 and "expect" not in f.request.headers
+    ok = proxy_request(ALLOWED_IP)
+    ok.request.method, ok.request.timestamp_end = "POST", None
+    ok.request.headers["Expect"] = "100-continue"
+    await hook(gate.gg.requestheaders, ok)
+    assert ok.response is None and ok.request.headers["expect"] == "100-continue"  # allowed: mitmproxy's 100

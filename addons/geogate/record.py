@@ -204,7 +204,7 @@ def block_body(d: Decision) -> str:
     req = d.request
     lines = [
         "Blocked by geogate.",
-        f"host:    {req.host}" + (f":{req.port}" if req.port else ""),
+        f"host:    {f'[{req.host}]' if req.host and ':' in req.host else req.host}" + (f":{req.port}" if req.port else ""),
         f"address: {d.address or '-'}",
         f"country: {d.country or 'unknown'}",
         f"rule:    {d.rule}",

@@ -573,14 +573,17 @@ async def test_a_raising_resolver_refuses_the_connection(gate, monkeypatch):
     assert "fail closed" in data.server.error
 
 
-async def test_an_unwritable_log_refuses_the_connection(gate, monkeypatch):
+async def test_an_unwritable_log_refuses_the_connection(gate, monkeypatch, caplog):
     def full(record):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(gate.gg.log, "write", full)
     data = hook_data("allowed.test", 443, client("socks5"))
     await gate.gg.server_connect(data)
-    assert "No space left" in data.server.error
+    # the client is told geogate could not decide; the cause is in the event log, under the same id
+    assert "fail closed" in data.server.error and "No space" not in data.server.error
+    error_id = data.server.error.rsplit(" ", 1)[1]
+    assert any(error_id in r.message and "No space left" in r.message for r in caplog.records)
 
 
 async def test_unreachable_resolver_blocks(gate):
@@ -767,3 +770,19 @@ def test_a_recent_decision_holds_for_its_state_its_utc_day_and_its_lifetime(file
     other = GateState.load(str(files.policy), [str(files.db)])
     assert recent.get(("allowed.test", 80), other, late.timestamp(), 99.0) is None  # a reload
     assert recent.get(("allowed.test", 81), state, late.timestamp(), 99.0) is None
+
+
+async def test_a_blocked_upload_expecting_100_continue_gets_no_100(gate):
+    # without a live connection to write to (here; or TLS, HTTP/2), the expectation is removed so
+    # that mitmproxy sends no 100 Continue: the 403 is the first answer (end to end, it is sent at
+    # once: test_proxy_raw_e2e.py)
+    f = proxy_request(BLOCKED_IP)
+    f.request.method, f.request.timestamp_end = "POST", None
+    f.request.headers["Expect"] = "100-continue"
+    await hook(gate.gg.requestheaders, f)
+    assert f.response.status_code == 403 and "expect" not in f.request.headers
+    ok = proxy_request(ALLOWED_IP)
+    ok.request.method, ok.request.timestamp_end = "POST", None
+    ok.request.headers["Expect"] = "100-continue"
+    await hook(gate.gg.requestheaders, ok)
+    assert ok.response is None and ok.request.headers["expect"] == "100-continue"  # allowed: mitmproxy's 100

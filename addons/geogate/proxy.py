@@ -21,6 +21,7 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Awaitable
@@ -36,6 +37,7 @@ from mitmproxy import tls
 from mitmproxy.addons.next_layer import NeedsMoreData
 from mitmproxy.connection import Client
 from mitmproxy.connection import Server
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy.layers import ClientTLSLayer
@@ -51,8 +53,11 @@ from .decide import Decision
 from .decision_log import DecisionLog
 from .dns_mode import DnsGate
 from .errors import GeogateError
+from .record import INTERNAL_ERROR_TEXT
 from .record import block_body
 from .record import decision_record
+from .record import internal_error_body
+from .record import printable
 from .record import proxy_status
 from .record import repeat_record
 from .record import summary_line
@@ -85,7 +90,10 @@ WOULD_BLOCK_MARK = ":warning:"
 MAX_RESOLVE_TIMEOUT = 60.0
 
 
-def fail_closed(block: Callable[[Any, Any, Exception], None]):
+Refusal = Callable[[Any, Any, str, Exception], None]
+
+
+def fail_closed(block: Refusal):
     """Run a hook; if it raises, log it and refuse the connection with `block`."""
 
     def decorate(hook):
@@ -101,16 +109,20 @@ def fail_closed(block: Callable[[Any, Any, Exception], None]):
     return decorate
 
 
-def _refuse(hook_name: str, block: Callable[[Any, Any, Exception], None], addon: Any, arg: Any, error: Exception) -> None:
-    logger.error(f"geogate: {hook_name} failed, refusing the connection (fail closed): {error!r}",
-                 exc_info=logger.isEnabledFor(logging.DEBUG))
+def _refuse(hook_name: str, block: Refusal, addon: Any, arg: Any, error: Exception) -> None:
+    """Log what failed under a new error id, and refuse with `block`. The client is told only
+    that geogate could not decide, and the id; the exception stays in the logs."""
+    error_id = secrets.token_hex(6)
+    logger.error(f"geogate: {hook_name} failed, refusing the connection (fail closed) [error {error_id}]: "
+                 f"{printable(repr(error))}", exc_info=logger.isEnabledFor(logging.DEBUG))
     try:
-        block(addon, arg, error)
+        block(addon, arg, error_id, error)
     except Exception as e2:
-        logger.error(f"geogate: could not refuse the connection after {hook_name} failed: {e2!r}")
+        logger.error(f"geogate: could not refuse the connection after {hook_name} failed [error {error_id}]: "
+                     f"{printable(repr(e2))}")
 
 
-def fail_closed_sync_first(block: Callable[[Any, Any, Exception], None]):
+def fail_closed_sync_first(block: Refusal):
     """fail_closed for a hook that does its work synchronously when it can and returns None, or
     returns a coroutine for the part that must wait (a DNS lookup). mitmproxy awaits only what a
     hook returns, so the common case costs no coroutine at all."""
@@ -137,25 +149,62 @@ def fail_closed_sync_first(block: Callable[[Any, Any, Exception], None]):
     return decorate
 
 
-def _refuse_flow(addon: "GeoGate", flow: http.HTTPFlow, error: Exception) -> None:
+def error_record(error_id: str, error: Exception, *, flow_id: str | None, client: Client, host: Any,
+                 port: Any) -> dict[str, Any]:
+    """The decision-log line of a refusal because geogate failed (`"event": "error"`): who asked
+    for what, and the error under the id the client was shown."""
+    return {
+        "ts": timestamp_at(time.time()), "event": "error", "flow_id": flow_id,
+        "client": client_text(client.peername), "user": None, "mode": mode_name(client.proxy_mode),
+        "host": printable(str(host)) if host is not None else None, "port": port,
+        "sni": printable(client.sni) if client.sni else None,
+        "action": "block", "enforced": True, "would_block": True, "rule": "error",
+        "reason": INTERNAL_ERROR_TEXT, "error_id": error_id,
+        "error": printable(f"{type(error).__name__}: {error}"),
+    }
+
+
+def _write_error(addon: "GeoGate", rec: dict[str, Any]) -> None:
+    if addon.log is not None:
+        try:
+            addon.log.write(rec)
+        except Exception as e:
+            logger.error(f"geogate: the refusal [error {rec['error_id']}] could not be written to the decision "
+                         f"log: {printable(repr(e))}")
+
+
+def internal_error_response(error_id: str) -> http.Response:
+    return http.Response.make(
+        403,
+        internal_error_body(error_id).encode(),
+        {"Content-Type": "text/plain; charset=utf-8",
+         "Proxy-Status": f'geogate; error=proxy_internal_error; details="geogate could not decide; error id {error_id}"'},
+    )
+
+
+def _refuse_flow(addon: "GeoGate", flow: http.HTTPFlow, error_id: str, error: Exception) -> None:
     if not flow.live:
         return  # a replayed flow is only ever reported on
-    flow.response = http.Response.make(
-        403,
-        f"Blocked by geogate: internal error, so the request is refused (fail closed).\n{error!r}\n",
-        {"Content-Type": "text/plain; charset=utf-8",
-         "Proxy-Status": 'geogate; error=proxy_internal_error; details="geogate failed closed"'},
-    )
-    flow.metadata["geogate"] = {"event": "error", "flow_id": flow.id, "action": "block", "error": repr(error)}
+    flow.response = internal_error_response(error_id)
+    _answer_before_upload(flow)
+    rec = error_record(error_id, error, flow_id=flow.id, client=flow.client_conn,
+                       host=flow.request.host, port=flow.request.port)
+    flow.metadata["geogate"] = rec
     flow.marked = BLOCKED_MARK
-    flow.comment = "geogate: internal error, refused (fail closed)"
+    flow.comment = f"geogate: internal error, refused (fail closed) [error {error_id}]"
+    _write_error(addon, rec)
 
 
-def _refuse_server(addon: "GeoGate", data: server_hooks.ServerConnectionHookData, error: Exception) -> None:
-    data.server.error = f"geogate: internal error, connection refused (fail closed): {error!r}"
+def _refuse_server(addon: "GeoGate", data: server_hooks.ServerConnectionHookData, error_id: str,
+                   error: Exception) -> None:
+    # mitmproxy shows this text to some clients ("Connection killed: ..." in a 502 page)
+    data.server.error = f"{INTERNAL_ERROR_TEXT}; error id {error_id}"
+    address = data.server.address or (None, None)
+    _write_error(addon, error_record(error_id, error, flow_id=data.client.id, client=data.client,
+                                     host=address[0], port=address[1]))
 
 
-def _refuse_tls(addon: "GeoGate", data: tls.ClientHelloData, error: Exception) -> None:
+def _refuse_tls(addon: "GeoGate", data: tls.ClientHelloData, error_id: str, error: Exception) -> None:
     # The destination is checked in server_connect whatever happens here; what failed is only
     # the pass-through. Leaving TLS to mitmproxy means a client without its CA fails the
     # handshake, so nothing is relayed that geogate did not mean to relay.
@@ -169,6 +218,42 @@ def block_response(d: Decision) -> http.Response:
         block_body(d).encode(),
         {"Content-Type": "text/plain; charset=utf-8", "Proxy-Status": proxy_status(d)},
     )
+
+
+def _block_flow(flow: http.HTTPFlow, d: Decision) -> None:
+    flow.response = block_response(d)
+    _answer_before_upload(flow)
+
+
+def _answer_before_upload(flow: http.HTTPFlow) -> None:
+    """A refused request that is waiting to send its body (`Expect: 100-continue`) gets its 403
+    now, before any 100 Continue.
+
+    Right after requestheaders, mitmproxy answers the expectation with 100 Continue itself, and
+    it sends a response set in requestheaders only once the whole body has arrived: the client
+    would upload a body that is thrown away. Removing the expectation stops the 100. For plain
+    HTTP/1 (no TLS on the client connection) the 403 is then written to the client at once and
+    the flow is killed, which closes the connection without reading the body (RFC 9110 15.2.1
+    allows a final status instead of 100). Elsewhere (TLS, HTTP/2) the 403 is still the first
+    answer, sent once the client has given up waiting and sent its body.
+    """
+    req = flow.request
+    if req.timestamp_end is not None or req.method == "CONNECT" or req.headers.get("expect", "").lower() != "100-continue":
+        return
+    del req.headers["expect"]
+    client = flow.client_conn
+    if client.tls or not req.http_version.startswith("HTTP/1") or not flow.killable:
+        return
+    proxyserver = ctx.master.addons.get("proxyserver") if ctx.master else None
+    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    io = getattr(handler, "transports", {}).get(client)
+    writer = getattr(io, "writer", None)
+    if writer is None or writer.is_closing():
+        return
+    response = flow.response
+    response.headers["Connection"] = "close"
+    writer.write(http1.assemble_response(response))
+    flow.kill()  # mitmproxy closes the connection and sends nothing more
 
 
 def _parse_timeout(text: str) -> float:
@@ -373,10 +458,11 @@ class GeoGate:
 
     async def _decide_name(self, raw_host: str, port: int, **context) -> Decision:
         """A destination the client named: resolve it once and decide on every address."""
+        raw_host = printable(str(raw_host))  # what a client sent need not be UTF-8
         try:
-            host = canonical_host(str(raw_host))
+            host = canonical_host(raw_host)
         except AddressError as e:
-            return self.current_state().decide(make_request(str(raw_host), port, **context), [], resolve_error=str(e))
+            return self.current_state().decide(make_request(raw_host, port, **context), [], resolve_error=str(e))
         addresses, error = await self._resolve(host)
         # The state is read after the await: a reload meanwhile applies to this decision whole.
         return self.current_state().decide(make_request(host, port, **context), addresses, resolve_error=error)
@@ -388,6 +474,7 @@ class GeoGate:
             return await self._decide_name(ip_text, port, **context)
         claimed = None
         if claim:
+            claim = printable(claim)  # from a Host header or SNI: any bytes at all
             try:
                 claim = canonical_host(claim)
             except AddressError:
@@ -563,7 +650,7 @@ class GeoGate:
     def _proxy_request_decided_now(self, flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
         """Answer a block, or point the request at the checked address."""
         if d.blocked:
-            flow.response = block_response(d)
+            _block_flow(flow, d)
             return
         data = flow.request.data
         address, port = rec["address"], data.port  # the record spells the address already
@@ -586,9 +673,9 @@ class GeoGate:
         claim = host_of_header(flow.request.host_header) if flow.request.host_header else client.sni
         context = dict(self._flow_context(flow), sni=client.sni)
         d = await self._decide_intercepted(str(address[0]), int(address[1]), claim, **context)
-        self._record(d, flow, url=flow.request.pretty_url)
+        self._record(d, flow, url=printable(flow.request.pretty_url))
         if d.blocked:
-            flow.response = block_response(d)
+            _block_flow(flow, d)
             return
         self.carried.remember(client.id, address, d)
 
@@ -598,7 +685,8 @@ class GeoGate:
         if d is None:
             return
         rec = decision_record(d)
-        rec.update(event="request", flow_id=flow.id, connection_id=d.request.flow_id, url=flow.request.pretty_url)
+        rec.update(event="request", flow_id=flow.id, connection_id=d.request.flow_id,
+                   url=printable(flow.request.pretty_url))
         self._annotate(flow, d, rec)
         if self.intercept and self.log is not None:
             self.log.write(rec)  # with interception on, every URL is logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from datetime import timezone
@@ -130,8 +131,46 @@ def repeat_record(template: dict[str, Any], wall: float, flow_id: str | None, cl
     return rec
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(m: re.Match) -> str:
+    c = ord(m.group())
+    # U+DC80..U+DCFF is how Python keeps a byte that is not UTF-8 (surrogateescape): that byte
+    return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a byte a client sent that is not UTF-8 (mitmproxy keeps it as a
+    surrogateescape'd character) becomes the four characters `\\xNN`, as Python's
+    backslashreplace writes it; any other lone surrogate becomes `\\uXXXX`. Everything else,
+    valid non-ASCII included, is unchanged. The one rule for every text geogate writes that a
+    client had a hand in: the decision log, flow metadata, the event log, block pages."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _printable_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_tree(v) for v in value]
+    return value
+
+
 def to_json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    """One JSON line, always valid UTF-8 (see printable)."""
+    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a text that missed printable() on its way in
+            line = json.dumps(_printable_tree(record), ensure_ascii=False, separators=(",", ":"),
+                              default=lambda o: printable(str(o)))
+    return line
 
 
 def proxy_status(d: Decision) -> str:
@@ -141,21 +180,47 @@ def proxy_status(d: Decision) -> str:
     return f'geogate; error=destination_ip_prohibited; details="{details}"'
 
 
+INTERNAL_ERROR_TEXT = "geogate could not decide; refused (fail closed)"
+
+
+def client_reason(d: Decision) -> str:
+    """The reason as a blocked client reads it. A policy's own reasons are meant for clients and
+    are shown as written. Where geogate itself failed to check the destination (rules `error`
+    and `resolve-error`), the full reason, which can name files and name servers, stays in the
+    decision record; the client reads what happened, and the resolver's detail only when it
+    names no path."""
+    if d.rule == "error":
+        return "the GeoIP lookup of the address failed, so the connection is refused (fail closed)"
+    if d.rule == "resolve-error":
+        detail = d.reason or ""
+        text = "the name could not be resolved, so its address could not be checked; refused (fail closed)"
+        return f"{text}: {detail}" if detail and "/" not in detail and "\\" not in detail else text
+    return d.reason
+
+
 def block_body(d: Decision) -> str:
-    """The short plain-text body a blocked HTTP client reads."""
+    """The short plain-text body a blocked HTTP client reads: what was blocked and why, and the
+    id of the decision record (its flow_id), never a file name or a hash of one."""
     req = d.request
     lines = [
         "Blocked by geogate.",
-        f"host:    {req.host}" + (f":{req.port}" if req.port else ""),
+        f"host:    {f'[{req.host}]' if req.host and ':' in req.host else req.host}" + (f":{req.port}" if req.port else ""),
         f"address: {d.address or '-'}",
         f"country: {d.country or 'unknown'}",
         f"rule:    {d.rule}",
-        f"reason:  {d.reason}",
+        f"reason:  {client_reason(d)}",
     ]
     if d.citation:
         lines.append(f"citation: {d.citation}")
-    lines.append(f"policy:  {d.policy.name} (sha256 {d.policy.sha256[:12]})")
-    return "\n".join(lines) + "\n"
+    lines.append(f"policy:  {d.policy.name}")
+    if req.flow_id:
+        lines.append(f"id:      {req.flow_id}")
+    return printable("\n".join(lines) + "\n")
+
+
+def internal_error_body(error_id: str) -> str:
+    """What a client reads when geogate failed: no exception text, no path."""
+    return f"{INTERNAL_ERROR_TEXT}.\nerror id: {error_id}\n"
 
 
 def timestamp_at(wall: float) -> str:

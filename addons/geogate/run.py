@@ -1,7 +1,10 @@
 """`geogate run`: check the configuration, say what will run, then become mitmdump with the addon.
 
-The policy and databases are loaded here first, so a mistake ends in a plain message before any
-port is opened; mitmdump then loads them again itself (and keeps watching them).
+Every start-up input is checked here first: the policy and databases are loaded, the decision log
+is opened, the mode, port and geogate option values are parsed. A mistake ends in one plain line
+before any port is opened. mitmdump loads the script concurrently with opening its listeners, so
+an error the addon finds only there would come after the port was bound. mitmdump then loads the
+policy and databases again itself (and keeps watching them).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .decision_log import DecisionLog
 from .errors import GeogateError
 from .reload import describe
 from .state import GateState
@@ -29,6 +33,24 @@ def _mode_specs(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return specs
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port` as people (and URLs) write it: an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
+
+
+def listen_lines(mode: str, host: str, port: int) -> str:
+    """The start-up line that says where the proxy listens and, in regular mode, the proxy URL
+    to give clients: a usable URL (a wildcard address becomes loopback, IPv6 in brackets)."""
+    where = "all addresses, port %d" % port if host in ("", "*") else host_port(host, port)
+    if mode != "regular":
+        return f"geogate: listening on {where} ({mode} mode)"
+    url = f"http://{host_port(_WILDCARDS.get(host, host), port)}"
+    return f"geogate: listening on {where} (regular mode); use HTTP_PROXY={url} HTTPS_PROXY={url}"
+
+
 def _set_values(extra: list[str], name: str) -> list[str]:
     """The values `--set name=VALUE` gives in the mitmdump arguments (repeatable)."""
     values = []
@@ -37,6 +59,31 @@ def _set_values(extra: list[str], name: str) -> list[str]:
         if setting.startswith(name + "="):
             values.append(setting.split("=", 1)[1])
     return values
+
+
+def preflight(args: argparse.Namespace, extra: list[str]) -> None:
+    """Check the inputs mitmdump would check only after opening its port. Raises GeogateError."""
+    from mitmproxy import exceptions
+    from mitmproxy.proxy import mode_specs
+
+    from .proxy import _parse_timeout
+
+    for spec in _mode_specs(args, extra):
+        try:
+            mode_specs.ProxyMode.parse(spec)
+        except ValueError as e:
+            raise GeogateError(f"--mode {spec}: {e}") from None
+    if not 0 <= args.listen_port <= 65535:
+        raise GeogateError(f"--listen-port {args.listen_port}: not a port number (0 to 65535)")
+    for value in _set_values(extra, "geogate_resolve_timeout"):
+        try:
+            _parse_timeout(value)
+        except exceptions.OptionsError as e:
+            raise GeogateError(str(e)) from None
+    for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
+        if path:
+            # opened for appending as the proxy will (creating it if need be), then closed
+            DecisionLog(os.path.abspath(os.path.expanduser(path))).close()
 
 
 def _mitmdump() -> str | None:
@@ -69,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise GeogateError(f"the mitmproxy entry point {ADDON} is missing; run geogate from a checkout "
                            "(pip install -e .) or use `mitmdump -s addons/geogate_addon.py`")
     state = GateState.load(args.policy, args.db)
+    preflight(args, extra)
     from .dns_mode import refusal_before_start
 
     if refusal := refusal_before_start(state, _mode_specs(args, extra), _set_values(extra, "dns_name_servers")):
@@ -78,11 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"geogate: {line}")
     for w in state.warnings:
         print(f"geogate: {w}")
-    where = f"{args.listen_host}:{args.listen_port}"
-    if args.mode == "regular":
-        print(f"geogate: listening on {where} (regular mode); use HTTP_PROXY=http://{where} HTTPS_PROXY=http://{where}")
-    else:
-        print(f"geogate: listening on {where} ({args.mode} mode)")
+    print(listen_lines(args.mode, args.listen_host, args.listen_port))
     print("geogate: TLS is intercepted: clients must trust the mitmproxy CA" if args.intercept
           else "geogate: TLS passes through untouched (no CA needed on clients)")
     print(f"geogate: decision log {os.path.abspath(args.log)}" if args.log

@@ -23,6 +23,7 @@ from .addresses import split_host_port
 from .decide import Decision
 from .decide import Request
 from .decide import parse_client
+from .record import printable
 from .state import utc_day
 
 INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
@@ -64,17 +65,19 @@ def make_request(
     claimed_addresses: frozenset[IPAddress] | None = None,
 ) -> Request:
     client = client_text(peername)
+    # host, SNI and user are what a client sent: kept as valid UTF-8 (record.printable), so
+    # every record, log line and block page made from them is
     return Request(
-        host=host,
+        host=printable(host) if host else host,
         port=port,
         client_ip=parse_client(str(peername[0])) if peername else None,
-        user=user,
+        user=printable(user) if user else user,
         host_is_claim=claim,
         host_addresses=claimed_addresses if claim else None,
         flow_id=flow_id,
         client=client,
         mode=mode,
-        sni=sni,
+        sni=printable(sni) if sni else sni,
     )
 
 
@@ -90,9 +93,9 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443, b"ws": 80, b"wss": 443}
 
 def target_url(data) -> str:
     """The URL a request names (mitmproxy RequestData: scheme, host, port, path), default port
-    left out, IPv6 in brackets."""
+    left out, IPv6 in brackets; bytes of the path that are not UTF-8 as `\\xNN` (record.printable)."""
     path = data.path
-    return _origin_text(data.scheme, data.host, data.port) + ("" if path == b"*" else path.decode("utf-8", "surrogateescape"))
+    return _origin_text(data.scheme, data.host, data.port) + ("" if path == b"*" else path.decode("utf-8", "backslashreplace"))
 
 
 @lru_cache(maxsize=4096)  # clients repeat their destinations; see client_text

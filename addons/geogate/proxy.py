@@ -62,6 +62,8 @@ from .reload import LiveState
 from .reload import Source
 from .reload import describe
 from .reload import one_line
+from .resolve import DEFAULT_CACHE_BYTES
+from .resolve import DEFAULT_CACHE_ENTRIES
 from .resolve import Resolver
 from .resolve import ResolveError
 from .state import GateState
@@ -240,6 +242,8 @@ class GeoGate:
         loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
         loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
         loader.add_option("geogate_resolve_timeout", str, "3", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+        loader.add_option("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES, "geogate: most host names whose DNS answer or failure is cached (least recently used dropped first; 0 = no cache).")
+        loader.add_option("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES, "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
         loader.add_option("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}", "geogate: seconds a changed policy or database must stay unchanged after its writer closed it before it is applied.")
 
     def configure(self, updated: set[str]) -> None:
@@ -249,6 +253,10 @@ class GeoGate:
                 self._refuse_upstream(opts.mode)
             if "geogate_resolve_timeout" in updated:
                 self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
+            if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
+                if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
+                    raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
+                self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
             if "geogate_reload_settle" in updated:
                 self.reload_settle = _parse_settle(opts.geogate_reload_settle)
                 if self.live is not None:

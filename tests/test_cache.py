@@ -1,8 +1,9 @@
-"""geogate.cache.FifoCache: the bounded dictionary of the decision caches."""
+"""geogate.cache: FifoCache (the decision caches) and TtlLruCache (the DNS cache)."""
 
 from __future__ import annotations
 
 from geogate.cache import FifoCache
+from geogate.cache import TtlLruCache
 
 
 def test_keeps_the_most_recent_inserts() -> None:
@@ -45,3 +46,64 @@ def test_clear() -> None:
     cache.put("c", 3)
     cache.put("d", 4)
     assert dict(cache) == {"c": 3, "d": 4}
+
+
+# -- TtlLruCache: the DNS cache ------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ttl_entries_expire_without_being_asked_for_again() -> None:
+    clock = Clock()
+    cache = TtlLruCache(10_000, 10**9, clock=clock)
+    for i in range(1000):
+        cache.put(f"nx{i}.test", "no such host", 30.0, 100)
+    assert len(cache) == 1000 and cache.bytes == 100_000
+    clock.now += 30.0
+    cache.put("one-more.test", "no such host", 30.0, 100)  # an insert sweeps what has expired
+    assert len(cache) == 1 and cache.bytes == 100
+    assert cache.get("nx5.test") is None
+
+
+def test_ttl_an_expired_entry_is_a_miss() -> None:
+    clock = Clock()
+    cache = TtlLruCache(10, 10_000, clock=clock)
+    cache.put("a", "A", 5.0, 10)
+    assert cache.get("a") == ("A", 105.0)
+    clock.now += 5.0
+    assert cache.get("a") is None and len(cache) == 0 and cache.bytes == 0
+
+
+def test_ttl_lru_evicts_the_least_recently_used() -> None:
+    cache = TtlLruCache(3, 10_000, clock=Clock())
+    for key in "abc":
+        cache.put(key, key.upper(), 60.0, 10)
+    assert cache.get("a") == ("A", 160.0)  # a is now the most recently used
+    cache.put("d", "D", 60.0, 10)
+    assert "b" not in cache and {"a", "c", "d"} == {k for k in "abcd" if k in cache}
+
+
+def test_ttl_lru_bounds_the_bytes() -> None:
+    cache = TtlLruCache(1000, 1000, clock=Clock())
+    for i in range(50):
+        cache.put(i, "x", 60.0, 300)
+        assert cache.bytes <= 1000
+    assert len(cache) == 3 and list(cache._data) == [47, 48, 49]
+    cache.put("huge", "x", 60.0, 1001)  # larger than the whole bound: not kept
+    assert "huge" not in cache and cache.bytes == 900
+
+
+def test_ttl_replacing_a_key_keeps_one_entry_and_the_heap_small() -> None:
+    clock = Clock()
+    cache = TtlLruCache(10, 10_000, clock=clock)
+    for i in range(10_000):
+        cache.put("same", i, 60.0, 10)
+    assert len(cache) == 1 and cache.bytes == 10 and cache.get("same") == (9999, 160.0)
+    assert len(cache._heap) <= len(cache) + len(cache) // 4 + 64
+    clock.now += 60.0
+    assert cache.purge() == 1 and len(cache) == 0 and cache.bytes == 0

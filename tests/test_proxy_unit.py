@@ -65,7 +65,8 @@ async def gate(files):
     gg = GeoGate()
     with taddons.context(gg) as tctx:
         tctx.configure(gg, geogate_policy=str(files.policy), geogate_db=[str(files.db)],
-                       geogate_log=str(files.log), geogate_resolve_timeout="0.5")
+                       geogate_log=str(files.log), geogate_resolve_timeout="0.5",
+                       geogate_reload_settle="0")  # the reload timing is tested in test_reload.py
         yield SimpleNamespace(gg=gg, tctx=tctx, files=files)
         gg.done()
 
@@ -116,7 +117,8 @@ async def test_options_survive_a_script_reload(gate):
     GeoGate().load(loader)
     assert gate.tctx.options.geogate_policy == str(gate.files.policy)
     assert gate.tctx.options.geogate_db == [str(gate.files.db)]
-    for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_intercept", "geogate_resolve_timeout"):
+    for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_intercept", "geogate_resolve_timeout",
+                 "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes"):
         assert "\n" not in gate.tctx.options._options[name].help
 
 

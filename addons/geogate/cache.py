@@ -1,9 +1,13 @@
-"""A bounded dictionary for the caches on the decision path."""
+"""Bounded caches: a FIFO dictionary for the decision path, a TTL + LRU cache for DNS answers."""
 
 from __future__ import annotations
 
+import heapq
+import time
+from collections import OrderedDict
 from collections import deque
 from typing import Any
+from typing import Callable
 
 
 class FifoCache(dict):
@@ -34,3 +38,97 @@ class FifoCache(dict):
     def clear(self) -> None:
         super().clear()
         self._order.clear()
+
+
+class TtlLruCache:
+    """A cache whose entries expire, bounded in entries and in (approximate) bytes.
+
+    - `get` returns (value, expires) for a live entry and marks it recently used; an expired
+      entry is dropped there and then.
+    - `put` stores a value for `ttl` seconds with the caller's estimate of its size in bytes. It
+      first drops every entry that has expired (a heap of expiry times, so a name nobody asks for
+      again still leaves on time: amortised O(log n) per insert), then the least recently used
+      entries while there are more than `max_entries` or more than `max_bytes`. A value larger than
+      `max_bytes` on its own is not kept.
+    `cache[key]` is the raw entry (expires, value, size, seq), for tests and tools.
+    """
+
+    __slots__ = ("max_entries", "max_bytes", "bytes", "clock", "_data", "_heap", "_seq")
+
+    def __init__(self, max_entries: int, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.clock = clock
+        self._data: OrderedDict[Any, tuple[float, Any, int, int]] = OrderedDict()
+        self._heap: list[tuple[float, int, Any]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._data
+
+    def __getitem__(self, key: Any) -> tuple[float, Any, int, int]:
+        return self._data[key]
+
+    def get(self, key: Any, now: float | None = None) -> tuple[Any, float] | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= (self.clock() if now is None else now):
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return entry[1], entry[0]
+
+    def put(self, key: Any, value: Any, ttl: float, size: int, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if key in self._data:
+            self._drop(key)
+        self.purge(now)
+        if ttl <= 0 or size > self.max_bytes or self.max_entries <= 0:
+            return
+        self._seq += 1
+        expires = now + ttl
+        self._data[key] = (expires, value, size, self._seq)
+        self.bytes += size
+        heapq.heappush(self._heap, (expires, self._seq, key))
+        self.shrink()
+
+    def shrink(self) -> None:
+        """Evict least recently used entries until both bounds hold."""
+        data = self._data
+        while data and (len(data) > self.max_entries or self.bytes > self.max_bytes):
+            _key, entry = data.popitem(last=False)
+            self.bytes -= entry[2]
+        if len(self._heap) > len(data) + len(data) // 4 + 64:  # evicted and replaced entries pile up: rebuild
+            self._heap = [(e[0], e[3], k) for k, e in data.items()]
+            heapq.heapify(self._heap)
+
+    def purge(self, now: float | None = None) -> int:
+        """Drop every expired entry; how many were dropped."""
+        now = self.clock() if now is None else now
+        heap, data, dropped = self._heap, self._data, 0
+        while heap and heap[0][0] <= now:
+            _expires, seq, key = heapq.heappop(heap)
+            entry = data.get(key)
+            if entry is not None and entry[3] == seq:
+                del data[key]
+                self.bytes -= entry[2]
+                dropped += 1
+        return dropped
+
+    def pop(self, key: Any) -> None:
+        if key in self._data:
+            self._drop(key)
+
+    def _drop(self, key: Any) -> None:
+        entry = self._data.pop(key)
+        self.bytes -= entry[2]  # its heap item goes when it expires or at the next rebuild
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._heap.clear()
+        self.bytes = 0

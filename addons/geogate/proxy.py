@@ -62,10 +62,14 @@ from .record import proxy_status
 from .record import repeat_record
 from .record import summary_line
 from .record import timestamp_at
+from .reload import DEFAULT_SETTLE
+from .reload import MAX_SETTLE
 from .reload import LiveState
 from .reload import Source
 from .reload import describe
 from .reload import one_line
+from .resolve import DEFAULT_CACHE_BYTES
+from .resolve import DEFAULT_CACHE_ENTRIES
 from .resolve import Resolver
 from .resolve import ResolveError
 from .state import GateState
@@ -267,6 +271,17 @@ def _parse_timeout(text: str) -> float:
     return value
 
 
+def _parse_settle(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_SETTLE:
+        raise exceptions.OptionsError(
+            f"geogate_reload_settle: `{text}` is not a number of seconds from 0 to {MAX_SETTLE:g}, e.g. 1 or 0.5")
+    return value
+
+
 def hook_names(addon: object) -> list[str]:
     """The mitmproxy hooks `addon` has a method for."""
     from mitmproxy import addonmanager  # noqa: F401  (defines the load hook)
@@ -283,6 +298,7 @@ class GeoGate:
             resolv_conf=os.environ.get("GEOGATE_RESOLV_CONF") or "/etc/resolv.conf",
         )
         self.live: LiveState | None = None
+        self.reload_settle = DEFAULT_SETTLE
         self.log: DecisionLog | None = None
         self.intercept = False
         self.carried = CarriedDecisions()
@@ -313,6 +329,9 @@ class GeoGate:
         loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
         loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
         loader.add_option("geogate_resolve_timeout", str, "3", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+        loader.add_option("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES, "geogate: most host names whose DNS answer or failure is cached (least recently used dropped first; 0 = no cache).")
+        loader.add_option("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES, "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
+        loader.add_option("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}", "geogate: seconds a changed policy or database must stay unchanged after its writer closed it before it is applied.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -321,6 +340,14 @@ class GeoGate:
                 self._refuse_upstream(opts.mode)
             if "geogate_resolve_timeout" in updated:
                 self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
+            if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
+                if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
+                    raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
+                self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
+            if "geogate_reload_settle" in updated:
+                self.reload_settle = _parse_settle(opts.geogate_reload_settle)
+                if self.live is not None:
+                    self.live.settle = self.reload_settle
             if "geogate_intercept" in updated:
                 self.intercept = bool(opts.geogate_intercept)
             if updated & {"geogate_policy", "geogate_db"}:
@@ -391,7 +418,7 @@ class GeoGate:
 
     def _load_state(self, policy: str, dbs: Sequence[str]) -> None:
         try:
-            live = LiveState(Source(policy or None, tuple(d for d in dbs if d)))
+            live = LiveState(Source(policy or None, tuple(d for d in dbs if d)), settle=self.reload_settle)
         except GeogateError as e:
             error = exceptions.OptionsError(f"geogate: {one_line(e)}")
             error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]

@@ -3,6 +3,16 @@
 The answer is what gets checked and what the connection is pinned to, so nothing else may look
 the name up again. Sources, in order: IP literals, RFC 6761 `localhost` names, the hosts file
 (re-read when it changes), then DNS via the system's resolv.conf.
+
+The DNS cache is bounded (cache.TtlLruCache), so clients asking for ever new names cannot grow
+the proxy: at most `cache_entries` names and about `cache_bytes` bytes, least recently used
+dropped first, every entry gone when its TTL ends (whether or not it is asked for again).
+- an answer lives for its record TTL, kept within [min_ttl, max_ttl] (5-300 s);
+- "no such name" / "no A or AAAA record" lives for the negative TTL of the zone's SOA (the
+  smaller of its TTL and MINIMUM, RFC 2308) within [nx_min_ttl, nx_max_ttl] (5-60 s), and for
+  nx_default_ttl (30 s) when the answer carried no SOA;
+- any other failure (timeout, SERVFAIL, no server) lives for negative_ttl (5 s).
+A failure is never an allow: a cached failure is raised again, and the caller blocks on it.
 """
 
 from __future__ import annotations
@@ -12,20 +22,58 @@ import ipaddress
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import dns.asyncresolver
 import dns.exception
+import dns.rdatatype
 import dns.resolver
 
 from .addresses import IPAddress
 from .addresses import is_localhost_name
 from .addresses import parse_ip
+from .cache import TtlLruCache
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 class ResolveError(Exception):
-    """The name could not be resolved; the message says why (and is safe to show)."""
+    """The name could not be resolved; the message says why (and is safe to show). `ttl`: how
+    long the failure may be cached (None: the resolver's negative_ttl)."""
+
+    def __init__(self, message: str, ttl: float | None = None) -> None:
+        super().__init__(message)
+        self.ttl = ttl
+
+# What an entry costs beyond its strings, roughly: the Resolution or exception, its tuple, the
+# cache's OrderedDict slot, entry tuple and heap item (measured with tracemalloc: ~600 bytes).
+ENTRY_OVERHEAD = 580
+ADDRESS_BYTES = 72  # an IPv4Address/IPv6Address object in the answer tuple
+DEFAULT_CACHE_ENTRIES = 10_000
+DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def entry_size(name: str, value: "Resolution | str") -> int:
+    """The approximate bytes a cache entry holds (an answer, or a failure's message)."""
+    if isinstance(value, Resolution):
+        return ENTRY_OVERHEAD + 2 * len(name) + ADDRESS_BYTES * len(value.addresses)
+    return ENTRY_OVERHEAD + len(name) + len(value)
+
+
+def negative_ttl_of(error: Exception) -> float | None:
+    """RFC 2308: the negative TTL a NXDOMAIN/NoAnswer response gives (min of the SOA record's TTL
+    and its MINIMUM field), None when the response has no SOA."""
+    responses = []
+    if isinstance(error, dns.resolver.NXDOMAIN):
+        responses = [r for r in (error.kwargs.get("responses") or {}).values() if r is not None]
+    elif isinstance(error, dns.resolver.NoAnswer):
+        responses = [error.kwargs.get("response")]
+    ttls = []
+    for response in responses:
+        for rrset in getattr(response, "authority", ()) or ():
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                ttls.append(min(rrset.ttl, rrset[0].minimum))
+    return min(ttls) if ttls else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +110,22 @@ class Resolver:
         min_ttl: float = 5.0,
         max_ttl: float = 300.0,
         negative_ttl: float = 5.0,
+        nx_default_ttl: float = 30.0,
+        nx_min_ttl: float = 5.0,
+        nx_max_ttl: float = 60.0,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.timeout = timeout
         self.hosts_path = hosts_path
         self.resolv_conf = resolv_conf
         self.min_ttl, self.max_ttl, self.negative_ttl = min_ttl, max_ttl, negative_ttl
+        self.nx_default_ttl, self.nx_min_ttl, self.nx_max_ttl = nx_default_ttl, nx_min_ttl, nx_max_ttl
         self._hosts: dict[str, tuple[IPAddress, ...]] = {}
         self._hosts_stamp: tuple[float, int] | None = None
         self._hosts_checked = 0.0
-        self._cache: dict[str, tuple[float, Resolution | ResolveError]] = {}
+        self._cache = TtlLruCache(cache_entries, cache_bytes, clock=clock)
         self._inflight: dict[str, asyncio.Future[Resolution]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
 
@@ -132,9 +187,11 @@ class Resolver:
                 if ip not in addresses:
                     addresses.append(ip)
         if not addresses:
+            soa = [t for t in map(negative_ttl_of, answers) if t is not None]
+            nx_ttl = min(max(min(soa), self.nx_min_ttl), self.nx_max_ttl) if soa else self.nx_default_ttl
             if all(isinstance(a, dns.resolver.NXDOMAIN) for a in answers):
-                raise ResolveError(f"{name}: no such host (NXDOMAIN)")
-            raise ResolveError(f"{name} has no A or AAAA record")
+                raise ResolveError(f"{name}: no such host (NXDOMAIN)", nx_ttl)
+            raise ResolveError(f"{name} has no A or AAAA record", nx_ttl)
         ttl = min(max(min(ttls), self.min_ttl), self.max_ttl)
         return Resolution(name, tuple(addresses), "dns", ttl)
 
@@ -150,13 +207,13 @@ class Resolver:
         from_hosts = self._hosts_lookup(name)
         if from_hosts:
             return Resolution(name, from_hosts, "hosts", 0.0)
-        now = time.monotonic()
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] > now:
-            if isinstance(cached[1], ResolveError):
-                raise cached[1]
-            r = cached[1]
-            return Resolution(r.name, r.addresses, "cache", cached[0] - now)
+        now = self._cache.clock()
+        cached = self._cache.get(name, now)
+        if cached is not None:
+            value, expires = cached
+            if isinstance(value, str):  # a failure: only its message is kept (a traceback holds
+                raise ResolveError(value)  # every frame and DNS response it passed through)
+            return Resolution(value.name, value.addresses, "cache", expires - now)
         return None
 
     async def resolve(self, name: str) -> Resolution:
@@ -172,15 +229,21 @@ class Resolver:
         try:
             result = await self._query(name)
         except ResolveError as e:
-            self._cache[name] = (time.monotonic() + self.negative_ttl, e)
+            message = str(e)
+            self._cache.put(name, message, self.negative_ttl if e.ttl is None else e.ttl, entry_size(name, message))
             fut.set_exception(e)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
             self._inflight.pop(name, None)
-        self._cache[name] = (time.monotonic() + result.ttl, result)
+        self._cache.put(name, result, result.ttl, entry_size(name, result))
         fut.set_result(result)
         return result
+
+    def set_cache_limits(self, entries: int, size: int) -> None:
+        """Change the cache bounds; entries beyond them leave at once."""
+        self._cache.max_entries, self._cache.max_bytes = entries, size
+        self._cache.shrink()
 
 
 def resolve_sync(name: str, timeout: float = 3.0) -> Resolution:

@@ -10,6 +10,7 @@ caller can check both.
 from __future__ import annotations
 
 import ipaddress
+import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
@@ -205,6 +206,10 @@ def classify(ip: IPAddress) -> Address:
     return Address(ip, None, None, _V6_NAMES[bisect_right(_V6_STARTS, value) - 1])
 
 
+# One part of an inet_aton address: hex (at least one digit after 0x), octal, or decimal.
+_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
 def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
     """Read `text` the way glibc's inet_aton does (1-4 parts, decimal/octal/hex), else None."""
     parts = text.split(".")
@@ -212,18 +217,17 @@ def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
         return None
     values = []
     for part in parts:
-        if not part:
+        # ASCII digits only, no sign, '_' or spaces: int() accepts all of those, inet_aton none
+        if not _ATON_PART.fullmatch(part):
             return None
         try:
             if part[:2].lower() == "0x":
-                value = int(part[2:], 16) if len(part) > 2 else 0
+                value = int(part[2:], 16)
             elif len(part) > 1 and part[0] == "0":
                 value = int(part[1:], 8)
-            elif part.isdigit():
-                value = int(part)
             else:
-                return None
-        except ValueError:
+                value = int(part)
+        except ValueError:  # more digits than int() reads
             return None
         values.append(value)
     *head, last = values

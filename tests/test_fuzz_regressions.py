@@ -1,0 +1,45 @@
+"""Plain regression tests for what the property-based tests (tests/test_fuzz_*.py) found.
+
+Each case is one that once misbehaved; the docs/fuzzing.md findings list says when and how.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from geogate.addresses import AddressError
+from geogate.addresses import canonical_host
+from geogate.addresses import parse_ip
+
+# Lax IPv4 parts that int() accepts and glibc's inet_aton does not: each is not an address
+# (a name for DNS), never an exception and never a different address than glibc would dial.
+NOT_INET_ATON = [
+    "0x-1",  # a sign: IPv4Address(-1) raised AddressValueError out of parse_ip
+    "0x+1",
+    "0x",  # no hex digit: was read as 0.0.0.0
+    "0X",
+    "0x.1",
+    "0x1_0",  # '_' between digits: was 0.0.0.16
+    "01_7",
+    "0x 1",  # a space inside a part
+    "١٢٣",  # Arabic-Indic digits: was 0.0.0.123
+    "1.٢.3.4",
+]
+
+
+@pytest.mark.parametrize("text", NOT_INET_ATON)
+def test_parse_ip_refuses_what_inet_aton_refuses(text: str) -> None:
+    with pytest.raises(OSError):
+        socket.inet_aton(text)
+    assert parse_ip(text) is None
+
+
+@pytest.mark.parametrize("text", ["0x-1", "0x1_0", "١٢٣"])
+def test_canonical_host_of_a_non_literal_is_a_name_or_an_address_error(text: str) -> None:
+    try:
+        name = canonical_host(text)
+    except AddressError:
+        return
+    assert parse_ip(name) is None  # never an IP literal that inet_aton would not dial

@@ -43,3 +43,23 @@ def test_canonical_host_of_a_non_literal_is_a_name_or_an_address_error(text: str
     except AddressError:
         return
     assert parse_ip(name) is None  # never an IP literal that inet_aton would not dial
+
+
+# Names that IDNA refuses but the lenient path (underscores in internal names) took whole.
+BAD_LENIENT_NAMES = [
+    "a_" * 150,  # 300 characters
+    "a_b." + "c" * 64,  # a 64-character label
+    "0" * 52 + "1" + "0" * 11,  # 64 digits: not an address, not a label either
+    "a_b..c",  # an empty label
+]
+
+
+@pytest.mark.parametrize("host", BAD_LENIENT_NAMES)
+def test_canonical_host_refuses_over_long_or_empty_labels(host: str) -> None:
+    with pytest.raises(AddressError):
+        canonical_host(host)
+
+
+def test_canonical_host_still_takes_underscored_names() -> None:
+    assert canonical_host("My_Host.corp.") == "my_host.corp"
+    assert canonical_host("a" * 63 + "." + "b_" * 20) == "a" * 63 + "." + "b_" * 20

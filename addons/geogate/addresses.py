@@ -277,6 +277,10 @@ def canonical_host(host: str) -> str:
     name = name.rstrip(".")
     if not name:
         raise AddressError(f"{host!r} is not a valid host name")
+    # IDNA enforces these; the lenient path above must too (DNS: 63 per label, 253 in all)
+    if len(name) > 253 or not all(0 < len(label) <= 63 for label in name.split(".")):
+        raise AddressError(f"{host!r} is not a valid host name (an empty label, a label over 63 "
+                           "characters, or over 253 characters in all)")
     # UTS 46 maps full-width digits and ideographic dots, so an IP literal may only appear now.
     ip = parse_ip(name)
     if ip is not None:

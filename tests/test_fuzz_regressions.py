@@ -63,3 +63,39 @@ def test_canonical_host_refuses_over_long_or_empty_labels(host: str) -> None:
 def test_canonical_host_still_takes_underscored_names() -> None:
     assert canonical_host("My_Host.corp.") == "my_host.corp"
     assert canonical_host("a" * 63 + "." + "b_" * 20) == "a" * 63 + "." + "b_" * 20
+
+
+# -- policy loader ---------------------------------------------------------------------------------
+
+_RULE = "version: 1\nname: p\ndefault: allow\nrules:\n  - name: r\n    action: block\n    {key}: {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ports", "'²'"),  # str.isdigit() is true, int() raised ValueError out of the loader
+        ("ports", "'1-²'"),
+        ("ports", "'٣'"),  # Arabic-Indic three: was read as port 3
+        ("ports", "1" * 5000),  # int() refuses over 4300 digits: ValueError out of the loader
+        ("asns", "'AS²'"),
+        ("asns", "'٣'"),
+        ("asns", "AS" + "1" * 5000),
+    ],
+    ids=["superscript-port", "superscript-range", "arabic-port", "huge-port", "superscript-asn", "arabic-asn", "huge-asn"],
+)
+def test_non_ascii_or_huge_numbers_are_policy_errors(key: str, value: str) -> None:
+    from geogate.policy.loader import PolicyError
+    from geogate.policy.loader import load_policy_text
+
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(_RULE.format(key=key, value=value), "p.yaml")
+    assert str(err.value).startswith("p.yaml:7:")
+
+
+def test_ascii_ports_and_asns_still_load() -> None:
+    from geogate.policy.loader import load_policy_text
+
+    policy = load_policy_text(_RULE.format(key="ports", value="'0443-08443'"), "p.yaml")
+    assert policy.rules[0].ports == ((443, 8443),)
+    policy = load_policy_text(_RULE.format(key="asns", value="[AS15169, 4294967295]"), "p.yaml")
+    assert policy.rules[0].asns == {15169, 4294967295}

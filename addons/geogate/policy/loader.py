@@ -123,6 +123,14 @@ def suggest_country(text: str) -> str | None:
     return None
 
 
+def _number(text: str) -> int | None:
+    """A run of ASCII digits as an int, else None. str.isdigit() is also true for '²' and '٣'
+    (int() then raises or reads another script), and int() refuses over 4300 digits."""
+    if text.isascii() and text.isdigit() and len(text) <= 20:
+        return int(text)
+    return None
+
+
 class _Reader:
     """Walks the node tree, converting values and collecting issues with their positions."""
 
@@ -400,9 +408,9 @@ class _PolicyBuilder:
         text = self.r.scalar(node, "asns")
         if text is None:
             return None
-        digits = text.strip().upper().removeprefix("AS")
-        if digits.isdigit() and 0 < int(digits) < 2**32:
-            return int(digits)
+        number = _number(text.strip().upper().removeprefix("AS"))
+        if number is not None and 0 < number < 2**32:
+            return number
         self.r.error(node, f"asns: `{text}` is not an AS number; write e.g. 15169 or AS15169")
         return None
 
@@ -411,10 +419,9 @@ class _PolicyBuilder:
         if text is None:
             return None
         lo, sep, hi = text.strip().partition("-")
-        if lo.isdigit() and (not sep or hi.isdigit()):
-            a, b = int(lo), int(hi) if sep else int(lo)
-            if 0 < a <= b < 65536:
-                return (a, b)
+        a, b = _number(lo), _number(hi) if sep else _number(lo)
+        if a is not None and b is not None and 0 < a <= b < 65536:
+            return (a, b)
         self.r.error(node, f"ports: `{text}` is not a port or range; write e.g. 443 or 8000-8999")
         return None
 

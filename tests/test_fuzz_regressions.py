@@ -99,3 +99,54 @@ def test_ascii_ports_and_asns_still_load() -> None:
     assert policy.rules[0].ports == ((443, 8443),)
     policy = load_policy_text(_RULE.format(key="asns", value="[AS15169, 4294967295]"), "p.yaml")
     assert policy.rules[0].asns == {15169, 4294967295}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[" * 5000, "p.yaml:1:1:"),  # RecursionError out of PyYAML's composer
+        ("{a: " * 3000, "p.yaml:1:1:"),
+        ("- " * 3000, "p.yaml:1:1:"),
+        ("version: 1\nname: a\x1f\n", "p.yaml:2:8:"),  # ReaderError: was 1:1 and two lines
+    ],
+    ids=["deep-flow-list", "deep-flow-map", "deep-block-list", "control-character"],
+)
+def test_yaml_the_parser_refuses_is_a_one_line_policy_error_with_its_position(text: str, where: str) -> None:
+    from geogate.policy.loader import PolicyError
+    from geogate.policy.loader import load_policy_text
+
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(text, "p.yaml")
+    assert str(err.value).startswith(where)
+    assert "\n" not in str(err.value)
+
+
+def test_a_long_chain_of_groups_is_a_policy_error_not_a_recursion_error() -> None:
+    from geogate.policy.loader import MAX_GROUP_DEPTH
+    from geogate.policy.loader import PolicyError
+    from geogate.policy.loader import load_policy_text
+
+    n = 1000  # each level was three Python calls: RecursionError
+    groups = "".join(f"  g{i}: ['@g{i + 1}']\n" for i in range(n)) + f"  g{n}: [DE]\n"
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(f"version: 1\nname: a\ndefault: allow\ngroups:\n{groups}", "p.yaml")
+    assert f"more than {MAX_GROUP_DEPTH} deep" in str(err.value)
+    # a chain within the limit still expands
+    groups = "".join(f"  g{i}: ['@g{i + 1}']\n" for i in range(MAX_GROUP_DEPTH - 1)) + f"  g{MAX_GROUP_DEPTH - 1}: [DE]\n"
+    policy = load_policy_text(f"version: 1\nname: a\ndefault: allow\ngroups:\n{groups}", "p.yaml")
+    assert policy.groups["g0"] == frozenset({"DE"})
+
+
+@pytest.mark.parametrize("key", ["a\rb", "a\nfake.yaml:1:1: ok", "\u2028", "\x85"])
+def test_every_policy_issue_is_one_line(key: str) -> None:
+    import yaml
+
+    from geogate.policy.loader import PolicyError
+    from geogate.policy.loader import load_policy_text
+
+    text = yaml.safe_dump({key: 1, "version": 1, "name": "p", "default": "allow"}, allow_unicode=True)
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(text, "p.yaml")
+    lines = str(err.value).splitlines()
+    assert len(lines) == len([i for i in err.value.issues if i.severity == "error"])
+    assert all(line.startswith("p.yaml:") for line in lines)

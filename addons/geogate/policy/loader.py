@@ -49,6 +49,7 @@ RULE_KEYS = (
 MATCH_KEYS = ("hosts", "networks", "countries", "continents", "subdivisions", "asns", "ports")
 CLIENT_KEYS = ("name", "sources", "users", "rules")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+MAX_GROUP_DEPTH = 64
 
 # Codes people write that are not ISO 3166-1 alpha-2 country codes, with what to write instead.
 NEAR_MISSES = {
@@ -87,7 +88,11 @@ class Issue:
     severity: str = "error"  # error | warning
 
     def __str__(self) -> str:
-        return f"{self.position}: {self.severity}: {self.message}"
+        message = self.message
+        if not message.isprintable():
+            # one line per issue: a key or value quoted in the message may hold a line break
+            message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+        return f"{self.position}: {self.severity}: {message}"
 
 
 class PolicyError(GeogateError):
@@ -230,6 +235,9 @@ class _PolicyBuilder:
             return self.expanded[name]
         if name in stack:
             self.r.error(node, f"group `{name}` includes itself ({' -> '.join(stack + (name,))})")
+            return None
+        if len(stack) >= MAX_GROUP_DEPTH:  # each level is a Python call: stop before the stack does
+            self.r.error(node, f"group `{name}`: groups include each other more than {MAX_GROUP_DEPTH} deep")
             return None
         if name in self.user_groups:
             codes: set[str] = set()

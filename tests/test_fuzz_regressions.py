@@ -60,6 +60,14 @@ def test_canonical_host_refuses_over_long_or_empty_labels(host: str) -> None:
         canonical_host(host)
 
 
+@pytest.mark.parametrize("target", ["a:" + "1" * 5000, "[::1]:" + "9" * 4301, "a:000000443"])
+def test_split_host_port_refuses_long_ports_with_address_error(target: str) -> None:
+    from geogate.addresses import split_host_port
+
+    with pytest.raises(AddressError):  # int() raised a plain ValueError past 4300 digits
+        split_host_port(target)
+
+
 def test_canonical_host_still_takes_underscored_names() -> None:
     assert canonical_host("My_Host.corp.") == "my_host.corp"
     assert canonical_host("a" * 63 + "." + "b_" * 20) == "a" * 63 + "." + "b_" * 20

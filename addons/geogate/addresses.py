@@ -311,6 +311,7 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     else:
         return target, default_port  # a name, an IPv4 literal, or a bare IPv6 literal
     # ASCII digits only: str.isdigit() is also true for '²' (int() then raises) and '٨٠'.
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+    # At most 5 digits before int(): it refuses over 4300 (a plain ValueError, not AddressError).
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 < int(port_text) < 65536:
         raise AddressError(f"{target!r}: port must be a number from 1 to 65535")
     return host, int(port_text)

@@ -158,3 +158,27 @@ def test_every_policy_issue_is_one_line(key: str) -> None:
     lines = str(err.value).splitlines()
     assert len(lines) == len([i for i in err.value.issues if i.severity == "error"])
     assert all(line.startswith("p.yaml:") for line in lines)
+
+
+# -- audit readers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"999999999999:", b"99999999999:x", b"20000000:" + b"x" * 100])
+def test_a_huge_length_prefix_is_a_record_error_not_a_memory_error(data: bytes) -> None:
+    import io
+
+    from geogate.audit.flowfile import RecordError
+    from geogate.audit.flowfile import read_record
+
+    with pytest.raises(RecordError, match="file ends inside a record"):
+        read_record(io.BytesIO(data))  # read(10**12) allocated a terabyte first: MemoryError
+
+
+def test_a_record_longer_than_one_read_is_read_whole() -> None:
+    import io
+
+    from geogate.audit import flowfile
+
+    body = b"x" * (flowfile._CHUNK + 10)
+    raw = str(len(body)).encode() + b":" + body + b","
+    assert flowfile.read_record(io.BytesIO(raw)) == raw

@@ -182,3 +182,13 @@ def test_a_record_longer_than_one_read_is_read_whole() -> None:
     body = b"x" * (flowfile._CHUNK + 10)
     raw = str(len(body)).encode() + b":" + body + b","
     assert flowfile.read_record(io.BytesIO(raw)) == raw
+
+
+@pytest.mark.parametrize("key", ["_fetchType", "_fromCache"])
+@pytest.mark.parametrize("value", [["Network Load"], {"a": 1}, [[]]])
+def test_a_har_cache_marker_that_is_not_text_is_not_a_type_error(key: str, value) -> None:
+    from geogate.audit import extract
+
+    entry = {"request": {"method": "GET", "url": "https://example.com/"}, "serverIPAddress": "192.0.2.10", key: value}
+    flow = extract.from_har_entry(entry, "x.har", 0, "x.har")  # `in` a set of strings raised TypeError
+    assert flow is not None

@@ -192,3 +192,42 @@ def test_a_har_cache_marker_that_is_not_text_is_not_a_type_error(key: str, value
     entry = {"request": {"method": "GET", "url": "https://example.com/"}, "serverIPAddress": "192.0.2.10", key: value}
     flow = extract.from_har_entry(entry, "x.har", 0, "x.har")  # `in` a set of strings raised TypeError
     assert flow is not None
+
+
+# -- databases -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnicodeDecodeError("utf-8", b"\xc4", 0, 1, "invalid continuation byte"),  # a damaged string
+        SystemError("NULL string with positive size with NULL passed to PyUnicode_FromStringAndSize"),
+        TypeError("unhashable type: 'dict'"),  # pure-Python reader: a map key that is a map
+        RecursionError("maximum recursion depth exceeded"),  # a search tree that loops
+    ],
+    ids=["unicode", "system", "type", "recursion"],
+)
+def test_a_record_that_cannot_be_decoded_while_sampling_is_a_database_error(monkeypatch, error) -> None:
+    from pathlib import Path
+
+    from geogate import databases
+
+    def broken(_reader, _path):
+        raise error
+
+    monkeypatch.setattr(databases, "_detect", broken)  # what maxminddb raised from inside _detect
+    with pytest.raises(databases.DatabaseError, match="corrupt MaxMind DB file"):
+        databases.Database(Path(__file__).parent / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb")
+
+
+def test_metadata_that_cannot_be_decoded_is_a_database_error(tmp_path) -> None:
+    from pathlib import Path
+
+    from geogate import databases
+
+    data = (Path(__file__).parent / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb").read_bytes()
+    marker = data.rindex(b"\xab\xcd\xefMaxMind.com") + 14
+    broken = tmp_path / "broken.mmdb"
+    broken.write_bytes(data[:marker] + b"\xff" * (len(data) - marker))  # metadata() raised out of Database()
+    with pytest.raises(databases.DatabaseError):
+        databases.Database(broken)

@@ -136,11 +136,15 @@ class Database:
         self.path = Path(path)
         data = _read(self.path)
         self._reader = _open_snapshot(self.path, data)
-        meta = self._reader.metadata()
         try:
+            meta = self._reader.metadata()
             self.schema, self.kind = _detect(self._reader, self.path)
-        except InvalidDatabaseError as e:
-            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({e})") from None
+        except (InvalidDatabaseError, ValueError, TypeError, RecursionError, SystemError) as e:
+            # ValueError: a string that is not UTF-8; TypeError: a map key that is not a string;
+            # RecursionError: a search tree that loops; SystemError: maxminddb's C extension on a
+            # damaged string's length. Either way the file is corrupt where the sample walked.
+            self._reader.close()
+            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({type(e).__name__}: {e})") from None
         self.info = DatabaseInfo(
             name=name or self.path.name.removesuffix(".mmdb"),
             path=str(self.path),
@@ -322,7 +326,7 @@ def _open_snapshot(path: Path, data: bytes) -> maxminddb.Reader:
             f.write(data)
         try:
             return maxminddb.open_database(snapshot, maxminddb.MODE_AUTO)
-        except (InvalidDatabaseError, ValueError):
+        except (InvalidDatabaseError, ValueError, TypeError):  # TypeError: metadata keys missing
             raise DatabaseError(
                 f"{path} is not a MaxMind DB (.mmdb) file, or it is truncated or corrupt"
             ) from None

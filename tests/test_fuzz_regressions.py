@@ -174,6 +174,15 @@ def test_a_huge_length_prefix_is_a_record_error_not_a_memory_error(data: bytes) 
         read_record(io.BytesIO(data))  # read(10**12) allocated a terabyte first: MemoryError
 
 
+@pytest.mark.parametrize("raw", [b"6:0:]0:~}", b"6:0:}0:~}"])
+def test_a_tnetstring_dict_with_an_unhashable_key_is_a_record_error(raw: bytes) -> None:
+    from geogate.audit.flowfile import RecordError
+    from geogate.audit.flowfile import parse_record
+
+    with pytest.raises(RecordError, match="TypeError"):  # out[key] = v raised TypeError: a traceback
+        parse_record(raw)
+
+
 def test_a_record_longer_than_one_read_is_read_whole() -> None:
     import io
 

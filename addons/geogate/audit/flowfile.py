@@ -94,7 +94,7 @@ def _guarded(fn, *args):
         return fn(*args)
     except RecordError:
         raise
-    except (ValueError, UnicodeDecodeError, IndexError, RecursionError) as e:
+    except (ValueError, UnicodeDecodeError, IndexError, RecursionError, TypeError) as e:  # TypeError: a list or dict as a key
         raise RecordError(f"malformed value ({type(e).__name__}: {e})") from None
 
 

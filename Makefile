@@ -1,4 +1,5 @@
-# geogate: `make run` starts the proxy, `make test` runs the whole suite, `make bench` the benchmarks.
+# geogate: `make run` starts the proxy, `make test` runs the whole suite, `make bench` the benchmarks,
+# `make fuzz` the property-based tests with the long Hypothesis profile (docs/fuzzing.md).
 SHELL := /bin/sh
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install system-deps check clean
+.PHONY: run test fuzz bench install system-deps check clean
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ system-deps:
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:warnings --hypothesis-show-statistics tests/test_fuzz_*.py $(PYTEST_ARGS)
 
 check: install
 	$(VENV)/bin/geogate check policies/*.yaml

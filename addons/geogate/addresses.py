@@ -10,6 +10,7 @@ caller can check both.
 from __future__ import annotations
 
 import ipaddress
+import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
@@ -292,6 +293,10 @@ def classify(ip: IPAddress, nat64: Nat64Prefixes = NO_NAT64) -> Address:
     return Address(ip, None, None, _V6_NAMES[bisect_right(_V6_STARTS, value) - 1])
 
 
+# One part of an inet_aton address: hex (at least one digit after 0x), octal, or decimal.
+_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
+
+
 def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
     """Read `text` the way glibc's inet_aton does (1-4 parts, decimal/octal/hex), else None."""
     parts = text.split(".")
@@ -299,18 +304,17 @@ def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
         return None
     values = []
     for part in parts:
-        if not part:
+        # ASCII digits only, no sign, '_' or spaces: int() accepts all of those, inet_aton none
+        if not _ATON_PART.fullmatch(part):
             return None
         try:
             if part[:2].lower() == "0x":
-                value = int(part[2:], 16) if len(part) > 2 else 0
+                value = int(part[2:], 16)
             elif len(part) > 1 and part[0] == "0":
                 value = int(part[1:], 8)
-            elif part.isdigit():
-                value = int(part)
             else:
-                return None
-        except ValueError:
+                value = int(part)
+        except ValueError:  # more digits than int() reads
             return None
         values.append(value)
     *head, last = values
@@ -360,6 +364,10 @@ def canonical_host(host: str) -> str:
     name = name.rstrip(".")
     if not name:
         raise AddressError(f"{host!r} is not a valid host name")
+    # IDNA enforces these; the lenient path above must too (DNS: 63 per label, 253 in all)
+    if len(name) > 253 or not all(0 < len(label) <= 63 for label in name.split(".")):
+        raise AddressError(f"{host!r} is not a valid host name (an empty label, a label over 63 "
+                           "characters, or over 253 characters in all)")
     # UTS 46 maps full-width digits and ideographic dots, so an IP literal may only appear now.
     ip = parse_ip(name)
     if ip is not None:
@@ -390,6 +398,7 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     else:
         return target, default_port  # a name, an IPv4 literal, or a bare IPv6 literal
     # ASCII digits only: str.isdigit() is also true for '²' (int() then raises) and '٨٠'.
-    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+    # At most 5 digits before int(): it refuses over 4300 (a plain ValueError, not AddressError).
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 < int(port_text) < 65536:
         raise AddressError(f"{target!r}: port must be a number from 1 to 65535")
     return host, int(port_text)

@@ -206,17 +206,19 @@ class Database:
         self.path = Path(path)
         data = _read(self.path)
         self._reader = _open_snapshot(self.path, data)
-        meta = self._reader.metadata()
-        ip_version = meta.ip_version
-        if ip_version not in (4, 6) or isinstance(ip_version, bool):
-            self._reader.close()
-            raise DatabaseError(f"{self.path}: the metadata gives ip_version {clean_text(repr(ip_version), 40)}; "
-                                "an MMDB file is IPv4 (4) or IPv6 (6), so this one is corrupt")
         try:
+            meta = self._reader.metadata()
+            ip_version = meta.ip_version
+            if ip_version not in (4, 6) or isinstance(ip_version, bool):
+                raise DatabaseError(f"{self.path}: the metadata gives ip_version {clean_text(repr(ip_version), 40)}; "
+                                    "an MMDB file is IPv4 (4) or IPv6 (6), so this one is corrupt")
             self.schema, self.kind = _detect(self._reader, self.path)
-        except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError) as e:
+        except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError, RecursionError, SystemError) as e:
+            # ValueError: a string that is not UTF-8; TypeError: a map key that is not a string;
+            # RecursionError: a search tree that loops; SystemError: maxminddb's C extension on a
+            # damaged string's length. Either way the file is corrupt where the sample walked.
             self._reader.close()
-            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({clean_text(str(e))})") from None
+            raise DatabaseError(f"{self.path}: corrupt MaxMind DB file ({type(e).__name__}: {clean_text(str(e))})") from None
         except DatabaseError:
             self._reader.close()
             raise

@@ -357,7 +357,8 @@ def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFl
     """`name`: the file's base name, to give entries (which have no id) a stable one."""
     if not isinstance(entry, dict):
         raise ExtractError("entry is not an object")
-    if entry.get("_fetchType") in _CACHE_FETCH_TYPES or entry.get("_fromCache") in _CACHE_MARKERS:
+    # _string: a list or object there is not a cache marker (and `in` a set would raise TypeError)
+    if _string(entry.get("_fetchType")) in _CACHE_FETCH_TYPES or _string(entry.get("_fromCache")) in _CACHE_MARKERS:
         raise NotTraffic("served from the browser cache")
     request = entry.get("request")
     url = _string(request.get("url")) if isinstance(request, dict) else None

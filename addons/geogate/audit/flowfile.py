@@ -23,6 +23,7 @@ from mitmproxy.io import compat
 from mitmproxy.version import FLOW_FORMAT_VERSION
 
 MAX_LENGTH_DIGITS = 12  # the limit mitmproxy's tnetstring.load enforces
+_CHUNK = 1 << 24  # largest single read of a record body
 
 
 class RecordError(ValueError):
@@ -93,7 +94,7 @@ def _guarded(fn, *args):
         return fn(*args)
     except RecordError:
         raise
-    except (ValueError, UnicodeDecodeError, IndexError, RecursionError) as e:
+    except (ValueError, UnicodeDecodeError, IndexError, RecursionError, TypeError) as e:  # TypeError: a list or dict as a key
         raise RecordError(f"malformed value ({type(e).__name__}: {e})") from None
 
 
@@ -126,7 +127,19 @@ def read_record(fo: BinaryIO) -> bytes | None:
     if prefix[-1:] != b":" or len(prefix) == 1:
         raise RecordError("missing or invalid length prefix (not a tnetstring)")
     length = int(prefix[:-1])
-    body = fo.read(length + 1)
+    # Read at most what the file holds: read(n) allocates n bytes first, and a damaged prefix
+    # may announce up to a terabyte (MemoryError). One read for every record under _CHUNK.
+    body = fo.read(min(length + 1, _CHUNK))
+    if len(body) == _CHUNK and length + 1 > _CHUNK:
+        parts = [body]
+        got = len(body)
+        while got < length + 1:
+            part = fo.read(min(length + 1 - got, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        body = b"".join(parts)
     if len(body) < length + 1:
         raise RecordError(f"file ends inside a record: {length + 1} bytes announced, {len(body)} present")
     return prefix + body

@@ -53,6 +53,7 @@ RULE_KEYS = (
 MATCH_KEYS = ("hosts", "networks", "countries", "continents", "subdivisions", "asns", "ports")
 CLIENT_KEYS = ("name", "sources", "users", "rules")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+MAX_GROUP_DEPTH = 64
 
 # Codes people write that are not ISO 3166-1 alpha-2 country codes, with what to write instead.
 NEAR_MISSES = {
@@ -91,7 +92,11 @@ class Issue:
     severity: str = "error"  # error | warning
 
     def __str__(self) -> str:
-        return f"{self.position}: {self.severity}: {self.message}"
+        message = self.message
+        if not message.isprintable():
+            # one line per issue: a key or value quoted in the message may hold a line break
+            message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+        return f"{self.position}: {self.severity}: {message}"
 
 
 class PolicyError(GeogateError):
@@ -124,6 +129,14 @@ def suggest_country(text: str) -> str | None:
             found = None
         if found is not None and getattr(found, "alpha_2", None) in _COUNTRIES:
             return found.alpha_2
+    return None
+
+
+def _number(text: str) -> int | None:
+    """A run of ASCII digits as an int, else None. str.isdigit() is also true for '²' and '٣'
+    (int() then raises or reads another script), and int() refuses over 4300 digits."""
+    if text.isascii() and text.isdigit() and len(text) <= 20:
+        return int(text)
     return None
 
 
@@ -226,6 +239,9 @@ class _PolicyBuilder:
             return self.expanded[name]
         if name in stack:
             self.r.error(node, f"group `{name}` includes itself ({' -> '.join(stack + (name,))})")
+            return None
+        if len(stack) >= MAX_GROUP_DEPTH:  # each level is a Python call: stop before the stack does
+            self.r.error(node, f"group `{name}`: groups include each other more than {MAX_GROUP_DEPTH} deep")
             return None
         if name in self.user_groups:
             codes: set[str] = set()
@@ -404,9 +420,9 @@ class _PolicyBuilder:
         text = self.r.scalar(node, "asns")
         if text is None:
             return None
-        digits = text.strip().upper().removeprefix("AS")
-        if digits.isdigit() and 0 < int(digits) < 2**32:
-            return int(digits)
+        number = _number(text.strip().upper().removeprefix("AS"))
+        if number is not None and 0 < number < 2**32:
+            return number
         self.r.error(node, f"asns: `{text}` is not an AS number; write e.g. 15169 or AS15169")
         return None
 
@@ -415,10 +431,9 @@ class _PolicyBuilder:
         if text is None:
             return None
         lo, sep, hi = text.strip().partition("-")
-        if lo.isdigit() and (not sep or hi.isdigit()):
-            a, b = int(lo), int(hi) if sep else int(lo)
-            if 0 < a <= b < 65536:
-                return (a, b)
+        a, b = _number(lo), _number(hi) if sep else _number(lo)
+        if a is not None and b is not None and 0 < a <= b < 65536:
+            return (a, b)
         self.r.error(node, f"ports: `{text}` is not a port or range; write e.g. 443 or 8000-8999")
         return None
 

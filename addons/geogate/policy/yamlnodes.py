@@ -40,6 +40,14 @@ def position(path: str, node: Node) -> Position:
 def compose(text: str, path: str) -> Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level: `[[[[...` thousands deep
+        raise YamlSyntaxError(Position(path, 1, 1), "YAML nested too deeply") from None
+    except yaml.reader.ReaderError as e:
+        # a control character: the reader knows where (an index into the text), not a mark
+        before = text[: e.position]
+        where = Position(path, before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1)
+        raise YamlSyntaxError(where, f"YAML syntax error: unacceptable character #x{e.character:04x}: {e.reason}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = Position(path, mark.line + 1, mark.column + 1) if mark else Position(path, 1, 1)

@@ -337,13 +337,16 @@ class LiveState:
                     ready = True
         return ready
 
-    def _close_inotify(self) -> None:
+    def _stop_reading(self) -> None:
         if self._reader_loop is not None and self._inotify is not None:
             try:
                 self._reader_loop.remove_reader(self._inotify.fd)
-            except (RuntimeError, ValueError, OSError):
+            except (RuntimeError, ValueError, OSError):  # the loop is already closed
                 pass
         self._reader_loop = None
+
+    def _close_inotify(self) -> None:
+        self._stop_reading()
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
@@ -483,12 +486,7 @@ class LiveState:
                 except Exception as e:  # the watcher must outlive any surprise; the next poll retries
                     logger.error(f"geogate: reload check failed: {e!r}")
         finally:
-            if self._reader_loop is not None and self._inotify is not None:
-                try:
-                    self._reader_loop.remove_reader(self._inotify.fd)
-                except (RuntimeError, ValueError, OSError):
-                    pass
-            self._reader_loop = None
+            self._stop_reading()
 
     def start(self) -> None:
         from mitmproxy.utils import asyncio_utils

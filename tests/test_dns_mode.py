@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 from pathlib import Path
 from types import SimpleNamespace
 

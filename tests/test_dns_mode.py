@@ -342,3 +342,33 @@ def test_geogate_run_dns_mode_with_only_a_blocked_name_server_exits_2_with_one_l
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr == (f"geogate: no DNS name server is allowed: {BLOCKED_NS} (KP, rule doj); "
                         "refusing to start (set dns_name_servers)\n")
+
+
+# -- geogate's own resolver (regular, SOCKS5 and other modes that resolve names) -----------------
+
+def resolver_gate(tctx, gg, files, *servers: str) -> None:
+    conf = files.tmp / "resolv.conf"
+    conf.write_text("".join(f"nameserver {s}\n" for s in servers))
+    gg.resolver.resolv_conf = str(conf)
+    tctx.configure(gg, geogate_policy=str(files.policy), geogate_db=[str(files.db)], geogate_log=str(files.log))
+
+
+async def test_the_resolvers_name_servers_are_judged_and_only_allowed_ones_asked(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg) as tctx:
+        resolver_gate(tctx, gg, files, BLOCKED_NS, ALLOWED_NS)
+        assert [str(ns) for ns in gg.resolver._dns_resolver().nameservers] == [ALLOWED_NS]
+        judged = [r for r in records(files) if (r.get("dns") or {}).get("role") == "resolver_name_server"]
+        assert {(r["dns"]["name_server"], r["action"]) for r in judged} == {(BLOCKED_NS, "block"), (ALLOWED_NS, "allow")}
+        assert f"resolver name server {BLOCKED_NS} blocked, dropped" in caplog.text
+        gg.done()
+
+
+async def test_a_resolver_with_only_blocked_name_servers_resolves_nothing_and_blocks(files):
+    gg = GeoGate()
+    with taddons.context(gg) as tctx:
+        resolver_gate(tctx, gg, files, BLOCKED_NS)
+        d = await gg._decide_name("foo.example", 80, mode="regular", peername=None, flow_id=None)
+        assert d.blocked and "no name server" in d.reason and "allowed by the policy" in d.reason
+        assert gg.resolver._dns is None  # nothing was built that could send a question
+        gg.done()

@@ -105,8 +105,9 @@ def refuse_dns(addon: Any, flow: dns.DNSFlow, error: Exception) -> None:
 class NameServerJudgement:
     """The name servers judged against one state: each one's decision, and the allowed ones."""
 
-    def __init__(self, state: Any, candidates: list[str], mode: str) -> None:
+    def __init__(self, state: Any, candidates: list[str], mode: str, *, what: str = "DNS name server") -> None:
         self.state = state
+        self.what = what
         self.candidates = candidates
         self.decisions: dict[str, Decision] = {}
         self.invalid: list[str] = []
@@ -123,11 +124,11 @@ class NameServerJudgement:
     def lines(self) -> list[tuple[int, str]]:
         out = []
         for text in self.invalid:
-            out.append((logging.ERROR, f"geogate: DNS name server {text!r} is not an IP address; dropped"))
+            out.append((logging.ERROR, f"geogate: {self.what} {text!r} is not an IP address; dropped"))
         for text, d in self.decisions.items():
             what = "blocked, dropped" if d.blocked else ("allowed (WOULD BLOCK)" if d.would_block else "allowed")
             level = logging.ERROR if d.blocked else logging.INFO
-            out.append((level, f"geogate: DNS name server {text} {what}: {d.country or 'no country'}, rule {d.rule}"))
+            out.append((level, f"geogate: {self.what} {text} {what}: {d.country or 'no country'}, rule {d.rule}"))
         return out
 
     def refusal(self) -> str:

@@ -52,6 +52,7 @@ from .addresses import parse_ip
 from .decide import Decision
 from .decision_log import DecisionLog
 from .dns_mode import DnsGate
+from .dns_mode import NameServerJudgement
 from .errors import GeogateError
 from .record import INTERNAL_ERROR_TEXT
 from .record import block_body
@@ -297,6 +298,8 @@ class GeoGate:
             hosts_path=os.environ.get("GEOGATE_HOSTS_FILE") or "/etc/hosts",
             resolv_conf=os.environ.get("GEOGATE_RESOLV_CONF") or "/etc/resolv.conf",
         )
+        self.resolver.name_server_filter = self._allowed_name_servers
+        self._name_servers_judged: tuple[GateState | None, list] = (None, [])
         self.live: LiveState | None = None
         self.reload_settle = DEFAULT_SETTLE
         self.log: DecisionLog | None = None
@@ -313,6 +316,9 @@ class GeoGate:
         # mitmproxy walks, this addon's own or the script's it serves from (serve_from).
         self._tree_namespace: dict[str, Any] | None = None
         self.dns = DnsGate(self)  # DNS mode and WireGuard DNS: name servers and questions (dns_mode.py)
+
+    def live_state_or_none(self) -> GateState | None:
+        return self.live.state if self.live is not None else None
 
     def current_state(self) -> GateState:
         """The state decisions use now (a method: mitmproxy inspects every attribute at load)."""
@@ -475,10 +481,32 @@ class GeoGate:
             print(self._replay.summary_text())
 
     # -- the shared path: resolve once, decide, record -----------------------------------------
+    def _allowed_name_servers(self, servers: list[str]) -> list[str]:
+        """The resolver's name servers the policy allows; each judgement is said once."""
+        try:
+            state = self.current_state()
+            judged = NameServerJudgement(state, servers, "resolver", what="resolver name server")
+        except Exception as e:  # no state, or the engine failed: ask no one (fail closed)
+            logger.error(f"geogate: the resolver's name servers could not be judged: {one_line(e)}")
+            return []
+        lines = judged.lines()
+        if self._name_servers_judged[1] != lines:
+            for level, line in lines:
+                logger.log(level, line)
+            if self.log is not None:
+                for text, d in judged.decisions.items():
+                    self.log.write({**decision_record(d), "dns": {"role": "resolver_name_server", "name_server": text}})
+        self._name_servers_judged = (state, lines)
+        return judged.allowed
+
     async def _resolve(self, name: str) -> tuple[list, str | None]:
         try:
             # most answers need no query; awaiting the resolver for them costs more than deciding
-            r = self.resolver.known(name) or await self.resolver.query(name)
+            r = self.resolver.known(name)
+            if r is None:
+                if self._name_servers_judged[0] is not self.live_state_or_none():
+                    self.resolver.forget_name_servers()  # a reload: judge them with the new policy
+                r = await self.resolver.query(name)
         except ResolveError as e:
             return [], str(e)
         return list(r.addresses), None

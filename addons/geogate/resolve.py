@@ -128,6 +128,9 @@ class Resolver:
         self._cache = TtlLruCache(cache_entries, cache_bytes, clock=clock)
         self._inflight: dict[str, asyncio.Future[Resolution]] = {}
         self._dns: dns.asyncresolver.Resolver | None = None
+        # Which of the configured name servers may be asked (a name server is a destination too):
+        # set by the proxy, which judges them with the policy. None asks every one.
+        self.name_server_filter: Callable[[list[str]], list[str]] | None = None
 
     # hosts file ------------------------------------------------------------------------------
     def _hosts_lookup(self, name: str) -> tuple[IPAddress, ...] | None:
@@ -154,8 +157,18 @@ class Resolver:
             except (dns.resolver.NoResolverConfiguration, OSError) as e:
                 raise ResolveError(f"no DNS resolver configured ({self.resolv_conf}: {e})") from None
             r.cache = None  # our own cache keeps the TTL; two caches would hide expiry
+            if self.name_server_filter is not None:
+                allowed = self.name_server_filter([str(ns) for ns in r.nameservers])
+                if not allowed:
+                    raise ResolveError(f"no name server of {self.resolv_conf} is allowed by the policy, "
+                                       "so no name is resolved (fail closed)")
+                r.nameservers = allowed
             self._dns = r
         return self._dns
+
+    def forget_name_servers(self) -> None:
+        """Read and judge the name servers again at the next query (the policy changed)."""
+        self._dns = None
 
     async def _query(self, name: str) -> Resolution:
         resolver = self._dns_resolver()

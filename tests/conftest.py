@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the Hypothesis profiles of the property-based tests.
+"""Shared pytest configuration: every decision-log record is checked against the documented
+schema, and the Hypothesis profiles of the property-based tests.
 
 - `ci` (the default, used by `make test`): bounded and derandomized, so a run is reproducible
   and the whole tests/test_fuzz_*.py set stays well under a minute on a 2-core machine.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings
 
@@ -18,3 +20,34 @@ _COMMON = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.
 settings.register_profile("ci", max_examples=60, derandomize=True, print_blob=True, **_COMMON)
 settings.register_profile("fuzz", max_examples=4000, derandomize=False, print_blob=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def decision_records_match_the_schema(request):
+    """Every record any test makes the decision log write must match docs/decision-record.schema.json.
+    A mismatch fails the test at its end (raising inside the write would turn into a fail-closed
+    refusal, which some tests expect anyway)."""
+    if request.node.get_closest_marker("any_records"):
+        yield
+        return
+    from geogate.decision_log import DecisionLog
+    from record_schema import check_record
+
+    write = DecisionLog.write
+    mismatches: list[str] = []
+
+    def checked_write(self, record):
+        try:
+            check_record(record)
+        except AssertionError as e:
+            mismatches.append(f"{e}\nrecord: {record!r}")
+        return write(self, record)
+
+    # set by hand, not with `monkeypatch`: sharing the test's own monkeypatch would change the
+    # order in which its patches are undone
+    DecisionLog.write = checked_write
+    try:
+        yield
+    finally:
+        DecisionLog.write = write
+    assert not mismatches, mismatches[0]

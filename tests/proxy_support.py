@@ -25,6 +25,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from mmdbs import write_flat
+from record_schema import check_record
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "addons" / "geogate_addon.py"
@@ -251,7 +252,10 @@ class Mitmdump:
     def records(self) -> list[dict]:
         if self.log_path is None or not self.log_path.exists():
             return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        out = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        for rec in out:
+            check_record(rec)  # what a real proxy wrote matches the documented schema
+        return out
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

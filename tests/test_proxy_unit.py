@@ -663,6 +663,7 @@ async def test_monitor_mode_never_blocks_but_records_would_block(gate):
 
 # -- decision log ---------------------------------------------------------------------------------------
 
+@pytest.mark.any_records  # the log's file handling, with placeholder records
 def test_decision_log_follows_rotation(tmp_path):
     path = tmp_path / "d.jsonl"
     log = DecisionLog(str(path))

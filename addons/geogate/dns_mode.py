@@ -303,6 +303,7 @@ class DnsGate:
         client = client_text(flow.client_conn.peername)
         mode = mode_name(flow.client_conn.proxy_mode)
         info: dict[str, Any] = {
+            "role": "question",
             "question": {"name": q.name, "type": dns_types.to_str(q.type)} if q else None,
             "name_server": name_server,
             "name_servers": name_servers,
@@ -315,9 +316,15 @@ class DnsGate:
             rec = repeat_record(decision_record(d), flow.timestamp_created, flow.id, client)
         else:
             # no name server could be judged (none configured): nothing was asked
+            live = self.gate.live
+            ref = live.state.policy.ref if live is not None else None
             rec = {"ts": timestamp_at(flow.timestamp_created), "event": "decision", "flow_id": flow.id,
-                   "client": client, "host": None, "port": None,
-                   "action": "block" if info["refused"] else None, "rule": None, "country": None}
+                   "client": client, "user": None, "mode": mode, "host": None, "port": None, "sni": None,
+                   "action": "block", "enforced": True, "would_block": True, "rule": "dns-no-name-server",
+                   "reason": "no DNS name server is allowed or known, so the question was not asked",
+                   "citation": None, "address": None, "country": None, "host_mismatch": False, "match": None,
+                   "addresses": [], "warnings": [], "databases": [],
+                   "policy": {"name": ref.name, "path": ref.path, "sha256": ref.sha256} if ref else None}
         rec["mode"] = mode
         rec["dns"] = info
         if self.gate.log is not None:

@@ -6,9 +6,12 @@ DatabaseError (a one-line user error), or loads and answers lookups; a lookup th
 damage raises only what FactsSource turns into a lookup error, and a lookup error blocks even
 under a policy whose default is allow (fail closed).
 
-The damaged files are read with maxminddb's pure-Python reader (MODE_MMAP): its C extension
-(maxminddb 3.2.0, MODE_AUTO's first choice) aborts (SIGABRT, iterating) or segfaults (SIGSEGV,
-a lookup) on some damaged files, which no Python code can catch; see docs/fuzzing.md.
+The first two properties read the damaged files with maxminddb's pure-Python reader (MODE_MMAP),
+which only ever raises. The third reads them as geogate does, with the C extension (maxminddb
+3.2.0, MODE_AUTO's first choice), which aborts (SIGABRT) or segfaults (SIGSEGV) on some damaged
+files; geogate walks every file it has not seen before in a separate process first
+(geogate.dbcheck), so the property is that this test process never dies: every file loads and
+answers, or is refused with DatabaseError. See docs/fuzzing.md.
 
 Not generated: metadata whose build_epoch no longer fits a timestamp (OverflowError); that
 metadata robustness fix is being made on another branch (see docs/fuzzing.md).
@@ -16,18 +19,23 @@ metadata robustness fix is being made on another branch (see docs/fuzzing.md).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import re
+from collections.abc import Iterator
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 
 import maxminddb
 import pytest
+from hypothesis import event
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 from maxminddb.errors import InvalidDatabaseError
 
+from geogate import dbcheck
 from geogate.addresses import canonical_host
 from geogate.addresses import ip_key
 from geogate.databases import Database
@@ -37,6 +45,8 @@ from geogate.decide import Request
 from geogate.facts import FactsSource
 from geogate.policy.loader import load_policy_text
 from geogate.state import GateState
+from mmdb_crashes import CRASHES
+from mmdb_crashes import write_crash
 
 MAXMIND = Path(__file__).parent / "data" / "maxmind"
 FILES = sorted(MAXMIND.glob("*.mmdb"))
@@ -92,12 +102,14 @@ EXTRA_PROBES = st.lists(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pure_python_reader():
-    """Open every database with the pure-Python reader in this module (see the docstring)."""
+@contextlib.contextmanager
+def pure_python_reader() -> Iterator[None]:
+    """Open databases with the pure-Python reader, which cannot crash the process, and so without
+    the separate check that guards the C extension (see the docstring)."""
     with pytest.MonkeyPatch.context() as mp:
         pure = maxminddb.open_database
         mp.setattr(maxminddb, "open_database", lambda database, mode=None: pure(database, maxminddb.MODE_MMAP))
+        mp.setattr(dbcheck, "has_extension", lambda: False)
         yield
 
 
@@ -111,18 +123,17 @@ def _open(path: Path) -> Database | None:
         return Database(path)
     except DatabaseError as e:
         assert str(path) in str(e) and "\n" not in str(e), str(e)
+        sig = re.search(r"crashed the MaxMind reader \((\w+)\)", str(e))
+        event(f"refused: the separate check died by {sig[1]}" if sig else
+              "refused: found by the separate check" if "separate check" in str(e) else "refused")
         return None
 
 
-@FEW
-@given(damaged(), EXTRA_PROBES)
-def test_damaged_database_loads_and_answers_or_is_refused(workdir: Path, case, extra) -> None:
-    name, data = case
-    path = workdir / name
-    path.write_bytes(data)
+def _loads_and_answers_or_is_refused(path: Path, name: str, extra) -> None:
     db = _open(path)
     if db is None:
         return
+    event("loaded")
     try:
         assert db.info.build_epoch is not None
         for ip in [ipaddress.ip_address(p) for p in LAYOUTS[name]["probes"]] + extra:
@@ -137,12 +148,40 @@ def test_damaged_database_loads_and_answers_or_is_refused(workdir: Path, case, e
 
 @FEW
 @given(damaged(), EXTRA_PROBES)
+def test_damaged_database_loads_and_answers_or_is_refused(workdir: Path, case, extra) -> None:
+    name, data = case
+    path = workdir / name
+    path.write_bytes(data)
+    with pure_python_reader():
+        _loads_and_answers_or_is_refused(path, name, extra)
+
+
+@FEW
+@given(damaged(), EXTRA_PROBES)
+def test_damaged_database_through_the_c_extension_never_kills_the_process(workdir: Path, case, extra) -> None:
+    """As above with the reader geogate really uses; a crash here would end pytest itself."""
+    assert dbcheck.has_extension()
+    name, data = case
+    path = workdir / f"ext-{name}"
+    path.write_bytes(data)
+    _loads_and_answers_or_is_refused(path, name, extra)
+
+
+@pytest.mark.parametrize("crash", sorted(CRASHES))
+def test_known_crashes_through_the_c_extension_are_refused(tmp_path: Path, crash: str) -> None:
+    with pytest.raises(DatabaseError, match="crashed the MaxMind reader"):
+        Database(write_crash(tmp_path, crash))
+
+
+@FEW
+@given(damaged(), EXTRA_PROBES)
 def test_a_lookup_error_never_allows(workdir: Path, case, extra) -> None:
     name, data = case
     path = workdir / f"set-{name}"
     path.write_bytes(data)
     try:
-        databases = DatabaseSet.open([path])
+        with pure_python_reader():
+            databases = DatabaseSet.open([path])
     except DatabaseError:
         return
     state = GateState(ALLOW_ALL, databases, FactsSource(databases))

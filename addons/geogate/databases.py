@@ -39,6 +39,7 @@ from typing import Callable
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
+from . import dbcheck
 from .addresses import IPAddress
 from .errors import GeogateError
 
@@ -205,7 +206,8 @@ class Database:
     def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
         self.path = Path(path)
         data = _read(self.path)
-        self._reader = _open_snapshot(self.path, data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._reader = _open_snapshot(self.path, data, sha256)
         try:
             meta = self._reader.metadata()
             ip_version = meta.ip_version
@@ -229,7 +231,7 @@ class Database:
             kind=self.kind,
             type=clean_text(meta.database_type, 100),
             build_epoch=_meta_int(meta.build_epoch),
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256,
             ip_version=ip_version,
             node_count=_meta_int(meta.node_count),
             description=_meta_description(meta.description),
@@ -396,11 +398,15 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def _open_snapshot(path: Path, data: bytes) -> maxminddb.Reader:
+def _open_snapshot(path: Path, data: bytes, sha256: str) -> maxminddb.Reader:
+    """Open a private copy of `data` (whose hash is `sha256`). With the C extension, the copy is
+    first walked in a separate process (dbcheck), so the bytes checked are the bytes opened."""
     fd, snapshot = tempfile.mkstemp(prefix="geogate-", suffix=".mmdb")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        if dbcheck.has_extension():  # the pure-Python reader raises; only the extension kills
+            dbcheck.verify(Path(snapshot), path, sha256)
         try:
             return maxminddb.open_database(snapshot, maxminddb.MODE_AUTO)
         except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError, OverflowError):

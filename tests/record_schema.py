@@ -28,5 +28,5 @@ def check_record(record: dict[str, Any]) -> None:
     seen = json.loads(json.dumps(record, default=str))
     errors = sorted(validator().iter_errors(seen), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10]]
+        lines = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
         raise AssertionError("record does not match docs/decision-record.schema.json:\n" + "\n".join(lines))

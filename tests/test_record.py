@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -40,3 +41,36 @@ def test_timestamp_at_spells_the_time_as_timestamp_does():
         assert timestamp_at(wall) == timestamp(datetime.fromtimestamp(wall, UTC)), wall
     assert timestamp_at(0.0) == "1970-01-01T00:00:00.000Z"
     assert timestamp_at(1798761599.9995) == "2026-12-31T23:59:59.999Z"  # 999.5 ms: not rounded up into 2027
+
+
+# -- the documented schema --------------------------------------------------------------------------
+
+def test_the_sample_line_in_the_docs_matches_the_schema():
+    from record_schema import SCHEMA_PATH
+    from record_schema import check_record
+
+    text = (SCHEMA_PATH.parent / "decision-record.md").read_text()
+    sample = text.split("```json\n", 1)[1].split("\n```", 1)[0]
+    check_record(json.loads(sample))
+
+
+@pytest.mark.parametrize("target", ["8.8.8.8", "175.45.176.1", "[64:ff9b:1:af2d:b0:100::]", "[::ffff:127.0.0.1]:443"])
+def test_explain_json_matches_the_schema(target, capsys):
+    from record_schema import check_record
+
+    from geogate.cli import main
+
+    main(["explain", target, "--no-resolve", "--json"])
+    check_record(json.loads(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("record, complaint", [
+    ({"event": "decision"}, "'ts' is a required property"),
+    ({"event": "error", "ts": "2026-12-03T00:00:00.000Z"}, "'enforced' is a required property"),
+    ({"event": "decision", "ts": "yesterday"}, "'yesterday' does not match"),
+])
+def test_the_schema_rejects_incomplete_records(record, complaint):
+    from record_schema import check_record
+
+    with pytest.raises(AssertionError, match=complaint):
+        check_record(record)

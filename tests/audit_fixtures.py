@@ -223,7 +223,7 @@ def _finish_test_flows(flows: list) -> list:
     streamed.response.content = None  # as with stream_large_bodies: only the header survives
     streamed.response.headers["Content-Length"] = "1048576"
     by_seed[_id("flow", "proxyauth")].metadata["proxyauth"] = ("alice", "not-recorded-here")
-    # what geogate's proxy saves with each decided flow (SPEC §7 record; the fields used here)
+    # what geogate's proxy saves with each decided flow (the decision record; the fields used here)
     by_seed[_id("flow", "geogate-pinned")].metadata["geogate"] = {
         "event": "decision", "mode": "regular", "host": "mirror.example", "port": 80, "action": "allow",
         "rule": "mirror", "address": "198.51.100.50", "host_mismatch": False}

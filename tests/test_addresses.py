@@ -1,7 +1,7 @@
 """geogate.addresses: canonical host strings, embedded IPv4, special-purpose ranges, host:port.
 
 Table-driven in the style of Smokescreen's classifyAddr tests: every row is (input, expected...)
-with a short comment. The §7.4 vectors of shared/reference/legal-lists-and-address-tricks.md are
+with a short comment. The published address-trick vectors (spellings that bypass naive checks) are
 all here; each must come out as the address that will really be dialled, with the special range
 of the address that decides (for an IPv6 transition form: the IPv4 it carries).
 """
@@ -34,7 +34,7 @@ def canon_classify(text: str) -> tuple[str, Address | None]:
 
 # (input, canonical host, special range, embedded IPv4, embedding form)
 ADDRESS_VECTORS = [
-    # --- reference §7.4: IPv4 literal spellings glibc would dial as 127.0.0.1 ---
+    # --- address tricks: IPv4 literal spellings glibc would dial as 127.0.0.1 ---
     ("127.1", "127.0.0.1", "loopback", None, None),  # two-part form: 127 . 0.0.1
     ("0x7f.1", "127.0.0.1", "loopback", None, None),  # hex first part
     ("0177.0.0.1", "127.0.0.1", "loopback", None, None),  # leading 0 = octal
@@ -42,7 +42,7 @@ ADDRESS_VECTORS = [
     ("017700000001", "127.0.0.1", "loopback", None, None),  # one 32-bit octal
     ("127.0.0.1.", "127.0.0.1", "loopback", None, None),  # trailing dot
     ("127。0。0。1", "127.0.0.1", "loopback", None, None),  # U+3002 ideographic full stops (IDNA folds to '.')
-    # --- reference §7.4: IPv6 forms carrying a special IPv4 ---
+    # --- address tricks: IPv6 forms carrying a special IPv4 ---
     ("[::ffff:127.0.0.1]", "::ffff:7f00:1", "loopback", "127.0.0.1", "ipv4-mapped"),  # mapped, dotted
     ("[::ffff:7f00:1]", "::ffff:7f00:1", "loopback", "127.0.0.1", "ipv4-mapped"),  # mapped, hex
     ("[::127.0.0.1]", "::7f00:1", "loopback", "127.0.0.1", "ipv4-compatible"),  # deprecated compatible form
@@ -54,7 +54,7 @@ ADDRESS_VECTORS = [
     ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1", "link-local", "169.254.169.254", "6to4"),  # CVE-2026-44589 form
     ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback", "127.0.0.1", "teredo"),  # client bits inverted
     ("[fe80::1%25eth0]", "fe80::1", "link-local", None, None),  # URL-encoded zone id is dropped
-    # --- reference §7.4 public controls: no special range, geolocated as 8.8.8.8 ---
+    # --- address tricks, public controls: no special range, geolocated as 8.8.8.8 ---
     ("[::ffff:8.8.8.8]", "::ffff:808:808", None, "8.8.8.8", "ipv4-mapped"),
     ("[2002:808:808::1]", "2002:808:808::1", None, "8.8.8.8", "6to4"),
     # --- more IPv4 spellings ---
@@ -104,10 +104,10 @@ def test_address_vectors(text: str, canonical: str, special: str | None, v4: str
 
 # (input, canonical name, is a localhost name)
 NAME_VECTORS = [
-    ("localhost.", "localhost", True),  # §7.4: trailing dot
-    ("LOCALHOST.", "localhost", True),  # §7.4: upper case and trailing dot
-    ("foo.localhost", "foo.localhost", True),  # §7.4: RFC 6761, every name below localhost
-    ("ⓛⓞⓒⓐⓛⓗⓞⓢⓣ", "localhost", True),  # §7.4: circled letters fold to ASCII (NFKC)
+    ("localhost.", "localhost", True),  # address trick: trailing dot
+    ("LOCALHOST.", "localhost", True),  # address trick: upper case and trailing dot
+    ("foo.localhost", "foo.localhost", True),  # address trick: RFC 6761, every name below localhost
+    ("ⓛⓞⓒⓐⓛⓗⓞⓢⓣ", "localhost", True),  # address trick: circled letters fold to ASCII (NFKC)
     ("Foo.LocalHost...", "foo.localhost", True),  # mixed case, several dots
     ("localhost.example.com", "localhost.example.com", False),  # localhost as a label elsewhere
     ("notlocalhost", "notlocalhost", False),  # suffix without a dot
@@ -236,7 +236,7 @@ def test_embedded_ipv4(text: str, v4: str | None, form: str | None) -> None:
 
 
 def test_teredo_client_decoding_is_ipaddress_compatible() -> None:
-    """Our decoding agrees with the standard library's .teredo for the §7.4 vector."""
+    """Our decoding agrees with the standard library's .teredo for the published vector."""
     addr = ip("2001:0:4136:e378:8000:63bf:80ff:fffe")
     server, client = addr.teredo
     assert str(server) == "65.54.227.120"

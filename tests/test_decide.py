@@ -717,16 +717,16 @@ def test_host_claim_must_resolve_to_the_dialled_address(gate, claim, resolves_to
     assert decision_record(d)["host_mismatch"] is mismatch
 
 
-# -- the decision record (SPEC §7) and what a blocked client sees (SPEC §8) -------------------------
+# -- the decision record (docs/decision-record.md) and what a blocked client sees -----------------
 
-SPEC7_TYPES = {
+RECORD_TYPES = {
     "ts": str, "event": str, "flow_id": (str, type(None)), "client": (str, type(None)),
     "user": (str, type(None)), "mode": str, "host": (str, type(None)), "port": (int, type(None)),
     "sni": (str, type(None)), "action": str, "enforced": bool, "would_block": bool, "rule": str,
     "reason": str, "citation": (str, type(None)), "address": (str, type(None)), "host_mismatch": bool,
     "addresses": list, "policy": dict, "databases": list,
 }
-SPEC7_ADDRESS_TYPES = {
+RECORD_ADDRESS_TYPES = {
     "ip": str, "embedded_ipv4": (str, type(None)), "special": (str, type(None)),
     "country": (str, type(None)), "registered_country": (str, type(None)),
     "represented_country": (str, type(None)), "continent": (str, type(None)),
@@ -741,7 +741,7 @@ def test_decision_record_has_every_spec_field(gate, dbs) -> None:
                   client="127.0.0.1:54321", mode="regular", sni="example.cn")
     d = state.decide(req, [ip("1.0.0.1")], now=NOW)
     rec = decision_record(d)
-    for key, types in SPEC7_TYPES.items():
+    for key, types in RECORD_TYPES.items():
         assert key in rec, key
         assert isinstance(rec[key], types), (key, rec[key])
     assert rec["ts"] == "2026-06-01T12:00:00.000Z"
@@ -752,7 +752,7 @@ def test_decision_record_has_every_spec_field(gate, dbs) -> None:
     assert (rec["action"], rec["enforced"], rec["would_block"], rec["rule"]) == ("block", True, True, "doj")
     assert (rec["citation"], rec["address"], rec["host_mismatch"]) == ("28 CFR 202.601", "1.0.0.1", False)
     (a,) = rec["addresses"]
-    for key, types in SPEC7_ADDRESS_TYPES.items():
+    for key, types in RECORD_ADDRESS_TYPES.items():
         assert key in a, key
         assert isinstance(a[key], types), (key, a[key])
     assert (a["ip"], a["embedded_ipv4"], a["special"], a["country"], a["registered_country"]) == (

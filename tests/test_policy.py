@@ -1,4 +1,4 @@
-"""The policy loader (SPEC §2) and the built-in groups (SPEC §4).
+"""The policy loader and the built-in groups.
 
 Errors must name file:line:column and say what to write instead; a policy with any error is never
 returned; warnings are kept on the Policy and do not stop loading.
@@ -52,12 +52,12 @@ def where(text: str, needle: str, nth: int = 1) -> tuple[int, int]:
     return line, column
 
 
-# -- every key of SPEC §2 ------------------------------------------------------------------------
+# -- every key of the policy language--------------------------------------------------------------
 
 FULL = """\
 version: 1
 name: full-policy-1
-description: Every key of SPEC section 2
+description: Every key of the policy language
 mode: monitor
 default: block
 geo:
@@ -113,7 +113,7 @@ clients:
 
 def test_every_spec_key_parses() -> None:
     p = load(FULL)
-    assert p.name == "full-policy-1" and p.description == "Every key of SPEC section 2"
+    assert p.name == "full-policy-1" and p.description == "Every key of the policy language"
     assert (p.mode, p.default, p.special, p.addresses) == ("monitor", "block", "lookup", "any")
     assert p.fields == ("country", "registered_country", "represented_country")
     assert (p.unknown, p.disagreement) == ("allow", "first")

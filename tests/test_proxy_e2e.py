@@ -35,7 +35,7 @@ from proxy_support import write_policy
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")]
 
-SPEC_FIELDS = {"ts", "event", "flow_id", "client", "user", "mode", "host", "port", "sni", "action", "enforced",
+RECORD_FIELDS = {"ts", "event", "flow_id", "client", "user", "mode", "host", "port", "sni", "action", "enforced",
                "would_block", "rule", "reason", "citation", "address", "host_mismatch", "addresses", "policy",
                "databases"}
 ADDRESS_FIELDS = {"ip", "embedded_ipv4", "special", "country", "registered_country", "represented_country",
@@ -111,7 +111,7 @@ def new_records(proxy, start: int, count: int, timeout: float = 5) -> list[dict]
 
 
 def assert_spec_record(rec: dict) -> None:
-    assert SPEC_FIELDS <= rec.keys(), SPEC_FIELDS - rec.keys()
+    assert RECORD_FIELDS <= rec.keys(), RECORD_FIELDS - rec.keys()
     for a in rec["addresses"]:
         assert ADDRESS_FIELDS <= a.keys()
 

@@ -217,7 +217,7 @@ def _refuse_tls(addon: "GeoGate", data: tls.ClientHelloData, error_id: str, erro
 
 
 def block_response(d: Decision) -> http.Response:
-    """SPEC §8: 403, RFC 9209 Proxy-Status, and a short text body."""
+    """What a blocked HTTP client gets: 403, an RFC 9209 Proxy-Status header and a short text body."""
     return http.Response.make(
         403,
         block_body(d).encode(),

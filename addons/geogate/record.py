@@ -1,4 +1,4 @@
-"""Decision -> the JSON decision record (SPEC §7), and the short forms derived from it."""
+"""Decision -> the JSON decision record (docs/decision-record.md), and the short forms derived from it."""
 
 from __future__ import annotations
 

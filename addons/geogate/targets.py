@@ -6,7 +6,7 @@ Two kinds of mitmproxy modes exist for geogate:
   once, checked, and the connection is pinned to the checked address;
 - the destination was intercepted by the operating system (transparent, wireguard, local, tun,
   osproxy): the address is the original destination and is what gets checked. A name from SNI or
-  the Host header is only a claim about it (SPEC §2 host_mismatch).
+  the Host header is only a claim about it (the record's host_mismatch).
 """
 
 from __future__ import annotations

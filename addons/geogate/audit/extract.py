@@ -237,7 +237,7 @@ def _user(proxyauth: Any) -> str | None:
 
 
 def _live_decision(state: dict) -> dict | None:
-    """The decision record a live geogate saved with the flow (SPEC §7 fields), if any."""
+    """The decision record a live geogate saved with the flow (docs/decision-record.md), if any."""
     rec = (state.get("metadata") or {}).get("geogate")
     return rec if isinstance(rec, dict) and rec.get("host") else None
 

@@ -1,4 +1,4 @@
-"""JSON Lines: every decision as the SPEC §7 record (the decision log's format, plus an `audit`
+"""JSON Lines: every decision as the decision record (docs/decision-record.md) (the decision log's format, plus an `audit`
 object saying where the flow came from), written as it is made, then one `audit_summary` line.
 
 Streaming keeps memory flat on any input, and the lines before a crash or a corrupt file stay

@@ -15,6 +15,7 @@ import pytest
 from mitmproxy import addonmanager
 from mitmproxy import connection
 from mitmproxy import exceptions
+from mitmproxy import http
 from mitmproxy import options as moptions
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import layers
@@ -518,15 +519,22 @@ async def test_tls_layers_stay_when_intercepting_or_connections_are_lazy(gate):
     assert passthrough_hooks(gate.gg) == []
 
 
-async def test_intercepted_requests_carry_the_decision_and_log_their_url(gate):
+async def intercepted_request(gate, host: str = "allowed.test") -> http.HTTPFlow:
+    """A CONNECT to `host` decided with --intercept, and a request inside its tunnel (not yet
+    hooked), as mitmproxy hands them over."""
     gate.tctx.configure(gate.gg, geogate_intercept=True)
     c = client()
-    f = connect_flow("allowed.test")
+    f = connect_flow(host)
     f.client_conn = c
     await hook(gate.gg.http_connect, f)
-    await gate.gg.server_connect(hook_data("allowed.test", 443, c))
+    await gate.gg.server_connect(hook_data(host, 443, c))
     inner = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 443)))
     inner.request.scheme, inner.request.host, inner.request.port = "https", ALLOWED_IP, 443
+    return inner
+
+
+async def test_intercepted_requests_carry_the_decision_and_log_their_url(gate):
+    inner = await intercepted_request(gate)
     inner.request.host_header = "allowed.test"
     await hook(gate.gg.requestheaders, inner)
     rec = inner.metadata["geogate"]

@@ -20,6 +20,7 @@ from test_proxy_unit import files  # noqa: F401  (fixture)
 from test_proxy_unit import gate  # noqa: F401  (fixture)
 from test_proxy_unit import hook
 from test_proxy_unit import hook_data
+from test_proxy_unit import intercepted_request
 from test_proxy_unit import poll_until_changed
 from test_proxy_unit import proxy_request
 
@@ -99,14 +100,7 @@ async def test_an_sni_that_is_not_utf8_is_logged(gate):
 
 
 async def test_an_intercepted_request_with_a_host_that_is_not_utf8_is_logged(gate):
-    gate.tctx.configure(gate.gg, geogate_intercept=True)
-    c = client()
-    f = connect_flow("allowed.test")
-    f.client_conn = c
-    await hook(gate.gg.http_connect, f)
-    await gate.gg.server_connect(hook_data("allowed.test", 443, c))
-    inner = tflow.tflow(client_conn=c, server_conn=connection.Server(address=(ALLOWED_IP, 443)))
-    inner.request.scheme, inner.request.host, inner.request.port = "https", ALLOWED_IP, 443
+    inner = await intercepted_request(gate)
     inner.request.headers.fields = ((b"Host", RAW_HOST),)
     inner.request.path = "/caf\udce9"
     await hook(gate.gg.requestheaders, inner)

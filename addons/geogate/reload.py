@@ -400,9 +400,10 @@ class LiveState:
             at = self._ready_at(f)
             if at is None or now < at or f.digest == UNKNOWN:
                 return False
-        # Settled: the content must still be what was hashed when the settle time began.
+        # Settled: a file touched since it was hashed starts again (the content itself is
+        # compared after loading, with the sha256 of the bytes the new state was built from).
         for f in pending:
-            if f.stamp is not None and (stamp(f.path) != f.stamp or file_sha256(f.path) != f.digest):
+            if f.stamp is not None and stamp(f.path) != f.stamp:
                 f.stamp, f.digest, f.since = STALE, UNKNOWN, now
                 return False
         digests = tuple(f.digest for f in self.files)

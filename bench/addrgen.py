@@ -33,7 +33,8 @@ MAX_TRIES_PER_ADDRESS = 400
 def _delegated() -> Callable[[ipaddress.IPv6Address], bool] | None:
     try:
         import maxminddb
-        from geogate.bundled import default_database_paths
+
+        from geogate.core.bundled import default_database_paths
     except Exception:
         return None
     paths = [p for p in default_database_paths() if "whois" in p.name] or list(default_database_paths())[-1:]

@@ -109,9 +109,9 @@ def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool,
                    f"alone measured on a 1-flow file); value = median geogate rate / median mitmdump rate")
     if not have:
         return [skipped("audit.rate_ratio", "Audit speed vs mitmdump -nr", "x", ">= 1.0x",
-                        "addons/geogate/audit/command.py does not exist yet", method_rate),
+                        "addons/geogate/cli/audit.py does not exist yet", method_rate),
                 skipped("audit.memory_flat", f"Audit peak memory, {big} vs {rate_flows:,} flows", "x",
-                        f"<= {FLAT_TARGET}x", "addons/geogate/audit/command.py does not exist yet")], {"files": info}
+                        f"<= {FLAT_TARGET}x", "addons/geogate/cli/audit.py does not exist yet")], {"files": info}
     runs: dict[str, list[dict]] = {"mitmdump": [], "geogate": []}
     starts: dict[str, list[dict]] = {"mitmdump": [], "geogate": []}
     t0 = time.perf_counter()

@@ -93,13 +93,13 @@ def main() -> None:
 
     import maxminddb
 
-    from geogate.addresses import ip_key
-    from geogate.addresses import special_range
-    from geogate.cache import FifoCache
-    from geogate.decide import Request
-    from geogate.state import OUTCOME_CACHE_SIZE
-    from geogate.state import GateState
-    from geogate.state import utc_day
+    from geogate.core.addresses import ip_key
+    from geogate.core.addresses import special_range
+    from geogate.core.cache import FifoCache
+    from geogate.core.decide import Request
+    from geogate.policy.state import OUTCOME_CACHE_SIZE
+    from geogate.policy.state import GateState
+    from geogate.policy.state import utc_day
 
     t0 = time.perf_counter()
     addrs = public_addresses(a.addresses, seed=1, v6_share=a.v6_share)
@@ -297,11 +297,11 @@ def profile_phase(a) -> None:
     import signal
     import threading
 
-    from geogate.decide import Request
-    from geogate.state import OUTCOME_CACHE_SIZE
-    from geogate.state import GateState
-
     import maxminddb
+
+    from geogate.core.decide import Request
+    from geogate.policy.state import OUTCOME_CACHE_SIZE
+    from geogate.policy.state import GateState
 
     n = a.addresses
     if a.profile_phase == "uncached":  # enough never-seen addresses for the whole run

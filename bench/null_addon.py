@@ -14,8 +14,8 @@ from __future__ import annotations
 import inspect
 
 try:
-    from geogate.proxy import GeoGate as _Shape
-    from geogate.proxy import hook_names
+    from geogate.proxy.addon import GeoGate as _Shape
+    from geogate.proxy.addon import hook_names
 except Exception:  # geogate not importable: the hooks the addon is documented to use
     _Shape = None
 

@@ -30,7 +30,7 @@ def decision_records_match_the_schema(request):
     if request.node.get_closest_marker("any_records"):
         yield
         return
-    from geogate.decision_log import DecisionLog
+    from geogate.proxy.decision_log import DecisionLog
     from record_schema import check_record
 
     write = DecisionLog.write

@@ -1,7 +1,7 @@
 """Damaged MMDB files that kill maxminddb's C extension (3.2.0), as recipes: a MaxMind test
 database and the bytes to overwrite. Found by tools/find_mmdb_crashes.py (seed 1, 300 tries,
 4 crashes) and reduced to one byte each. Opened in-process with the C extension, each one ends
-the process with the signal given; geogate must refuse them instead (geogate.dbcheck).
+the process with the signal given; geogate must refuse them instead (geogate.core.dbcheck).
 
 - city-abrt: SIGABRT iterating the first records, so in Database()'s schema sample;
 - city-segv: SIGSEGV in the same place;

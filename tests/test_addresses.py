@@ -1,4 +1,4 @@
-"""geogate.addresses: canonical host strings, embedded IPv4, special-purpose ranges, host:port.
+"""geogate.core.addresses: canonical host strings, embedded IPv4, special-purpose ranges, host:port.
 
 Table-driven in the style of Smokescreen's classifyAddr tests: every row is (input, expected...)
 with a short comment. The published address-trick vectors (spellings that bypass naive checks) are
@@ -12,15 +12,15 @@ import ipaddress
 
 import pytest
 
-from geogate.addresses import Address
-from geogate.addresses import AddressError
-from geogate.addresses import canonical_host
-from geogate.addresses import classify
-from geogate.addresses import embedded_ipv4
-from geogate.addresses import is_localhost_name
-from geogate.addresses import parse_ip
-from geogate.addresses import special_range
-from geogate.addresses import split_host_port
+from geogate.core.addresses import Address
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import classify
+from geogate.core.addresses import embedded_ipv4
+from geogate.core.addresses import is_localhost_name
+from geogate.core.addresses import parse_ip
+from geogate.core.addresses import special_range
+from geogate.core.addresses import split_host_port
 
 ip = ipaddress.ip_address
 
@@ -201,8 +201,8 @@ def test_special_ranges(text: str, name: str | None) -> None:
 
 def test_every_named_range_is_covered() -> None:
     """The table above names every range the module knows (so a new range needs a new row)."""
-    from geogate.addresses import _SPECIAL_V4
-    from geogate.addresses import _SPECIAL_V6
+    from geogate.core.addresses import _SPECIAL_V4
+    from geogate.core.addresses import _SPECIAL_V6
 
     known = {name for _net, name in _SPECIAL_V4 + _SPECIAL_V6} | {"reserved"}
     tested = {name for _t, name in SPECIAL_RANGES if name}
@@ -360,8 +360,8 @@ def test_split_host_port_rejects(target: str) -> None:
 # -- the integer classification against the ipaddress-based one it replaced ----------------------
 
 def _reference_tables():
-    from geogate.addresses import _SPECIAL_V4
-    from geogate.addresses import _SPECIAL_V6
+    from geogate.core.addresses import _SPECIAL_V4
+    from geogate.core.addresses import _SPECIAL_V6
 
     return {v: [(ipaddress.ip_network(n), name) for n, name in table] for v, table in ((4, _SPECIAL_V4), (6, _SPECIAL_V6))}
 
@@ -415,8 +415,8 @@ def _reference_classify(addr) -> Address:
 
 def _boundary_addresses() -> list:
     """Both ends of every named range and transition form, and the addresses just outside."""
-    from geogate.addresses import _SPECIAL_V4
-    from geogate.addresses import _SPECIAL_V6
+    from geogate.core.addresses import _SPECIAL_V4
+    from geogate.core.addresses import _SPECIAL_V6
 
     nets = [n for n, _ in _SPECIAL_V4 + _SPECIAL_V6] + [n for n, _ in _FORMS] + ["2000::/3", "4000::/2", "8000::/1"]
     out = []
@@ -492,7 +492,7 @@ def test_classify_of_a_scoped_address_equals_the_unscoped_one() -> None:
 
 def test_ip_key_is_the_integer_with_the_family_apart() -> None:
     """ip_key reads ipaddress internals for speed: it must agree with the public int() and .version."""
-    from geogate.addresses import ip_key
+    from geogate.core.addresses import ip_key
 
     for addr in CLASSIFY_SAMPLE[:5000] + _carriers():
         assert ip_key(addr) == int(addr) + (1 << 128 if addr.version == 6 else 0)

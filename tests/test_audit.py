@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import audit_fixtures as af
-from geogate.audit import command
 from geogate.audit import evaluate
 from geogate.audit import progress
-from geogate.cli import main
+from geogate.cli import audit as command
+from geogate.cli.main import main
 from mmdbs import write_flat
 
 DATA = af.DATA

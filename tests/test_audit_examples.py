@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import audit_fixtures as af
-from geogate.cli import main
+from geogate.cli.main import main
 
 ROOT = af.ROOT
 DOC = ROOT / "README.md"

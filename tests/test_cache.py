@@ -1,9 +1,9 @@
-"""geogate.cache: FifoCache (the decision caches) and TtlLruCache (the DNS cache)."""
+"""geogate.core.cache: FifoCache (the decision caches) and TtlLruCache (the DNS cache)."""
 
 from __future__ import annotations
 
-from geogate.cache import FifoCache
-from geogate.cache import TtlLruCache
+from geogate.core.cache import FifoCache
+from geogate.core.cache import TtlLruCache
 
 
 def test_keeps_the_most_recent_inserts() -> None:

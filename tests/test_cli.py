@@ -21,11 +21,11 @@ from pathlib import Path
 import maxminddb
 import pytest
 
+from geogate.core.resolve import LOOPBACK
+from geogate.core.resolve import ResolveError
+from geogate.core.resolve import Resolver
 from geogate.policy.groups import builtin_groups
 from geogate.policy.loader import load_policy
-from geogate.resolve import LOOPBACK
-from geogate.resolve import ResolveError
-from geogate.resolve import Resolver
 
 PROJECT = Path(__file__).resolve().parents[1]
 TEST_DB = "tests/data/maxmind/GeoIP2-Country-Test.mmdb"

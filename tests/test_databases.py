@@ -1,4 +1,4 @@
-"""geogate.databases against MaxMind's own test databases and their source JSON (the truth table).
+"""geogate.core.databases against MaxMind's own test databases and their source JSON (the truth table).
 
 Every network of GeoIP2-Country-Test.json is looked up (first address of the network) and each
 field geogate reads is compared with the JSON. The JSON writes IPv4 networks as `::a.b.c.d/N`
@@ -20,11 +20,11 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from geogate.databases import Database
-from geogate.databases import DatabaseError
-from geogate.databases import DatabaseSet
-from geogate.databases import network_text
-from geogate.errors import GeogateError
+from geogate.core.databases import Database
+from geogate.core.databases import DatabaseError
+from geogate.core.databases import DatabaseSet
+from geogate.core.errors import GeogateError
+from geogate.core.geo import network_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mmdbs import MAXMIND_DATA  # noqa: E402
@@ -399,7 +399,7 @@ def _geoip2_fields(db: Database, addr, rec: dict, prefix_len: int) -> dict[str, 
     """What databases.py read through geoip2's models before it read the raw records itself."""
     import geoip2.models
 
-    from geogate.databases import _code as code
+    from geogate.core.databases import _code as code
 
     out = dict(source=db.name, country=None, registered_country=None, represented_country=None, represented_type=None,
                continent=None, subdivisions=(), asn=None, as_org=None, anycast=False)
@@ -512,7 +512,7 @@ def test_records_are_shared_per_database() -> None:
 def test_malformed_maxmind_record_is_a_lookup_error(tmp_path: Path) -> None:
     """A map that is not a map: geoip2 raised TypeError here; now it is a ValueError, which
     FactsSource reports as a failed lookup (so the decision fails closed)."""
-    from geogate.facts import FactsSource
+    from geogate.core.lookup import FactsSource
 
     path = write_maxmind(tmp_path / "odd.mmdb", {
         "1.2.3.0/24": {"country": "RU", "continent": {"code": "EU"}},

@@ -1,4 +1,4 @@
-"""Databases that would crash maxminddb's C extension are refused (geogate.dbcheck).
+"""Databases that would crash maxminddb's C extension are refused (geogate.core.dbcheck).
 
 The damaged files of tests/mmdb_crashes.py kill a process that reads them with the C extension
 (SIGABRT, SIGSEGV). geogate walks a database it has not seen before in a separate process first,
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from geogate import dbcheck
-from geogate.databases import Database
-from geogate.databases import DatabaseError
-from geogate.reload import LiveState
-from geogate.reload import Source
+from geogate.core import dbcheck
+from geogate.core.databases import Database
+from geogate.core.databases import DatabaseError
+from geogate.proxy.reload import LiveState
+from geogate.proxy.reload import Source
 from mmdb_crashes import CRASHES
 from mmdb_crashes import MAXMIND
 from mmdb_crashes import write_crash

@@ -29,18 +29,18 @@ from pathlib import Path
 import pytest
 from maxminddb.errors import InvalidDatabaseError
 
-from geogate.addresses import canonical_host
-from geogate.decide import Decision
-from geogate.decide import Request
-from geogate.decide import decide
-from geogate.facts import FactsSource
-from geogate.addresses import classify
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import classify
+from geogate.core.decide import Decision
+from geogate.core.decide import Request
+from geogate.core.decide import decide
+from geogate.core.lookup import FactsSource
+from geogate.core.record import block_body
+from geogate.core.record import decision_record
+from geogate.core.record import proxy_status
+from geogate.core.record import to_json_line
 from geogate.policy.groups import builtin_groups
-from geogate.record import block_body
-from geogate.record import decision_record
-from geogate.record import proxy_status
-from geogate.record import to_json_line
-from geogate.state import GateState
+from geogate.policy.state import GateState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mmdbs import MAXMIND_DATA  # noqa: E402
@@ -416,7 +416,7 @@ def test_expired_rule_is_skipped_and_warned(gate, now, action, rule, warned) -> 
 def test_without_a_given_time_the_clock_decides_the_day_and_the_record_time(gate, monkeypatch) -> None:
     # GateState.decide(now=None) reads time.time() and keeps the UTC day it is in; expiry must
     # still turn exactly at midnight UTC, and the decision's time must be the clock's
-    import geogate.state as state_module
+    import geogate.policy.state as state_module
 
     state = gate(EXPIRING)
     clock = [datetime(2026, 6, 30, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp()]
@@ -646,7 +646,7 @@ def test_lookup_error_blocks(gate, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_facts_give_every_record_and_the_network_of_the_first(tmp_path, order, address, network, records) -> None:
     """Each database answers for the address; the network reported is that of the first record,
     in database order, whatever the later databases' networks are."""
-    from geogate.databases import DatabaseSet
+    from geogate.core.databases import DatabaseSet
 
     paths = {"wide": write_flat(tmp_path / "wide.mmdb", {"20.0.0.0/16": "US"}),
              "narrow": write_flat(tmp_path / "narrow.mmdb", {"20.0.0.0/24": "CA", "21.0.0.0/24": "MX"})}
@@ -662,7 +662,7 @@ def test_facts_give_every_record_and_the_network_of_the_first(tmp_path, order, a
 
 def test_lookup_error_via_facts_source(dbs) -> None:
     """decide() itself, fed by a FactsSource whose database raises on lookup."""
-    from geogate.databases import DatabaseSet
+    from geogate.core.databases import DatabaseSet
     from geogate.policy.loader import load_policy_text
 
     policy = load_policy_text("version: 1\nname: t\ndefault: allow\nmode: monitor\n", "inline.yaml")
@@ -858,7 +858,7 @@ def test_memoised_verdicts_render_the_same_records(gate, special, carve) -> None
 
 
 def test_memo_is_not_used_where_the_rules_depend_on_the_address() -> None:
-    from geogate.decide import VerdictMemo
+    from geogate.core.decide import VerdictMemo
     from geogate.policy.loader import load_policy_text
 
     def memo_key(body: str, **req):

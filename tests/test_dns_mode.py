@@ -23,8 +23,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
-from geogate import dns_mode
-from geogate.proxy import GeoGate
+from geogate.proxy import dns_mode
+from geogate.proxy.addon import GeoGate
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -323,7 +323,7 @@ def test_other_modes_have_no_dns_hooks(files):
 
 
 def test_geogate_run_refuses_to_start_without_an_allowed_name_server(files, monkeypatch):
-    from geogate.state import GateState
+    from geogate.policy.state import GateState
 
     state = GateState.load(files.policy, [files.db])
     assert dns_mode.refusal_before_start(state, ["dns"], [ALLOWED_NS]) is None

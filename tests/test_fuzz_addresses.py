@@ -1,4 +1,4 @@
-"""Property-based tests of addons/geogate/addresses.py (profiles: tests/conftest.py).
+"""Property-based tests of geogate.core.addresses (profiles: tests/conftest.py).
 
 What a policy decides on is the address that will really be dialled, so these check that every
 spelling the parser accepts means what glibc would dial, that canonical forms are fixed points,
@@ -15,12 +15,12 @@ from hypothesis import example
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geogate.addresses import AddressError
-from geogate.addresses import canonical_host
-from geogate.addresses import classify
-from geogate.addresses import embedded_ipv4
-from geogate.addresses import parse_ip
-from geogate.addresses import split_host_port
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import classify
+from geogate.core.addresses import embedded_ipv4
+from geogate.core.addresses import parse_ip
+from geogate.core.addresses import split_host_port
 
 V4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
 V6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)

@@ -20,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import audit_fixtures as af
-from geogate.cli import main
+from geogate.cli.main import main
 from mmdbs import write_flat
 
 DATA = af.DATA

@@ -1,4 +1,4 @@
-"""Property-based tests of the MMDB reader (addons/geogate/databases.py) on damaged databases.
+"""Property-based tests of the MMDB reader (geogate.core.databases) on damaged databases.
 
 MaxMind's test databases are mutated (bit flips and overwrites in the search tree, the data
 section and the metadata; truncations anywhere). A damaged file either fails to load with
@@ -10,7 +10,7 @@ The first two properties read the damaged files with maxminddb's pure-Python rea
 which only ever raises. The third reads them as geogate does, with the C extension (maxminddb
 3.2.0, MODE_AUTO's first choice), which aborts (SIGABRT) or segfaults (SIGSEGV) on some damaged
 files; geogate walks every file it has not seen before in a separate process first
-(geogate.dbcheck), so the property is that this test process never dies: every file loads and
+(geogate.core.dbcheck), so the property is that this test process never dies: every file loads and
 answers, or is refused with DatabaseError. See docs/fuzzing.md.
 
 Not generated: metadata whose build_epoch no longer fits a timestamp (OverflowError); that
@@ -35,23 +35,23 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from maxminddb.errors import InvalidDatabaseError
 
-from geogate import dbcheck
-from geogate.addresses import canonical_host
-from geogate.addresses import ip_key
-from geogate.databases import Database
-from geogate.databases import DatabaseError
-from geogate.databases import DatabaseSet
-from geogate.decide import Request
-from geogate.facts import FactsSource
+from geogate.core import dbcheck
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import ip_key
+from geogate.core.databases import Database
+from geogate.core.databases import DatabaseError
+from geogate.core.databases import DatabaseSet
+from geogate.core.decide import Request
+from geogate.core.lookup import FactsSource
 from geogate.policy.loader import load_policy_text
-from geogate.state import GateState
+from geogate.policy.state import GateState
 from mmdb_crashes import CRASHES
 from mmdb_crashes import write_crash
 
 MAXMIND = Path(__file__).parent / "data" / "maxmind"
 FILES = sorted(MAXMIND.glob("*.mmdb"))
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
-LOOKUP_ERRORS = (InvalidDatabaseError, ValueError, OSError)  # what facts.FactsSource catches
+LOOKUP_ERRORS = (InvalidDatabaseError, ValueError, OSError)  # what lookup.FactsSource catches
 ALLOW_ALL = load_policy_text("version: 1\nname: allow-all\ndefault: allow\nspecial: lookup\ngeo:\n  unknown: allow\n", "allow-all.yaml")
 NOW = datetime(2026, 12, 3, tzinfo=timezone.utc)
 FEW = settings(max_examples=max(10, settings.default.max_examples // 2))

@@ -15,7 +15,8 @@ from hypothesis import example
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geogate.errors import GeogateError
+from geogate.core.errors import GeogateError
+from geogate.core.rules import Policy
 from geogate.policy.loader import CLIENT_KEYS
 from geogate.policy.loader import GEO_KEYS
 from geogate.policy.loader import RULE_KEYS
@@ -23,7 +24,6 @@ from geogate.policy.loader import TOP_KEYS
 from geogate.policy.loader import PolicyError
 from geogate.policy.loader import load_policy
 from geogate.policy.loader import load_policy_text
-from geogate.policy.model import Policy
 
 PATH = "fuzz.yaml"
 TODAY = date(2026, 12, 3)

@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from geogate.addresses import AddressError
-from geogate.addresses import canonical_host
-from geogate.addresses import parse_ip
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
 
 # Lax IPv4 parts that int() accepts and glibc's inet_aton does not: each is not an address
 # (a name for DNS), never an exception and never a different address than glibc would dial.
@@ -62,7 +62,7 @@ def test_canonical_host_refuses_over_long_or_empty_labels(host: str) -> None:
 
 @pytest.mark.parametrize("target", ["a:" + "1" * 5000, "[::1]:" + "9" * 4301, "a:000000443"])
 def test_split_host_port_refuses_long_ports_with_address_error(target: str) -> None:
-    from geogate.addresses import split_host_port
+    from geogate.core.addresses import split_host_port
 
     with pytest.raises(AddressError):  # int() raised a plain ValueError past 4300 digits
         split_host_port(target)
@@ -219,7 +219,7 @@ def test_a_har_cache_marker_that_is_not_text_is_not_a_type_error(key: str, value
 def test_a_record_that_cannot_be_decoded_while_sampling_is_a_database_error(monkeypatch, error) -> None:
     from pathlib import Path
 
-    from geogate import databases
+    from geogate.core import databases
 
     def broken(_reader, _path):
         raise error
@@ -232,7 +232,7 @@ def test_a_record_that_cannot_be_decoded_while_sampling_is_a_database_error(monk
 def test_metadata_that_cannot_be_decoded_is_a_database_error(tmp_path) -> None:
     from pathlib import Path
 
-    from geogate import databases
+    from geogate.core import databases
 
     data = (Path(__file__).parent / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb").read_bytes()
     marker = data.rindex(b"\xab\xcd\xefMaxMind.com") + 14

@@ -16,14 +16,14 @@ import maxminddb
 import pytest
 
 import audit_fixtures as af
-from geogate import bundled
-from geogate import databases
-from geogate.cli import main
-from geogate.databases import Database
-from geogate.databases import DatabaseError
-from geogate.databases import build_text
-from geogate.databases import clean_text
-from geogate.errors import GeogateError
+from geogate.cli.main import main
+from geogate.core import bundled
+from geogate.core import databases
+from geogate.core.databases import Database
+from geogate.core.databases import DatabaseError
+from geogate.core.errors import GeogateError
+from geogate.core.geo import build_text
+from geogate.core.geo import clean_text
 from mmdbs import I32
 from mmdbs import U16
 from mmdbs import U32

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from geogate import cli
-from geogate.addresses import NO_NAT64
-from geogate.addresses import Nat64Prefixes
-from geogate.addresses import classify
-from geogate.addresses import embedded_ipv4
-from geogate.addresses import nat64_decode
-from geogate.decide import Request
+from geogate.cli import main as cli
+from geogate.core.addresses import NO_NAT64
+from geogate.core.addresses import Nat64Prefixes
+from geogate.core.addresses import classify
+from geogate.core.addresses import embedded_ipv4
+from geogate.core.addresses import nat64_decode
+from geogate.core.decide import Request
+from geogate.core.record import decision_record
 from geogate.policy.loader import PolicyError
 from geogate.policy.loader import load_policy_text
-from geogate.record import decision_record
-from geogate.reload import LiveState
-from geogate.reload import Source
-from geogate.state import GateState
+from geogate.policy.state import GateState
+from geogate.proxy.reload import LiveState
+from geogate.proxy.reload import Source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mmdbs import maxmind_record  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import pycountry
 import pytest
 
-from geogate.errors import GeogateError
+from geogate.core.errors import GeogateError
 from geogate.policy.groups import builtin_groups
 from geogate.policy.loader import PolicyError
 from geogate.policy.loader import load_policy

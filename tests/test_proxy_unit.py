@@ -17,26 +17,26 @@ from mitmproxy import connection
 from mitmproxy import exceptions
 from mitmproxy import http
 from mitmproxy import options as moptions
+from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import layers
 from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
-from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
-from geogate import proxy as proxy_module
-from geogate.decision_log import DecisionLog
-from geogate.errors import GeogateError
-from geogate.proxy import GeoGate
-from geogate.record import decision_record
-from geogate.record import summary_line
-from geogate.state import GateState
-from geogate.targets import CarriedDecisions
-from geogate.targets import client_text
-from geogate.targets import host_of_header
+from geogate.core.errors import GeogateError
+from geogate.core.record import decision_record
+from geogate.core.record import summary_line
+from geogate.policy.state import GateState
+from geogate.proxy import addon as proxy_module
+from geogate.proxy.addon import GeoGate
+from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.flows import CarriedDecisions
+from geogate.proxy.flows import client_text
+from geogate.proxy.flows import host_of_header
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from proxy_support import DEAD_RESOLVER
@@ -279,7 +279,7 @@ async def test_a_repeated_plain_http_request_is_treated_as_the_first(gate, mode,
 
 async def test_a_repeat_is_recorded_as_repeat_record_makes_it(gate, monkeypatch):
     # the repeat path builds its record itself; it must be the record record.repeat_record makes
-    from geogate.record import repeat_record
+    from geogate.core.record import repeat_record
 
     wall = proxy_module.time.time() + 0.1234
     monkeypatch.setattr(proxy_module.time, "time", lambda: wall)
@@ -477,7 +477,7 @@ async def test_eager_connections_relay_tls_before_any_tls_layer_is_built(gate):
 def test_the_script_module_is_the_addon_with_the_hooks_of_one_geogate():
     from mitmproxy.addons.script import load_script
 
-    from geogate.proxy import hook_names
+    from geogate.proxy.addon import hook_names
 
     module = load_script(str(Path(__file__).resolve().parents[1] / "addons" / "geogate_addon.py"))
     assert module.name == "geogate"  # what ctx.master.addons.get("geogate") finds
@@ -691,7 +691,7 @@ def test_decision_log_follows_rotation(tmp_path):
 
 # -- replayed flows -----------------------------------------------------------------------------------
 
-async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, monkeypatch, capsys):
+async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, capsys):
     seen = []
 
     class FakeReplayAudit:
@@ -701,9 +701,7 @@ async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, 
         def summary_text(self):
             return "replay summary: 1 flow"
 
-    module = types.ModuleType("geogate.audit.replay")
-    module.ReplayAudit = FakeReplayAudit
-    monkeypatch.setitem(sys.modules, "geogate.audit.replay", module)
+    gate.gg._make_replay = FakeReplayAudit
     f = tflow.tflow(resp=True, live=False)
     await gate.tctx.cycle(gate.gg, f)
     assert seen == []  # not reading a file: the replay hook is not even installed
@@ -715,11 +713,22 @@ async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, 
     assert "replay summary: 1 flow" in capsys.readouterr().out
 
 
-async def test_replayed_flows_without_the_audit_module_are_ignored(gate, monkeypatch):
-    monkeypatch.setitem(sys.modules, "geogate.audit.replay", None)  # import raises ImportError
+async def test_replayed_flows_without_a_replay_audit_are_left_alone(gate):
+    gate.gg._configure_optional_hooks(types.SimpleNamespace(rfile="flows.mitm"))
     f = tflow.tflow(resp=True, live=False)
     await gate.tctx.cycle(gate.gg, f)
-    assert f.error is None and f.response.status_code == 200
+    assert f.error is None and f.response.status_code == 200 and gate.gg._replay is None
+
+
+def test_the_mitmproxy_script_gives_the_addon_the_replay_audit():
+    from geogate import addon
+    from geogate.audit.replay import ReplayAudit
+
+    namespace: dict = {}
+    addon.serve(namespace)
+    assert namespace["name"] == "geogate"
+    gate = next(v.__self__ for v in namespace.values() if hasattr(v, "__self__"))
+    assert gate._make_replay is ReplayAudit
 
 
 # -- small pure pieces ----------------------------------------------------------------------------------
@@ -746,7 +755,7 @@ def test_client_text():
 
 
 def test_summary_line_names_host_address_country_and_rule(files):
-    from geogate.decide import Request
+    from geogate.core.decide import Request
 
     state = GateState.load(str(files.policy), [str(files.db)])
     import ipaddress
@@ -758,14 +767,13 @@ def test_summary_line_names_host_address_country_and_rule(files):
 
 
 def test_a_recent_decision_holds_for_its_state_its_utc_day_and_its_lifetime(files):
+    import ipaddress
     from datetime import datetime
     from datetime import timezone
 
-    from geogate.decide import Request
-    from geogate.targets import RecentDecision
-    from geogate.targets import RecentDecisions
-
-    import ipaddress
+    from geogate.core.decide import Request
+    from geogate.proxy.flows import RecentDecision
+    from geogate.proxy.flows import RecentDecisions
 
     state = GateState.load(str(files.policy), [str(files.db)])
     late = datetime(2026, 11, 28, 23, 59, 59, 500000, tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ import logging
 from mitmproxy import connection
 from mitmproxy.test import tflow
 
-from geogate.state import GateState
+from geogate.policy.state import GateState
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from test_proxy_unit import client
@@ -53,8 +53,8 @@ def transparent_request(address: str, host_header: bytes) -> tflow.http.HTTPFlow
 
 
 def test_printable_writes_bytes_that_are_not_utf8_as_backslash_x():
-    from geogate.record import printable
-    from geogate.record import to_json_line
+    from geogate.core.record import printable
+    from geogate.core.record import to_json_line
 
     assert printable(SEEN_HOST) == LOGGED_HOST
     assert printable("bücher.example") == "bücher.example"  # valid UTF-8 stays as it is

@@ -9,8 +9,8 @@ from datetime import timezone
 
 import pytest
 
-from geogate.record import timestamp
-from geogate.record import timestamp_at
+from geogate.core.record import timestamp
+from geogate.core.record import timestamp_at
 
 UTC = timezone.utc
 
@@ -56,9 +56,8 @@ def test_the_sample_line_in_the_docs_matches_the_schema():
 
 @pytest.mark.parametrize("target", ["8.8.8.8", "175.45.176.1", "[64:ff9b:1:af2d:b0:100::]", "[::ffff:127.0.0.1]:443"])
 def test_explain_json_matches_the_schema(target, capsys):
+    from geogate.cli.main import main
     from record_schema import check_record
-
-    from geogate.cli import main
 
     main(["explain", target, "--no-resolve", "--json"])
     check_record(json.loads(capsys.readouterr().out))

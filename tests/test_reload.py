@@ -1,4 +1,4 @@
-"""Hot reload (geogate.reload.LiveState): only a file its writer has finished is applied.
+"""Hot reload (geogate.proxy.reload.LiveState): only a file its writer has finished is applied.
 
 Real writers against the real watcher (inotify where the kernel has it), plus a fake clock for
 the rules that are about time rather than about writers."""
@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import pytest
 
 from geogate.policy.loader import load_policy_text
-from geogate.reload import Inotify
-from geogate.reload import LiveState
-from geogate.reload import Source
-from geogate.targets import make_request
+from geogate.proxy.flows import make_request
+from geogate.proxy.reload import Inotify
+from geogate.proxy.reload import LiveState
+from geogate.proxy.reload import Source
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from proxy_support import NETWORKS

@@ -20,12 +20,12 @@ from mitmproxy import connection
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
-from geogate.proxy import GeoGate
-from geogate.resolve import DEFAULT_CACHE_BYTES
-from geogate.resolve import DEFAULT_CACHE_ENTRIES
-from geogate.resolve import Resolution
-from geogate.resolve import ResolveError
-from geogate.resolve import Resolver
+from geogate.core.resolve import DEFAULT_CACHE_BYTES
+from geogate.core.resolve import DEFAULT_CACHE_ENTRIES
+from geogate.core.resolve import Resolution
+from geogate.core.resolve import ResolveError
+from geogate.core.resolve import Resolver
+from geogate.proxy.addon import GeoGate
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from proxy_support import write_db

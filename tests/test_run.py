@@ -90,8 +90,8 @@ def test_an_unusable_log_never_opens_the_port(inputs):
     ("", "all addresses, port 8080", "http://127.0.0.1:8080"),
 ])
 def test_listen_addresses_are_printed_as_usable_urls(host, where, url):
-    from geogate.run import host_port
-    from geogate.run import listen_lines
+    from geogate.cli.run_proxy import host_port
+    from geogate.cli.run_proxy import listen_lines
 
     assert listen_lines("regular", host, 8080) == (
         f"geogate: listening on {where} (regular mode); use HTTP_PROXY={url} HTTPS_PROXY={url}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 
-from ..decide import Decision
-from .evaluate import Addressing
-from .model import RESOLVED
-from .model import UNRESOLVED
-from .model import RecordedFlow
-from .model import ip_text
+from geogate.audit.evaluate import Addressing
+from geogate.audit.model import RESOLVED
+from geogate.audit.model import UNRESOLVED
+from geogate.audit.model import RecordedFlow
+from geogate.audit.model import ip_text
+from geogate.core.decide import Decision
 
 SAMPLE_LIMIT = 500
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 from typing import TextIO
 
-from ..decide import Decision
-from .aggregate import address_text
-from .aggregate import country_key
-from .aggregate import label
-from .evaluate import Addressing
-from .json_report import audit_fields
-from .model import RecordedFlow
-from .run import AuditResult
+from geogate.audit.aggregate import address_text
+from geogate.audit.aggregate import country_key
+from geogate.audit.aggregate import label
+from geogate.audit.auditor import AuditResult
+from geogate.audit.evaluate import Addressing
+from geogate.audit.json_report import audit_fields
+from geogate.audit.model import RecordedFlow
+from geogate.core.decide import Decision
 
 COLUMNS = ["file", "index", "flow_id", "started", "kind", "url", "client", "host", "port", "sni",
            "address", "resolution", "country", "action", "enforced", "would_block", "rule", "reason",

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ..addresses import IPAddress
-from ..decide import Decision
-from ..decide import Request
-from ..resolve import ResolveError
-from ..resolve import Resolver
-from ..state import GateState
-from .model import RECORDED
-from .model import RESOLVED
-from .model import UNRESOLVED
-from .model import RecordedFlow
+from geogate.audit.model import RECORDED
+from geogate.audit.model import RESOLVED
+from geogate.audit.model import UNRESOLVED
+from geogate.audit.model import RecordedFlow
+from geogate.core.addresses import IPAddress
+from geogate.core.decide import Decision
+from geogate.core.decide import Request
+from geogate.core.resolve import ResolveError
+from geogate.core.resolve import Resolver
+from geogate.policy.state import GateState
 
 NO_ADDRESS = "no recorded address"
 

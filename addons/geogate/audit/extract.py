@@ -28,12 +28,12 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..addresses import AddressError
-from ..addresses import canonical_host
-from ..addresses import parse_ip
-from .harstream import OMITTED
-from .harstream import PREFIX_KEY
-from .model import RecordedFlow
+from geogate.audit.harstream import OMITTED
+from geogate.audit.harstream import PREFIX_KEY
+from geogate.audit.model import RecordedFlow
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
 
 # Modes in which the operating system, not the client, chose the destination (see targets.py of
 # the proxy): a name from SNI or the Host header there is only a claim about the address.

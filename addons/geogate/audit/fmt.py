@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..databases import DatabaseInfo
-from ..databases import build_text
-from ..policy.model import PolicyRef
+from geogate.core.geo import DatabaseInfo
+from geogate.core.geo import build_text
+from geogate.core.rules import PolicyRef
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from .aggregate import NEWLY_ALLOWED
-from .aggregate import NEWLY_BLOCKED
-from .aggregate import SPECIAL_KEY
-from .aggregate import UNKNOWN_KEY
-from .aggregate import UNRESOLVED_KEY
-from .aggregate import Aggregate
-from .aggregate import Changes
-from .aggregate import Country
-from .fmt import count
-from .fmt import country_name
-from .fmt import database_line
-from .fmt import human_bytes
-from .fmt import plural
-from .run import AuditResult
+from geogate.audit.aggregate import NEWLY_ALLOWED
+from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import SPECIAL_KEY
+from geogate.audit.aggregate import UNKNOWN_KEY
+from geogate.audit.aggregate import UNRESOLVED_KEY
+from geogate.audit.aggregate import Aggregate
+from geogate.audit.aggregate import Changes
+from geogate.audit.aggregate import Country
+from geogate.audit.auditor import AuditResult
+from geogate.audit.fmt import count
+from geogate.audit.fmt import country_name
+from geogate.audit.fmt import database_line
+from geogate.audit.fmt import human_bytes
+from geogate.audit.fmt import plural
 
 CHART_ROWS = 24  # countries drawn; the rest are summed into one "other" bar
 

@@ -12,14 +12,14 @@ from datetime import datetime
 from datetime import timezone
 from typing import TextIO
 
-from ..decide import Decision
-from ..record import decision_record
-from ..record import to_json_line
-from .aggregate import NEWLY_ALLOWED
-from .aggregate import NEWLY_BLOCKED
-from .evaluate import Addressing
-from .model import RecordedFlow
-from .run import AuditResult
+from geogate.audit.aggregate import NEWLY_ALLOWED
+from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.auditor import AuditResult
+from geogate.audit.evaluate import Addressing
+from geogate.audit.model import RecordedFlow
+from geogate.core.decide import Decision
+from geogate.core.record import decision_record
+from geogate.core.record import to_json_line
 
 
 def audit_fields(flow: RecordedFlow, addressing: Addressing) -> dict:

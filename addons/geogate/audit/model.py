@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..addresses import IPAddress
+from geogate.core.addresses import IPAddress
 
 # How a flow's destination address was obtained; reports say which, because only `recorded`
 # is evidence of where the traffic really went.

@@ -13,16 +13,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import GeogateError
-from . import extract
-from .flowfile import MAX_LENGTH_DIGITS
-from .flowfile import RecordError
-from .flowfile import states
-from .harstream import HarScanner
-from .harstream import HarSyntaxError
-from .harstream import NotHar
-from .model import Problem
-from .model import RecordedFlow
+from geogate.audit import extract
+from geogate.audit.flowfile import MAX_LENGTH_DIGITS
+from geogate.audit.flowfile import RecordError
+from geogate.audit.flowfile import states
+from geogate.audit.harstream import HarScanner
+from geogate.audit.harstream import HarSyntaxError
+from geogate.audit.harstream import NotHar
+from geogate.audit.model import Problem
+from geogate.audit.model import RecordedFlow
+from geogate.core.errors import GeogateError
 
 _LENGTH_PREFIX = re.compile(rb"[0-9]{1,12}:")  # how every tnetstring record starts
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "xz", b"BZh": "bzip2", b"PK\x03\x04": "zip"}

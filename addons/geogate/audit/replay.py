@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from mitmproxy import flow as mflow
 
-from ..decide import Decision
-from ..state import GateState
-from . import text_report
-from .extract import ExtractError
-from .extract import from_state
-from .model import Problem
-from .run import Audit
+from geogate.audit import text_report
+from geogate.audit.auditor import Audit
+from geogate.audit.extract import ExtractError
+from geogate.audit.extract import from_state
+from geogate.audit.model import Problem
+from geogate.core.decide import Decision
+from geogate.policy.state import GateState
 
 
 class ReplayAudit:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from .aggregate import NEWLY_ALLOWED
-from .aggregate import NEWLY_BLOCKED
-from .aggregate import Aggregate
-from .aggregate import Changes
-from .fmt import count
-from .fmt import database_line
-from .fmt import ellipsize
-from .fmt import plural
-from .fmt import policy_line
-from .run import AuditResult
+from geogate.audit.aggregate import NEWLY_ALLOWED
+from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import Aggregate
+from geogate.audit.aggregate import Changes
+from geogate.audit.auditor import AuditResult
+from geogate.audit.fmt import count
+from geogate.audit.fmt import database_line
+from geogate.audit.fmt import ellipsize
+from geogate.audit.fmt import plural
+from geogate.audit.fmt import policy_line
 
 HOST_WIDTH = 40
 

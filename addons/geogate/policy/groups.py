@@ -7,8 +7,8 @@ from datetime import date
 from functools import lru_cache
 from importlib import resources
 
-from .yamlnodes import compose
-from .yamlnodes import plain
+from geogate.policy.yamlnodes import compose
+from geogate.policy.yamlnodes import plain
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,27 +19,27 @@ from yaml.nodes import Node
 from yaml.nodes import ScalarNode
 from yaml.nodes import SequenceNode
 
-from ..addresses import BUILTIN_CARRIERS
-from ..addresses import NAT64_LENGTHS
-from ..addresses import NAT64_WELL_KNOWN
-from ..addresses import AddressError
-from ..addresses import Nat64Prefixes
-from ..addresses import canonical_host
-from ..addresses import parse_ip
-from ..errors import GeogateError
-from .groups import builtin_groups
-from .model import ACTIONS
-from .model import CONTINENTS
-from .model import FIELDS
-from .model import ClientProfile
-from .model import HostPattern
-from .model import Policy
-from .model import PolicyRef
-from .model import Rule
-from .yamlnodes import Position
-from .yamlnodes import YamlSyntaxError
-from .yamlnodes import compose
-from .yamlnodes import position
+from geogate.core.addresses import BUILTIN_CARRIERS
+from geogate.core.addresses import NAT64_LENGTHS
+from geogate.core.addresses import NAT64_WELL_KNOWN
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import Nat64Prefixes
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
+from geogate.core.errors import GeogateError
+from geogate.core.rules import ACTIONS
+from geogate.core.rules import CONTINENTS
+from geogate.core.rules import FIELDS
+from geogate.core.rules import ClientProfile
+from geogate.core.rules import HostPattern
+from geogate.core.rules import Policy
+from geogate.core.rules import PolicyRef
+from geogate.core.rules import Rule
+from geogate.policy.groups import builtin_groups
+from geogate.policy.yamlnodes import Position
+from geogate.policy.yamlnodes import YamlSyntaxError
+from geogate.policy.yamlnodes import compose
+from geogate.policy.yamlnodes import position
 
 TOP_KEYS = (
     "version", "name", "description", "mode", "default", "geo", "special", "addresses", "nat64",

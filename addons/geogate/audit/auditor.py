@@ -13,17 +13,17 @@ from datetime import datetime
 from datetime import timezone
 from typing import Protocol
 
-from ..databases import DatabaseInfo
-from ..decide import Decision
-from ..policy.model import PolicyRef
-from ..state import GateState
-from .aggregate import Aggregate
-from .aggregate import Changes
-from .evaluate import Addressing
-from .evaluate import Evaluator
-from .evaluate import NameLookup
-from .model import Problem
-from .model import RecordedFlow
+from geogate.audit.aggregate import Aggregate
+from geogate.audit.aggregate import Changes
+from geogate.audit.evaluate import Addressing
+from geogate.audit.evaluate import Evaluator
+from geogate.audit.evaluate import NameLookup
+from geogate.audit.model import Problem
+from geogate.audit.model import RecordedFlow
+from geogate.core.decide import Decision
+from geogate.core.geo import DatabaseInfo
+from geogate.core.rules import PolicyRef
+from geogate.policy.state import GateState
 
 PROBLEM_LIMIT = 100  # problems listed one by one; beyond that only counted
 

@@ -34,15 +34,15 @@ from datetime import timezone
 from functools import lru_cache
 from ipaddress import ip_address
 
-from .addresses import NAT64_BAD_U_OCTET
-from .addresses import NAT64_UNDECODED
-from .addresses import IPAddress
-from .databases import DatabaseInfo
-from .databases import GeoRecord
-from .facts import AddressFacts
-from .policy.model import Policy
-from .policy.model import PolicyRef
-from .policy.model import Rule
+from geogate.core.addresses import NAT64_BAD_U_OCTET
+from geogate.core.addresses import NAT64_UNDECODED
+from geogate.core.addresses import IPAddress
+from geogate.core.facts import AddressFacts
+from geogate.core.geo import DatabaseInfo
+from geogate.core.geo import GeoRecord
+from geogate.core.rules import Policy
+from geogate.core.rules import PolicyRef
+from geogate.core.rules import Rule
 
 _SEVERITY = {"allow": 0, "monitor": 1, "block": 2}
 

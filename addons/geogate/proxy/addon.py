@@ -40,53 +40,53 @@ from mitmproxy.connection import Server
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import layer
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy import server_hooks
 from mitmproxy.proxy.layers import ClientTLSLayer
 from mitmproxy.proxy.layers import ServerTLSLayer
 from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import UDPLayer
-from mitmproxy.proxy import server_hooks
 
-from .addresses import AddressError
-from .addresses import canonical_host
-from .addresses import parse_ip
-from .decide import Decision
-from .decision_log import DecisionLog
-from .dns_mode import DnsGate
-from .dns_mode import NameServerJudgement
-from .errors import GeogateError
-from .record import INTERNAL_ERROR_TEXT
-from .record import block_body
-from .record import decision_record
-from .record import internal_error_body
-from .record import printable
-from .record import proxy_status
-from .record import repeat_record
-from .record import summary_line
-from .record import timestamp_at
-from .reload import DEFAULT_SETTLE
-from .reload import MAX_SETTLE
-from .reload import LiveState
-from .reload import Source
-from .reload import describe
-from .reload import one_line
-from .resolve import DEFAULT_CACHE_BYTES
-from .resolve import DEFAULT_CACHE_ENTRIES
-from .resolve import Resolver
-from .resolve import ResolveError
-from .state import GateState
-from .targets import INTERCEPTED_MODES
-from .targets import NAME_REUSE_SECONDS
-from .targets import CarriedDecisions
-from .targets import RecentDecision
-from .targets import RecentDecisions
-from .targets import client_text
-from .targets import host_of_header
-from .targets import is_ip
-from .targets import make_request
-from .targets import mode_name
-from .targets import pinned_address
-from .targets import target_url
-from .targets import user_of
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
+from geogate.core.decide import Decision
+from geogate.core.errors import GeogateError
+from geogate.core.record import INTERNAL_ERROR_TEXT
+from geogate.core.record import block_body
+from geogate.core.record import decision_record
+from geogate.core.record import internal_error_body
+from geogate.core.record import printable
+from geogate.core.record import proxy_status
+from geogate.core.record import repeat_record
+from geogate.core.record import summary_line
+from geogate.core.record import timestamp_at
+from geogate.core.resolve import DEFAULT_CACHE_BYTES
+from geogate.core.resolve import DEFAULT_CACHE_ENTRIES
+from geogate.core.resolve import ResolveError
+from geogate.core.resolve import Resolver
+from geogate.policy.state import GateState
+from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.dns_mode import DnsGate
+from geogate.proxy.dns_mode import NameServerJudgement
+from geogate.proxy.flows import INTERCEPTED_MODES
+from geogate.proxy.flows import NAME_REUSE_SECONDS
+from geogate.proxy.flows import CarriedDecisions
+from geogate.proxy.flows import RecentDecision
+from geogate.proxy.flows import RecentDecisions
+from geogate.proxy.flows import client_text
+from geogate.proxy.flows import host_of_header
+from geogate.proxy.flows import is_ip
+from geogate.proxy.flows import make_request
+from geogate.proxy.flows import mode_name
+from geogate.proxy.flows import pinned_address
+from geogate.proxy.flows import target_url
+from geogate.proxy.flows import user_of
+from geogate.proxy.reload import DEFAULT_SETTLE
+from geogate.proxy.reload import MAX_SETTLE
+from geogate.proxy.reload import LiveState
+from geogate.proxy.reload import Source
+from geogate.proxy.reload import describe
+from geogate.proxy.reload import one_line
 
 logger = logging.getLogger("geogate")
 
@@ -291,7 +291,9 @@ def hook_names(addon: object) -> list[str]:
 
 
 class GeoGate:
-    def __init__(self) -> None:
+    def __init__(self, replay: Callable[[], Any] | None = None) -> None:
+        """`replay` makes the audit of flows read from a file (`mitmdump -nr`): an object with
+        evaluate(flow, state) and summary_text(); without it, replayed flows are left alone."""
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
         self.resolver = Resolver(
             3.0,
@@ -307,8 +309,8 @@ class GeoGate:
         self.carried = CarriedDecisions()
         self.recent = RecentDecisions()
         self._running = False
-        self._replay: Any = None  # geogate.audit.replay.ReplayAudit, made on the first replayed flow
-        self._replay_missing = False
+        self._make_replay = replay
+        self._replay: Any = None  # made on the first replayed flow
         self.log_allows = True
         self._passthrough: EagerPassthrough | None = None  # see next_layer
         # Hooks that only some set-ups need live in sub-addons, in an `addons` entry that exists
@@ -816,16 +818,11 @@ class GeoGate:
 
     # -- replayed flows (mitmdump -nr FILE): reported on, never touched ------------------------
     def replayed(self, flow) -> None:
-        if flow.live or self._replay_missing:
+        if flow.live or self._make_replay is None:
             return
         try:
             if self._replay is None:
-                try:
-                    from .audit.replay import ReplayAudit
-                except ImportError:
-                    self._replay_missing = True
-                    return
-                self._replay = ReplayAudit()
+                self._replay = self._make_replay()
             self._replay.evaluate(flow, self.current_state())
         except Exception as e:
             logger.error(f"geogate: audit of replayed flow {flow.id} failed: {e!r}")

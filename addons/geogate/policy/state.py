@@ -14,24 +14,24 @@ from pathlib import Path
 from typing import Iterable
 from typing import Sequence
 
-from .addresses import IPAddress
-from .addresses import ip_key
-from .cache import FifoCache
-from .databases import DatabaseSet
-from .decide import Decision
-from .decide import Request
-from .decide import VerdictMemo
-from .decide import decide_outcome
-from .facts import FactsSource
-from .policy.loader import load_policy
-from .policy.model import Policy
+from geogate.core import packaged
+from geogate.core.addresses import IPAddress
+from geogate.core.addresses import ip_key
+from geogate.core.cache import FifoCache
+from geogate.core.databases import DatabaseSet
+from geogate.core.decide import Decision
+from geogate.core.decide import Request
+from geogate.core.decide import VerdictMemo
+from geogate.core.decide import decide_outcome
+from geogate.core.lookup import FactsSource
+from geogate.core.rules import Policy
+from geogate.policy.loader import load_policy
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 OUTCOME_CACHE_SIZE = 4096  # a few MB; proxies see far fewer distinct destinations than that
 
 
 def default_policy_path() -> Path:
-    return Path(os.environ.get("GEOGATE_POLICY") or PROJECT_DIR / "policies" / "default.yaml")
+    return Path(os.environ.get("GEOGATE_POLICY") or packaged.default_policy())
 
 
 def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]:
@@ -39,7 +39,7 @@ def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]
     given = [Path(p) for p in given or () if str(p)]
     if given:
         return given
-    from .bundled import default_database_paths
+    from geogate.core.bundled import default_database_paths
 
     return list(default_database_paths())
 

@@ -34,16 +34,16 @@ from mitmproxy.net.dns import response_codes
 from mitmproxy.net.dns import types as dns_types
 from mitmproxy.proxy import mode_specs
 
-from .addresses import AddressError
-from .addresses import canonical_host
-from .addresses import parse_ip
-from .decide import Decision
-from .record import decision_record
-from .record import repeat_record
-from .record import timestamp_at
-from .targets import client_text
-from .targets import make_request
-from .targets import mode_name
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
+from geogate.core.decide import Decision
+from geogate.core.record import decision_record
+from geogate.core.record import repeat_record
+from geogate.core.record import timestamp_at
+from geogate.proxy.flows import client_text
+from geogate.proxy.flows import make_request
+from geogate.proxy.flows import mode_name
 
 logger = logging.getLogger("geogate")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import date
 
-from ..addresses import NO_NAT64
-from ..addresses import IPNetwork
-from ..addresses import Nat64Prefixes
+from geogate.core.addresses import NO_NAT64
+from geogate.core.addresses import IPNetwork
+from geogate.core.addresses import Nat64Prefixes
 
 ACTIONS = ("allow", "block", "monitor")
 FIELDS = ("country", "registered_country", "represented_country")

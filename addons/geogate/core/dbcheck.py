@@ -2,7 +2,7 @@
 
 maxminddb's C extension (3.2.0) kills the process on some damaged files: SIGABRT or SIGSEGV
 while decoding a record, which no Python code can catch (docs/fuzzing.md). So before a file is
-used with the C extension, a child process (`python -m geogate.dbcheck SNAPSHOT`) opens it the
+used with the C extension, a child process (`python -m geogate.core.dbcheck SNAPSHOT`) opens it the
 same way and walks every record: iterating the reader visits every network of the search tree
 and decodes every data record a lookup can reach, with the decoder lookups use. A child that
 dies by a signal, exits non-zero, prints nothing usable or takes too long means the file is
@@ -52,7 +52,7 @@ def verify(snapshot: Path, path: Path, sha256: str) -> None:
     `sha256`, were walked safely by a separate process, now or before, or are a database geogate
     ships. `snapshot` is the private copy the caller then opens, so what was checked is what is
     used."""
-    from .databases import DatabaseError
+    from geogate.core.databases import DatabaseError
 
     with _lock:
         reason = _memory.get(sha256)
@@ -96,7 +96,7 @@ def _check(snapshot: Path, size: int) -> tuple[str, bool]:
         answer = None
     if proc.returncode or not isinstance(answer, dict):
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        from .databases import clean_text
+        from geogate.core.geo import clean_text
 
         return (f"the separate check of the database failed (exit status {proc.returncode}: "
                 f"{clean_text(last)}); refusing it"), False
@@ -105,7 +105,7 @@ def _check(snapshot: Path, size: int) -> tuple[str, bool]:
         # checks the same way and refuses with its usual message.
         return "", True
     if answer.get("error"):
-        from .databases import clean_text
+        from geogate.core.geo import clean_text
 
         return (f"corrupt MaxMind DB file ({clean_text(answer['error'])}), found by a separate check "
                 "of every record; the file is damaged: replace it"), True
@@ -116,9 +116,9 @@ def _run_child(snapshot: Path, timeout: float) -> subprocess.CompletedProcess[st
     """Run the check (`main`) in a new interpreter; tests count the calls."""
     env = dict(os.environ)
     # the directory holding this package first, however this process found it (e.g. a mitmproxy -s addon)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH"))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH"))))
     return subprocess.run(
-        [sys.executable, "-m", "geogate.dbcheck", str(snapshot)],
+        [sys.executable, "-m", "geogate.core.dbcheck", str(snapshot)],
         capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
     )
 
@@ -132,7 +132,7 @@ def _stored(sha256: str) -> str | None:
 
 
 def _read_verdicts() -> dict[str, Any]:
-    from . import bundled
+    from geogate.core import bundled
 
     try:
         data = json.loads((bundled.cache_dir() / _VERIFIED).read_text())
@@ -145,7 +145,7 @@ def _read_verdicts() -> dict[str, Any]:
 
 
 def _store(sha256: str, reason: str) -> None:
-    from . import bundled
+    from geogate.core import bundled
 
     cache = bundled.cache_dir()
     with contextlib.suppress(OSError):  # a read-only cache only costs walks again
@@ -170,7 +170,7 @@ def _reader_version() -> str:
 def _trusted() -> set[str]:
     """The sha256 of every database geogate's own provenance names (bundled, or installed by
     `geogate db update`, which checks the npm tarball's integrity)."""
-    from . import bundled
+    from geogate.core import bundled
 
     try:
         return {str(p.get("sha256")) for p in bundled.provenance()} | {str(e.get("sha256")) for e in bundled._bundled()}
@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash here is expected: no core file
     if len(argv) != 1:
-        print("usage: python -m geogate.dbcheck FILE.mmdb", file=sys.stderr)
+        print("usage: python -m geogate.core.dbcheck FILE.mmdb", file=sys.stderr)
         return 2
     try:
         reader = maxminddb.open_database(argv[0], maxminddb.MODE_AUTO)

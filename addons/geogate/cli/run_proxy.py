@@ -15,12 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from .decision_log import DecisionLog
-from .errors import GeogateError
-from .reload import describe
-from .state import GateState
-
-ADDON = Path(__file__).resolve().parents[1] / "geogate_addon.py"
+from geogate.addon import PATH as ADDON
+from geogate.core.errors import GeogateError
+from geogate.policy.state import GateState
+from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.reload import describe
 
 
 def _mode_specs(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -66,7 +65,7 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
     from mitmproxy import exceptions
     from mitmproxy.proxy import mode_specs
 
-    from .proxy import _parse_timeout
+    from geogate.proxy.addon import _parse_timeout
 
     for spec in _mode_specs(args, extra):
         try:
@@ -112,12 +111,9 @@ def run(args: argparse.Namespace) -> int:
         print("geogate: upstream mode is refused: the upstream proxy resolves and dials, so geogate would never "
               "see the real destination; use regular, socks5, transparent or another mode", file=sys.stderr)
         return 2
-    if not ADDON.exists():
-        raise GeogateError(f"the mitmproxy entry point {ADDON} is missing; run geogate from a checkout "
-                           "(pip install -e .) or use `mitmdump -s addons/geogate_addon.py`")
     state = GateState.load(args.policy, args.db)
     preflight(args, extra)
-    from .dns_mode import refusal_before_start
+    from geogate.proxy.dns_mode import refusal_before_start
 
     if refusal := refusal_before_start(state, _mode_specs(args, extra), _set_values(extra, "dns_name_servers")):
         print(refusal, file=sys.stderr)

@@ -14,19 +14,19 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 
-from . import __version__
-from .addresses import AddressError
-from .addresses import canonical_host
-from .addresses import parse_ip
-from .addresses import split_host_port
-from .decide import Decision
-from .decide import Request
-from .decide import parse_client
-from .errors import GeogateError
-from .policy.loader import PolicyError
-from .policy.loader import load_policy
-from .record import decision_record
-from .record import to_json_line
+from geogate import __version__
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import canonical_host
+from geogate.core.addresses import parse_ip
+from geogate.core.addresses import split_host_port
+from geogate.core.decide import Decision
+from geogate.core.decide import Request
+from geogate.core.decide import parse_client
+from geogate.core.errors import GeogateError
+from geogate.core.record import decision_record
+from geogate.core.record import to_json_line
+from geogate.policy.loader import PolicyError
+from geogate.policy.loader import load_policy
 
 STALE_DB_DAYS = 45
 
@@ -36,8 +36,8 @@ def _err(msg: str) -> None:
 
 
 def _stale_groups(policy) -> list[str]:
-    from .policy.groups import STALE_AFTER_DAYS
-    from .policy.groups import builtin_groups
+    from geogate.policy.groups import STALE_AFTER_DAYS
+    from geogate.policy.groups import builtin_groups
 
     today = date.today()
     out = []
@@ -52,9 +52,9 @@ def _stale_groups(policy) -> list[str]:
 # -- check ---------------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .databases import DatabaseSet
-    from .state import database_paths
-    from .state import database_warnings
+    from geogate.core.databases import DatabaseSet
+    from geogate.policy.state import database_paths
+    from geogate.policy.state import database_warnings
 
     failed = 0
     databases = DatabaseSet.open(database_paths(args.db))  # the defaults when no --db
@@ -88,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # -- explain -------------------------------------------------------------------------------------
 
 def _explain_text(d: Decision, resolution: str) -> str:
-    from .databases import build_text
+    from geogate.core.geo import build_text
 
     rec = decision_record(d)
     lines = []
@@ -153,9 +153,9 @@ def _explain_text(d: Decision, resolution: str) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .resolve import ResolveError
-    from .resolve import resolve_sync
-    from .state import GateState
+    from geogate.core.resolve import ResolveError
+    from geogate.core.resolve import resolve_sync
+    from geogate.policy.state import GateState
 
     try:
         host, port = split_host_port(args.target)
@@ -196,8 +196,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # -- groups --------------------------------------------------------------------------------------
 
 def cmd_groups(args: argparse.Namespace) -> int:
-    from .policy.groups import STALE_AFTER_DAYS
-    from .policy.groups import builtin_groups
+    from geogate.policy.groups import STALE_AFTER_DAYS
+    from geogate.policy.groups import builtin_groups
 
     groups = builtin_groups()
     today = date.today()
@@ -255,12 +255,12 @@ def _network_count(db, cache: Path) -> int:
 
 
 def cmd_db_info(args: argparse.Namespace) -> int:
-    from . import bundled
-    from .databases import Database
-    from .databases import build_date
-    from .databases import build_text
-    from .databases import clean_text
-    from .state import database_paths
+    from geogate.core import bundled
+    from geogate.core.databases import Database
+    from geogate.core.geo import build_date
+    from geogate.core.geo import build_text
+    from geogate.core.geo import clean_text
+    from geogate.policy.state import database_paths
 
     paths = database_paths(args.db)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
@@ -323,7 +323,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
 
 
 def cmd_db_update(args: argparse.Namespace) -> int:
-    from . import bundled
+    from geogate.core import bundled
 
     results = bundled.update(log=lambda m: print(m, file=sys.stderr))
     for r in results:
@@ -335,13 +335,20 @@ def cmd_db_update(args: argparse.Namespace) -> int:
 # -- run / audit ---------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import run
+    from geogate.cli.run_proxy import run
 
     return run(args)
 
 
+def cmd_addon_path(args: argparse.Namespace) -> int:
+    from geogate.addon import PATH
+
+    print(PATH)
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit.command import audit
+    from geogate.cli.audit import audit
 
     return audit(args)
 
@@ -391,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
+    ap = sub.add_parser("addon-path", help="print the mitmproxy script: mitmdump -s \"$(geogate addon-path)\"")
+    ap.set_defaults(func=cmd_addon_path)
     d = sub.add_parser("db", help="GeoIP databases")
     dsub = d.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
     di = dsub.add_parser("info", help="build date, age, type, size, licence")
@@ -419,6 +428,3 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

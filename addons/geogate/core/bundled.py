@@ -22,23 +22,26 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable
+from collections.abc import Iterator
+from datetime import UTC
+from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+from typing import BinaryIO
 
 import maxminddb
 
-from geogate.errors import GeogateError
+from geogate.core import packaged
+from geogate.core.errors import GeogateError
 
 try:
     import fcntl
 except ImportError:  # no flock (Windows): racing writers still only ever os.replace whole files
     fcntl = None  # type: ignore[assignment]
 
-_REPO_GEOIP = Path(__file__).resolve().parents[2] / "geoip"
 _MANIFEST = "manifest.json"
-_FIX = "run `git checkout geoip/` or pass --db PATH"
+_FIX = "reinstall geogate (in a checkout: `git checkout geoip/`) or pass --db PATH"
 _CHUNK = 1 << 20
 _log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ _log = logging.getLogger(__name__)
 def _geoip_dir() -> Path:
     # Read the variable on every call, not just at import, so tests and wrappers can redirect it.
     env = os.environ.get("GEOGATE_GEOIP_DIR")
-    return Path(env) if env else _REPO_GEOIP
+    return Path(env) if env else packaged.geoip_dir()
 
 
 def cache_dir() -> Path:
@@ -208,9 +211,9 @@ def check_mmdb(path: Path, label: str) -> Any:
             google, cloudflare = reader.get("8.8.8.8"), reader.get("1.1.1.1")
     except Exception as e:  # an untrusted file can break the decoder in many ways; all mean "unusable"
         raise GeogateError(f"{label} is not a usable MMDB file ({e})") from None
-    from geogate.databases import build_date
-    from geogate.databases import build_text
-    from geogate.databases import clean_text
+    from geogate.core.geo import build_date
+    from geogate.core.geo import build_text
+    from geogate.core.geo import clean_text
 
     if meta.ip_version != 6:
         raise GeogateError(f"{label} has no IPv6 data (ip_version {clean_text(meta.ip_version, 40)}); not using it")
@@ -377,7 +380,7 @@ def _stamp(path: Path) -> dict[str, int]:
 
 def _date(epoch: Any) -> str:
     """A build_epoch as a date; a provenance file or a download may hold any value there."""
-    from geogate.databases import build_text
+    from geogate.core.geo import build_text
 
     return build_text(epoch)
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from dataclasses import field
 from functools import lru_cache
 
-from .addresses import AddressError
-from .addresses import IPAddress
-from .addresses import parse_ip
-from .addresses import split_host_port
-from .decide import Decision
-from .decide import Request
-from .decide import parse_client
-from .record import printable
-from .state import utc_day
+from geogate.core.addresses import AddressError
+from geogate.core.addresses import IPAddress
+from geogate.core.addresses import parse_ip
+from geogate.core.addresses import split_host_port
+from geogate.core.decide import Decision
+from geogate.core.decide import Request
+from geogate.core.decide import parse_client
+from geogate.core.record import printable
+from geogate.policy.state import utc_day
 
 INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
 

@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Iterator
 from typing import TextIO
 
-from ..errors import GeogateError
-from ..state import GateState
-from . import html_report
-from . import text_report
-from .aggregate import NEWLY_BLOCKED
-from .csv_report import CsvReport
-from .evaluate import NameLookup
-from .json_report import JsonLinesReport
-from .model import Problem
-from .progress import Progress
-from .readers import open_input
-from .run import Audit
-from .run import AuditResult
-from .run import InputSummary
+from geogate.audit import html_report
+from geogate.audit import text_report
+from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.auditor import Audit
+from geogate.audit.auditor import AuditResult
+from geogate.audit.auditor import InputSummary
+from geogate.audit.csv_report import CsvReport
+from geogate.audit.evaluate import NameLookup
+from geogate.audit.json_report import JsonLinesReport
+from geogate.audit.model import Problem
+from geogate.audit.progress import Progress
+from geogate.audit.readers import open_input
+from geogate.core.errors import GeogateError
+from geogate.policy.state import GateState
 
 EXIT_BLOCKED = 1
 EXIT_ERROR = 2

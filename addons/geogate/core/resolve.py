@@ -29,10 +29,10 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from .addresses import IPAddress
-from .addresses import is_localhost_name
-from .addresses import parse_ip
-from .cache import TtlLruCache
+from geogate.core.addresses import IPAddress
+from geogate.core.addresses import is_localhost_name
+from geogate.core.addresses import parse_ip
+from geogate.core.cache import TtlLruCache
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 

@@ -9,9 +9,9 @@ from datetime import datetime
 from datetime import timezone
 from typing import Any
 
-from .decide import Decision
-from .decide import Verdict
-from .facts import IPFacts
+from geogate.core.decide import Decision
+from geogate.core.decide import Verdict
+from geogate.core.facts import IPFacts
 
 
 def _sources(facts: IPFacts, names: list[str]) -> dict[str, str | None]:

@@ -11,8 +11,8 @@ import os
 from typing import Any
 from typing import TextIO
 
-from .errors import GeogateError
-from .record import to_json_line
+from geogate.core.errors import GeogateError
+from geogate.core.record import to_json_line
 
 
 class DecisionLog:

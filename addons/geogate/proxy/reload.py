@@ -41,12 +41,12 @@ from dataclasses import field
 from pathlib import Path
 from typing import Callable
 
-from .addresses import IPAddress
-from .errors import GeogateError
-from .facts import FactsSource
-from .facts import IPFacts
-from .state import GateState
-from .state import default_policy_path
+from geogate.core.addresses import IPAddress
+from geogate.core.errors import GeogateError
+from geogate.core.facts import IPFacts
+from geogate.core.lookup import FactsSource
+from geogate.policy.state import GateState
+from geogate.policy.state import default_policy_path
 
 logger = logging.getLogger("geogate")
 

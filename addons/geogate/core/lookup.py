@@ -1,70 +1,20 @@
-"""Address -> what every database says about it (and about the IPv4 it carries), cached."""
+"""Looking addresses up: a DatabaseSet -> the facts of each address (and of the IPv4 it carries), cached."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from maxminddb.errors import InvalidDatabaseError
 
-from .addresses import Address
-from .addresses import NO_NAT64
-from .addresses import IPAddress
-from .addresses import Nat64Prefixes
-from .addresses import classify
-from .databases import DatabaseInfo
-from .databases import DatabaseSet
-from .databases import GeoRecord
-from .databases import network_text
-
-
-@dataclass(slots=True)
-class IPFacts:
-    """The records every database holds for one IP, in database order.
-
-    The records are shared between addresses (see databases.GeoRecord); what is particular to this
-    IP is `prefix_len`, the length of the network the first record covers.
-    """
-
-    ip: IPAddress
-    records: tuple[GeoRecord, ...] = ()
-    error: str | None = None
-    prefix_len: int | None = None
-
-    @property
-    def network(self) -> str | None:
-        """The network of the first record, e.g. "1.2.3.0/24"."""
-        if not self.records or self.prefix_len is None:
-            return None
-        return network_text(self.ip, self.prefix_len)
-
-    def first(self, attr: str):
-        """The first non-empty value of a GeoRecord field, in database order ("network" too)."""
-        if attr == "network":
-            return self.network
-        for r in self.records:
-            value = getattr(r, attr)
-            if value:
-                return value
-        return None
-
-
-@dataclass(slots=True)
-class AddressFacts:
-    """Facts for an address as dialled. `geo` is the view rules look at: for a transition form
-    (IPv4-mapped, NAT64, 6to4, ...) it is the embedded IPv4; `own` is the IPv6 address itself."""
-
-    address: Address
-    own: IPFacts
-    embedded: IPFacts | None = None
-
-    @property
-    def geo(self) -> IPFacts:
-        return self.embedded if self.embedded is not None else self.own
-
-    @property
-    def error(self) -> str | None:
-        return self.own.error or (self.embedded.error if self.embedded else None)
+from geogate.core.addresses import NO_NAT64
+from geogate.core.addresses import Address
+from geogate.core.addresses import IPAddress
+from geogate.core.addresses import Nat64Prefixes
+from geogate.core.addresses import classify
+from geogate.core.databases import DatabaseSet
+from geogate.core.facts import AddressFacts
+from geogate.core.facts import IPFacts
+from geogate.core.geo import DatabaseInfo
 
 
 class FactsSource:

@@ -1,0 +1,1 @@
+"""The `geogate` command: `main` parses and dispatches; one module per larger subcommand."""

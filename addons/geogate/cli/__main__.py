@@ -1,0 +1,5 @@
+import sys
+
+from geogate.cli.main import main
+
+sys.exit(main())

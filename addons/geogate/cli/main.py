@@ -58,7 +58,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     failed = 0
     databases = DatabaseSet.open(database_paths(args.db))  # the defaults when no --db
-    for path in args.policy:
+    from geogate.policy.state import default_policy_path
+
+    for path in args.policy or [str(default_policy_path())]:
         try:
             policy = load_policy(path)
         except PolicyError as e:
@@ -361,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     c = sub.add_parser("check", help="validate policy files")
-    c.add_argument("policy", nargs="+", metavar="POLICY")
+    c.add_argument("policy", nargs="*", metavar="POLICY", help="policy files (default: GEOGATE_POLICY, else the packaged default.yaml)")
     c.add_argument("--db", action="append", help="check against these databases (default: the bundled ones)")
     c.set_defaults(func=cmd_check)
 

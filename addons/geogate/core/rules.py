@@ -99,7 +99,6 @@ class Rule:
     expires: date | None = None
     # where each country/subdivision came from ("@group" or "listed"), to explain a match
     origin: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)

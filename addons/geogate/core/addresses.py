@@ -264,8 +264,7 @@ def ip_key(ip: IPAddress) -> int:
     """A cheap, exact dictionary key for an address as the policy sees it: its integer, IPv6
     above 2**128 (so that ::1.2.3.4 and 1.2.3.4 differ). Hashing an ipaddress object runs Python
     code and costs more than a cache probe; the zone id is left out, as classify drops it."""
-    value: int = ip._ip  # type: ignore[union-attr]  # private, see above
-    return value if ip._version == 4 else value | _V6_KEY  # type: ignore[union-attr]
+    return ip._ip if ip._version == 4 else ip._ip | _V6_KEY  # type: ignore[union-attr, no-any-return]
 
 
 _V6_KEY = 1 << 128

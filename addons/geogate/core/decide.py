@@ -33,7 +33,6 @@ from datetime import datetime
 from datetime import timezone
 from functools import lru_cache
 from ipaddress import ip_address
-from typing import NamedTuple
 
 from geogate.core.addresses import NAT64_BAD_U_OCTET
 from geogate.core.addresses import NAT64_UNDECODED
@@ -50,9 +49,12 @@ from geogate.core.rules import PolicyRef
 from geogate.core.rules import Rule
 from geogate.core.rules import Special
 
-# Module-level names for the members the evaluation compares with: one global load each, cheaper
-# than an attribute of the enum class on the path of every decision.
+# The members the evaluation compares with, as module-level names (one global load each, cheaper
+# than an attribute of the enum class on the path of every decision), compared by identity: a
+# policy and every verdict hold members only (the loader makes them), and `is` costs less than the
+# string comparison `==` would run on a str subclass.
 _ALLOW, _BLOCK, _MONITOR = Action.ALLOW, Action.BLOCK, Action.MONITOR
+_ENFORCE, _LOOKUP, _FIRST, _ALL = Mode.ENFORCE, Special.LOOKUP, Disagreement.FIRST, Addresses.ALL
 _SEVERITY = {_ALLOW: 0, _MONITOR: 1, _BLOCK: 2}
 _SPECIAL_ACTION = {Special.ALLOW: _ALLOW, Special.BLOCK: _BLOCK}
 
@@ -201,7 +203,7 @@ class Decision:
 
     @property
     def blocked(self) -> bool:
-        return self.outcome.action == _BLOCK
+        return self.outcome.action is _BLOCK
 
     @property
     def address(self) -> IPAddress | None:
@@ -223,7 +225,7 @@ class Decision:
 
 def _geo_records(records: tuple[GeoRecord, ...], policy: Policy) -> tuple[GeoRecord, ...]:
     """The records a geo rule may look at, per `geo.disagreement`."""
-    if policy.disagreement == Disagreement.FIRST:
+    if policy.disagreement is _FIRST:
         for r in records:
             if any(getattr(r, f) for f in policy.fields):
                 return (r,)
@@ -305,9 +307,11 @@ def _reason(rule: Rule, match: Match) -> str:
     return f"{match.key}:{field} {match.value}{where} matched rule {rule.name}".replace(":  ", ": ")
 
 
-class Judgement(NamedTuple):
+@dataclass(slots=True)
+class Judgement:
     """What the rules say about one view of an address, without the address itself. Shared
-    between verdicts through VerdictMemo, so never mutated."""
+    between verdicts through VerdictMemo, so never mutated. (A slots class rather than a
+    NamedTuple: reading its slots costs less than unpacking a tuple subclass, on every decision.)"""
 
     action: Action
     rule: str
@@ -346,7 +350,7 @@ def _evaluate_view(
     if special is not None:
         if special in NAT64_UNDECODED:
             return _nat64_verdict(facts, ip, special)
-        if policy.special != Special.LOOKUP:
+        if policy.special is not _LOOKUP:
             return _special_verdict(policy, rules, req, facts, ip, special, day)
     if memo is None or memo_key is None:
         judgement = _judge(policy, rules, req, records, (ip, facts.address.ip), day)
@@ -356,10 +360,11 @@ def _evaluate_view(
         if found is None:
             found = memo.remember(key, _judge(policy, rules, req, records, (ip, facts.address.ip), day))
         judgement = found
-    action, rule_name, reason, citation, match, warnings, unknown = judgement
-    if unknown:
+    reason = judgement.reason
+    if judgement.unknown:
         reason = f"no database gives a {' or '.join(policy.fields)} for {ip}; policy says geo.unknown: {policy.unknown}"
-    return Verdict(facts, action, rule_name, reason, citation, match, False, warnings)
+    return Verdict(facts, judgement.action, judgement.rule, reason, judgement.citation, judgement.match, False,
+                   judgement.warnings)
 
 
 def _special_verdict(
@@ -555,18 +560,18 @@ def decide_outcome(
     if worst is None:
         rule, reason = "resolve-error", resolve_error or f"{req.host} has no address"
         chosen, action, citation = None, _BLOCK, None
-    elif policy.addresses == Addresses.ALL:
-        if worst.action == _BLOCK:
+    elif policy.addresses is _ALL:
+        if worst.action is _BLOCK:
             chosen, action = worst, _BLOCK
         else:
-            chosen = next((v for v in verdicts if v.action == _ALLOW), worst)
+            chosen = next((v for v in verdicts if v.action is _ALLOW), worst)
             action = _ALLOW
         rule, reason, citation = worst.rule, worst.reason, worst.citation
-        if action == _ALLOW and len(verdicts) > 1 and worst.action == _MONITOR:
+        if action is _ALLOW and len(verdicts) > 1 and worst.action is _MONITOR:
             reason = f"{worst.reason} (address {worst.facts.address.ip})"
     else:  # any: connect only to an allowed address
-        chosen = next((v for v in verdicts if v.action == _ALLOW), None) or next(
-            (v for v in verdicts if v.action == _MONITOR), None
+        chosen = next((v for v in verdicts if v.action is _ALLOW), None) or next(
+            (v for v in verdicts if v.action is _MONITOR), None
         )
         if chosen is None:
             chosen, action = verdicts[0], _BLOCK
@@ -577,13 +582,13 @@ def decide_outcome(
             action, reason = _ALLOW, chosen.reason
         rule, citation = chosen.rule, chosen.citation
 
-    if action == _BLOCK:
+    if action is _BLOCK:
         would_block = True
-    elif policy.addresses == Addresses.ALL:
-        would_block = worst is not None and worst.action == _MONITOR
+    elif policy.addresses is _ALL:
+        would_block = worst is not None and worst.action is _MONITOR
     else:
-        would_block = chosen is not None and chosen.action == _MONITOR
-    enforced = policy.mode == Mode.ENFORCE
+        would_block = chosen is not None and chosen.action is _MONITOR
+    enforced = policy.mode is _ENFORCE
     if not enforced:
         action = _ALLOW
     return Outcome(action, enforced, would_block, chosen, verdicts, policy.ref, databases,
@@ -593,9 +598,9 @@ def decide_outcome(
 def _one_address_outcome(policy: Policy, verdict: Verdict, databases: tuple[DatabaseInfo, ...]) -> Outcome:
     """decide_outcome for a single address (most requests), without its generators: the one
     verdict is the chosen one and the worst one, for `addresses: all` and `any` alike."""
-    blocked = verdict.action == _BLOCK
-    enforced = policy.mode == Mode.ENFORCE
-    return Outcome(_BLOCK if blocked and enforced else _ALLOW, enforced, verdict.action != _ALLOW, verdict,
+    blocked = verdict.action is _BLOCK
+    enforced = policy.mode is _ENFORCE
+    return Outcome(_BLOCK if blocked and enforced else _ALLOW, enforced, verdict.action is not _ALLOW, verdict,
                    (verdict,), policy.ref, databases, verdict.rule, verdict.reason, verdict.citation,
                    tuple(dict.fromkeys(verdict.warnings)) if verdict.warnings else ())
 

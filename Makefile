@@ -1,4 +1,4 @@
-# geogate: `make run` starts the proxy, `make test` runs the whole suite, `make bench` the benchmarks,
+# geogate: `make run` starts the proxy, `make test` runs `make lint` (ruff, mypy) and the whole suite, `make bench` the benchmarks,
 # `make fuzz` the property-based tests with the long Hypothesis profile (docs/fuzzing.md).
 SHELL := /bin/sh
 VENV ?= .venv
@@ -8,7 +8,7 @@ LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test fuzz bench install system-deps check clean
+.PHONY: run test lint fuzz bench install system-deps check clean
 
 install: $(STAMP)
 
@@ -25,8 +25,14 @@ run: install
 system-deps:
 	@tools/install-system-deps
 
-test: install system-deps
+test: lint install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (pyproject [tool.ruff]) then mypy (pyproject [tool.mypy]: strict for geogate.core and
+# geogate.policy, defaults for the shells)
+lint: install
+	$(PY) -m ruff check addons/ tests/ bench/ tools/*.py
+	$(PY) -m mypy
 
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:warnings --hypothesis-show-statistics tests/test_fuzz_*.py $(PYTEST_ARGS)

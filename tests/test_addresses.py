@@ -49,10 +49,12 @@ ADDRESS_VECTORS = [
     ("[::ffff:169.254.169.254]", "::ffff:a9fe:a9fe", "link-local", "169.254.169.254", "ipv4-mapped"),  # cloud metadata
     ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1", "loopback", "127.0.0.1", "nat64"),  # NAT64 well-known prefix
     ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe", "link-local", "169.254.169.254", "nat64"),  # NAT64 -> metadata
-    ("[64:ff9b:1::a9fe:a9fe]", "64:ff9b:1::a9fe:a9fe", "nat64-local-undeclared", None, None),  # RFC 8215 local-use: layout unknown
+    # RFC 8215 local-use: layout unknown
+    ("[64:ff9b:1::a9fe:a9fe]", "64:ff9b:1::a9fe:a9fe", "nat64-local-undeclared", None, None),
     ("[2002:7f00:1::]", "2002:7f00:1::", "loopback", "127.0.0.1", "6to4"),  # 6to4 carrying loopback
     ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1", "link-local", "169.254.169.254", "6to4"),  # CVE-2026-44589 form
-    ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback", "127.0.0.1", "teredo"),  # client bits inverted
+    # client bits inverted
+    ("[2001:0:4136:e378:8000:63bf:80ff:fffe]", "2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback", "127.0.0.1", "teredo"),
     ("[fe80::1%25eth0]", "fe80::1", "link-local", None, None),  # URL-encoded zone id is dropped
     # --- address tricks, public controls: no special range, geolocated as 8.8.8.8 ---
     ("[::ffff:8.8.8.8]", "::ffff:808:808", None, "8.8.8.8", "ipv4-mapped"),
@@ -77,8 +79,10 @@ ADDRESS_VECTORS = [
     ("[::ffff:10.0.0.1]", "::ffff:a00:1", "private", "10.0.0.1", "ipv4-mapped"),  # mapped RFC 1918
     ("[::ffff:100.64.0.1]", "::ffff:6440:1", "cgnat", "100.64.0.1", "ipv4-mapped"),  # mapped CGNAT
     ("64:ff9b::808:808", "64:ff9b::808:808", None, "8.8.8.8", "nat64"),  # NAT64 to a public address
-    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "documentation", "192.0.2.45", "teredo"),  # RFC 4380 example client
-    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "2001:0:4136:e378:8000:63bf:f7f7:f7f7", None, "8.8.8.8", "teredo"),  # Teredo, public client
+    # RFC 4380 example client
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "documentation", "192.0.2.45", "teredo"),
+    # Teredo, public client
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "2001:0:4136:e378:8000:63bf:f7f7:f7f7", None, "8.8.8.8", "teredo"),
     ("2001:0000::80ff:fefe", "2001::80ff:fefe", "loopback", "127.0.1.1", "teredo"),  # GHSA-j8q9 example: 127.0.1.1, not .0.1
     ("[2001:DB8::1]", "2001:db8::1", "documentation", None, None),  # upper-case hex is lower-cased
     ("fe80::1%eth0", "fe80::1", "link-local", None, None),  # raw zone id is dropped too

@@ -129,11 +129,14 @@ def test_city_subdivisions_are_full_iso_3166_2_codes() -> None:
     db = Database(CITY_DB)
     try:
         assert (db.schema, db.kind, db.info.has_subdivisions) == ("maxmind", "city", True)
+        assert (db.info.schema, db.info.kind) == ("maxmind", "city")  # what the properties read
         mismatches, checked = [], 0
         for network, truth in truth_table("GeoIP2-City-Test"):
             rec = db.lookup(lookup_network(network).network_address)
             country = iso(truth, "country")
-            expected = tuple(f"{country}-{s['iso_code']}" for s in truth.get("subdivisions") or () if country and s.get("iso_code"))
+            expected = tuple(
+                f"{country}-{s['iso_code']}" for s in truth.get("subdivisions") or () if country and s.get("iso_code")
+            )
             got = rec.subdivisions if rec else None
             checked += bool(expected)
             if rec is None or got != expected or rec.country != country:

@@ -468,6 +468,28 @@ def test_geo_unknown(gate, unknown, addr, action, anycast) -> None:
     assert decision_record(d)["addresses"][0]["anycast"] is anycast
 
 
+def test_geo_unknown_is_judged_once_and_each_address_named(gate) -> None:
+    """Addresses no database knows share one memoised judgement, which says geo.unknown decided;
+    the reason is each address's own."""
+    state = gate("default: allow\ngeo: {unknown: block}\n")
+    first, second = ask(state, "9.9.9.9"), ask(state, "9.9.9.10")
+    assert (first.rule, second.rule) == ("geo.unknown", "geo.unknown")
+    assert "for 9.9.9.9;" in first.reason and "for 9.9.9.10;" in second.reason
+    (judgement,) = state._verdicts.judgements.values()
+    assert judgement.unknown and (judgement.action, judgement.rule) == ("block", "geo.unknown")
+    known = gate("default: allow\n")
+    ask(known, "2.0.0.1")
+    (judgement,) = known._verdicts.judgements.values()
+    assert not judgement.unknown and judgement.reason == "no rule matched; policy default is allow"
+
+
+def test_a_decision_needs_its_time(gate) -> None:
+    d = ask(gate("default: allow\n"), "2.0.0.1")
+    with pytest.raises(TypeError, match="ts or wall"):
+        Decision(d.request, d.outcome)
+    assert Decision(d.request, d.outcome, NOW).wall == NOW.timestamp()
+
+
 def test_geo_unknown_does_not_apply_when_a_country_is_known(gate) -> None:
     d = ask(gate("default: allow\ngeo: {unknown: block}\n"), "2.0.0.1")
     assert (d.action, d.rule) == ("allow", "default")

@@ -52,7 +52,9 @@ MAXMIND = Path(__file__).parent / "data" / "maxmind"
 FILES = sorted(MAXMIND.glob("*.mmdb"))
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
 LOOKUP_ERRORS = (InvalidDatabaseError, ValueError, OSError)  # what lookup.FactsSource catches
-ALLOW_ALL = load_policy_text("version: 1\nname: allow-all\ndefault: allow\nspecial: lookup\ngeo:\n  unknown: allow\n", "allow-all.yaml")
+ALLOW_ALL = load_policy_text(
+    "version: 1\nname: allow-all\ndefault: allow\nspecial: lookup\ngeo:\n  unknown: allow\n", "allow-all.yaml"
+)
 NOW = datetime(2026, 12, 3, tzinfo=timezone.utc)
 FEW = settings(max_examples=max(10, settings.default.max_examples // 2))
 

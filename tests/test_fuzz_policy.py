@@ -81,7 +81,11 @@ def policy_like(draw) -> dict:
     if draw(st.booleans()):
         doc["geo"] = draw(st.one_of(st.dictionaries(st.sampled_from(GEO_KEYS), st.one_of(SCALARS, TREES), max_size=3), TREES))
     if draw(st.booleans()):
-        client = st.dictionaries(st.sampled_from(CLIENT_KEYS), st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(rule, max_size=2)), max_size=4)
+        client = st.dictionaries(
+            st.sampled_from(CLIENT_KEYS),
+            st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(rule, max_size=2)),
+            max_size=4,
+        )
         doc["clients"] = draw(st.one_of(st.lists(client, max_size=3), TREES))
     for key in draw(st.lists(st.one_of(KEYS, st.text(max_size=6)), max_size=3)):
         doc[key] = draw(TREES)

@@ -77,7 +77,8 @@ def test_db_info_with_uint64_max_build_epoch(capsys, hostile) -> None:
 
 def test_explain_with_uint64_max_build_epoch(capsys, hostile) -> None:
     path = hostile("huge", build_epoch=UINT64_MAX)
-    code, out, err = run(capsys, "explain", "198.51.100.7", "--no-resolve", "--db", path, "--policy", str(af.DATA / "policy.yaml"))
+    code, out, err = run(capsys, "explain", "198.51.100.7", "--no-resolve", "--db", path,
+                         "--policy", str(af.DATA / "policy.yaml"))
     assert code == 0, err
     assert f"built invalid (build_epoch {UINT64_MAX})" in out
     assert "decision   BLOCK" in out  # the database still answers: only its build time is nonsense

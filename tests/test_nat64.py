@@ -237,11 +237,13 @@ def test_a_state_built_from_shared_facts_classifies_with_its_own_policy(tmp_path
 
 # (nat64 value, column, message fragment)
 LOADER_ERRORS = [
-    ("[64:ff9b:1::/44]", 9, "/44 is not an RFC 6052 prefix length; write the length your NAT64 uses, one of /32, /40, /48, /56, /64, /96; did you mean 64:ff9b:1::/48?"),
+    ("[64:ff9b:1::/44]", 9, "/44 is not an RFC 6052 prefix length; write the length your NAT64 uses, "
+                            "one of /32, /40, /48, /56, /64, /96; did you mean 64:ff9b:1::/48?"),
     ('["64:ff9b:1::"]', 9, "`64:ff9b:1::` has no prefix length"),
     ("[10.0.0.0/8]", 9, "is an IPv4 network; NAT64 prefixes are IPv6"),
     ("[64:ff9b:1::1/48]", 9, "has host bits set; did you mean 64:ff9b:1::/48?"),
-    ("[2001:db8:122:344:ff00::/96]", 9, "bits 64-71 of a NAT64 prefix must be zero (RFC 6052 section 2.2); did you mean 2001:db8:122:344::/96?"),
+    ("[2001:db8:122:344:ff00::/96]", 9, "bits 64-71 of a NAT64 prefix must be zero (RFC 6052 section 2.2); "
+                                        "did you mean 2001:db8:122:344::/96?"),
     ("[2002:a00::/32]", 9, "overlaps 2002::/16 (6to4)"),
     ("[64:ff9b::/32]", 9, "overlaps 64:ff9b::/96 (nat64 (well-known prefix))"),
     ("[64:ff9b:1::/48, 64:ff9b:1::/96]", 25, "overlaps 64:ff9b:1::/48 (line 4)"),

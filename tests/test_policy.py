@@ -204,14 +204,17 @@ ERRORS = [
     (HEAD + "rules:\n  - name: r\n    action: block\n    countries: [QQ]\n", "QQ", 1, ["ISO 3166-1", "such as DE"]),
     (HEAD + "groups:\n  g: [DE, UK]\n", "UK", 1, ["groups.g", "did you mean GB"]),
     # unknown keys: the closest valid key is suggested
-    (HEAD + "rules:\n  - name: r\n    action: block\n    cuontries: [DE]\n", "cuontries", 1, ["unknown key `cuontries`", "did you mean `countries`?"]),
+    (HEAD + "rules:\n  - name: r\n    action: block\n    cuontries: [DE]\n",
+     "cuontries", 1, ["unknown key `cuontries`", "did you mean `countries`?"]),
     (HEAD + "rulez: []\n", "rulez", 1, ["unknown key `rulez`", "did you mean `rules`?"]),
     (HEAD + "geo:\n  feilds: [country]\n", "feilds", 1, ["did you mean `fields`?"]),
     (HEAD + "clients:\n  - name: c\n    source: [10.0.0.0/8]\n", "source", 1, ["did you mean `sources`?"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    host: [a.example]\n", "host:", 1, ["did you mean `hosts`?"]),
     # choices
-    (HEAD + "rules:\n  - name: r\n    action: blok\n    countries: [DE]\n", "blok", 1, ["`blok` is not one of allow, block, monitor", "did you mean `block`?"]),
-    (HEAD + "rules:\n  - name: r\n    action: deny\n    countries: [DE]\n", "deny", 1, ["`deny` is not one of allow, block, monitor"]),
+    (HEAD + "rules:\n  - name: r\n    action: blok\n    countries: [DE]\n",
+     "blok", 1, ["`blok` is not one of allow, block, monitor", "did you mean `block`?"]),
+    (HEAD + "rules:\n  - name: r\n    action: deny\n    countries: [DE]\n",
+     "deny", 1, ["`deny` is not one of allow, block, monitor"]),
     (HEAD.replace("default: allow", "default: alow"), "alow", 1, ["did you mean `allow`?"]),
     (HEAD + "mode: enforcing\n", "enforcing", 1, ["did you mean `enforce`?"]),
     (HEAD + "special: deny\n", "deny", 1, ["allow, block, lookup"]),
@@ -225,9 +228,12 @@ ERRORS = [
     (HEAD.replace("name: t", "name: My Policy"), "My Policy", 1, ["`My Policy`", "my-policy"]),
     (HEAD + "clients:\n  - name: c\n    users: [u]\n  - name: c\n    users: [v]\n", "c\n", 2, ["`c` is defined twice"]),
     # networks
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: [10.0.0.1/8]\n", "10.0.0.1/8", 1, ["host bits", "did you mean 10.0.0.0/8?"]),
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: ['2001:db8::1/32']\n", "'2001:db8::1/32", 1, ["did you mean 2001:db8::/32?"]),
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: [10.0.0.0/33]\n", "10.0.0.0/33", 1, ["not an address or CIDR network"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: [10.0.0.1/8]\n",
+     "10.0.0.1/8", 1, ["host bits", "did you mean 10.0.0.0/8?"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: ['2001:db8::1/32']\n",
+     "'2001:db8::1/32", 1, ["did you mean 2001:db8::/32?"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    networks: [10.0.0.0/33]\n",
+     "10.0.0.0/33", 1, ["not an address or CIDR network"]),
     (HEAD + "clients:\n  - name: c\n    sources: [10.20.0.1/16]\n", "10.20.0.1/16", 1, ["did you mean 10.20.0.0/16?"]),
     # ports
     (HEAD + "rules:\n  - name: r\n    action: allow\n    ports: [0]\n", "0]", 1, ["`0` is not a port or range", "8000-8999"]),
@@ -236,24 +242,30 @@ ERRORS = [
     (HEAD + "rules:\n  - name: r\n    action: allow\n    ports: [https]\n", "https", 1, ["`https`"]),
     (HEAD + "rules:\n  - name: r\n    action: allow\n    ports: [65536]\n", "65536", 1, ["`65536`"]),
     # dates
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 2027-13-01\n", "2027-13-01", 1, ["not a date", "YYYY-MM-DD"]),
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 31/03/2027\n", "31/03/2027", 1, ["not a date"]),
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 2027-02-30\n", "2027-02-30", 1, ["not a date"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 2027-13-01\n",
+     "2027-13-01", 1, ["not a date", "YYYY-MM-DD"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 31/03/2027\n",
+     "31/03/2027", 1, ["not a date"]),
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [a.example]\n    expires: 2027-02-30\n",
+     "2027-02-30", 1, ["not a date"]),
     # groups
     (HEAD + "rules:\n  - name: r\n    action: block\n    countries: ['@us-doj-countries-of-concen']\n", "'@us-doj", 1,
      ["unknown group `@us-doj-countries-of-concen`", "did you mean `@us-doj-countries-of-concern`?"]),
-    (HEAD + "rules:\n  - name: r\n    action: block\n    countries: ['@ue']\n", "'@ue", 1, ["unknown group `@ue`", "did you mean `@eu`?"]),
+    (HEAD + "rules:\n  - name: r\n    action: block\n    countries: ['@ue']\n",
+     "'@ue", 1, ["unknown group `@ue`", "did you mean `@eu`?"]),
     (HEAD + "groups:\n  a: ['@b', DE]\n  b: ['@a']\nrules:\n  - name: r\n    action: block\n    countries: ['@a']\n",
      "'@a", 1, ["includes itself", "a -> b -> a"]),
     (HEAD + "groups:\n  selfish: ['@selfish']\n", "'@selfish", 1, ["includes itself"]),
     (HEAD + "groups:\n  Bad_Name: [DE]\n", "Bad_Name", 1, ["lower-case"]),
     # subdivisions
-    (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [RU-CR]\n", "RU-CR", 1, ["UA-43", "UA-40", "not an ISO 3166-2 code"]),
+    (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [RU-CR]\n",
+     "RU-CR", 1, ["UA-43", "UA-40", "not an ISO 3166-2 code"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [RU-SEV]\n", "RU-SEV", 1, ["UA-40"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [CN-HK]\n", "CN-HK", 1, ["HK", "countries"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [GB]\n", "GB", 1, ["is a country", "countries:"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: [UA-99]\n", "UA-99", 1, ["not an ISO 3166-2 code"]),
-    (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: ['@eu']\n", "'@eu", 1, ["not a built-in group with regions", "@ofac-comprehensive"]),
+    (HEAD + "rules:\n  - name: r\n    action: block\n    subdivisions: ['@eu']\n",
+     "'@eu", 1, ["not a built-in group with regions", "@ofac-comprehensive"]),
     # other values
     (HEAD + "rules:\n  - name: r\n    action: block\n    continents: [Europe]\n", "Europe", 1, ["did you mean EU?"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    continents: [XX]\n", "XX", 1, ["AF, AN, AS, EU, NA, OC, SA"]),
@@ -261,7 +273,8 @@ ERRORS = [
     (HEAD + "rules:\n  - name: r\n    action: block\n    asns: [0]\n", "0]", 1, ["not an AS number"]),
     (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: ['*.*.example.com']\n", "'*.*", 1, ["leading `*.`"]),
     (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: [1.2.3.4]\n", "1.2.3.4", 1, ["under `networks:`"]),
-    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: ['0x7f.1']\n", "'0x7f.1", 1, ["under `networks:`"]),  # a lax IPv4 literal
+    (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: ['0x7f.1']\n",
+     "'0x7f.1", 1, ["under `networks:`"]),  # a lax IPv4 literal
     (HEAD + "rules:\n  - name: r\n    action: allow\n    hosts: ['exa mple.com']\n", "'exa mple", 1, ["not a valid host name"]),
     (HEAD + "rules:\n  - name: r\n    action: block\n    countries: []\n", "[]", 1, ["the list is empty"]),
     # structure
@@ -470,3 +483,24 @@ def test_groups_are_usable_in_policies() -> None:
         p = load(HEAD + f"rules:\n  - name: r\n    action: block\n    countries: ['@{name}']\n")
         assert p.rules[0].countries == g.countries
         assert p.group_citations[name] == g.citation
+
+
+# -- the policy's words are enum members that are their text ----------------------------------------
+
+def test_settings_and_actions_are_enum_members_spelled_as_written() -> None:
+    from geogate.core.rules import Action
+    from geogate.core.rules import Addresses
+    from geogate.core.rules import Disagreement
+    from geogate.core.rules import Mode
+    from geogate.core.rules import Special
+
+    p = load(HEAD.replace("default: allow", "default: BLOCK") + "mode: Monitor\nspecial: LookUp\naddresses: ANY\n"
+             "geo: {fields: [Country], unknown: Allow, disagreement: FIRST}\n"
+             "rules:\n  - {name: r, action: Monitor, countries: [CN]}\n")
+    assert p.default is Action.BLOCK and p.mode is Mode.MONITOR and p.special is Special.LOOKUP
+    assert p.addresses is Addresses.ANY and p.unknown is Action.ALLOW and p.disagreement is Disagreement.FIRST
+    assert p.rules[0].action is Action.MONITOR and f"{p.rules[0].action}" == "monitor"
+    # geo.fields stay exact str: the engine reads them with getattr
+    assert p.fields == ("country",) and type(p.fields[0]) is str
+    # and a setting not given is the same member as one written out
+    assert load(HEAD).mode is Mode.ENFORCE and load(HEAD).special is Special.BLOCK

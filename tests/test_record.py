@@ -73,3 +73,58 @@ def test_the_schema_rejects_incomplete_records(record, complaint):
 
     with pytest.raises(AssertionError, match=complaint):
         check_record(record)
+
+
+# -- the outcome's part of a record, rendered once per outcome ----------------------------------------
+
+def _decision(policy_body: str, address: str, now: datetime | None = None):
+    import ipaddress
+
+    from geogate.core.addresses import classify
+    from geogate.core.decide import Request
+    from geogate.core.decide import decide
+    from geogate.core.facts import AddressFacts
+    from geogate.core.facts import IPFacts
+    from geogate.policy.loader import load_policy_text
+
+    policy = load_policy_text("version: 1\nname: t\n" + policy_body, "t.yaml")
+    ip = ipaddress.ip_address(address)
+    return decide(policy, Request(host=address, port=443), [AddressFacts(classify(ip), IPFacts(ip))],
+                  now=now or datetime(2026, 6, 1, tzinfo=UTC))
+
+
+def test_record_values_are_plain_text_not_enum_members():
+    from geogate.core.record import decision_record
+    from geogate.core.record import to_json_line
+
+    d = _decision("default: block\n", "9.9.9.9")
+    rec = decision_record(d)
+    assert type(rec["action"]) is str and type(rec["addresses"][0]["action"]) is str
+    assert rec["action"] == "block" and '"action":"block"' in to_json_line(rec)
+
+
+def test_an_outcome_is_rendered_once_and_its_rendering_serves_no_other():
+    from geogate.core.decide import Decision
+    from geogate.core.record import decision_record
+
+    d = _decision("default: block\n", "9.9.9.9")
+    again = Decision(d.request, d.outcome, wall=d.wall + 5)  # the same outcome, later
+    assert decision_record(again)["addresses"] is decision_record(d)["addresses"]
+    other = _decision("default: allow\ngeo: {unknown: allow}\n", "9.9.9.9")
+    rec = decision_record(other)
+    assert rec["addresses"] is not decision_record(d)["addresses"]
+    assert (rec["action"], decision_record(d)["action"]) == ("allow", "block")
+
+
+def test_the_renderings_kept_are_bounded(monkeypatch):
+    from geogate.core import record
+    from geogate.core.cache import FifoCache
+
+    monkeypatch.setattr(record, "_rendered", FifoCache(3))
+    decisions = [_decision(f"default: {a}\ngeo: {{unknown: {a}}}\n", f"9.9.9.{i}") for i, a in
+                 enumerate(["allow", "block"] * 4)]
+    records = [record.decision_record(d) for d in decisions]
+    assert len(record._rendered) == 3
+    # an outcome whose rendering was dropped is rendered again, the same
+    assert record.decision_record(decisions[0]) == records[0]
+    assert [r["action"] for r in records] == ["allow", "block"] * 4

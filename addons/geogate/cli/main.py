@@ -13,6 +13,7 @@ from datetime import date
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
+from typing import Any
 
 from geogate import __version__
 from geogate.core.addresses import AddressError
@@ -21,6 +22,7 @@ from geogate.core.addresses import parse_ip
 from geogate.core.addresses import split_host_port
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
+from geogate.core.decide import Verdict
 from geogate.core.decide import parse_client
 from geogate.core.errors import GeogateError
 from geogate.core.record import decision_record
@@ -90,47 +92,56 @@ def cmd_check(args: argparse.Namespace) -> int:
 # -- explain -------------------------------------------------------------------------------------
 
 def _explain_text(d: Decision, resolution: str) -> str:
-    from geogate.core.geo import build_text
-
     rec = decision_record(d)
-    lines = []
     host = f"[{rec['host']}]" if ":" in (rec["host"] or "") and rec["port"] else rec["host"]
     target = f"{host}" + (f":{rec['port']}" if rec["port"] else "")
-    lines.append(f"target     {target}  ({resolution})")
-    for a, v in zip(rec["addresses"], d.outcome.verdicts):
-        via = f" via {v.facts.address.nat64_prefix}" if a["embedded_ipv4"] and v.facts.address.nat64_prefix else ""
-        ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']}{via})" if a["embedded_ipv4"] else "")
-        if a["error"]:
-            geo = f"lookup error: {a['error']}"
-        elif a["special"]:
-            geo = f"special-purpose range: {a['special']}"
-            if a["country"]:
-                geo += f"; country {a['country']}"
-        else:
-            parts = [f"country {a['country'] or 'unknown'}"]
-            if a["registered_country"] and a["registered_country"] != a["country"]:
-                parts.append(f"registered in {a['registered_country']}")
-            if a["represented_country"]:
-                parts.append(f"represents {a['represented_country']}")
-            if a["continent"]:
-                parts.append(f"continent {a['continent']}")
-            if a["subdivisions"]:
-                parts.append("subdivisions " + ",".join(a["subdivisions"]))
-            if a["asn"]:
-                parts.append(f"AS{a['asn']}" + (f" {a['as_org']}" if a["as_org"] else ""))
-            if a["anycast"]:
-                parts.append("anycast")
-            geo = ", ".join(parts)
-        lines.append(f"address    {ip}: {geo}  -> {a['action']} by {a['rule']}")
-        if a["sources"]:
-            lines.append("           databases say: " + ", ".join(f"{k}={v or '-'}" for k, v in a["sources"].items()))
+    lines = [f"target     {target}  ({resolution})"]
+    for a, v in zip(rec["addresses"], d.outcome.verdicts, strict=True):
+        lines += _address_lines(a, v)
+    lines += _decision_lines(rec)
+    lines += _provenance_lines(rec)
+    return "\n".join(lines)
+
+
+def _address_lines(a: dict[str, Any], v: Verdict) -> list[str]:
+    """One address of the record: what it is, what the databases say, what was decided for it."""
+    via = f" via {v.facts.address.nat64_prefix}" if a["embedded_ipv4"] and v.facts.address.nat64_prefix else ""
+    ip = a["ip"] + (f" (carries {a['embedded_ipv4']}, {a['embedding']}{via})" if a["embedded_ipv4"] else "")
+    lines = [f"address    {ip}: {_geo_text(a)}  -> {a['action']} by {a['rule']}"]
+    if a["sources"]:
+        lines.append("           databases say: " + ", ".join(f"{db}={country or '-'}" for db, country in a["sources"].items()))
+    return lines
+
+
+def _geo_text(a: dict[str, Any]) -> str:
+    if a["error"]:
+        return f"lookup error: {a['error']}"
+    if a["special"]:
+        return f"special-purpose range: {a['special']}" + (f"; country {a['country']}" if a["country"] else "")
+    parts = [f"country {a['country'] or 'unknown'}"]
+    if a["registered_country"] and a["registered_country"] != a["country"]:
+        parts.append(f"registered in {a['registered_country']}")
+    if a["represented_country"]:
+        parts.append(f"represents {a['represented_country']}")
+    if a["continent"]:
+        parts.append(f"continent {a['continent']}")
+    if a["subdivisions"]:
+        parts.append("subdivisions " + ",".join(a["subdivisions"]))
+    if a["asn"]:
+        parts.append(f"AS{a['asn']}" + (f" {a['as_org']}" if a["as_org"] else ""))
+    if a["anycast"]:
+        parts.append("anycast")
+    return ", ".join(parts)
+
+
+def _decision_lines(rec: dict[str, Any]) -> list[str]:
+    """The decision, the rule, why, and the address dialled or refused."""
     verdict = rec["action"].upper()
     if not rec["enforced"]:
         verdict += f" (monitor mode; enforce would {'block' if rec['would_block'] else 'allow'})"
     elif rec["would_block"] and rec["action"] == "allow":
         verdict += " (would_block: a monitor rule matched)"
-    lines.append(f"decision   {verdict}")
-    lines.append(f"rule       {rec['rule']}")
+    lines = [f"decision   {verdict}", f"rule       {rec['rule']}"]
     if rec["match"]:
         m = rec["match"]
         src = f" in {m['field']} from {m['source']}" if m["source"] else ""
@@ -144,14 +155,20 @@ def _explain_text(d: Decision, resolution: str) -> str:
         lines.append(f"{label:<11}{rec['address']}")
     if rec["host_mismatch"]:
         lines.append("mismatch   the host name does not resolve to the address being dialled")
+    return lines
+
+
+def _provenance_lines(rec: dict[str, Any]) -> list[str]:
+    """What decided: the policy and each database, by hash; then the warnings."""
+    from geogate.core.geo import build_text
+
     p = rec["policy"]
-    lines.append(f"policy     {p['name']}  {p['path']}  sha256:{p['sha256'][:16]}")
+    lines = [f"policy     {p['name']}  {p['path']}  sha256:{p['sha256'][:16]}"]
     for db in rec["databases"]:
         built = build_text(db["build_epoch"])  # metadata is untrusted: UINT64_MAX is no date
         lines.append(f"database   {db['name']}  {db['type']}  built {built}  sha256:{db['sha256'][:16]}")
-    for w in rec["warnings"]:
-        lines.append(f"warning    {w}")
-    return "\n".join(lines)
+    lines += [f"warning    {w}" for w in rec["warnings"]]
+    return lines
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -267,7 +284,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     paths = database_paths(args.db)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
     now = time.time()
-    out = []
+    out: list[dict[str, Any]] = []
     today = datetime.fromtimestamp(now, timezone.utc).date()
     for path in paths:
         db = Database(path)
@@ -280,7 +297,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         elif built > today:
             problems.append(f"the build time {built} is in the future: its age cannot be told")
             age = None
-        entry = {
+        entry: dict[str, Any] = {
             "name": i.name, "path": clean_text(i.path, 4096), "type": i.type, "schema": i.schema, "kind": i.kind,
             "build_epoch": i.build_epoch,
             "built": str(built) if built is not None else None,

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from datetime import UTC
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 from typing import Any
 from typing import BinaryIO
 
@@ -360,7 +361,7 @@ def _npm(npm: str, *args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> str:
+def _copy(src: IO[bytes] | lzma.LZMAFile, dst: BinaryIO) -> str:
     h = hashlib.sha256()
     while chunk := src.read(_CHUNK):
         h.update(chunk)

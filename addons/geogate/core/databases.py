@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 from typing import Callable
+from typing import Sequence
 
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
@@ -38,6 +39,8 @@ from geogate.core import dbcheck
 from geogate.core.addresses import IPAddress
 from geogate.core.errors import GeogateError
 from geogate.core.geo import DatabaseInfo
+from geogate.core.geo import DatabaseKind
+from geogate.core.geo import DatabaseSchema
 from geogate.core.geo import GeoRecord
 from geogate.core.geo import clean_text
 
@@ -75,13 +78,13 @@ def _meta_description(value: Any) -> str:
 def _code(value: Any) -> str | None:
     """An ISO code from a database field, upper-cased; anything else (a name, junk) is None."""
     if isinstance(value, str):
-        value = value.strip().upper()
-        if _CODE.match(value):
-            return value
+        code = value.strip().upper()
+        if _CODE.match(code):
+            return code
     return None
 
 
-def _detect(reader: maxminddb.Reader, path: Path) -> tuple[str, str]:
+def _detect(reader: maxminddb.Reader, path: Path) -> tuple[DatabaseSchema, DatabaseKind]:
     """(schema, kind) from the keys of the first records."""
     keys: set[str] = set()
     for _net, record in itertools.islice(reader, _SAMPLE_RECORDS):
@@ -119,7 +122,7 @@ class Database:
             if ip_version not in (4, 6) or isinstance(ip_version, bool):
                 raise DatabaseError(f"{self.path}: the metadata gives ip_version {clean_text(repr(ip_version), 40)}; "
                                     "an MMDB file is IPv4 (4) or IPv6 (6), so this one is corrupt")
-            self.schema, self.kind = _detect(self._reader, self.path)
+            schema, kind = _detect(self._reader, self.path)
         except (InvalidDatabaseError, ValueError, TypeError, KeyError, IndexError, RecursionError, SystemError) as e:
             # ValueError: a string that is not UTF-8; TypeError: a map key that is not a string;
             # RecursionError: a search tree that loops; SystemError: maxminddb's C extension on a
@@ -132,30 +135,38 @@ class Database:
         self.info = DatabaseInfo(
             name=clean_text(name or self.path.name.removesuffix(".mmdb")),
             path=str(self.path),
-            schema=self.schema,
-            kind=self.kind,
+            schema=schema,
+            kind=kind,
             type=clean_text(meta.database_type, 100),
             build_epoch=_meta_int(meta.build_epoch),
             sha256=sha256,
             ip_version=ip_version,
             node_count=_meta_int(meta.node_count),
             description=_meta_description(meta.description),
-            has_country=self.kind in ("country", "city", "enterprise"),
-            has_subdivisions=self.kind in ("city", "enterprise"),
-            has_asn=self.kind == "asn" or (self.schema == "flat" and self._flat_has_asn()),
+            has_country=kind in ("country", "city", "enterprise"),
+            has_subdivisions=kind in ("city", "enterprise"),
+            has_asn=kind == "asn" or (schema == "flat" and self._flat_has_asn()),
         )
-        self._read_record = {
+        self._read_record: Callable[[dict[str, Any]], GeoRecord] = {
             ("flat", "country"): self._flat,
             ("maxmind", "asn"): self._asn,
             ("maxmind", "anonymous-ip"): self._anonymous,
-        }.get((self.schema, self.kind), self._maxmind)
+        }.get((schema, kind), self._maxmind)
         self._records: dict[Any, GeoRecord] = {}  # see _shared
-        self._by_code: dict[str, GeoRecord] = {}  # see find
+        self._by_code: dict[str | None, GeoRecord] = {}  # see find; None never a key, but probed
         self._ipv4_only = self.info.ip_version == 4
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def schema(self) -> DatabaseSchema:
+        return self.info.schema
+
+    @property
+    def kind(self) -> DatabaseKind:
+        return self.info.kind
 
     def _flat_has_asn(self) -> bool:
         return any(
@@ -228,7 +239,7 @@ class Database:
             source=self.name,
             country=country,
             # flat databases rarely carry a continent; derive it so `continents` rules work
-            continent=_code(rec.get("continent_code")) or _CONTINENT_OF.get(country),
+            continent=_code(rec.get("continent_code")) or (_CONTINENT_OF.get(country) if country else None),
             asn=asn,
             as_org=rec.get("as_name") if isinstance(rec.get("as_name"), str) else None,
         )
@@ -252,7 +263,7 @@ class Database:
             # closed (a lookup error blocks), never crash the caller.
             raise ValueError(f"malformed record in {self.name}") from None
 
-    def _build_maxmind(self, raw: tuple) -> GeoRecord:
+    def _build_maxmind(self, raw: tuple[Any, ...]) -> GeoRecord:
         country, registered, represented, represented_type, continent, subdivisions, anycast = raw
         country = _code(country)
         return GeoRecord(
@@ -272,7 +283,7 @@ class Database:
         raw = (rec.get("autonomous_system_number"), rec.get("autonomous_system_organization"))
         return self._shared(raw, self._build_asn, raw)
 
-    def _build_asn(self, raw: tuple) -> GeoRecord:
+    def _build_asn(self, raw: tuple[Any, Any]) -> GeoRecord:
         return GeoRecord(source=self.name, asn=raw[0], as_org=raw[1])
 
     def _anonymous(self, rec: dict[str, Any]) -> GeoRecord:
@@ -330,7 +341,7 @@ class DatabaseSet:
     databases: list[Database] = field(default_factory=list)
 
     @classmethod
-    def open(cls, paths: list[str | os.PathLike[str]]) -> "DatabaseSet":
+    def open(cls, paths: Sequence[str | os.PathLike[str]]) -> "DatabaseSet":
         if not paths:
             raise DatabaseError("no GeoIP database configured")
         opened: list[Database] = []

@@ -40,11 +40,23 @@ from geogate.core.addresses import IPAddress
 from geogate.core.facts import AddressFacts
 from geogate.core.geo import DatabaseInfo
 from geogate.core.geo import GeoRecord
+from geogate.core.rules import Action
+from geogate.core.rules import Addresses
+from geogate.core.rules import Disagreement
+from geogate.core.rules import Mode
 from geogate.core.rules import Policy
 from geogate.core.rules import PolicyRef
 from geogate.core.rules import Rule
+from geogate.core.rules import Special
 
-_SEVERITY = {"allow": 0, "monitor": 1, "block": 2}
+# The members the evaluation compares with, as module-level names (one global load each, cheaper
+# than an attribute of the enum class on the path of every decision), compared by identity: a
+# policy and every verdict hold members only (the loader makes them), and `is` costs less than the
+# string comparison `==` would run on a str subclass.
+_ALLOW, _BLOCK, _MONITOR = Action.ALLOW, Action.BLOCK, Action.MONITOR
+_ENFORCE, _LOOKUP, _FIRST, _ALL = Mode.ENFORCE, Special.LOOKUP, Disagreement.FIRST, Addresses.ALL
+_SEVERITY = {_ALLOW: 0, _MONITOR: 1, _BLOCK: 2}
+_SPECIAL_ACTION = {Special.ALLOW: _ALLOW, Special.BLOCK: _BLOCK}
 
 
 @dataclass(slots=True)
@@ -81,7 +93,7 @@ class Verdict:
     """The decision for one address."""
 
     facts: AddressFacts
-    action: str  # allow | block | monitor
+    action: Action
     rule: str
     reason: str
     citation: str | None = None
@@ -100,7 +112,7 @@ class Verdict:
 class Outcome:
     """Everything decided, independent of who asked and when: safe to share between requests."""
 
-    action: str  # allow | block
+    action: Action  # allow | block
     enforced: bool
     would_block: bool
     verdict: Verdict | None  # the address chosen (allow) or the one that blocked
@@ -111,7 +123,6 @@ class Outcome:
     reason: str
     citation: str | None = None
     warnings: tuple[str, ...] = ()
-    record_fields: dict | None = None  # record.py's rendering of this outcome, made once
 
 
 class Decision:
@@ -128,7 +139,11 @@ class Decision:
         self.request = request
         self.outcome = outcome
         self._ts = ts
-        self.wall = ts.timestamp() if wall is None else wall  # time.time() of the decision
+        if wall is None:
+            if ts is None:
+                raise TypeError("a Decision needs its time: ts or wall")
+            wall = ts.timestamp()
+        self.wall = wall  # time.time() of the decision
 
     @property
     def ts(self) -> datetime:
@@ -140,21 +155,55 @@ class Decision:
     def __repr__(self) -> str:
         return f"Decision(request={self.request!r}, outcome={self.outcome!r}, ts={self.ts!r})"
 
-    action = property(lambda self: self.outcome.action)
-    enforced = property(lambda self: self.outcome.enforced)
-    would_block = property(lambda self: self.outcome.would_block)
-    verdict = property(lambda self: self.outcome.verdict)
-    verdicts = property(lambda self: self.outcome.verdicts)
-    policy = property(lambda self: self.outcome.policy)
-    databases = property(lambda self: self.outcome.databases)
-    rule = property(lambda self: self.outcome.rule)
-    reason = property(lambda self: self.outcome.reason)
-    citation = property(lambda self: self.outcome.citation)
-    warnings = property(lambda self: self.outcome.warnings)
+    # What was decided is the outcome's; these read it from the decision, as every shell does.
+
+    @property
+    def action(self) -> Action:
+        return self.outcome.action
+
+    @property
+    def enforced(self) -> bool:
+        return self.outcome.enforced
+
+    @property
+    def would_block(self) -> bool:
+        return self.outcome.would_block
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.outcome.verdict
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return self.outcome.verdicts
+
+    @property
+    def policy(self) -> PolicyRef:
+        return self.outcome.policy
+
+    @property
+    def databases(self) -> tuple[DatabaseInfo, ...]:
+        return self.outcome.databases
+
+    @property
+    def rule(self) -> str:
+        return self.outcome.rule
+
+    @property
+    def reason(self) -> str:
+        return self.outcome.reason
+
+    @property
+    def citation(self) -> str | None:
+        return self.outcome.citation
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.outcome.warnings
 
     @property
     def blocked(self) -> bool:
-        return self.outcome.action == "block"
+        return self.outcome.action is _BLOCK
 
     @property
     def address(self) -> IPAddress | None:
@@ -176,7 +225,7 @@ class Decision:
 
 def _geo_records(records: tuple[GeoRecord, ...], policy: Policy) -> tuple[GeoRecord, ...]:
     """The records a geo rule may look at, per `geo.disagreement`."""
-    if policy.disagreement == "first":
+    if policy.disagreement is _FIRST:
         for r in records:
             if any(getattr(r, f) for f in policy.fields):
                 return (r,)
@@ -184,11 +233,11 @@ def _geo_records(records: tuple[GeoRecord, ...], policy: Policy) -> tuple[GeoRec
     return records
 
 
-def _country_match(rule: Rule, records: tuple[GeoRecord, ...], policy: Policy) -> Match | None:
+def _country_match(rule: Rule, countries: frozenset[str], records: tuple[GeoRecord, ...], policy: Policy) -> Match | None:
     for r in records:
         for f in policy.fields:
             value = getattr(r, f)
-            if value and value in rule.countries:
+            if value and value in countries:
                 return Match("countries", value, f, r.source, _group(rule, value))
     return None
 
@@ -231,11 +280,11 @@ def _rule_match(
         best = Match("subdivisions", hit_sub[0], "subdivisions", hit_sub[1].source, _group(rule, hit_sub[0]))
     if rule.continents is not None:
         hit = next((r for r in geo if r.continent in rule.continents), None)
-        if hit is None:
+        if hit is None or hit.continent is None:  # (a continent in the rule is never None)
             return None
         best = Match("continents", hit.continent, "continent", hit.source)
     if rule.countries is not None:
-        m = _country_match(rule, geo, policy)
+        m = _country_match(rule, rule.countries, geo, policy)
         if m is None:
             return None
         best = m
@@ -244,7 +293,10 @@ def _rule_match(
 
 def _host_verified(req: Request, address_ips: tuple[IPAddress, ...]) -> bool:
     """In transparent mode a name counts only if it resolves to the address being dialled."""
-    return bool(req.host_addresses) and any(a in req.host_addresses for a in address_ips)
+    host_addresses = req.host_addresses
+    if not host_addresses:
+        return False
+    return any(a in host_addresses for a in address_ips)
 
 
 def _reason(rule: Rule, match: Match) -> str:
@@ -255,10 +307,19 @@ def _reason(rule: Rule, match: Match) -> str:
     return f"{match.key}:{field} {match.value}{where} matched rule {rule.name}".replace(":  ", ": ")
 
 
-# What the rules say about one view of an address, without the address itself:
-# (action, rule, reason, citation, match, warnings). reason None stands for geo.unknown, whose
-# reason names the address. Shared between verdicts through VerdictMemo, so never mutated.
-Judgement = tuple[str, str, "str | None", "str | None", "Match | None", tuple[str, ...]]
+@dataclass(slots=True)
+class Judgement:
+    """What the rules say about one view of an address, without the address itself. Shared
+    between verdicts through VerdictMemo, so never mutated. (A slots class rather than a
+    NamedTuple: reading its slots costs less than unpacking a tuple subclass, on every decision.)"""
+
+    action: Action
+    rule: str
+    reason: str  # empty when `unknown`: that reason names the address (see _evaluate_view)
+    citation: str | None
+    match: Match | None
+    warnings: tuple[str, ...]
+    unknown: bool  # no rule matched and no database gives a geo field: `geo.unknown` decided
 
 
 def _judge(
@@ -274,34 +335,36 @@ def _judge(
         if not _live(rule, day):
             warnings.append(f"rule {rule.name} expired on {rule.expires} and was skipped")
             continue
-        return rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m, tuple(warnings)
+        return Judgement(rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m, tuple(warnings), False)
     if not any(getattr(r, f) for r in records for f in policy.fields):
-        return policy.unknown, "geo.unknown", None, None, None, tuple(warnings)
+        return Judgement(policy.unknown, "geo.unknown", "", None, None, tuple(warnings), True)
     reason = f"no rule matched; policy default is {policy.default}"
-    return policy.default, "default", reason, None, None, tuple(warnings)
+    return Judgement(policy.default, "default", reason, None, None, tuple(warnings), False)
 
 
 def _evaluate_view(
     policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts,
     ip: IPAddress, special: str | None, records: tuple[GeoRecord, ...], day: date,
-    memo: VerdictMemo | None = None, memo_key: tuple | None = None,
+    memo: VerdictMemo | None = None, memo_key: MemoKey | None = None,
 ) -> Verdict:
     if special is not None:
         if special in NAT64_UNDECODED:
             return _nat64_verdict(facts, ip, special)
-        if policy.special != "lookup":
+        if policy.special is not _LOOKUP:
             return _special_verdict(policy, rules, req, facts, ip, special, day)
-    if memo_key is None:
+    if memo is None or memo_key is None:
         judgement = _judge(policy, rules, req, records, (ip, facts.address.ip), day)
     else:
         key = (memo_key, records)
-        judgement = memo.judgements.get(key)
-        if judgement is None:
-            judgement = memo.remember(key, _judge(policy, rules, req, records, (ip, facts.address.ip), day))
-    action, rule_name, reason, citation, match, warnings = judgement
-    if reason is None:
+        found = memo.judgements.get(key)
+        if found is None:
+            found = memo.remember(key, _judge(policy, rules, req, records, (ip, facts.address.ip), day))
+        judgement = found
+    reason = judgement.reason
+    if judgement.unknown:
         reason = f"no database gives a {' or '.join(policy.fields)} for {ip}; policy says geo.unknown: {policy.unknown}"
-    return Verdict(facts, action, rule_name, reason, citation, match, False, warnings)
+    return Verdict(facts, judgement.action, judgement.rule, reason, judgement.citation, judgement.match, False,
+                   judgement.warnings)
 
 
 def _special_verdict(
@@ -315,7 +378,7 @@ def _special_verdict(
             m = _rule_match(rule, req, (), policy, address_ips)
             if m is not None:
                 return Verdict(facts, rule.action, rule.name, _reason(rule, m), _citation(policy, rule, m), m)
-    return Verdict(facts, policy.special, f"special:{special}",
+    return Verdict(facts, _SPECIAL_ACTION[policy.special], f"special:{special}",
                    f"{ip} is in a special-purpose range ({special}); policy says special: {policy.special}")
 
 
@@ -331,7 +394,7 @@ def _nat64_verdict(facts: AddressFacts, ip: IPAddress, special: str) -> Verdict:
         reason = (f"{ip} is in the NAT64 local-use prefix {prefix}, whose layout the policy does not declare, "
                   f"so the IPv4 address it leads to is unknown and the connection is refused; declare the "
                   f"prefix your NAT64 uses with its length, e.g. `nat64: [64:ff9b:1::/48]` in the policy")
-    return Verdict(facts, "block", f"special:{special}", reason)
+    return Verdict(facts, _BLOCK, f"special:{special}", reason)
 
 
 def _live(rule: Rule, day: date) -> bool:
@@ -344,7 +407,7 @@ def _citation(policy: Policy, rule: Rule, m: Match) -> str | None:
 
 def _evaluate_address(
     policy: Policy, rules: tuple[Rule, ...], req: Request, facts: AddressFacts, day: date,
-    memo: VerdictMemo | None, memo_key: tuple | None,
+    memo: VerdictMemo | None, memo_key: MemoKey | None,
 ) -> Verdict:
     """Verdict for one address: the stricter of its embedded-IPv4 view and its own record.
 
@@ -353,13 +416,15 @@ def _evaluate_address(
     """
     addr = facts.address
     if facts.own.error or (facts.embedded is not None and facts.embedded.error):  # facts.error, inline
-        verdict = Verdict(facts, "block", "error",
+        verdict = Verdict(facts, _BLOCK, "error",
                           f"address lookup failed, so the connection is refused: {facts.error}")
     elif addr.embedded_ipv4 is None:
         verdict = _evaluate_view(policy, rules, req, facts, addr.ip, addr.special, facts.own.records,
                                  day, memo, memo_key)
     else:
-        verdict = _evaluate_view(policy, rules, req, facts, addr.embedded_ipv4, addr.special, facts.embedded.records,
+        embedded = facts.embedded
+        assert embedded is not None, "the facts of an address that carries an IPv4 hold the IPv4's (FactsSource.facts)"
+        verdict = _evaluate_view(policy, rules, req, facts, addr.embedded_ipv4, addr.special, embedded.records,
                                  day, memo, memo_key)
         if facts.own.records:
             # The transition prefix itself (::ffff:0:0/96, ::/96, 64:ff9b::/96, 2001::/32, ...) is
@@ -372,6 +437,13 @@ def _evaluate_address(
     if req.host_is_claim and req.host and not _host_verified(req, (addr.ip,)):
         verdict = replace(verdict, host_mismatch=True)
     return verdict
+
+
+# The part of a memo key that comes from the request: (client profile index, host name if a rule
+# matches on hosts, port if a rule matches on ports, the day rules expire by).
+MemoKey = tuple[int | None, str | None, int | None, date]
+# (the rules, whether any matches on networks, on hosts, on ports)
+_RuleSet = tuple[tuple[Rule, ...], bool, bool, bool]
 
 
 class VerdictMemo:
@@ -390,10 +462,11 @@ class VerdictMemo:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         # profile index (None: no profile) -> (rules, any networks, any hosts, any ports)
-        self._rule_sets = {None: self._rule_set(None)}
-        self.judgements: dict[tuple, Judgement] = {}  # (memo key prefix, records) -> judgement
+        self._rule_sets: dict[int | None, _RuleSet] = {None: self._rule_set(None)}
+        # (memo key prefix, records) -> judgement
+        self.judgements: dict[tuple[MemoKey, tuple[GeoRecord, ...]], Judgement] = {}
 
-    def _rule_set(self, profile: int | None) -> tuple[tuple[Rule, ...], bool, bool, bool]:
+    def _rule_set(self, profile: int | None) -> _RuleSet:
         rules = _rules(self.policy, profile)
         return (
             rules,
@@ -402,7 +475,7 @@ class VerdictMemo:
             any(r.ports is not None for r in rules),
         )
 
-    def rules_for(self, req: Request, day: date) -> tuple[tuple[Rule, ...], tuple | None]:
+    def rules_for(self, req: Request, day: date) -> tuple[tuple[Rule, ...], MemoKey | None]:
         """(the rules that apply to the request, the memo key prefix or None if not memoisable)."""
         profile = _profile_index(self.policy, req) if self.policy.clients else None
         rule_set = self._rule_sets.get(profile)
@@ -413,7 +486,7 @@ class VerdictMemo:
             return rules, None
         return rules, (profile, req.host if by_host else None, req.port if by_port else None, day)
 
-    def remember(self, key: tuple, judgement: Judgement) -> Judgement:
+    def remember(self, key: tuple[MemoKey, tuple[GeoRecord, ...]], judgement: Judgement) -> Judgement:
         if len(self.judgements) >= self.MAX_ENTRIES:
             self.judgements.clear()
         self.judgements[key] = judgement
@@ -483,40 +556,41 @@ def decide_outcome(
     warnings = tuple(dict.fromkeys(w for v in verdicts for w in v.warnings))
     worst = max(verdicts, key=lambda v: _SEVERITY[v.action]) if verdicts else None  # first of the most severe
 
+    chosen: Verdict | None
     if worst is None:
         rule, reason = "resolve-error", resolve_error or f"{req.host} has no address"
-        chosen, action, citation = None, "block", None
-    elif policy.addresses == "all":
-        if worst.action == "block":
-            chosen, action = worst, "block"
+        chosen, action, citation = None, _BLOCK, None
+    elif policy.addresses is _ALL:
+        if worst.action is _BLOCK:
+            chosen, action = worst, _BLOCK
         else:
-            chosen = next((v for v in verdicts if v.action == "allow"), worst)
-            action = "allow"
+            chosen = next((v for v in verdicts if v.action is _ALLOW), worst)
+            action = _ALLOW
         rule, reason, citation = worst.rule, worst.reason, worst.citation
-        if action == "allow" and len(verdicts) > 1 and worst.action == "monitor":
+        if action is _ALLOW and len(verdicts) > 1 and worst.action is _MONITOR:
             reason = f"{worst.reason} (address {worst.facts.address.ip})"
     else:  # any: connect only to an allowed address
-        chosen = next((v for v in verdicts if v.action == "allow"), None) or next(
-            (v for v in verdicts if v.action == "monitor"), None
+        chosen = next((v for v in verdicts if v.action is _ALLOW), None) or next(
+            (v for v in verdicts if v.action is _MONITOR), None
         )
         if chosen is None:
-            chosen, action = verdicts[0], "block"
+            chosen, action = verdicts[0], _BLOCK
             reason = verdicts[0].reason
             if len(verdicts) > 1:
                 reason = f"none of the {len(verdicts)} addresses is allowed; first: {reason}"
         else:
-            action, reason = "allow", chosen.reason
+            action, reason = _ALLOW, chosen.reason
         rule, citation = chosen.rule, chosen.citation
 
-    if action == "block":
+    if action is _BLOCK:
         would_block = True
-    elif policy.addresses == "all":
-        would_block = worst is not None and worst.action == "monitor"
+    elif policy.addresses is _ALL:
+        would_block = worst is not None and worst.action is _MONITOR
     else:
-        would_block = chosen is not None and chosen.action == "monitor"
-    enforced = policy.mode == "enforce"
+        would_block = chosen is not None and chosen.action is _MONITOR
+    enforced = policy.mode is _ENFORCE
     if not enforced:
-        action = "allow"
+        action = _ALLOW
     return Outcome(action, enforced, would_block, chosen, verdicts, policy.ref, databases,
                    rule, reason, citation, warnings)
 
@@ -524,9 +598,9 @@ def decide_outcome(
 def _one_address_outcome(policy: Policy, verdict: Verdict, databases: tuple[DatabaseInfo, ...]) -> Outcome:
     """decide_outcome for a single address (most requests), without its generators: the one
     verdict is the chosen one and the worst one, for `addresses: all` and `any` alike."""
-    blocked = verdict.action == "block"
-    enforced = policy.mode == "enforce"
-    return Outcome("block" if blocked and enforced else "allow", enforced, verdict.action != "allow", verdict,
+    blocked = verdict.action is _BLOCK
+    enforced = policy.mode is _ENFORCE
+    return Outcome(_BLOCK if blocked and enforced else _ALLOW, enforced, verdict.action is not _ALLOW, verdict,
                    (verdict,), policy.ref, databases, verdict.rule, verdict.reason, verdict.citation,
                    tuple(dict.fromkeys(verdict.warnings)) if verdict.warnings else ())
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+from typing import overload
 
 from geogate.core.addresses import Address
 from geogate.core.addresses import IPAddress
@@ -30,15 +32,24 @@ class IPFacts:
             return None
         return network_text(self.ip, self.prefix_len)
 
-    def first(self, attr: str):
+    @overload
+    def first(self, attr: Literal["asn"]) -> int | None: ...
+    @overload
+    def first(self, attr: TextField) -> str | None: ...
+
+    def first(self, attr: str) -> str | int | None:
         """The first non-empty value of a GeoRecord field, in database order ("network" too)."""
         if attr == "network":
             return self.network
         for r in self.records:
-            value = getattr(r, attr)
+            value: str | int | None = getattr(r, attr)
             if value:
                 return value
         return None
+
+
+# The GeoRecord fields IPFacts.first reads that hold text, and the network the first record covers.
+TextField = Literal["country", "registered_country", "represented_country", "continent", "as_org", "network"]
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from datetime import date
 from datetime import datetime
 from datetime import timezone
 from typing import Any
+from typing import Literal
 
 from geogate.core.addresses import IPAddress
 
@@ -92,12 +93,17 @@ def build_text(epoch: Any, today: date | None = None) -> str:
     return str(built)
 
 
+# How a database's records are laid out (see databases._detect), and what they are about.
+DatabaseSchema = Literal["maxmind", "flat"]
+DatabaseKind = Literal["country", "city", "asn", "anonymous-ip", "enterprise"]
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseInfo:
     name: str
     path: str
-    schema: str  # maxmind | flat
-    kind: str  # country | city | asn | anonymous-ip | enterprise
+    schema: DatabaseSchema
+    kind: DatabaseKind
     type: str  # metadata database_type
     build_epoch: int
     sha256: str

@@ -15,6 +15,7 @@ from geogate.core.databases import DatabaseSet
 from geogate.core.facts import AddressFacts
 from geogate.core.facts import IPFacts
 from geogate.core.geo import DatabaseInfo
+from geogate.core.geo import GeoRecord
 
 
 class FactsSource:
@@ -61,7 +62,7 @@ class FactsSource:
         return AddressFacts(address, own, embedded)
 
     def _lookup_ip(self, ip: IPAddress) -> IPFacts:
-        records = []
+        records: list[GeoRecord] = []
         prefix_len = None
         for db in self.databases.databases:
             try:

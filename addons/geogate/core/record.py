@@ -9,7 +9,9 @@ from datetime import datetime
 from datetime import timezone
 from typing import Any
 
+from geogate.core.cache import FifoCache
 from geogate.core.decide import Decision
+from geogate.core.decide import Outcome
 from geogate.core.decide import Verdict
 from geogate.core.facts import IPFacts
 
@@ -40,10 +42,17 @@ def address_record(v: Verdict, country_dbs: list[str]) -> dict[str, Any]:
         "anycast": any(r.anycast for r in geo.records),
         "network": geo.first("network"),
         "sources": _sources(geo, country_dbs),
-        "action": v.action,
+        "action": str(v.action),  # the text, not the enum: records leave for JSON, CSV, flow files
         "rule": v.rule,
         "error": f.error,
     }
+
+
+# The rendering of each recent outcome: id(outcome) -> (outcome, fields). The entry holds the
+# outcome, so its id cannot be reused by another object while the entry lives; the size is that of
+# GateState's outcome cache (policy.state), so every outcome it still serves keeps its rendering.
+_RENDERED_SIZE = 4096
+_rendered: FifoCache = FifoCache(_RENDERED_SIZE)
 
 
 def _outcome_fields(d: Decision) -> dict[str, Any]:
@@ -53,13 +62,21 @@ def _outcome_fields(d: Decision) -> dict[str, Any]:
     level (decision_record does) and must not mutate what is nested inside.
     """
     o = d.outcome
-    cached = o.record_fields
-    if cached is not None:
-        return cached
+    key = id(o)
+    entry = _rendered.get(key)
+    if entry is not None and entry[0] is o:
+        fields: dict[str, Any] = entry[1]
+        return fields
+    fields = _render_outcome(d, o)
+    _rendered.put(key, (o, fields))
+    return fields
+
+
+def _render_outcome(d: Decision, o: Outcome) -> dict[str, Any]:
     country_dbs = [i.name for i in o.databases if i.has_country]
     match = o.verdict.match if o.verdict else None
-    fields = {
-        "action": o.action,
+    return {
+        "action": str(o.action),
         "enforced": o.enforced,
         "would_block": o.would_block,
         "rule": o.rule,
@@ -81,12 +98,10 @@ def _outcome_fields(d: Decision) -> dict[str, Any]:
         ],
         "warnings": list(o.warnings),
     }
-    o.record_fields = fields
-    return fields
 
 
-_second: tuple = (None, "")  # the last second formatted: (key, text), replaced whole
-_epoch_second: tuple = (None, "")  # the same for timestamp_at: (whole seconds since the epoch, text)
+_second: tuple[tuple[int, ...] | None, str] = (None, "")  # the last second formatted: (key, text), replaced whole
+_epoch_second: tuple[int | None, str] = (None, "")  # the same for timestamp_at: (whole seconds since the epoch, text)
 # ".000Z" ... ".999Z": every record spells its milliseconds, and a `:03d` format costs more than
 # the rest of the timestamp
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
@@ -134,7 +149,7 @@ def repeat_record(template: dict[str, Any], wall: float, flow_id: str | None, cl
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _escape_surrogate(m: re.Match) -> str:
+def _escape_surrogate(m: re.Match[str]) -> str:
     c = ord(m.group())
     # U+DC80..U+DCFF is how Python keeps a byte that is not UTF-8 (surrogateescape): that byte
     return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"

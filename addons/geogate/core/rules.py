@@ -5,13 +5,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import date
+from enum import StrEnum
+from typing import Literal
 
 from geogate.core.addresses import NO_NAT64
 from geogate.core.addresses import IPNetwork
 from geogate.core.addresses import Nat64Prefixes
 
-ACTIONS = ("allow", "block", "monitor")
-FIELDS = ("country", "registered_country", "represented_country")
+# The policy's words are StrEnums: each member is the string the policy file spells, so records,
+# the YAML loader and any comparison with a plain string see exactly the text they saw before.
+
+
+class Action(StrEnum):
+    """What a rule, a setting or a decision does with a connection."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    MONITOR = "monitor"  # allowed, and recorded as would_block
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    MONITOR = "monitor"  # decide and record, never block
+
+
+class Special(StrEnum):
+    """`special:` what to do with an address in a special-purpose range."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    LOOKUP = "lookup"  # no special treatment: the rules and the databases decide
+
+
+class Disagreement(StrEnum):
+    """`geo.disagreement:` which databases a geo rule looks at."""
+
+    ANY = "any"  # every database that knows the address
+    FIRST = "first"  # the first database that gives one of `geo.fields`
+
+
+class Addresses(StrEnum):
+    """`addresses:` how the addresses of a name decide."""
+
+    ALL = "all"  # every address must be allowed
+    ANY = "any"  # connect to an allowed one
+
+
+ACTIONS = tuple(Action)
+# The values `default:` and `geo.unknown:` take (a final say is never `monitor`).
+FINAL_ACTIONS = (Action.ALLOW, Action.BLOCK)
+
+# A GeoRecord attribute a country rule reads. Plain strings, not an enum: the engine reads them
+# with getattr, whose attribute cache takes only exact str.
+GeoField = Literal["country", "registered_country", "represented_country"]
+FIELDS: tuple[GeoField, ...] = ("country", "registered_country", "represented_country")
 CONTINENTS = {
     "AF": "Africa",
     "AN": "Antarctica",
@@ -39,7 +86,7 @@ class HostPattern:
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    action: str
+    action: Action
     hosts: tuple[HostPattern, ...] | None = None
     networks: tuple[IPNetwork, ...] | None = None
     countries: frozenset[str] | None = None
@@ -52,7 +99,6 @@ class Rule:
     expires: date | None = None
     # where each country/subdivision came from ("@group" or "listed"), to explain a match
     origin: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +122,13 @@ class PolicyRef:
 class Policy:
     ref: PolicyRef
     description: str | None = None
-    mode: str = "enforce"
-    default: str = "block"
-    fields: tuple[str, ...] = ("country",)
-    unknown: str = "block"
-    disagreement: str = "any"
-    special: str = "block"
-    addresses: str = "all"
+    mode: Mode = Mode.ENFORCE
+    default: Action = Action.BLOCK  # one of FINAL_ACTIONS
+    fields: tuple[GeoField, ...] = ("country",)
+    unknown: Action = Action.BLOCK  # one of FINAL_ACTIONS
+    disagreement: Disagreement = Disagreement.ANY
+    special: Special = Special.BLOCK
+    addresses: Addresses = Addresses.ALL
     nat64: Nat64Prefixes = NO_NAT64  # declared NAT64 prefixes (64:ff9b::/96 is always decoded)
     groups: dict[str, frozenset[str]] = field(default_factory=dict, hash=False, compare=False)
     rules: tuple[Rule, ...] = ()

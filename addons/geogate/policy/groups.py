@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 from geogate.policy.yamlnodes import compose
 from geogate.policy.yamlnodes import plain
@@ -35,7 +36,7 @@ STALE_AFTER_DAYS = 183
 def builtin_groups() -> dict[str, BuiltinGroup]:
     source = resources.files("geogate.policy").joinpath("groups.yaml")
     raw = plain(compose(source.read_text(), "groups.yaml"))  # text scalars: `NO` stays Norway
-    entries: dict = raw["groups"]
+    entries: dict[str, Any] = raw["groups"]  # YAML as plain values
 
     def members(name: str, seen: tuple[str, ...] = ()) -> tuple[set[str], set[str]]:
         if name in seen:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Callable
+from typing import TypedDict
 
 import pycountry
 from yaml.nodes import MappingNode
@@ -23,6 +26,7 @@ from geogate.core.addresses import BUILTIN_CARRIERS
 from geogate.core.addresses import NAT64_LENGTHS
 from geogate.core.addresses import NAT64_WELL_KNOWN
 from geogate.core.addresses import AddressError
+from geogate.core.addresses import IPNetwork
 from geogate.core.addresses import Nat64Prefixes
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
@@ -30,11 +34,18 @@ from geogate.core.errors import GeogateError
 from geogate.core.rules import ACTIONS
 from geogate.core.rules import CONTINENTS
 from geogate.core.rules import FIELDS
+from geogate.core.rules import FINAL_ACTIONS
+from geogate.core.rules import Action
+from geogate.core.rules import Addresses
 from geogate.core.rules import ClientProfile
+from geogate.core.rules import Disagreement
+from geogate.core.rules import GeoField
 from geogate.core.rules import HostPattern
+from geogate.core.rules import Mode
 from geogate.core.rules import Policy
 from geogate.core.rules import PolicyRef
 from geogate.core.rules import Rule
+from geogate.core.rules import Special
 from geogate.policy.groups import builtin_groups
 from geogate.policy.yamlnodes import Position
 from geogate.policy.yamlnodes import YamlSyntaxError
@@ -124,11 +135,12 @@ def suggest_country(text: str) -> str | None:
         lambda: pycountry.historic_countries.get(alpha_2=upper),
     ):
         try:
-            found = lookup()
+            found: object = lookup()
         except LookupError:
-            found = None
-        if found is not None and getattr(found, "alpha_2", None) in _COUNTRIES:
-            return found.alpha_2
+            continue
+        code = getattr(found, "alpha_2", None)
+        if isinstance(code, str) and code in _COUNTRIES:
+            return code
     return None
 
 
@@ -138,6 +150,39 @@ def _number(text: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 20:
         return int(text)
     return None
+
+
+# The keys of a mapping as read: key -> (key node, value node).
+_Keys = dict[str, tuple[Node, Node]]
+
+
+class _RuleFields(TypedDict, total=False):
+    """The optional fields of a Rule that its keys gave."""
+
+    hosts: tuple[HostPattern, ...]
+    networks: tuple[IPNetwork, ...]
+    countries: frozenset[str]
+    continents: frozenset[str]
+    subdivisions: frozenset[str]
+    asns: frozenset[int]
+    ports: tuple[tuple[int, int], ...]
+    reason: str | None
+    citation: str | None
+    expires: date | None
+
+
+class _Settings(TypedDict, total=False):
+    """The policy-wide settings a file gives (the others keep Policy's defaults)."""
+
+    description: str
+    mode: Mode
+    default: Action
+    special: Special
+    addresses: Addresses
+    fields: tuple[GeoField, ...]
+    unknown: Action
+    disagreement: Disagreement
+    nat64: Nat64Prefixes
 
 
 class _Reader:
@@ -156,11 +201,11 @@ class _Reader:
     def warn(self, node: Node, message: str) -> None:
         self.issues.append(Issue(self.pos(node), message, "warning"))
 
-    def mapping(self, node: Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[Node, Node]]:
+    def mapping(self, node: Node, what: str, allowed: tuple[str, ...]) -> _Keys:
         if not isinstance(node, MappingNode):
             self.error(node, f"{what} must be a mapping of `key: value` lines")
             return {}
-        out: dict[str, tuple[Node, Node]] = {}
+        out: _Keys = {}
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, ScalarNode) else None
             if key is None:
@@ -181,18 +226,22 @@ class _Reader:
         if not isinstance(node, ScalarNode) or node.value == "" and node.style is None:
             self.error(node, f"{what} must be a single value")
             return None
-        return node.value
+        value: str = node.value  # a scalar's value is its text
+        return value
 
-    def choice(self, node: Node, what: str, choices: tuple[str, ...]) -> str | None:
+    def choice[S: str](self, node: Node, what: str, choices: tuple[S, ...]) -> S | None:
+        """The one of `choices` the node spells (in any case), e.g. Action.BLOCK for `Block`."""
         value = self.scalar(node, what)
         if value is None:
             return None
-        if value.lower() not in choices:
-            close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.5)
-            hint = f"; did you mean `{close[0]}`?" if close else ""
-            self.error(node, f"{what}: `{value}` is not one of {', '.join(choices)}{hint}")
-            return None
-        return value.lower()
+        lowered = value.lower()
+        for c in choices:
+            if c == lowered:
+                return c
+        close = difflib.get_close_matches(lowered, choices, n=1, cutoff=0.5)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        self.error(node, f"{what}: `{value}` is not one of {', '.join(choices)}{hint}")
+        return None
 
     def items(self, node: Node, what: str) -> list[Node]:
         """A list value; a lone scalar is accepted as a list of one."""
@@ -281,67 +330,83 @@ class _PolicyBuilder:
         if not isinstance(node, SequenceNode):
             self.r.error(node, f"{what} must be a list of rules, each starting with `- name:`")
             return ()
-        return tuple(r for r in (self.rule(n, what) for n in node.value) if r is not None)
+        return tuple(r for r in (self.rule(n) for n in node.value) if r is not None)
 
-    def rule(self, node: Node, where: str) -> Rule | None:
+    def rule(self, node: Node) -> Rule | None:
+        """One rule; every key is read (and every problem reported) even when another is wrong."""
         keys = self.r.mapping(node, "rule", RULE_KEYS)
         if not keys:
             return None
-        name = None
-        if "name" in keys:
-            name = self.r.scalar(keys["name"][1], "rule name")
-            if name is not None:
-                if name in self.rule_names:
-                    self.r.error(keys["name"][1], f"rule name `{name}` is used twice; names must be unique")
-                self.rule_names.add(name)
-        else:
-            self.r.error(node, "rule has no `name`; add `name: a-short-name`")
-        action = None
-        if "action" in keys:
-            action = self.r.choice(keys["action"][1], "action", ACTIONS)
-        else:
-            self.r.error(node, f"rule `{name}` has no `action`; add `action: allow`, `block` or `monitor`")
+        name = self.rule_name(node, keys)
+        action = self.rule_action(node, keys, name)
         label = f"rule `{name}`" if name else "rule"
-        fields: dict = {}
         origin: dict[str, str] = {}
-        if "hosts" in keys:
-            fields["hosts"] = tuple(filter(None, (self.host(n) for n in self.r.items(keys["hosts"][1], "hosts"))))
-        if "networks" in keys:
-            fields["networks"] = tuple(filter(None, (self.network(n) for n in self.r.items(keys["networks"][1], "networks"))))
-        if "countries" in keys:
-            codes: set[str] = set()
-            for item in self.r.items(keys["countries"][1], "countries"):
-                got = self.countries_item(item, "countries")
-                tag = item.value.strip() if isinstance(item, ScalarNode) else ""
-                for c in got:
-                    origin.setdefault(c, tag[1:] if tag.startswith("@") else "listed")
-                codes |= got
-            fields["countries"] = frozenset(codes)
-        if "continents" in keys:
-            fields["continents"] = frozenset(filter(None, (self.continent(n) for n in self.r.items(keys["continents"][1], "continents"))))
-        if "subdivisions" in keys:
-            subs: set[str] = set()
-            for item in self.r.items(keys["subdivisions"][1], "subdivisions"):
-                got = self.subdivision(item)
-                tag = item.value.strip() if isinstance(item, ScalarNode) else ""
-                for s in got:
-                    origin.setdefault(s, tag[1:] if tag.startswith("@") else "listed")
-                subs |= got
-            fields["subdivisions"] = frozenset(subs)
-        if "asns" in keys:
-            fields["asns"] = frozenset(filter(lambda a: a is not None, (self.asn(n) for n in self.r.items(keys["asns"][1], "asns"))))
-        if "ports" in keys:
-            fields["ports"] = tuple(filter(None, (self.ports(n) for n in self.r.items(keys["ports"][1], "ports"))))
-        for text_key in ("reason", "citation"):
-            if text_key in keys:
-                fields[text_key] = self.r.scalar(keys[text_key][1], text_key)
+        fields = self.match_keys(keys, origin)
+        if "reason" in keys:
+            fields["reason"] = self.r.scalar(keys["reason"][1], "reason")
+        if "citation" in keys:
+            fields["citation"] = self.r.scalar(keys["citation"][1], "citation")
         if "expires" in keys:
             fields["expires"] = self.expires(keys["expires"][1], label)
         if not any(k in keys for k in MATCH_KEYS):
             self.r.warn(node, f"{label} has no match key ({', '.join(MATCH_KEYS)}): it matches every connection")
         if name is None or action is None:
             return None
-        return Rule(name=name, action=action, origin=origin, line=node.start_mark.line + 1, **fields)
+        return Rule(name=name, action=action, origin=origin, **fields)
+
+    def rule_name(self, node: Node, keys: _Keys) -> str | None:
+        if "name" not in keys:
+            self.r.error(node, "rule has no `name`; add `name: a-short-name`")
+            return None
+        name = self.r.scalar(keys["name"][1], "rule name")
+        if name is not None:
+            if name in self.rule_names:
+                self.r.error(keys["name"][1], f"rule name `{name}` is used twice; names must be unique")
+            self.rule_names.add(name)
+        return name
+
+    def rule_action(self, node: Node, keys: _Keys, name: str | None) -> Action | None:
+        if "action" not in keys:
+            self.r.error(node, f"rule `{name}` has no `action`; add `action: allow`, `block` or `monitor`")
+            return None
+        return self.r.choice(keys["action"][1], "action", ACTIONS)
+
+    def match_keys(self, keys: _Keys, origin: dict[str, str]) -> _RuleFields:
+        """The match keys of a rule, in the order of RULE_KEYS; `origin` gets where each country
+        and subdivision came from."""
+        fields: _RuleFields = {}
+
+        def items(key: str) -> list[Node]:
+            return self.r.items(keys[key][1], key)
+
+        if "hosts" in keys:
+            fields["hosts"] = tuple(filter(None, map(self.host, items("hosts"))))
+        if "networks" in keys:
+            fields["networks"] = tuple(filter(None, map(self.network, items("networks"))))
+        if "countries" in keys:
+            fields["countries"] = self.tagged(items("countries"), lambda n: self.countries_item(n, "countries"), origin)
+        if "continents" in keys:
+            fields["continents"] = frozenset(filter(None, map(self.continent, items("continents"))))
+        if "subdivisions" in keys:
+            fields["subdivisions"] = self.tagged(items("subdivisions"), self.subdivision, origin)
+        if "asns" in keys:
+            fields["asns"] = frozenset(a for a in map(self.asn, items("asns")) if a is not None)
+        if "ports" in keys:
+            fields["ports"] = tuple(filter(None, map(self.ports, items("ports"))))
+        return fields
+
+    @staticmethod
+    def tagged(items: list[Node], read: Callable[[Node], set[str]], origin: dict[str, str]) -> frozenset[str]:
+        """The codes `read` finds in each item; each code's origin is the group it came from
+        (`@eu` -> "eu"), or "listed" when written out. The first origin of a code stays."""
+        codes: set[str] = set()
+        for item in items:
+            got = read(item)
+            tag = item.value.strip() if isinstance(item, ScalarNode) else ""
+            for c in got:
+                origin.setdefault(c, tag[1:] if tag.startswith("@") else "listed")
+            codes |= got
+        return frozenset(codes)
 
     def host(self, node: Node) -> HostPattern | None:
         text = self.r.scalar(node, "hosts")
@@ -361,9 +426,9 @@ class _PolicyBuilder:
         except AddressError as e:
             self.r.error(node, f"hosts: {e}")
             return None
-        return HostPattern(raw if not wildcard else f"*.{name}", f".{name}" if wildcard else None) if wildcard else HostPattern(name, None)
+        return HostPattern(f"*.{name}", f".{name}") if wildcard else HostPattern(name, None)
 
-    def network(self, node: Node):
+    def network(self, node: Node) -> IPNetwork | None:
         text = self.r.scalar(node, "networks")
         if text is None:
             return None
@@ -400,7 +465,8 @@ class _PolicyBuilder:
             g = builtin_groups().get(name)
             if g is None or not g.regions:
                 with_regions = sorted(k for k, v in builtin_groups().items() if v.regions)
-                self.r.error(node, f"subdivisions: `{text}` is not a built-in group with regions; groups with regions: {', '.join('@' + k for k in with_regions)}")
+                listed = ", ".join("@" + k for k in with_regions)
+                self.r.error(node, f"subdivisions: `{text}` is not a built-in group with regions; groups with regions: {listed}")
                 return set()
             self.group_citations[name] = g.citation
             return set(g.regions)
@@ -411,7 +477,8 @@ class _PolicyBuilder:
         if pycountry.subdivisions.get(code=code) is not None:
             return {code}
         if code in _COUNTRIES:
-            self.r.error(node, f"subdivisions: `{text}` is a country; put it under `countries:` or write a region code such as UA-43")
+            self.r.error(node, f"subdivisions: `{text}` is a country; put it under `countries:` or write a region code "
+                               "such as UA-43")
         else:
             self.r.error(node, f"subdivisions: `{text}` is not an ISO 3166-2 code; write COUNTRY-REGION, e.g. UA-43")
         return set()
@@ -521,10 +588,10 @@ class _PolicyBuilder:
             elif name in names:
                 self.r.error(keys["name"][1], f"client profile `{name}` is defined twice")
             names.add(name or "")
-            sources = None
+            sources: tuple[IPNetwork, ...] | None = None
             if "sources" in keys:
                 sources = tuple(filter(None, (self.network(n) for n in self.r.items(keys["sources"][1], "sources"))))
-            users = None
+            users: frozenset[str] | None = None
             if "users" in keys:
                 users = frozenset(filter(None, (self.r.scalar(n, "users") for n in self.r.items(keys["users"][1], "users"))))
             if sources is None and users is None:
@@ -536,56 +603,17 @@ class _PolicyBuilder:
 
 
 def load_policy_text(text: str, path: str, *, today: date | None = None, data: bytes | None = None) -> Policy:
-    """Validate and build a policy; raises PolicyError listing every error (warnings kept)."""
-    today = today or date.today()
+    """Validate and build a policy; raises PolicyError listing every error (warnings kept).
+
+    The file is read top to bottom in one order (header, settings, nat64, groups, rules, clients):
+    warnings are reported in the order they were found.
+    """
     reader = _Reader(path)
-    try:
-        root = compose(text, path)
-    except YamlSyntaxError as e:
-        raise PolicyError([Issue(e.position, e.message)]) from None
-    if root is None:
-        raise PolicyError([Issue(Position(path, 1, 1), "the policy file is empty; start with `version: 1`")])
+    root = _root(text, path)
     top = reader.mapping(root, "policy", TOP_KEYS)
-    b = _PolicyBuilder(reader, today)
-    settings: dict = {}
-
-    def required(key: str, example: str) -> Node | None:
-        if key not in top:
-            reader.error(root, f"missing `{key}`; add `{example}`")
-            return None
-        return top[key][1]
-
-    if (node := required("version", "version: 1")) is not None:
-        if reader.scalar(node, "version") != "1":
-            reader.error(node, "version: only `version: 1` exists")
-    name = None
-    if (node := required("name", "name: my-policy")) is not None:
-        name = reader.scalar(node, "name")
-        if name is not None and not NAME_RE.match(name):
-            reader.error(node, f"name: `{name}` must use lower-case letters, digits and '-', e.g. `{re.sub(r'[^a-z0-9-]+', '-', name.lower()).strip('-') or 'my-policy'}`")
-    if (node := required("default", "default: allow")) is not None:
-        settings["default"] = reader.choice(node, "default", ("allow", "block"))
-    if "description" in top:
-        settings["description"] = reader.scalar(top["description"][1], "description")
-    if "mode" in top:
-        settings["mode"] = reader.choice(top["mode"][1], "mode", ("enforce", "monitor"))
-    if "special" in top:
-        settings["special"] = reader.choice(top["special"][1], "special", ("allow", "block", "lookup"))
-    if "addresses" in top:
-        settings["addresses"] = reader.choice(top["addresses"][1], "addresses", ("all", "any"))
-    if "geo" in top:
-        geo = reader.mapping(top["geo"][1], "geo", GEO_KEYS)
-        if "fields" in geo:
-            fields = []
-            for n in reader.items(geo["fields"][1], "geo.fields"):
-                f = reader.choice(n, "geo.fields", FIELDS)
-                if f and f not in fields:
-                    fields.append(f)
-            settings["fields"] = tuple(fields)
-        if "unknown" in geo:
-            settings["unknown"] = reader.choice(geo["unknown"][1], "geo.unknown", ("allow", "block"))
-        if "disagreement" in geo:
-            settings["disagreement"] = reader.choice(geo["disagreement"][1], "geo.disagreement", ("any", "first"))
+    b = _PolicyBuilder(reader, today or date.today())
+    name = _header(reader, root, top)
+    settings = _settings(reader, root, top)
     if "nat64" in top:
         settings["nat64"] = b.nat64(top["nat64"][1])
     if "groups" in top:
@@ -595,8 +623,7 @@ def load_policy_text(text: str, path: str, *, today: date | None = None, data: b
     rules = b.rules(top["rules"][1], "rules") if "rules" in top else ()
     clients = b.clients(top["clients"][1]) if "clients" in top else ()
 
-    errors = [i for i in reader.issues if i.severity == "error"]
-    if errors:
+    if any(i.severity == "error" for i in reader.issues):
         raise PolicyError(reader.issues)
     raw = data if data is not None else text.encode()
     ref = PolicyRef(name=name or "", path=path, sha256=hashlib.sha256(raw).hexdigest())
@@ -607,11 +634,82 @@ def load_policy_text(text: str, path: str, *, today: date | None = None, data: b
         groups=dict(b.expanded),
         group_citations=dict(b.group_citations),
         warnings=tuple(str(i) for i in reader.issues),
-        **{k: v for k, v in settings.items() if v is not None},
+        **settings,
     )
 
 
-def load_policy(path: str | Path, *, today: date | None = None) -> Policy:
+def _root(text: str, path: str) -> Node:
+    """The document's root node; a file that is not YAML, or is empty, is one error."""
+    try:
+        root = compose(text, path)
+    except YamlSyntaxError as e:
+        raise PolicyError([Issue(e.position, e.message)]) from None
+    if root is None:
+        raise PolicyError([Issue(Position(path, 1, 1), "the policy file is empty; start with `version: 1`")])
+    return root
+
+
+def _required(reader: _Reader, root: Node, top: _Keys, key: str, example: str) -> Node | None:
+    if key not in top:
+        reader.error(root, f"missing `{key}`; add `{example}`")
+        return None
+    return top[key][1]
+
+
+def _header(reader: _Reader, root: Node, top: _Keys) -> str | None:
+    """`version` and `name`: the policy's name, or None when it is missing or unreadable."""
+    node = _required(reader, root, top, "version", "version: 1")
+    if node is not None and reader.scalar(node, "version") != "1":
+        reader.error(node, "version: only `version: 1` exists")
+    node = _required(reader, root, top, "name", "name: my-policy")
+    if node is None:
+        return None
+    name = reader.scalar(node, "name")
+    if name is not None and not NAME_RE.match(name):
+        example = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "my-policy"
+        reader.error(node, f"name: `{name}` must use lower-case letters, digits and '-', e.g. `{example}`")
+    return name
+
+
+def _choice[S: str](reader: _Reader, keys: _Keys, key: str, what: str, choices: tuple[S, ...]) -> S | None:
+    """The value of `key` in `keys` as one of `choices`; None when absent or wrong (reported)."""
+    return reader.choice(keys[key][1], what, choices) if key in keys else None
+
+
+def _settings(reader: _Reader, root: Node, top: _Keys) -> _Settings:
+    """The policy-wide settings, `default` (required) to `geo`; what is absent or wrong is left out."""
+    settings: _Settings = {}
+    node = _required(reader, root, top, "default", "default: allow")
+    if node is not None and (default := reader.choice(node, "default", FINAL_ACTIONS)) is not None:
+        settings["default"] = default
+    if "description" in top and (description := reader.scalar(top["description"][1], "description")) is not None:
+        settings["description"] = description
+    if (mode := _choice(reader, top, "mode", "mode", tuple(Mode))) is not None:
+        settings["mode"] = mode
+    if (special := _choice(reader, top, "special", "special", tuple(Special))) is not None:
+        settings["special"] = special
+    if (addresses := _choice(reader, top, "addresses", "addresses", tuple(Addresses))) is not None:
+        settings["addresses"] = addresses
+    if "geo" in top:
+        _geo_settings(reader, reader.mapping(top["geo"][1], "geo", GEO_KEYS), settings)
+    return settings
+
+
+def _geo_settings(reader: _Reader, geo: _Keys, settings: _Settings) -> None:
+    if "fields" in geo:
+        fields: list[GeoField] = []
+        for n in reader.items(geo["fields"][1], "geo.fields"):
+            f = reader.choice(n, "geo.fields", FIELDS)
+            if f and f not in fields:
+                fields.append(f)
+        settings["fields"] = tuple(fields)
+    if (unknown := _choice(reader, geo, "unknown", "geo.unknown", FINAL_ACTIONS)) is not None:
+        settings["unknown"] = unknown
+    if (disagreement := _choice(reader, geo, "disagreement", "geo.disagreement", tuple(Disagreement))) is not None:
+        settings["disagreement"] = disagreement
+
+
+def load_policy(path: str | os.PathLike[str], *, today: date | None = None) -> Policy:
     p = Path(path)
     try:
         data = p.read_bytes()

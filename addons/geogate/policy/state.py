@@ -36,9 +36,9 @@ def default_policy_path() -> Path:
 
 def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]:
     """The databases to use: the ones given, else the bundled defaults (unpacked on first use)."""
-    given = [Path(p) for p in given or () if str(p)]
-    if given:
-        return given
+    paths = [Path(p) for p in given or () if str(p)]
+    if paths:
+        return paths
     from geogate.core.bundled import default_database_paths
 
     return list(default_database_paths())
@@ -75,7 +75,7 @@ class GateState:
     # what the rules said about each set of records (see decide.VerdictMemo)
     _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
     # (start, end, date) of the UTC day last seen, in time.time() seconds (see _day_of)
-    _day: tuple = field(default=(0.0, 0.0, None), repr=False, compare=False)
+    _day: tuple[float, float, date] = field(default=(0.0, 0.0, date.min), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.facts.nat64 != self.policy.nat64:  # addresses are classified with the policy's NAT64 prefixes
@@ -113,7 +113,8 @@ class GateState:
         key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day)
         outcome = self._outcomes.get(key)
         if outcome is None:
-            facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]
+            # (one key per address by construction; zip's strict= is a keyword call, slow here)
+            facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]  # noqa: B905
             outcome = decide_outcome(self.policy, req, facts, self.facts.infos, day, resolve_error, self._verdicts)
             self._outcomes.put(key, outcome)
         return Decision(req, outcome, now, wall)

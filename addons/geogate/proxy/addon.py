@@ -71,6 +71,7 @@ from geogate.proxy.dns_mode import NameServerJudgement
 from geogate.proxy.flows import INTERCEPTED_MODES
 from geogate.proxy.flows import NAME_REUSE_SECONDS
 from geogate.proxy.flows import CarriedDecisions
+from geogate.proxy.flows import FlowKey
 from geogate.proxy.flows import RecentDecision
 from geogate.proxy.flows import RecentDecisions
 from geogate.proxy.flows import client_text
@@ -580,20 +581,19 @@ class GeoGate:
         return user_of(authenticated.get(client)) if authenticated is not None else None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _flow_key(self, flow: http.HTTPFlow, host: str, port: int) -> tuple:
-        """What a decision for a destination the client named depends on, besides the state."""
+    def _flow_key(self, flow: http.HTTPFlow, host: str, port: int) -> FlowKey:
         client = flow.client_conn
         peername = client.peername
-        return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
-                mode_name(client.proxy_mode))
+        return FlowKey(host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
+                       mode_name(client.proxy_mode))
 
-    def _recent(self, key: tuple, wall: float) -> RecentDecision | None:
-        """The recent decision for `key` that still holds now (see targets.RecentDecisions)."""
+    def _recent(self, key: FlowKey, wall: float) -> RecentDecision | None:
+        """The recent decision for `key` that still holds now (see flows.RecentDecisions)."""
         return self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
 
-    def _reuse_for_connect(self, flow: http.HTTPFlow, key: tuple) -> Decision | None:
+    def _reuse_for_connect(self, flow: http.HTTPFlow, key: FlowKey) -> Decision | None:
         """A recent decision for the same destination, recorded again for this CONNECT; or None.
-        Clients repeat destinations; see targets.RecentDecisions for when reuse is sound.
+        Clients repeat destinations; see flows.RecentDecisions for when reuse is sound.
 
         The tunnel gets a decision object of its own: it is carried to the requests inside the
         tunnel, whose records name the CONNECT that decided (connection_id)."""
@@ -606,12 +606,11 @@ class GeoGate:
         self._publish(d, repeat_record(recent.record, wall, flow.id, client), flow)
         return d
 
-    async def _decide_flow(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]]:
+    async def _decide_flow(self, flow: http.HTTPFlow, key: FlowKey, **extra: Any) -> tuple[Decision, dict[str, Any]]:
         """Decide and record a destination the client named in a request (CONNECT or absolute
         form), and keep the decision for repeats."""
-        host, port, _client_ip, user, mode = key
-        context = dict(peername=flow.client_conn.peername, mode=mode, flow_id=flow.id, user=user)
-        d = await self._decide_name(host, port, **context)
+        context = dict(peername=flow.client_conn.peername, mode=key.mode, flow_id=flow.id, user=key.user)
+        d = await self._decide_name(key.host, key.port, **context)
         rec = self._record(d, flow, **extra)
         lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
         # The template leaves out what belongs to this request only (its URL): CONNECT and plain
@@ -659,46 +658,20 @@ class GeoGate:
             # else: server_connect decides when the connection is opened
             return None
 
-        # Most plain-HTTP requests repeat a recent one (see targets.RecentDecisions). In a loaded
-        # proxy each Python call on this path costs a few microseconds, several times what it
-        # costs in a loop (mitmproxy's own work between two requests evicts it from the CPU
-        # caches), so the repeat of an allowed decision is spelled out here: what _flow_key,
-        # repeat_record, _publish and _proxy_request_decided_now do for it, with what the
-        # decision implies worked out once (RecentDecision.quiet and .pin).
-        # tests/test_proxy_unit.py checks that repeats end exactly like first requests.
+        # Most plain-HTTP requests repeat a recent one (see flows.RecentDecisions): the decision
+        # is shared (nothing on the request's own path acts on who asked) and each request gets
+        # its own record.
         data = flow.request.data
-        host, port, peername = data.host, data.port, client.peername
-        auth = flow.metadata.get("proxyauth")
-        key = (host, port, peername[0] if peername else None, user_of(auth) if auth is not None else None, "regular")
-        url = target_url(data)  # before the host is pinned to an address below
+        key = self._flow_key(flow, data.host, data.port)
+        url = target_url(data)  # before the host is pinned to an address
         wall = time.time()
-        live = self.live
-        recent = self.recent.get(key, live.state if live is not None else None, wall, time.monotonic())
+        recent = self._recent(key, wall)
         if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
-        # A repeat: the decision is shared (nothing on the request's own path acts on who asked)
-        # and this request gets its own record.
-        rec = recent.record.copy()
-        rec["ts"] = timestamp_at(wall)
-        rec["flow_id"] = flow.id
-        rec["client"] = client_text(peername)
+        rec = repeat_record(recent.record, wall, flow.id, client_text(client.peername))
         rec["url"] = url
-        d = recent.decision
-        if not recent.quiet:
-            self._publish(d, rec, flow)
-            self._proxy_request_decided_now(flow, d, rec)
-            return None
-        if self.log is not None:
-            self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
-        if self.log_allows:
-            logger.info(summary_line(rec))
-        flow.metadata["geogate"] = rec
-        pin = recent.pin
-        if pin is not None and data.scheme == b"http":
-            data.host = pin[0]
-            self.carried.remember_key(client.id, pin, d)
-        else:
-            self.carried.remember(client.id, (host, port), d)
+        self._publish(recent.decision, rec, flow)
+        self._proxy_request_decided_now(flow, recent.decision, rec)
         return None
 
     async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:

@@ -47,6 +47,8 @@ from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import UDPLayer
 
 from geogate.core.addresses import AddressError
+from geogate.core.clients import INTERCEPTED_MODES
+from geogate.core.clients import user_of
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
 from geogate.core.decide import Decision
@@ -60,15 +62,15 @@ from geogate.core.record import proxy_status
 from geogate.core.record import repeat_record
 from geogate.core.record import summary_line
 from geogate.core.record import timestamp_at
-from geogate.core.resolve import DEFAULT_CACHE_BYTES
-from geogate.core.resolve import DEFAULT_CACHE_ENTRIES
 from geogate.core.resolve import ResolveError
 from geogate.core.resolve import Resolver
+from geogate.core.resolve_defaults import DEFAULT_CACHE_BYTES
+from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
+from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.dns_mode import DnsGate
 from geogate.proxy.dns_mode import NameServerJudgement
-from geogate.proxy.flows import INTERCEPTED_MODES
 from geogate.proxy.flows import NAME_REUSE_SECONDS
 from geogate.proxy.flows import CarriedDecisions
 from geogate.proxy.flows import FlowKey
@@ -81,7 +83,9 @@ from geogate.proxy.flows import make_request
 from geogate.proxy.flows import mode_name
 from geogate.proxy.flows import pinned_address
 from geogate.proxy.flows import target_url
-from geogate.proxy.flows import user_of
+from geogate.proxy.messages import UPSTREAM_REFUSAL
+from geogate.proxy.messages import blocked_connection
+from geogate.proxy.messages import flow_comment
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
 from geogate.proxy.reload import LiveState
@@ -297,7 +301,7 @@ class GeoGate:
         evaluate(flow, state) and summary_text(); without it, replayed flows are left alone."""
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
         self.resolver = Resolver(
-            3.0,
+            DEFAULT_TIMEOUT,
             hosts_path=os.environ.get("GEOGATE_HOSTS_FILE") or "/etc/hosts",
             resolv_conf=os.environ.get("GEOGATE_RESOLV_CONF") or "/etc/resolv.conf",
         )
@@ -337,7 +341,7 @@ class GeoGate:
         loader.add_option("geogate_db", Sequence[str], [], "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
         loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
         loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
-        loader.add_option("geogate_resolve_timeout", str, "3", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+        loader.add_option("geogate_resolve_timeout", str, f"{DEFAULT_TIMEOUT:g}", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
         loader.add_option("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES, "geogate: most host names whose DNS answer or failure is cached (least recently used dropped first; 0 = no cache).")
         loader.add_option("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES, "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
         loader.add_option("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}", "geogate: seconds a changed policy or database must stay unchanged after its writer closed it before it is applied.")
@@ -421,9 +425,7 @@ class GeoGate:
             except ValueError:
                 continue  # mitmproxy reports its own parse errors
             if isinstance(mode, mode_specs.UpstreamMode):
-                raise exceptions.OptionsError(
-                    "geogate cannot run in upstream mode: the upstream proxy resolves and dials, so geogate "
-                    "never sees the real destination; use regular, socks5, transparent or another mode")
+                raise exceptions.OptionsError(UPSTREAM_REFUSAL)
 
     def _load_state(self, policy: str, dbs: Sequence[str]) -> None:
         try:
@@ -563,12 +565,9 @@ class GeoGate:
     @staticmethod
     def _annotate(flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
         flow.metadata["geogate"] = rec
-        if d.blocked:
-            flow.marked = BLOCKED_MARK
-            flow.comment = f"geogate: blocked {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
-        elif d.would_block:
-            flow.marked = WOULD_BLOCK_MARK
-            flow.comment = f"geogate: would block {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
+        if d.blocked or d.would_block:
+            flow.marked = BLOCKED_MARK if d.blocked else WOULD_BLOCK_MARK
+            flow.comment = flow_comment(d)
 
     def _flow_context(self, flow: http.HTTPFlow) -> dict[str, Any]:
         client = flow.client_conn
@@ -762,8 +761,7 @@ class GeoGate:
     def _apply(self, server: Server, client: Client, d: Decision) -> None:
         """Refuse, or point the connection at exactly the address that was checked."""
         if d.blocked:
-            server.error = (f"geogate: blocked {d.request.host} -> {d.address or '-'} "
-                            f"({d.country or 'no country'}, rule {d.rule})")
+            server.error = blocked_connection(d)
             return
         port = int(server.address[1])
         pin = pinned_address(d, port)

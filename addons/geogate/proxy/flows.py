@@ -17,6 +17,7 @@ from dataclasses import field
 from functools import lru_cache
 from typing import NamedTuple
 
+from geogate.core import clients
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import parse_ip
@@ -26,8 +27,6 @@ from geogate.core.decide import Request
 from geogate.core.decide import parse_client
 from geogate.core.record import printable
 from geogate.policy.state import utc_day
-
-INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
 
 HostPort = tuple[str, int]  # where mitmproxy dials: a host name or address text, and a port
 
@@ -48,20 +47,8 @@ def mode_name(proxy_mode: object) -> str:
     return getattr(proxy_mode, "type_name", None) or "unknown"
 
 
-@lru_cache(maxsize=4096)  # every request of a connection asks again; a cache hit runs no Python code
-def client_text(peername: tuple | None) -> str | None:
-    """`ip:port` (IPv6 in brackets) of a client's address, as the decision record shows it."""
-    if not peername:
-        return None
-    host, port = peername[0], peername[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def user_of(proxyauth: object) -> str | None:
-    """The user name from mitmproxy's proxyauth record, a (user, password) tuple."""
-    if isinstance(proxyauth, (tuple, list)) and proxyauth and isinstance(proxyauth[0], str):
-        return proxyauth[0] or None
-    return None
+# every request of a connection asks again; a cache hit runs no Python code
+client_text = lru_cache(maxsize=4096)(clients.client_text)
 
 
 def make_request(

@@ -84,6 +84,8 @@ from geogate.proxy.flows import mode_name
 from geogate.proxy.flows import pinned_address
 from geogate.proxy.flows import target_url
 from geogate.proxy.messages import UPSTREAM_REFUSAL
+from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import layer_chooser
 from geogate.proxy.messages import blocked_connection
 from geogate.proxy.messages import flow_comment
 from geogate.proxy.reload import DEFAULT_SETTLE
@@ -254,10 +256,7 @@ def _answer_before_upload(flow: http.HTTPFlow) -> None:
     client = flow.client_conn
     if client.tls or not req.http_version.startswith("HTTP/1") or not flow.killable:
         return
-    proxyserver = ctx.master.addons.get("proxyserver") if ctx.master else None
-    handler = getattr(proxyserver, "connections", {}).get(client.id)
-    io = getattr(handler, "transports", {}).get(client)
-    writer = getattr(io, "writer", None)
+    writer = client_writer(client)
     if writer is None or writer.is_closing():
         return
     response = flow.response
@@ -838,7 +837,7 @@ class EagerPassthrough:
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer is not None:
             return
-        choose = getattr(ctx.master.addons.get("nextlayer"), "_next_layer", None) if ctx.master else None
+        choose = layer_chooser()
         if choose is None:
             return
         context = nextlayer.context

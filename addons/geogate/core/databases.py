@@ -36,6 +36,8 @@ from maxminddb.errors import InvalidDatabaseError
 
 from geogate.core import dbcheck
 from geogate.core.addresses import IPAddress
+from geogate.core.cache import CLEAR
+from geogate.core.cache import BoundedCache
 from geogate.core.errors import GeogateError
 from geogate.core.geo import DatabaseInfo
 from geogate.core.geo import GeoRecord
@@ -149,7 +151,7 @@ class Database:
             ("maxmind", "asn"): self._asn,
             ("maxmind", "anonymous-ip"): self._anonymous,
         }.get((self.schema, self.kind), self._maxmind)
-        self._records: dict[Any, GeoRecord] = {}  # see _shared
+        self._records: BoundedCache = BoundedCache(_MAX_SHARED, CLEAR)  # see _shared; a cleared table only costs rebuilding
         self._by_code: dict[str, GeoRecord] = {}  # see find
         self._ipv4_only = self.info.ip_version == 4
 
@@ -202,9 +204,8 @@ class Database:
         except TypeError:  # an unhashable value in a record: build it, don't share it
             return build(raw)
         if rec is None:
-            if len(self._records) >= _MAX_SHARED:
-                self._records.clear()  # bounded; a cleared table only costs rebuilding
-            rec = self._records[key] = build(raw)
+            rec = build(raw)
+            self._records.put(key, rec)
         return rec
 
     def _flat(self, rec: dict[str, Any]) -> GeoRecord:

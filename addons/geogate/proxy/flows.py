@@ -11,7 +11,6 @@ Two kinds of mitmproxy modes exist for geogate:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
 from functools import lru_cache
@@ -21,6 +20,7 @@ from geogate.core import clients
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import parse_ip
+from geogate.core.cache import BoundedCache
 from geogate.core.addresses import split_host_port
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
@@ -201,8 +201,9 @@ class RecentDecisions:
     """
 
     def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._entries: OrderedDict[FlowKey, RecentDecision] = OrderedDict()
+        # first in, first out: a destination that stays busy is decided again only if more than
+        # `size` others were decided since it was first
+        self._entries = BoundedCache(size)
 
     def get(self, key: FlowKey, state: object, wall: float, mono: float) -> RecentDecision | None:
         """The entry for `key` if it still holds at `wall` (time.time()) and `mono` (time.monotonic())."""
@@ -212,10 +213,7 @@ class RecentDecisions:
         return entry
 
     def put(self, key: FlowKey, entry: RecentDecision) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.put(key, entry)
 
     def __len__(self) -> int:
         return len(self._entries)

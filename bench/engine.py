@@ -95,7 +95,7 @@ def main() -> None:
 
     from geogate.core.addresses import ip_key
     from geogate.core.addresses import special_range
-    from geogate.core.cache import FifoCache
+    from geogate.core.cache import BoundedCache
     from geogate.core.decide import Request
     from geogate.policy.state import OUTCOME_CACHE_SIZE
     from geogate.policy.state import GateState
@@ -148,7 +148,7 @@ def main() -> None:
 
     def least_state():
         """What the bound keeps between chunks of one round: its cache and shared records."""
-        return FifoCache(OUTCOME_CACHE_SIZE), [{} for _ in readers]
+        return BoundedCache(OUTCOME_CACHE_SIZE), [{} for _ in readers]
 
     def least_pass(reqs_, ips, kept):
         cache, shared = kept

@@ -1,13 +1,17 @@
-"""geogate.core.cache: FifoCache (the decision caches) and TtlLruCache (the DNS cache)."""
+"""geogate.core.cache: BoundedCache (the decision caches, FIFO or CLEAR) and TtlLruCache (the DNS cache)."""
 
 from __future__ import annotations
 
-from geogate.core.cache import FifoCache
+import pytest
+
+from geogate.core.cache import CLEAR
+from geogate.core.cache import FIFO
+from geogate.core.cache import BoundedCache
 from geogate.core.cache import TtlLruCache
 
 
 def test_keeps_the_most_recent_inserts() -> None:
-    cache = FifoCache(3)
+    cache = BoundedCache(3)
     for key in "abcde":
         assert cache.get(key) is None
         cache.put(key, key.upper())
@@ -17,7 +21,7 @@ def test_keeps_the_most_recent_inserts() -> None:
 
 def test_a_hit_does_not_refresh_a_key() -> None:
     """First in, first out: reading a key does not keep it longer (no bookkeeping on a hit)."""
-    cache = FifoCache(2)
+    cache = BoundedCache(2)
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1
@@ -25,11 +29,21 @@ def test_a_hit_does_not_refresh_a_key() -> None:
     assert "a" not in cache and dict(cache) == {"b": 2, "c": 3}
 
 
-def test_a_key_put_twice_leaves_early_but_never_overfills() -> None:
-    """Two threads missing the same key both put it: harmless."""
-    cache = FifoCache(2)
+def test_a_key_put_again_keeps_its_place_and_its_new_value() -> None:
+    cache = BoundedCache(2)
     cache.put("a", 1)
+    cache.put("a", 2)
+    cache.put("b", 3)
+    assert dict(cache) == {"a": 2, "b": 3}  # queued once: "a" is still one of the two
+    cache.put("c", 4)
+    assert dict(cache) == {"b": 3, "c": 4}  # and still the first in, so the first out
+
+
+def test_a_key_raced_in_twice_leaves_early_but_never_overfills() -> None:
+    """Two threads missing the same key both queue it: harmless."""
+    cache = BoundedCache(2)
     cache.put("a", 1)
+    cache._order.append("a")  # what the second of two racing puts leaves behind
     cache.put("b", 2)
     assert len(cache) <= 2 and cache.get("b") == 2
     for i in range(10):
@@ -38,7 +52,7 @@ def test_a_key_put_twice_leaves_early_but_never_overfills() -> None:
 
 
 def test_clear() -> None:
-    cache = FifoCache(2)
+    cache = BoundedCache(2)
     cache.put("a", 1)
     cache.clear()
     assert not cache
@@ -46,6 +60,25 @@ def test_clear() -> None:
     cache.put("c", 3)
     cache.put("d", 4)
     assert dict(cache) == {"c": 3, "d": 4}
+
+
+def test_clear_mode_empties_the_cache_when_full() -> None:
+    cache = BoundedCache(3, CLEAR)
+    for key in "abc":
+        cache.put(key, key.upper())
+    cache.put("a", "again")  # a key it holds: replaced, nothing dropped
+    assert dict(cache) == {"a": "again", "b": "B", "c": "C"}
+    cache.put("d", "D")
+    assert dict(cache) == {"d": "D"}
+    for key in "efgh":
+        cache.put(key, key)
+    assert len(cache) <= 3 and cache.get("h") == "h"
+
+
+def test_an_unknown_eviction_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="evict"):
+        BoundedCache(3, "lru")
+    assert BoundedCache(3).evict == FIFO
 
 
 # -- TtlLruCache: the DNS cache ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from geogate.proxy.messages import UPSTREAM_REFUSAL
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from proxy_support import ROOT
@@ -460,10 +461,10 @@ def test_upstream_mode_is_refused_with_one_line(world, tmp_path):
         assert p.wait_exit() == 1
     finally:
         p.stop()
-    assert "geogate cannot run in upstream mode" in p.output and "Traceback" not in p.output
+    assert UPSTREAM_REFUSAL in p.output and "Traceback" not in p.output
     r = subprocess.run([str(Path(sys.executable).with_name("geogate")), "run", "--mode", "upstream:http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "upstream mode is refused" in r.stderr
+    assert r.returncode == 2 and r.stderr == UPSTREAM_REFUSAL + "\n"  # the same words as the proxy's
 
 
 def test_bad_policy_at_start_is_one_line_and_no_traceback(world, tmp_path):

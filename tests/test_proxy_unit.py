@@ -252,8 +252,8 @@ async def test_repeated_plain_http_requests_reuse_the_decision_with_their_own_re
     ("monitor", "blocked.test", "http", "pinned, marked"),
 ])
 async def test_a_repeated_plain_http_request_is_treated_as_the_first(gate, mode, host, scheme, expect):
-    # the repeat path takes what a decision implies from the recent entry (RecentDecision.quiet
-    # and .pin) instead of working it out again: every request of the run must end the same way
+    # a repeat reuses the recent decision instead of deciding again: every request of the run
+    # must end the same way
     if mode == "monitor":
         write_policy(gate.files.policy, name="watch", mode="monitor")
         assert poll_until_changed(gate.gg)
@@ -275,19 +275,6 @@ async def test_a_repeated_plain_http_request_is_treated_as_the_first(gate, mode,
     if expect != "403":
         address = pinned if expect != "named" else host
         assert gate.gg.carried.get(c.id, (address, 8000)) is not None
-
-
-async def test_a_repeat_is_recorded_as_repeat_record_makes_it(gate, monkeypatch):
-    # the repeat path builds its record itself; it must be the record record.repeat_record makes
-    from geogate.core.record import repeat_record
-
-    wall = proxy_module.time.time() + 0.1234
-    monkeypatch.setattr(proxy_module.time, "time", lambda: wall)
-    c, _first, second = await two_requests_on_one_client(gate, "/second?q=%C3%A9")
-    (entry,) = gate.gg.recent._entries.values()
-    expected = repeat_record(entry.record, wall, second.id, client_text(c.peername))
-    expected["url"] = "http://allowed.test:8000/second?q=%C3%A9"
-    assert second.metadata["geogate"] == expected == records(gate.files)[-1]
 
 
 async def test_a_connect_after_a_plain_request_to_the_same_place_has_no_url_of_that_request(gate):
@@ -562,7 +549,7 @@ async def test_a_raising_hook_refuses_the_connection(gate, monkeypatch):
 
 async def test_a_hook_raising_before_it_would_await_refuses_the_connection(gate, monkeypatch):
     await hook(gate.gg.requestheaders, proxy_request("allowed.test"))  # decided: the next one reuses it
-    monkeypatch.setattr(proxy_module, "timestamp_at", lambda *a: 1 / 0)
+    monkeypatch.setattr(proxy_module, "repeat_record", lambda *a: 1 / 0)
     f = proxy_request("allowed.test")
     assert gate.gg.requestheaders(f) is None  # failed synchronously, nothing left to await
     assert f.response.status_code == 403 and "proxy_internal_error" in f.response.headers["Proxy-Status"]

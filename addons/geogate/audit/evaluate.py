@@ -20,6 +20,7 @@ from geogate.core.decide import Decision
 from geogate.core.decide import Request
 from geogate.core.resolve import ResolveError
 from geogate.core.resolve import Resolver
+from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 from geogate.policy.state import GateState
 
 NO_ADDRESS = "no recorded address"
@@ -28,7 +29,7 @@ NO_ADDRESS = "no recorded address"
 class NameLookup:
     """Synchronous, memoised lookups for --resolve (one event loop for the whole audit)."""
 
-    def __init__(self, timeout: float = 3.0) -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._resolver = Resolver(timeout)
         self._runner = asyncio.Runner()
         self._memo: dict[str, tuple[IPAddress, ...] | str] = {}

@@ -34,10 +34,10 @@ from geogate.audit.model import RecordedFlow
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
+from geogate.core.clients import INTERCEPTED_MODES
+from geogate.core.clients import client_text as _client_text
+from geogate.core.clients import user_of as _user
 
-# Modes in which the operating system, not the client, chose the destination (see targets.py of
-# the proxy): a name from SNI or the Host header there is only a claim about the address.
-INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}  # also: the schemes that are traffic
 _MODE_NAME = re.compile(r"[a-z0-9_]+")
 
@@ -74,13 +74,6 @@ def _canonical(host: str) -> str | None:
 
 
 _ip = lru_cache(maxsize=65536)(parse_ip)
-
-
-def _client_text(peername: Any) -> str | None:
-    if not peername:
-        return None
-    host, port = str(peername[0]), peername[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _mode(proxy_mode: Any) -> str:
@@ -227,13 +220,6 @@ def _host(dial_host: str, request: dict | None, client: dict, server: dict, mode
     pinned_by_geogate = (live is not None and not intercepted and live.get("host") == name
                          and live.get("address") == str(ip) and not live.get("host_mismatch"))
     return name, not pinned_by_geogate
-
-
-def _user(proxyauth: Any) -> str | None:
-    """The user name of mitmproxy's proxyauth metadata, a (user, password) pair."""
-    if isinstance(proxyauth, (list, tuple)) and proxyauth and isinstance(proxyauth[0], str):
-        return proxyauth[0] or None
-    return None
 
 
 def _live_decision(state: dict) -> dict | None:

@@ -27,6 +27,7 @@ from geogate.core.decide import parse_client
 from geogate.core.errors import GeogateError
 from geogate.core.record import decision_record
 from geogate.core.record import to_json_line
+from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 from geogate.policy.loader import PolicyError
 from geogate.policy.loader import load_policy
 
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--client", help="client address, for client profiles")
     e.add_argument("--user", help="proxy-auth user name, for client profiles")
     e.add_argument("--no-resolve", action="store_true", help="never look names up")
-    e.add_argument("--timeout", type=float, default=3.0, help="DNS timeout in seconds (default 3)")
+    e.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"DNS timeout in seconds (default {DEFAULT_TIMEOUT:g})")
     e.add_argument("--json", action="store_true", help="print the decision record (one JSON line)")
     e.set_defaults(func=cmd_explain)
 

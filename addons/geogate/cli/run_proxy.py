@@ -19,6 +19,7 @@ from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.messages import UPSTREAM_REFUSAL
 from geogate.proxy.reload import describe
 
 
@@ -108,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     if any(spec.split(":", 1)[0].split("@", 1)[0] == "upstream" for spec in _mode_specs(args, extra)):
-        print("geogate: upstream mode is refused: the upstream proxy resolves and dials, so geogate would never "
-              "see the real destination; use regular, socks5, transparent or another mode", file=sys.stderr)
+        print(UPSTREAM_REFUSAL, file=sys.stderr)
         return 2
     state = GateState.load(args.policy, args.db)
     preflight(args, extra)

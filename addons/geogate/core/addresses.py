@@ -18,6 +18,9 @@ from typing import Union
 
 import idna
 
+from geogate.core.ipaddress_private import int_and_version
+from geogate.core.ipaddress_private import ip_key  # noqa: F401  (the key the address caches use)
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -253,23 +256,6 @@ def special_range(ip: IPAddress) -> str | None:
     return names[bisect_right(starts, int(ip)) - 1]
 
 
-# ipaddress objects keep their integer and version in `_ip` and `_version` (since Python 3.3);
-# int(ip) and ip.version are Python-level calls around them, and on the path of every new
-# decision those calls cost more than the arithmetic below. tests/test_addresses.py checks that
-# ip_key and classify agree with the public int() and .version for every kind of address. The
-# stubs do not declare them, hence the `type: ignore[union-attr]` on each use.
-
-
-def ip_key(ip: IPAddress) -> int:
-    """A cheap, exact dictionary key for an address as the policy sees it: its integer, IPv6
-    above 2**128 (so that ::1.2.3.4 and 1.2.3.4 differ). Hashing an ipaddress object runs Python
-    code and costs more than a cache probe; the zone id is left out, as classify drops it."""
-    return ip._ip if ip._version == 4 else ip._ip | _V6_KEY  # type: ignore[union-attr, no-any-return]
-
-
-_V6_KEY = 1 << 128
-
-
 def classify(ip: IPAddress, nat64: Nat64Prefixes = NO_NAT64) -> Address:
     """Canonical Address for an already parsed IP: embedded IPv4 unwrapped, special range named.
 
@@ -280,8 +266,8 @@ def classify(ip: IPAddress, nat64: Nat64Prefixes = NO_NAT64) -> Address:
 
     Not cached: it is integer arithmetic, cheaper than hashing an ipaddress object for a cache.
     """
-    value: int = ip._ip  # type: ignore[union-attr]  # private, see above
-    if ip._version == 4:  # type: ignore[union-attr]
+    value, version = int_and_version(ip)
+    if version == 4:
         return Address(ip, None, None, _V4_NAMES[bisect_right(_V4_STARTS, value) - 1])
     if ip.scope_id:  # type: ignore[union-attr]  # IPv6 here, which has one
         ip = ipaddress.IPv6Address(value)  # the zone id is the dialler's business, not the policy's

@@ -1,4 +1,5 @@
-"""Bounded caches: a FIFO dictionary for the decision path, a TTL + LRU cache for DNS answers."""
+"""Bounded caches: BoundedCache for the decision path, TtlLruCache for DNS answers (entries that
+expire, bounded in bytes as well)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,51 @@ from collections import deque
 from typing import Any
 from typing import Callable
 
+FIFO = "fifo"
+CLEAR = "clear"
 
-class FifoCache(dict):
-    """A dict that keeps the `size` most recently inserted keys: read it with `get` (a plain
-    dict lookup), insert with `put`, which drops the oldest key when full.
 
-    First in, first out rather than least recently used: a hit costs nothing extra, and a miss
-    costs a few C-level operations. (An OrderedDict costs several times more per insert, and
-    popping a plain dict's first key slows down as deleted slots pile up at its front.)
+class BoundedCache(dict):
+    """A dict of at most `size` entries: read it with `get` (a plain dict lookup, so a hit costs
+    nothing extra), insert with `put`, which makes room when the cache is full in one of two ways,
+    chosen when it is made (`evict`):
+
+    - FIFO: drop the key inserted first. A miss costs a few C-level operations (an OrderedDict
+      costs several times more per insert, and popping a plain dict's first key slows down as
+      deleted slots pile up at its front). For caches whose hits are worth keeping.
+    - CLEAR: empty the whole cache. A miss costs no bookkeeping at all; for caches that need not
+      be exact, where the occasional lost hit costs less than any bookkeeping on every insert.
     """
 
-    __slots__ = ("size", "_order")
+    __slots__ = ("size", "evict", "_order")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, evict: str = FIFO) -> None:
+        if evict not in (FIFO, CLEAR):
+            raise ValueError(f"evict must be {FIFO!r} or {CLEAR!r}, not {evict!r}")
         super().__init__()
         self.size = size
-        self._order: deque = deque()
+        self.evict = evict
+        self._order: deque | None = deque() if evict == FIFO else None
 
     def put(self, key: Any, value: Any) -> None:
-        """Insert a key that `get` just missed. (Should two threads race to insert the same key,
-        it is queued twice and merely leaves the cache early.)"""
+        """Insert `key` (a key `get` just missed, or replace one in place). Should two threads
+        race to insert the same new key, it is queued twice and merely leaves the cache early."""
         order = self._order
-        order.append(key)
-        if len(order) > self.size:
-            self.pop(order.popleft(), None)
+        if order is None:
+            if len(self) >= self.size and key not in self:
+                super().clear()
+            self[key] = value
+            return
+        if key not in self:
+            order.append(key)
+            if len(order) > self.size:
+                self.pop(order.popleft(), None)
         self[key] = value
 
     def clear(self) -> None:
         super().clear()
-        self._order.clear()
+        if self._order is not None:
+            self._order.clear()
 
 
 class TtlLruCache:

@@ -37,6 +37,8 @@ from maxminddb.errors import InvalidDatabaseError
 
 from geogate.core import dbcheck
 from geogate.core.addresses import IPAddress
+from geogate.core.cache import CLEAR
+from geogate.core.cache import BoundedCache
 from geogate.core.errors import GeogateError
 from geogate.core.geo import DatabaseInfo
 from geogate.core.geo import DatabaseKind
@@ -152,7 +154,7 @@ class Database:
             ("maxmind", "asn"): self._asn,
             ("maxmind", "anonymous-ip"): self._anonymous,
         }.get((schema, kind), self._maxmind)
-        self._records: dict[Any, GeoRecord] = {}  # see _shared
+        self._records: BoundedCache = BoundedCache(_MAX_SHARED, CLEAR)  # see _shared; a cleared table only costs rebuilding
         self._by_code: dict[str | None, GeoRecord] = {}  # see find; None never a key, but probed
         self._ipv4_only = self.info.ip_version == 4
 
@@ -213,9 +215,8 @@ class Database:
         except TypeError:  # an unhashable value in a record: build it, don't share it
             return build(raw)
         if rec is None:
-            if len(self._records) >= _MAX_SHARED:
-                self._records.clear()  # bounded; a cleared table only costs rebuilding
-            rec = self._records[key] = build(raw)
+            rec = build(raw)
+            self._records.put(key, rec)
         return rec
 
     def _flat(self, rec: dict[str, Any]) -> GeoRecord:

@@ -11,6 +11,8 @@ from geogate.core.addresses import Address
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import Nat64Prefixes
 from geogate.core.addresses import classify
+from geogate.core.cache import CLEAR
+from geogate.core.cache import BoundedCache
 from geogate.core.databases import DatabaseSet
 from geogate.core.facts import AddressFacts
 from geogate.core.facts import IPFacts
@@ -32,27 +34,25 @@ class FactsSource:
         self.infos: tuple[DatabaseInfo, ...] = tuple(databases.infos)
         self.cache_size = cache_size
         # addresses.ip_key -> the whole AddressFacts (classification included): one probe per
-        # address, with a key whose hash runs no Python code. Emptied when full: this cache only
-        # serves an address decided again under another outcome key (another host name, port or
-        # address list), so it need not be exact, and any eviction bookkeeping would cost more on
-        # every new address than the occasional lost hit.
-        self._cache: dict[int, AddressFacts] = {}
+        # address, with a key whose hash runs no Python code. Emptied when full (CLEAR): this
+        # cache only serves an address decided again under another outcome key (another host
+        # name, port or address list), so it need not be exact, and any eviction bookkeeping
+        # would cost more on every new address than the occasional lost hit.
+        self._cache: BoundedCache = BoundedCache(cache_size, CLEAR)
 
     def facts_of(self, ip: IPAddress, key: int) -> AddressFacts:
         """Facts for `ip` as it will be dialled (see addresses.classify); `key` is ip_key(ip)."""
         facts = self._cache.get(key)
         if facts is None:
             facts = self.facts(classify(ip, self.nat64))
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-            self._cache[key] = facts
+            self._cache.put(key, facts)
         return facts
 
     def with_nat64(self, nat64: Nat64Prefixes) -> "FactsSource":
         """The same source (subclass and all) classifying with `nat64`, with an empty cache."""
         other = copy.copy(self)
         other.nat64 = nat64
-        other._cache = {}
+        other._cache = BoundedCache(self.cache_size, CLEAR)
         return other
 
     def facts(self, address: Address) -> AddressFacts:

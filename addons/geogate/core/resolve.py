@@ -33,6 +33,9 @@ from geogate.core.addresses import IPAddress
 from geogate.core.addresses import is_localhost_name
 from geogate.core.addresses import parse_ip
 from geogate.core.cache import TtlLruCache
+from geogate.core.resolve_defaults import DEFAULT_CACHE_BYTES
+from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
+from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
@@ -49,8 +52,6 @@ class ResolveError(Exception):
 # cache's OrderedDict slot, entry tuple and heap item (measured with tracemalloc: ~600 bytes).
 ENTRY_OVERHEAD = 580
 ADDRESS_BYTES = 72  # an IPv4Address/IPv6Address object in the answer tuple
-DEFAULT_CACHE_ENTRIES = 10_000
-DEFAULT_CACHE_BYTES = 8 * 1024 * 1024
 
 
 def entry_size(name: str, value: "Resolution | str") -> int:
@@ -103,7 +104,7 @@ def _parse_hosts(text: str) -> dict[str, tuple[IPAddress, ...]]:
 class Resolver:
     def __init__(
         self,
-        timeout: float = 3.0,
+        timeout: float = DEFAULT_TIMEOUT,
         *,
         hosts_path: str = "/etc/hosts",
         resolv_conf: str = "/etc/resolv.conf",
@@ -259,5 +260,5 @@ class Resolver:
         self._cache.shrink()
 
 
-def resolve_sync(name: str, timeout: float = 3.0) -> Resolution:
+def resolve_sync(name: str, timeout: float = DEFAULT_TIMEOUT) -> Resolution:
     return asyncio.run(Resolver(timeout).resolve(name))

@@ -17,7 +17,7 @@ from typing import Sequence
 from geogate.core import packaged
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import ip_key
-from geogate.core.cache import FifoCache
+from geogate.core.cache import BoundedCache
 from geogate.core.databases import DatabaseSet
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
@@ -71,7 +71,7 @@ class GateState:
     databases: DatabaseSet
     facts: FactsSource
     # outcomes memoised on exactly what they depend on (see decide.decide_outcome)
-    _outcomes: FifoCache = field(default_factory=lambda: FifoCache(OUTCOME_CACHE_SIZE), repr=False, compare=False)
+    _outcomes: BoundedCache = field(default_factory=lambda: BoundedCache(OUTCOME_CACHE_SIZE), repr=False, compare=False)
     # what the rules said about each set of records (see decide.VerdictMemo)
     _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
     # (start, end, date) of the UTC day last seen, in time.time() seconds (see _day_of)

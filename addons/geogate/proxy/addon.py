@@ -47,6 +47,8 @@ from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import UDPLayer
 
 from geogate.core.addresses import AddressError
+from geogate.core.clients import INTERCEPTED_MODES
+from geogate.core.clients import user_of
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
 from geogate.core.decide import Decision
@@ -60,17 +62,18 @@ from geogate.core.record import proxy_status
 from geogate.core.record import repeat_record
 from geogate.core.record import summary_line
 from geogate.core.record import timestamp_at
-from geogate.core.resolve import DEFAULT_CACHE_BYTES
-from geogate.core.resolve import DEFAULT_CACHE_ENTRIES
 from geogate.core.resolve import ResolveError
 from geogate.core.resolve import Resolver
+from geogate.core.resolve_defaults import DEFAULT_CACHE_BYTES
+from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
+from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.dns_mode import DnsGate
 from geogate.proxy.dns_mode import NameServerJudgement
-from geogate.proxy.flows import INTERCEPTED_MODES
 from geogate.proxy.flows import NAME_REUSE_SECONDS
 from geogate.proxy.flows import CarriedDecisions
+from geogate.proxy.flows import FlowKey
 from geogate.proxy.flows import RecentDecision
 from geogate.proxy.flows import RecentDecisions
 from geogate.proxy.flows import client_text
@@ -80,7 +83,11 @@ from geogate.proxy.flows import make_request
 from geogate.proxy.flows import mode_name
 from geogate.proxy.flows import pinned_address
 from geogate.proxy.flows import target_url
-from geogate.proxy.flows import user_of
+from geogate.proxy.messages import UPSTREAM_REFUSAL
+from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import layer_chooser
+from geogate.proxy.messages import blocked_connection
+from geogate.proxy.messages import flow_comment
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
 from geogate.proxy.reload import LiveState
@@ -249,10 +256,7 @@ def _answer_before_upload(flow: http.HTTPFlow) -> None:
     client = flow.client_conn
     if client.tls or not req.http_version.startswith("HTTP/1") or not flow.killable:
         return
-    proxyserver = ctx.master.addons.get("proxyserver") if ctx.master else None
-    handler = getattr(proxyserver, "connections", {}).get(client.id)
-    io = getattr(handler, "transports", {}).get(client)
-    writer = getattr(io, "writer", None)
+    writer = client_writer(client)
     if writer is None or writer.is_closing():
         return
     response = flow.response
@@ -296,7 +300,7 @@ class GeoGate:
         evaluate(flow, state) and summary_text(); without it, replayed flows are left alone."""
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
         self.resolver = Resolver(
-            3.0,
+            DEFAULT_TIMEOUT,
             hosts_path=os.environ.get("GEOGATE_HOSTS_FILE") or "/etc/hosts",
             resolv_conf=os.environ.get("GEOGATE_RESOLV_CONF") or "/etc/resolv.conf",
         )
@@ -336,7 +340,7 @@ class GeoGate:
         loader.add_option("geogate_db", Sequence[str], [], "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
         loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
         loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
-        loader.add_option("geogate_resolve_timeout", str, "3", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+        loader.add_option("geogate_resolve_timeout", str, f"{DEFAULT_TIMEOUT:g}", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
         loader.add_option("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES, "geogate: most host names whose DNS answer or failure is cached (least recently used dropped first; 0 = no cache).")
         loader.add_option("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES, "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
         loader.add_option("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}", "geogate: seconds a changed policy or database must stay unchanged after its writer closed it before it is applied.")
@@ -420,9 +424,7 @@ class GeoGate:
             except ValueError:
                 continue  # mitmproxy reports its own parse errors
             if isinstance(mode, mode_specs.UpstreamMode):
-                raise exceptions.OptionsError(
-                    "geogate cannot run in upstream mode: the upstream proxy resolves and dials, so geogate "
-                    "never sees the real destination; use regular, socks5, transparent or another mode")
+                raise exceptions.OptionsError(UPSTREAM_REFUSAL)
 
     def _load_state(self, policy: str, dbs: Sequence[str]) -> None:
         try:
@@ -562,12 +564,9 @@ class GeoGate:
     @staticmethod
     def _annotate(flow: http.HTTPFlow, d: Decision, rec: dict[str, Any]) -> None:
         flow.metadata["geogate"] = rec
-        if d.blocked:
-            flow.marked = BLOCKED_MARK
-            flow.comment = f"geogate: blocked {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
-        elif d.would_block:
-            flow.marked = WOULD_BLOCK_MARK
-            flow.comment = f"geogate: would block {d.request.host} ({d.country or 'no country'}, rule {d.rule})"
+        if d.blocked or d.would_block:
+            flow.marked = BLOCKED_MARK if d.blocked else WOULD_BLOCK_MARK
+            flow.comment = flow_comment(d)
 
     def _flow_context(self, flow: http.HTTPFlow) -> dict[str, Any]:
         client = flow.client_conn
@@ -580,20 +579,19 @@ class GeoGate:
         return user_of(authenticated.get(client)) if authenticated is not None else None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def _flow_key(self, flow: http.HTTPFlow, host: str, port: int) -> tuple:
-        """What a decision for a destination the client named depends on, besides the state."""
+    def _flow_key(self, flow: http.HTTPFlow, host: str, port: int) -> FlowKey:
         client = flow.client_conn
         peername = client.peername
-        return (host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
-                mode_name(client.proxy_mode))
+        return FlowKey(host, port, peername[0] if peername else None, user_of(flow.metadata.get("proxyauth")),
+                       mode_name(client.proxy_mode))
 
-    def _recent(self, key: tuple, wall: float) -> RecentDecision | None:
-        """The recent decision for `key` that still holds now (see targets.RecentDecisions)."""
+    def _recent(self, key: FlowKey, wall: float) -> RecentDecision | None:
+        """The recent decision for `key` that still holds now (see flows.RecentDecisions)."""
         return self.recent.get(key, self.live.state if self.live else None, wall, time.monotonic())
 
-    def _reuse_for_connect(self, flow: http.HTTPFlow, key: tuple) -> Decision | None:
+    def _reuse_for_connect(self, flow: http.HTTPFlow, key: FlowKey) -> Decision | None:
         """A recent decision for the same destination, recorded again for this CONNECT; or None.
-        Clients repeat destinations; see targets.RecentDecisions for when reuse is sound.
+        Clients repeat destinations; see flows.RecentDecisions for when reuse is sound.
 
         The tunnel gets a decision object of its own: it is carried to the requests inside the
         tunnel, whose records name the CONNECT that decided (connection_id)."""
@@ -606,12 +604,11 @@ class GeoGate:
         self._publish(d, repeat_record(recent.record, wall, flow.id, client), flow)
         return d
 
-    async def _decide_flow(self, flow: http.HTTPFlow, key: tuple, **extra: Any) -> tuple[Decision, dict[str, Any]]:
+    async def _decide_flow(self, flow: http.HTTPFlow, key: FlowKey, **extra: Any) -> tuple[Decision, dict[str, Any]]:
         """Decide and record a destination the client named in a request (CONNECT or absolute
         form), and keep the decision for repeats."""
-        host, port, _client_ip, user, mode = key
-        context = dict(peername=flow.client_conn.peername, mode=mode, flow_id=flow.id, user=user)
-        d = await self._decide_name(host, port, **context)
+        context = dict(peername=flow.client_conn.peername, mode=key.mode, flow_id=flow.id, user=key.user)
+        d = await self._decide_name(key.host, key.port, **context)
         rec = self._record(d, flow, **extra)
         lifetime = float("inf") if is_ip(d.request.host or "") else NAME_REUSE_SECONDS
         # The template leaves out what belongs to this request only (its URL): CONNECT and plain
@@ -659,46 +656,20 @@ class GeoGate:
             # else: server_connect decides when the connection is opened
             return None
 
-        # Most plain-HTTP requests repeat a recent one (see targets.RecentDecisions). In a loaded
-        # proxy each Python call on this path costs a few microseconds, several times what it
-        # costs in a loop (mitmproxy's own work between two requests evicts it from the CPU
-        # caches), so the repeat of an allowed decision is spelled out here: what _flow_key,
-        # repeat_record, _publish and _proxy_request_decided_now do for it, with what the
-        # decision implies worked out once (RecentDecision.quiet and .pin).
-        # tests/test_proxy_unit.py checks that repeats end exactly like first requests.
+        # Most plain-HTTP requests repeat a recent one (see flows.RecentDecisions): the decision
+        # is shared (nothing on the request's own path acts on who asked) and each request gets
+        # its own record.
         data = flow.request.data
-        host, port, peername = data.host, data.port, client.peername
-        auth = flow.metadata.get("proxyauth")
-        key = (host, port, peername[0] if peername else None, user_of(auth) if auth is not None else None, "regular")
-        url = target_url(data)  # before the host is pinned to an address below
+        key = self._flow_key(flow, data.host, data.port)
+        url = target_url(data)  # before the host is pinned to an address
         wall = time.time()
-        live = self.live
-        recent = self.recent.get(key, live.state if live is not None else None, wall, time.monotonic())
+        recent = self._recent(key, wall)
         if recent is None:
             return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
-        # A repeat: the decision is shared (nothing on the request's own path acts on who asked)
-        # and this request gets its own record.
-        rec = recent.record.copy()
-        rec["ts"] = timestamp_at(wall)
-        rec["flow_id"] = flow.id
-        rec["client"] = client_text(peername)
+        rec = repeat_record(recent.record, wall, flow.id, client_text(client.peername))
         rec["url"] = url
-        d = recent.decision
-        if not recent.quiet:
-            self._publish(d, rec, flow)
-            self._proxy_request_decided_now(flow, d, rec)
-            return None
-        if self.log is not None:
-            self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
-        if self.log_allows:
-            logger.info(summary_line(rec))
-        flow.metadata["geogate"] = rec
-        pin = recent.pin
-        if pin is not None and data.scheme == b"http":
-            data.host = pin[0]
-            self.carried.remember_key(client.id, pin, d)
-        else:
-            self.carried.remember(client.id, (host, port), d)
+        self._publish(recent.decision, rec, flow)
+        self._proxy_request_decided_now(flow, recent.decision, rec)
         return None
 
     async def _proxy_request_decided(self, flow: http.HTTPFlow, deciding: Awaitable[tuple[Decision, dict]]) -> None:
@@ -789,8 +760,7 @@ class GeoGate:
     def _apply(self, server: Server, client: Client, d: Decision) -> None:
         """Refuse, or point the connection at exactly the address that was checked."""
         if d.blocked:
-            server.error = (f"geogate: blocked {d.request.host} -> {d.address or '-'} "
-                            f"({d.country or 'no country'}, rule {d.rule})")
+            server.error = blocked_connection(d)
             return
         port = int(server.address[1])
         pin = pinned_address(d, port)
@@ -867,7 +837,7 @@ class EagerPassthrough:
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer is not None:
             return
-        choose = getattr(ctx.master.addons.get("nextlayer"), "_next_layer", None) if ctx.master else None
+        choose = layer_chooser()
         if choose is None:
             return
         context = nextlayer.context

@@ -44,6 +44,7 @@ from geogate.core.record import timestamp_at
 from geogate.proxy.flows import client_text
 from geogate.proxy.flows import make_request
 from geogate.proxy.flows import mode_name
+from geogate.proxy.messages import decided_by
 
 logger = logging.getLogger("geogate")
 
@@ -134,7 +135,7 @@ class NameServerJudgement:
     def refusal(self) -> str:
         if not self.candidates:
             return "no DNS name server is configured or known from the system, so none could be judged"
-        said = ", ".join(f"{t} ({self.decisions[t].country or 'no country'}, rule {self.decisions[t].rule})"
+        said = ", ".join(f"{t} {decided_by(self.decisions[t].country, self.decisions[t].rule)}"
                          if t in self.decisions else f"{t} (not an address)" for t in self.candidates)
         return f"no DNS name server is allowed: {said}"
 
@@ -381,7 +382,7 @@ class DnsGate:
                             for a in info["answers"]) or info["response_code"] or info["error"] or "-"
         verdict = "REFUSED" if info["refused"] else "answered"
         line = (f"geogate: DNS {verdict} {q.get('type', '?')} {q.get('name', '?')} via {via} "
-                f"({rec.get('country') or 'no country'}, rule {rec.get('rule')}) -> {answers} "
+                f"{decided_by(rec.get('country'), rec.get('rule'))} -> {answers} "
                 f"[{rec['mode']} {rec['client']}]")
         if info["refused"] or info["error"]:
             logger.warning(line)

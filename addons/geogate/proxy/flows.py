@@ -11,14 +11,16 @@ Two kinds of mitmproxy modes exist for geogate:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from dataclasses import field
 from functools import lru_cache
+from typing import NamedTuple
 
+from geogate.core import clients
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import parse_ip
+from geogate.core.cache import BoundedCache
 from geogate.core.addresses import split_host_port
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
@@ -26,9 +28,18 @@ from geogate.core.decide import parse_client
 from geogate.core.record import printable
 from geogate.policy.state import utc_day
 
-INTERCEPTED_MODES = frozenset({"transparent", "wireguard", "local", "tun", "osproxy"})
+HostPort = tuple[str, int]  # where mitmproxy dials: a host name or address text, and a port
 
-Address = tuple[str, int]
+
+class FlowKey(NamedTuple):
+    """What a decision for a destination the client named depends on, besides the state: the
+    key of RecentDecisions."""
+
+    host: str
+    port: int
+    client_ip: str | None
+    user: str | None
+    mode: str
 
 
 def mode_name(proxy_mode: object) -> str:
@@ -36,20 +47,8 @@ def mode_name(proxy_mode: object) -> str:
     return getattr(proxy_mode, "type_name", None) or "unknown"
 
 
-@lru_cache(maxsize=4096)  # every request of a connection asks again; a cache hit runs no Python code
-def client_text(peername: tuple | None) -> str | None:
-    """`ip:port` (IPv6 in brackets) of a client's address, as the decision record shows it."""
-    if not peername:
-        return None
-    host, port = peername[0], peername[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def user_of(proxyauth: object) -> str | None:
-    """The user name from mitmproxy's proxyauth record, a (user, password) tuple."""
-    if isinstance(proxyauth, (tuple, list)) and proxyauth and isinstance(proxyauth[0], str):
-        return proxyauth[0] or None
-    return None
+# every request of a connection asks again; a cache hit runs no Python code
+client_text = lru_cache(maxsize=4096)(clients.client_text)
 
 
 def make_request(
@@ -81,7 +80,7 @@ def make_request(
     )
 
 
-def pinned_address(decision: Decision, port: int) -> Address | None:
+def pinned_address(decision: Decision, port: int) -> HostPort | None:
     """Where an allowed connection must go: the checked address, never a name."""
     if decision.address is None:
         return None
@@ -131,12 +130,12 @@ class CarriedDecisions:
     policy reload applies to new connections, not to a tunnel that is already open.
     """
 
-    _by_client: dict[str, dict[Address, Decision]] = field(default_factory=dict)
+    _by_client: dict[str, dict[HostPort, Decision]] = field(default_factory=dict)
 
-    def remember(self, client_id: str, address: Address, decision: Decision) -> None:
+    def remember(self, client_id: str, address: HostPort, decision: Decision) -> None:
         self.remember_key(client_id, carried_key(address), decision)
 
-    def remember_key(self, client_id: str, key: Address, decision: Decision) -> None:
+    def remember_key(self, client_id: str, key: HostPort, decision: Decision) -> None:
         """remember() for an address already in key form (lower-case host, int port): what
         carried_key gives."""
         by_address = self._by_client.get(client_id)
@@ -156,7 +155,7 @@ class CarriedDecisions:
         return len(self._by_client)
 
 
-def carried_key(address: tuple) -> Address:
+def carried_key(address: tuple) -> HostPort:
     """The form CarriedDecisions keys an address by: lower-case host, int port."""
     host, port = address[0], address[1]
     if type(address) is tuple and len(address) == 2 and type(host) is str and type(port) is int and host == host.lower():
@@ -178,18 +177,10 @@ class RecentDecision:
     until: float  # time.monotonic() after which the name must be resolved again
     decision: Decision  # the decision: the same for every request it is reused for
     record: dict  # its decision record, the template for repeats (see record.repeat_record)
-    # Worked out once for every repeat: an allowed decision that nothing warns about (no log
-    # warning, no flow mark, no block response), and the checked address a plain-HTTP request is
-    # pinned to, as CarriedDecisions keys it.
-    quiet: bool = False
-    pin: Address | None = None
 
     @classmethod
     def of(cls, state: object, decision: Decision, record: dict, until: float) -> "RecentDecision":
-        address, port = record.get("address"), decision.request.port
-        pin = carried_key((address, port)) if address is not None and port is not None else None
-        quiet = not decision.blocked and not decision.would_block
-        return cls(state, utc_day(decision.wall)[1], until, decision, record, quiet, pin)
+        return cls(state, utc_day(decision.wall)[1], until, decision, record)
 
     def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
         """The same decision, made for another request (only who asked and when differ). A tunnel
@@ -210,21 +201,19 @@ class RecentDecisions:
     """
 
     def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple, RecentDecision] = OrderedDict()
+        # first in, first out: a destination that stays busy is decided again only if more than
+        # `size` others were decided since it was first
+        self._entries = BoundedCache(size)
 
-    def get(self, key: tuple, state: object, wall: float, mono: float) -> RecentDecision | None:
+    def get(self, key: FlowKey, state: object, wall: float, mono: float) -> RecentDecision | None:
         """The entry for `key` if it still holds at `wall` (time.time()) and `mono` (time.monotonic())."""
         entry = self._entries.get(key)
         if entry is None or entry.state is not state or entry.until < mono or wall >= entry.day_ends:
             return None
         return entry
 
-    def put(self, key: tuple, entry: RecentDecision) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+    def put(self, key: FlowKey, entry: RecentDecision) -> None:
+        self._entries.put(key, entry)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -271,7 +271,6 @@ class LiveState:
             self._close_inotify()
             raise
         self.state = self.good
-        self.generation = 1
         self.paths: tuple[str, ...] = source.paths(self.good) or ()
         self.db_paths = self.paths[1:]
         loaded = self._loaded_digests(self.good)
@@ -426,7 +425,6 @@ class LiveState:
         self._failed = None
         was_closed = self.state is not self.good
         self.good = self.state = new
-        self.generation += 1
         for f in self.files:
             f.applied, f.applied_stamp = f.digest, f.stamp
             f.forget_events()
@@ -441,7 +439,6 @@ class LiveState:
         names = ", ".join(f.path for f in missing)
         reason = f"database {names} is missing; every connection is refused until it is back"
         self.state = GateState(self.good.policy, self.good.databases, UnavailableFacts(self.good.facts, reason))
-        self.generation += 1
         for f in missing:  # what is applied now is "no such file": its return is a change
             f.applied, f.applied_stamp = MISSING, None
             f.forget_events()

@@ -1,0 +1,31 @@
+"""mitmproxy's private APIs geogate relies on, each read in one place.
+
+mitmproxy makes no promise about these; tests/test_private_apis.py checks each against the
+installed mitmproxy and names the one that changed. Where one is missing, the function here
+returns None and its caller falls back to mitmproxy's public behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import ctx
+from mitmproxy.connection import Client
+
+
+def layer_chooser() -> Callable[[Any, bytes, bytes], Any] | None:
+    """mitmproxy's own choice of the next layer: `NextLayer._next_layer(context, data_client,
+    data_server)` of its `nextlayer` addon (ignore_hosts, proxy modes, protocol detection), or
+    None without that addon. It raises NeedsMoreData when it must see more bytes."""
+    addon = ctx.master.addons.get("nextlayer") if ctx.master else None
+    return getattr(addon, "_next_layer", None)
+
+
+def client_writer(client: Client) -> Any | None:
+    """The stream mitmproxy writes to `client` with: `Proxyserver.connections[client.id]` (the
+    connection handler, keyed by client id) `.transports[client].writer`; None if there is none."""
+    proxyserver = ctx.master.addons.get("proxyserver") if ctx.master else None
+    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    io = getattr(handler, "transports", {}).get(client)
+    return getattr(io, "writer", None)

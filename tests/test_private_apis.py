@@ -1,0 +1,92 @@
+"""The private APIs of mitmproxy and Python that geogate reads, each checked against the installed
+version with real objects: a new mitmproxy or Python that changes one fails here, by name, rather
+than in some end-to-end test or not at all (each adapter falls back quietly at run time)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import pytest
+from mitmproxy import options as moptions
+from mitmproxy.addons.next_layer import NextLayer
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy import layers
+from mitmproxy.proxy import mode_servers
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons
+from mitmproxy.test import tflow
+
+from geogate.core.ipaddress_private import int_and_version
+from geogate.core.ipaddress_private import ip_key
+from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import layer_chooser
+
+ADDRESSES = ["0.0.0.0", "1.2.3.4", "255.255.255.255", "::", "::1", "2001:db8::1", "::ffff:1.2.3.4",
+             "64:ff9b::102:304", "fe80::1%eth0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+
+
+@pytest.mark.parametrize("text", ADDRESSES)
+def test_ipaddress_private_fields_are_what_geogate_reads(text):
+    ip = ipaddress.ip_address(text)
+    try:
+        got = int_and_version(ip)
+    except AttributeError as e:
+        pytest.fail(f"ipaddress objects no longer have `_ip`/`_version` ({e}); "
+                    f"geogate/core/ipaddress_private.py reads them: use int(ip) and ip.version there")
+    assert got == (int(ip), ip.version), \
+        f"ipaddress `_ip`/`_version` of {text} are {got}, not int() and .version: fix geogate/core/ipaddress_private.py"
+    assert ip_key(ip) == int(ip) + (1 << 128 if ip.version == 6 else 0)
+
+
+def test_mitmproxy_next_layer_choice_is_what_eager_passthrough_calls():
+    with taddons.context(NextLayer()):
+        choose = layer_chooser()
+        assert choose is not None, ("mitmproxy's NextLayer addon has no `_next_layer` any more: "
+                                    "geogate/proxy/mitmproxy_private.py layer_chooser (EagerPassthrough) relies on it")
+        client = tflow.tclient_conn()
+        client.proxy_mode = ProxyMode.parse("transparent")
+        context = Context(client, moptions.Options())
+        modes.TransparentProxy(context)
+        try:
+            chosen = choose(context, b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n", b"")
+        except TypeError as e:
+            pytest.fail(f"mitmproxy's NextLayer._next_layer(context, data_client, data_server) changed ({e}): "
+                        f"geogate/proxy/mitmproxy_private.py layer_chooser (EagerPassthrough) calls it so")
+        assert isinstance(chosen, layers.HttpLayer), \
+            f"mitmproxy's NextLayer._next_layer returned {chosen!r} for plain HTTP: see EagerPassthrough"
+    with taddons.context():
+        assert layer_chooser() is None  # no NextLayer addon: geogate leaves the choice to mitmproxy
+
+
+async def test_mitmproxy_client_writer_is_found_where_answer_before_upload_looks():
+    # a real server instance handles a real loopback connection: mitmproxy registers its handler in the
+    # proxyserver addon, and the adapter must find the very stream the client is written to
+    proxyserver = Proxyserver()
+    with taddons.context(proxyserver) as tctx:
+        tctx.configure(proxyserver, connection_strategy="lazy")
+        instance = mode_servers.ServerInstance.make("regular@0", proxyserver)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            ours = socket.create_connection(listener.getsockname())
+            theirs, _peer = listener.accept()
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        task = asyncio.create_task(instance.handle_stream(reader, writer))
+        try:
+            for _ in range(200):
+                if proxyserver.connections:
+                    break
+                await asyncio.sleep(0.005)
+            assert len(proxyserver.connections) == 1, "mitmproxy's Proxyserver.connections no longer holds the handler"
+            (handler,) = proxyserver.connections.values()
+            found = client_writer(handler.client)
+            assert found is writer, (
+                "mitmproxy's Proxyserver.connections[client.id].transports[client].writer is not the client's stream "
+                "any more: geogate/proxy/mitmproxy_private.py client_writer (the 403 before an upload) relies on it")
+        finally:
+            ours.close()
+            await asyncio.wait_for(task, 5)
+    with taddons.context():
+        assert client_writer(handler.client) is None  # no proxyserver: nothing is written early

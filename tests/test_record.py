@@ -118,9 +118,9 @@ def test_an_outcome_is_rendered_once_and_its_rendering_serves_no_other():
 
 def test_the_renderings_kept_are_bounded(monkeypatch):
     from geogate.core import record
-    from geogate.core.cache import FifoCache
+    from geogate.core.cache import BoundedCache
 
-    monkeypatch.setattr(record, "_rendered", FifoCache(3))
+    monkeypatch.setattr(record, "_rendered", BoundedCache(3))
     decisions = [_decision(f"default: {a}\ngeo: {{unknown: {a}}}\n", f"9.9.9.{i}") for i, a in
                  enumerate(["allow", "block"] * 4)]
     records = [record.decision_record(d) for d in decisions]

@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     c = sub.add_parser("check", help="validate policy files")
-    c.add_argument("policy", nargs="*", metavar="POLICY", help="policy files (default: GEOGATE_POLICY, else the packaged default.yaml)")
+    c.add_argument("policy", nargs="*", metavar="POLICY",
+                   help="policy files (default: GEOGATE_POLICY, else the packaged default.yaml)")
     c.add_argument("--db", action="append", help="check against these databases (default: the bundled ones)")
     c.set_defaults(func=cmd_check)
 

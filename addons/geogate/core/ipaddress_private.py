@@ -19,9 +19,9 @@ def ip_key(ip: IPv4Address | IPv6Address) -> int:
     """A cheap, exact dictionary key for an address: its integer, IPv6 above 2**128 (so that
     ::1.2.3.4 and 1.2.3.4 differ). Hashing an ipaddress object runs Python code and costs more
     than a cache probe; the zone id is left out, as addresses.classify drops it."""
-    return ip._ip if ip._version == 4 else ip._ip | _V6_KEY
+    return ip._ip if ip._version == 4 else ip._ip | _V6_KEY  # type: ignore[union-attr, no-any-return]  # private
 
 
 def int_and_version(ip: IPv4Address | IPv6Address) -> tuple[int, int]:
     """(int(ip), ip.version), read without the Python-level calls."""
-    return ip._ip, ip._version
+    return ip._ip, ip._version  # type: ignore[union-attr]  # private, undeclared in the stubs

@@ -9,7 +9,7 @@ from datetime import datetime
 from datetime import timezone
 from typing import Any
 
-from geogate.core.cache import FifoCache
+from geogate.core.cache import BoundedCache
 from geogate.core.decide import Decision
 from geogate.core.decide import Outcome
 from geogate.core.decide import Verdict
@@ -52,7 +52,7 @@ def address_record(v: Verdict, country_dbs: list[str]) -> dict[str, Any]:
 # outcome, so its id cannot be reused by another object while the entry lives; the size is that of
 # GateState's outcome cache (policy.state), so every outcome it still serves keeps its rendering.
 _RENDERED_SIZE = 4096
-_rendered: FifoCache = FifoCache(_RENDERED_SIZE)
+_rendered: BoundedCache = BoundedCache(_RENDERED_SIZE)
 
 
 def _outcome_fields(d: Decision) -> dict[str, Any]:

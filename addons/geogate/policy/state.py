@@ -16,13 +16,13 @@ from typing import Sequence
 
 from geogate.core import packaged
 from geogate.core.addresses import IPAddress
-from geogate.core.addresses import ip_key
 from geogate.core.cache import BoundedCache
 from geogate.core.databases import DatabaseSet
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
 from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
+from geogate.core.ipaddress_private import ip_key
 from geogate.core.lookup import FactsSource
 from geogate.core.rules import Policy
 from geogate.policy.loader import load_policy

@@ -57,18 +57,8 @@ def _container(data: bytes, start: int, stop: int, is_dict: bool) -> Any:
             v = _container(data, s, e, tag == 0x7D)
         elif tag == 0x23:  # # int
             v = int(data[s:e])
-        elif tag == 0x7E:  # ~ null
-            if e != s:
-                raise RecordError(f"invalid null at {p}")
-            v = None
-        elif tag == 0x21:  # ! bool
-            if data[s:e] not in (b"true", b"false"):
-                raise RecordError(f"invalid boolean at {p}")
-            v = data[s:e] == b"true"
-        elif tag == 0x5E:  # ^ float
-            v = float(data[s:e])
         else:
-            raise RecordError(f"unknown type tag {chr(tag)!r} at {e}")
+            v = _rare_leaf(data, s, e, p)
         p = e + 1
         if not is_dict:
             out.append(v)
@@ -80,6 +70,23 @@ def _container(data: bytes, start: int, stop: int, is_dict: bool) -> Any:
     if p != stop or key is not _NO_KEY:
         raise RecordError(f"malformed {'dictionary' if is_dict else 'list'} at {start}")
     return out
+
+
+def _rare_leaf(data: bytes, s: int, e: int, p: int) -> Any:
+    """A null, boolean or float (tag at data[e]): kept out of _container, whose inline cases are
+    the leaves flows hold most of."""
+    tag = data[e]
+    if tag == 0x7E:  # ~ null
+        if e != s:
+            raise RecordError(f"invalid null at {p}")
+        return None
+    if tag == 0x21:  # ! bool
+        if data[s:e] not in (b"true", b"false"):
+            raise RecordError(f"invalid boolean at {p}")
+        return data[s:e] == b"true"
+    if tag == 0x5E:  # ^ float
+        return float(data[s:e])
+    raise RecordError(f"unknown type tag {chr(tag)!r} at {e}")
 
 
 def _parse(data: bytes, pos: int) -> tuple[Any, int]:

@@ -113,3 +113,39 @@ def test_mitmdump_replay_counts_tcp_flows_too(tmp_path: Path) -> None:
          "--set", f"geogate_policy={POLICY}", "--set", f"geogate_db={MAXMIND}"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "geogate audit of replayed flows: 18 flows" in proc.stdout
+
+
+class _FakeFlow:
+    live = False
+
+    def __init__(self, flow_id: str, state: dict) -> None:
+        self.id, self._state = flow_id, state
+
+    def get_state(self) -> dict:
+        return self._state
+
+
+def test_replay_skips_a_malformed_flow_as_the_file_reader_does(state: GateState, tmp_path: Path) -> None:
+    """A state shaped wrongly (here client_conn a list: AttributeError inside extraction) is one
+    skipped flow in both paths, never an exception out of the audit."""
+    from mitmproxy.io import tnetstring
+
+    from geogate.audit.model import Problem
+    from geogate.audit.readers import open_input
+
+    bad = recorded_flows(SAMPLE)[0].get_state()
+    bad["client_conn"] = ["not", "a", "connection"]
+    replay = ReplayAudit()
+    replay.evaluate(_FakeFlow("bad", bad), state)
+    for f in recorded_flows(SAMPLE)[:2]:
+        replay.evaluate(f, state)
+    assert replay.flows == 2
+    summary = replay.summary_text()
+    assert "INCOMPLETE" in summary and "malformed flow (AttributeError" in summary
+
+    path = tmp_path / "bad.mitm"
+    with open(path, "wb") as fo:
+        tnetstring.dump(bad, fo)
+    items = list(open_input(str(path)).flows())
+    assert len(items) == 1 and isinstance(items[0], Problem) and not items[0].fatal
+    assert "malformed flow (AttributeError" in items[0].message

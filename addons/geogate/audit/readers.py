@@ -81,8 +81,7 @@ class FlowFileInput(_Input):
                     flow = extract.from_state(state, self.path, index)
                 except extract.ExtractError as e:
                     yield Problem(self.path, self.unit, index, offset, str(e), fatal=False)
-                except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-                    # a state that migrated but is not shaped like a flow: skip it, keep reading
+                except extract.MALFORMED_STATE as e:
                     yield Problem(self.path, self.unit, index, offset,
                                   f"malformed flow ({type(e).__name__}: {e})", fatal=False)
                 else:

@@ -12,6 +12,7 @@ from mitmproxy import flow as mflow
 
 from geogate.audit import text_report
 from geogate.audit.auditor import Audit
+from geogate.audit.extract import MALFORMED_STATE
 from geogate.audit.extract import ExtractError
 from geogate.audit.extract import from_state
 from geogate.audit.model import Problem
@@ -37,8 +38,13 @@ class ReplayAudit:
         index, self._index = self._index, self._index + 1
         try:
             recorded = from_state(flow.get_state(), "replay", index)
-        except (ExtractError, KeyError, TypeError, IndexError, ValueError) as e:
+        except ExtractError as e:
             self._audit.problem(Problem("replay", "flow", index, 0, f"flow {flow.id}: {e}", fatal=False))
+            self.last = None
+            return
+        except MALFORMED_STATE as e:
+            self._audit.problem(Problem("replay", "flow", index, 0,
+                                        f"flow {flow.id}: malformed flow ({type(e).__name__}: {e})", fatal=False))
             self.last = None
             return
         self.last = self._audit.add(recorded, state)

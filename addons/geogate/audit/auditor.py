@@ -85,7 +85,6 @@ class Audit:
         self.changes = Changes() if against is not None else None
         self.problems: list[Problem] = []
         self.problems_unlisted = 0
-        self.last: Decision | None = None
 
     def add(self, flow: RecordedFlow, state: GateState | None = None) -> Decision:
         """Decide one flow and count it; returns the decision (under the second policy with --against)."""
@@ -97,13 +96,11 @@ class Audit:
             self.aggregate.add(flow, d, addressing)
             if self.sink:
                 self.sink.decision(flow, d, addressing)
-            self.last = d
             return d
         after = self.evaluator.decide(self.against, flow, addressing)
         change = self.changes.add(flow, d, after, addressing)
         if change and self.sink:
             self.sink.change(flow, d, after, addressing, change)
-        self.last = after
         return after
 
     def problem(self, p: Problem) -> None:

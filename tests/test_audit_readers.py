@@ -14,6 +14,7 @@ from mitmproxy.io import FlowReader
 from mitmproxy.io import tnetstring
 from mitmproxy.net.http.http1.assemble import assemble_request_head
 from mitmproxy.net.http.http1.assemble import assemble_response_head
+from mitmproxy.version import MITMPROXY
 
 import audit_fixtures as af
 from geogate.audit import extract
@@ -351,13 +352,42 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
         "damaged.mitm": "damaged mitmproxy flow file: its first flow (at byte 0) cannot be read",
         "data.json": 'not a HAR file: there is no "log" object',
         "trunc.har": "not valid JSON at byte offset",
-        "newer.mitm": "cannot read files with flow format version 99, please update mitmproxy",
+        "newer.mitm": "unsupported flow format version 99, newer than this mitmproxy reads ("
+                      f"{MITMPROXY} cannot read files with flow format version 99, please update mitmproxy); "
+                      "geogate audit reads flow format versions 11 to 21",
         "c.har.gz": "gzip-compressed",
     }
     for name, message in cases.items():
         with pytest.raises(InputError) as e:
             open_input(str(tmp_path / name))
         assert message in str(e.value) and "\n" not in str(e.value), name
+
+
+@pytest.mark.parametrize("version, shown", [(10, "10"), (4, "4"), ([0, 17], "0.17"), ([3, 0], "3.0")])
+def test_an_older_format_version_is_unsupported_not_damaged(tmp_path: Path, version, shown: str) -> None:
+    state = af.test_flows()[0].get_state()
+    state["version"] = version
+    path = tmp_path / "old.mitm"
+    with open(path, "wb") as fo:
+        tnetstring.dump(state, fo)
+    with pytest.raises(InputError) as e:
+        open_input(str(path))
+    message = str(e.value)
+    assert f"unsupported flow format version {shown}," in message
+    assert "reads flow format versions 11 to 21" in message
+    assert "damaged" not in message and "malformed" not in message
+
+
+def test_an_unsupported_version_after_supported_flows_keeps_them(tmp_path: Path) -> None:
+    state = af.test_flows()[0].get_state()
+    state["version"] = 10
+    buf = io.BytesIO()
+    tnetstring.dump(state, buf)
+    path = tmp_path / "mixed.mitm"
+    path.write_bytes(af.legacy_file_bytes(11) + buf.getvalue())
+    items = read_all(path)
+    assert all(not isinstance(i, Problem) for i in items[:-1]) and len(items) == 7
+    assert items[-1].fatal and "unsupported flow format version 10," in items[-1].message
 
 
 def test_empty_flow_file_has_no_flows(tmp_path: Path) -> None:

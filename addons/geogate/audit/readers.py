@@ -16,6 +16,7 @@ from pathlib import Path
 from geogate.audit import extract
 from geogate.audit.flowfile import MAX_LENGTH_DIGITS
 from geogate.audit.flowfile import RecordError
+from geogate.audit.flowfile import UnsupportedVersion
 from geogate.audit.flowfile import states
 from geogate.audit.harstream import HarScanner
 from geogate.audit.harstream import HarSyntaxError
@@ -53,6 +54,8 @@ class FlowFileInput(_Input):
         with open(self.path, "rb") as fo:
             try:
                 next(states(fo), None)
+            except UnsupportedVersion as e:
+                raise InputError(f"{self.path}: {e}") from None
             except RecordError as e:
                 fo.seek(0)
                 if _LENGTH_PREFIX.match(fo.read(MAX_LENGTH_DIGITS + 1)):

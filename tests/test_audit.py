@@ -375,3 +375,34 @@ def test_progress_disabled_writes_nothing() -> None:
 
 def test_exit_status_helper_prefers_error_over_block() -> None:
     assert command.EXIT_ERROR == 2 and command.EXIT_BLOCKED == 1
+
+
+# -- report headers name their inputs ---------------------------------------------------------
+
+def test_headers_name_the_input_files(capsys, db: str, tmp_path: Path) -> None:
+    two = [FLOWS, str(DATA / "chrome.har")]
+    code, out, _ = run(capsys, *two, "--policy", POLICY, "--db", db)
+    assert out.splitlines()[0] == f"geogate audit of {FLOWS} and {two[1]}: 21 flows"
+    html = tmp_path / "r.html"
+    run(capsys, *two, "--policy", POLICY, "--db", db, "--format", "html", "-o", str(html))
+    page = html.read_text()
+    assert f"<title>geogate audit: {FLOWS} and {two[1]}</title>" in page and "2 files" not in page
+
+
+def test_headers_stay_readable_for_many_files(capsys, db: str, tmp_path: Path) -> None:
+    files = []
+    for n in range(14):
+        path = tmp_path / f"part-{n:02}.har"
+        path.write_bytes((DATA / "fiddler.har").read_bytes())
+        files.append(str(path))
+    code, out, _ = run(capsys, *files, "--policy", POLICY, "--db", db)
+    lines = out.splitlines()
+    assert lines[0] == f"geogate audit of {files[0]}, {files[1]}, {files[2]} and 11 more files: 14 flows"
+    listed = [line for line in lines if line.startswith("  ") and ".har" in line]
+    assert [line.split()[0] for line in listed] == files[:10]
+    assert "  ... and 4 more files, 4 flows" in lines
+    html = tmp_path / "r.html"
+    run(capsys, *files, "--policy", POLICY, "--db", db, "--format", "html", "-o", str(html))
+    page = html.read_text()
+    assert f"<h1>{files[0]}, {files[1]}, {files[2]} and 11 more files</h1>" in page
+    assert page.count("<div>input ") == 10 and "… and 4 more input files, 4 flows" in page

@@ -22,6 +22,8 @@ from geogate.audit.auditor import AuditResult
 from geogate.audit.fmt import count
 from geogate.audit.fmt import country_name
 from geogate.audit.fmt import database_line
+from geogate.audit.fmt import LISTED_FILES
+from geogate.audit.fmt import files_title
 from geogate.audit.fmt import human_bytes
 from geogate.audit.fmt import plural
 
@@ -270,7 +272,7 @@ def _title(result: AuditResult) -> str:
         return "replayed flows"
     if len(result.inputs) == 1:
         return result.inputs[0].path
-    return f"{len(result.inputs)} files"
+    return files_title([i.path for i in result.inputs])
 
 
 def _meta(result: AuditResult) -> str:
@@ -295,7 +297,11 @@ def _footer(result: AuditResult) -> str:
     lines += [f"database {e(database_line(i))}" for i in result.databases]
     if result.source != "replay":
         lines += [f"input {e(i.path)} · {e(i.format)} · {plural(i.flows, 'flow')} · {count(i.size)} bytes"
-                  + ("" if i.complete else " · <strong>incomplete</strong>") for i in result.inputs]
+                  + ("" if i.complete else " · <strong>incomplete</strong>") for i in result.inputs[:LISTED_FILES]]
+        rest = result.inputs[LISTED_FILES:]
+        if rest:
+            lines.append(f"… and {plural(len(rest), 'more input file')}, {plural(sum(i.flows for i in rest), 'flow')}"
+                         + ("" if all(i.complete for i in rest) else " · <strong>incomplete</strong>"))
     lines.append("Byte counts are HTTP heads and bodies as transferred, plus WebSocket, TCP and UDP message payloads. "
                  "Countries come from GeoIP databases, which estimate where an address is, not who operates it.")
     return "<footer>" + "".join(f"<div>{line}</div>" for line in lines) + "</footer>"

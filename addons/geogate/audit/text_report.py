@@ -10,6 +10,8 @@ from geogate.audit.auditor import AuditResult
 from geogate.audit.fmt import count
 from geogate.audit.fmt import database_line
 from geogate.audit.fmt import ellipsize
+from geogate.audit.fmt import LISTED_FILES
+from geogate.audit.fmt import files_title
 from geogate.audit.fmt import plural
 from geogate.audit.fmt import policy_line
 
@@ -36,9 +38,12 @@ def _header(result: AuditResult) -> list[str]:
         kind = "mitmproxy flow file" if i.format == "mitmproxy" else "HAR file"
         lines.append(f"geogate audit of {i.path}: {plural(n, 'flow')} ({kind})")
     else:
-        lines.append(f"geogate audit of {len(result.inputs)} files: {plural(n, 'flow')}")
-        for i in result.inputs:
+        lines.append(f"geogate audit of {files_title([i.path for i in result.inputs])}: {plural(n, 'flow')}")
+        for i in result.inputs[:LISTED_FILES]:
             lines.append(f"  {i.path}  {i.format}  {plural(i.flows, 'flow')}")
+        rest = result.inputs[LISTED_FILES:]
+        if rest:
+            lines.append(f"  ... and {plural(len(rest), 'more file')}, {plural(sum(i.flows for i in rest), 'flow')}")
     lines.append(f"policy     {policy_line(result.policy)}")
     if result.against is not None:
         lines.append(f"against    {policy_line(result.against)}")

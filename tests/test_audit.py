@@ -203,33 +203,77 @@ def test_against_reports_only_changes(capsys, db: str) -> None:
     got = {SEED_OF[c["flow_id"]]: c["change"] for c in changes}
     de = {"plain-http", "tcp", "streamed", "dns", "proxyauth"}
     cn = {"connect-https", "mirror-claimed", "mapped", "geogate-blocked"}
-    assert got == {**{s: "newly-blocked" for s in de}, **{s: "newly-allowed" for s in cn | {"websocket", "udp"}}}
+    assert got == {**{s: "newly-blocked" for s in de}, **{s: "newly-allowed" for s in cn},
+                   **{s: "no-longer-flagged" for s in ("websocket", "udp")}}
     assert all(c["event"] == "audit_change" and c["before"]["policy"]["name"] == "audit-test"
                and c["after"]["policy"]["name"] == "audit-test-strict" for c in changes)
     assert summary["totals"]["unchanged"] == 16 - len(got)
     assert summary["totals"]["newly_blocked"]["flows"] == 5
+    assert summary["totals"]["newly_allowed"]["flows"] == 4 and summary["totals"]["no_longer_flagged"]["flows"] == 2
+    assert summary["totals"]["newly_flagged"]["flows"] == 0
     assert summary["against"]["name"] == "audit-test-strict"
 
 
 def test_against_text_and_gate(capsys, db: str) -> None:
     code, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--fail-on-block")
     assert code == 1  # the proposed policy newly blocks traffic
-    assert "NEWLY BLOCKED: 5 flows" in out and "NEWLY ALLOWED: 6 flows" in out
+    assert "NEWLY BLOCKED: 5 flows" in out and "NEWLY ALLOWED: 4 flows" in out and "NO LONGER FLAGGED: 2 flows" in out
+    assert "NEWLY FLAGGED" not in out  # a section only for a kind of change that happened
     assert "allow -> block" in out and "default -> no-de" in out
-    assert "5 newly blocked, 6 newly allowed, 5 unchanged (of 16 flows)" in out
+    assert "5 newly blocked, 0 newly flagged, 4 newly allowed, 2 no longer flagged, 5 unchanged (of 16 flows)" in out
     # the same policy on both sides changes nothing
     code, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", POLICY, "--db", db, "--fail-on-block")
-    assert code == 0 and "0 newly blocked, 0 newly allowed, 16 unchanged" in out
+    assert code == 0 and "0 newly blocked, 0 newly flagged, 0 newly allowed, 0 no longer flagged, 16 unchanged" in out
 
 
 def test_against_csv_and_html(capsys, db: str, tmp_path: Path) -> None:
     _, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 11 and {r["change"] for r in rows} == {"newly-blocked", "newly-allowed"}
+    assert len(rows) == 11 and {r["change"] for r in rows} == {"newly-blocked", "newly-allowed", "no-longer-flagged"}
     page_path = tmp_path / "changes.html"
     run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--format", "html", "-o", str(page_path))
     page = page_path.read_text()
     assert "policy change" in page and "Newly blocked" in page and '<rect class="bar sent blocked' in page
+
+
+def _section(text: str, title: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title + ":"))
+    end = next((i for i in range(start, len(lines)) if not lines[i]), len(lines))
+    return lines[start:end]
+
+
+def test_against_gives_each_kind_of_change_its_heading_in_every_format(capsys, db: str, tmp_path: Path) -> None:
+    """STRICT -> POLICY: DE allowed again, CN blocked again, US flagged again by a monitor rule
+    (allow -> monitor): flagged is not blocked, and is listed as what it is."""
+    code, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--fail-on-block")
+    assert code == 1  # a new flag fails the gate, as a flag does without --against
+    flagged = _section(out, "NEWLY FLAGGED")
+    assert flagged[0].startswith("NEWLY FLAGGED: 2 flows")
+    assert all("allow -> monitor" in line for line in flagged[2:]) and len(flagged) == 4
+    assert not any("-> monitor" in line for line in _section(out, "NEWLY BLOCKED"))
+    assert "4 newly blocked, 2 newly flagged, 5 newly allowed, 0 no longer flagged" in out
+
+    _, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "json")
+    changes, summary = json_lines(out)
+    by_seed = {SEED_OF[c["flow_id"]]: c["change"] for c in changes}
+    assert by_seed["websocket"] == by_seed["udp"] == "newly-flagged"
+    assert summary["totals"]["newly_flagged"]["flows"] == 2 and summary["totals"]["newly_blocked"]["flows"] == 4
+    assert {r["change"] for r in summary["changes"] if r["after"] == "monitor"} == {"newly-flagged"}
+    assert [c["country"] for c in summary["countries"]["newly_flagged"]] == ["US"]
+
+    _, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["change"] for r in rows if (r["before"], r["after"]) == ("allow", "monitor")} == {"newly-flagged"}
+
+    page_path = tmp_path / "changes.html"
+    run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "html", "-o", str(page_path))
+    page = page_path.read_text()
+    flagged_html = page[page.index("<h2>Newly flagged"):]
+    flagged_html = flagged_html[:flagged_html.index("</section>")]
+    assert flagged_html.count('<span class="pill monitor">monitor</span>') == 2
+    blocked_html = page[page.index("<h2>Newly blocked"):]
+    assert "pill monitor" not in blocked_html[:blocked_html.index("</section>")]
 
 
 # -- --resolve --------------------------------------------------------------------------------

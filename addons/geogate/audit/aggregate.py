@@ -206,19 +206,24 @@ class Aggregate(ResolutionCounts):
 
 # -- --against: what changes between two policies --------------------------------------------
 
-NEWLY_BLOCKED = "newly-blocked"
-NEWLY_ALLOWED = "newly-allowed"
+NEWLY_BLOCKED = "newly-blocked"  # refused now; allowed (flagged or not) before
+NEWLY_FLAGGED = "newly-flagged"  # still allowed, but now flagged (monitor rule, or a monitor-mode policy would block)
+NEWLY_ALLOWED = "newly-allowed"  # refused before; allowed now (flagged or not)
+NO_LONGER_FLAGGED = "no-longer-flagged"  # allowed before and now, no longer flagged
+# Every change between the three outcomes (refused, flagged, allowed), stricter ones first: the
+# order reports list them in.
+CHANGES = (NEWLY_BLOCKED, NEWLY_FLAGGED, NEWLY_ALLOWED, NO_LONGER_FLAGGED)
+STRICTER = (NEWLY_BLOCKED, NEWLY_FLAGGED)  # what --fail-on-block fails on
+CHANGE_TITLES = {NEWLY_BLOCKED: "newly blocked", NEWLY_FLAGGED: "newly flagged", NEWLY_ALLOWED: "newly allowed",
+                 NO_LONGER_FLAGGED: "no longer flagged"}
+_CHANGE = {(0, 2): NEWLY_BLOCKED, (1, 2): NEWLY_BLOCKED, (0, 1): NEWLY_FLAGGED,
+           (2, 0): NEWLY_ALLOWED, (2, 1): NEWLY_ALLOWED, (1, 0): NO_LONGER_FLAGGED}
 
 
 def change_of(before: Decision, after: Decision) -> str | None:
-    """newly-blocked when the second policy is stricter for this flow, newly-allowed when it is
-    more lenient; None when both treat it alike. Strictness: refused > flagged > allowed."""
-    a, b = severity(before), severity(after)
-    if b > a:
-        return NEWLY_BLOCKED
-    if b < a:
-        return NEWLY_ALLOWED
-    return None
+    """Which of CHANGES the second policy makes for this flow; None when both treat it alike.
+    Strictness: refused > flagged > allowed."""
+    return _CHANGE.get((severity(before), severity(after)))
 
 
 @dataclass(slots=True)
@@ -246,7 +251,7 @@ class Changes(ResolutionCounts):
     """The flows whose outcome differs between two policies, counted like Aggregate counts."""
 
     totals: Tally = field(default_factory=Tally)  # every flow evaluated
-    changed: dict[str, Tally] = field(default_factory=lambda: {NEWLY_BLOCKED: Tally(), NEWLY_ALLOWED: Tally()})
+    changed: dict[str, Tally] = field(default_factory=lambda: {change: Tally() for change in CHANGES})
     rows: dict[tuple, ChangeRow] = field(default_factory=dict)
     countries: dict[tuple[str, str], Country] = field(default_factory=dict)  # (change, country)
     sample: list[dict] = field(default_factory=list)

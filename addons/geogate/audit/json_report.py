@@ -12,8 +12,7 @@ from datetime import datetime
 from datetime import timezone
 from typing import TextIO
 
-from geogate.audit.aggregate import NEWLY_ALLOWED
-from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import CHANGES
 from geogate.audit.auditor import AuditResult
 from geogate.audit.evaluate import Addressing
 from geogate.audit.model import RecordedFlow
@@ -71,9 +70,9 @@ def summary(result: AuditResult) -> dict:
         out["against"] = _ref(result.against)
         out["totals"] = {"flows": ch.totals.flows, "unchanged": ch.unchanged,
                          **{k.replace("-", "_"): t.as_dict() for k, t in ch.changed.items()}}
-        out["changes"] = [r.as_dict() for change in (NEWLY_BLOCKED, NEWLY_ALLOWED) for r in ch.rows_for(change)]
+        out["changes"] = [r.as_dict() for change in CHANGES for r in ch.rows_for(change)]
         out["countries"] = {change.replace("-", "_"): [c.as_dict() for c in ch.country_rows(change)]
-                            for change in (NEWLY_BLOCKED, NEWLY_ALLOWED)}
+                            for change in CHANGES}
         return out
     agg = result.aggregate
     out["totals"] = {**agg.totals.as_dict(), "by_action": dict(agg.by_label),

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from geogate.audit.aggregate import NEWLY_ALLOWED
-from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import CHANGE_TITLES
+from geogate.audit.aggregate import CHANGES
 from geogate.audit.aggregate import Aggregate
 from geogate.audit.aggregate import Changes
 from geogate.audit.auditor import AuditResult
+from geogate.audit.fmt import LISTED_FILES
 from geogate.audit.fmt import count
 from geogate.audit.fmt import database_line
 from geogate.audit.fmt import ellipsize
-from geogate.audit.fmt import LISTED_FILES
 from geogate.audit.fmt import files_title
 from geogate.audit.fmt import plural
 from geogate.audit.fmt import policy_line
@@ -136,8 +136,7 @@ def _verdict(agg: Aggregate) -> list[str]:
 
 def _changes_section(changes: Changes, change: str) -> list[str]:
     tally = changes.changed[change]
-    title = "NEWLY BLOCKED" if change == NEWLY_BLOCKED else "NEWLY ALLOWED"
-    lines = [f"{title}: {plural(tally.flows, 'flow')}, {count(tally.bytes_sent)} bytes sent, "
+    lines = [f"{CHANGE_TITLES[change].upper()}: {plural(tally.flows, 'flow')}, {count(tally.bytes_sent)} bytes sent, "
              f"{count(tally.bytes_received)} received"]
     rows = [[ellipsize(r.host, HOST_WIDTH), r.address or "-", r.country, f"{r.before} -> {r.after}",
              f"{r.rule_before} -> {r.rule_after}", count(r.tally.flows), count(r.tally.bytes_sent),
@@ -155,11 +154,11 @@ def render(result: AuditResult) -> str:
         lines += [""] + incomplete
     if result.changes is not None:
         ch = result.changes
-        for change in (NEWLY_BLOCKED, NEWLY_ALLOWED):
-            lines += [""] + _changes_section(ch, change)
-        nb, na = ch.changed[NEWLY_BLOCKED].flows, ch.changed[NEWLY_ALLOWED].flows
-        lines += ["", f"{count(nb)} newly blocked, {count(na)} newly allowed, {count(ch.unchanged)} unchanged "
-                      f"(of {plural(ch.totals.flows, 'flow')})"]
+        for change in CHANGES:
+            if ch.changed[change].flows:
+                lines += [""] + _changes_section(ch, change)
+        counts = ", ".join(f"{count(ch.changed[change].flows)} {CHANGE_TITLES[change]}" for change in CHANGES)
+        lines += ["", f"{counts}, {count(ch.unchanged)} unchanged (of {plural(ch.totals.flows, 'flow')})"]
     else:
         agg = result.aggregate
         if agg.totals.flows:

@@ -1,7 +1,7 @@
 """`geogate audit FILE...`: read recordings, decide every flow, write a report.
 
 Exit status: 0 done; 1 with --fail-on-block when a flow would be blocked (with --against: when
-the second policy newly blocks one); 2 when an input could not be read to its end (the report
+the second policy newly blocks or newly flags one); 2 when an input could not be read to its end (the report
 is still written, marked incomplete) or on a user error (one line on stderr, no report).
 """
 
@@ -18,7 +18,7 @@ from typing import TextIO
 
 from geogate.audit import html_report
 from geogate.audit import text_report
-from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import STRICTER
 from geogate.audit.auditor import Audit
 from geogate.audit.auditor import AuditResult
 from geogate.audit.auditor import InputSummary
@@ -108,7 +108,7 @@ def _exit_status(result: AuditResult, fail_on_block: bool) -> int:
         return EXIT_ERROR
     if fail_on_block:
         if result.changes is not None:
-            if result.changes.changed[NEWLY_BLOCKED].flows:
+            if any(result.changes.changed[change].flows for change in STRICTER):
                 return EXIT_BLOCKED
         elif result.aggregate.totals.would_block:
             return EXIT_BLOCKED

@@ -272,7 +272,7 @@ def _rules(agg: Aggregate) -> str:
 
 
 def _title(result: AuditResult) -> str:
-    if result.source == "replay":
+    if result.source == "replay" and not result.inputs:
         return "replayed flows"
     if len(result.inputs) == 1:
         return result.inputs[0].path

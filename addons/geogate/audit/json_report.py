@@ -38,6 +38,13 @@ def audit_fields(flow: RecordedFlow, addressing: Addressing) -> dict:
     }
 
 
+def audit_record(flow: RecordedFlow, d: Decision, addressing: Addressing) -> dict:
+    """One flow's line: its decision record plus where the flow came from."""
+    record = decision_record(d)
+    record["audit"] = audit_fields(flow, addressing)
+    return record
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -88,9 +95,7 @@ class JsonLinesReport:
         self.out = out
 
     def decision(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None:
-        record = decision_record(d)
-        record["audit"] = audit_fields(flow, addressing)
-        self.out.write(to_json_line(record) + "\n")
+        self.out.write(to_json_line(audit_record(flow, d, addressing)) + "\n")
 
     def change(self, flow: RecordedFlow, before: Decision, after: Decision, addressing: Addressing,
                change: str) -> None:

@@ -31,12 +31,13 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
 def _header(result: AuditResult) -> list[str]:
     lines = []
     n = result.flows
-    if result.source == "replay":
+    if result.source == "replay" and not result.inputs:
         lines.append(f"geogate audit of replayed flows: {plural(n, 'flow')}")
     elif len(result.inputs) == 1:
         i = result.inputs[0]
         kind = "mitmproxy flow file" if i.format == "mitmproxy" else "HAR file"
-        lines.append(f"geogate audit of {i.path}: {plural(n, 'flow')} ({kind})")
+        replayed = " (replayed by mitmdump)" if result.source == "replay" else ""
+        lines.append(f"geogate audit of {i.path}{replayed}: {plural(n, 'flow')} ({kind})")
     else:
         lines.append(f"geogate audit of {files_title([i.path for i in result.inputs])}: {plural(n, 'flow')}")
         for i in result.inputs[:LISTED_FILES]:

@@ -21,13 +21,12 @@ from geogate.audit import text_report
 from geogate.audit.aggregate import STRICTER
 from geogate.audit.auditor import Audit
 from geogate.audit.auditor import AuditResult
-from geogate.audit.auditor import InputSummary
 from geogate.audit.csv_report import CsvReport
 from geogate.audit.evaluate import NameLookup
 from geogate.audit.json_report import JsonLinesReport
-from geogate.audit.model import Problem
 from geogate.audit.progress import Progress
 from geogate.audit.readers import open_input
+from geogate.audit.run import run_inputs
 from geogate.core.errors import GeogateError
 from geogate.policy.state import GateState
 
@@ -78,29 +77,6 @@ def _streaming_sink(fmt: str, out: TextIO, against: bool):
     if fmt == "csv":
         return CsvReport(out, against=against)
     return None
-
-
-def run_inputs(audit: Audit, inputs, progress: Progress) -> list[InputSummary]:
-    summaries = []
-    done_before = 0
-    flows = 0
-    for reader in inputs:
-        summary = InputSummary(reader.path, reader.format, reader.size)
-        summaries.append(summary)
-        for item in reader.flows():
-            if isinstance(item, Problem):
-                audit.problem(item)
-                summary.complete = summary.complete and not item.fatal
-                continue
-            audit.add(item)
-            summary.flows += 1
-            flows += 1
-            if not flows & 0xFF:
-                progress.update(done_before + reader.position, flows, reader.path)
-        summary.ignored = reader.ignored
-        done_before += reader.size
-    progress.done()
-    return summaries
 
 
 def _exit_status(result: AuditResult, fail_on_block: bool) -> int:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from geogate.audit.evaluate import Addressing
+from geogate.audit.model import RECORDED
 from geogate.audit.model import RESOLVED
 from geogate.audit.model import UNRESOLVED
+from geogate.audit.model import NotSent
 from geogate.audit.model import RecordedFlow
 from geogate.audit.model import ip_text
 from geogate.core.decide import Decision
@@ -297,3 +299,63 @@ class Changes(ResolutionCounts):
     @property
     def unchanged(self) -> int:
         return self.totals.flows - sum(t.flows for t in self.changed.values())
+
+
+# -- HAR entries that never went to the network -----------------------------------------------
+
+INFERRED_LIMIT = 3  # addresses remembered per host and file for the inference
+
+
+@dataclass(slots=True)
+class NotSentRow:
+    file: str
+    destination: str
+    why: str
+    reason: str
+    entries: int = 0
+    # (address, country) recorded for the same host elsewhere in the same file: an inference about
+    # where the entry would have gone, not a record of it
+    inferred: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "destination": self.destination, "why": self.why, "reason": self.reason,
+                "entries": self.entries,
+                "inferred_addresses": [{"address": a, "country": c} for a, c in self.inferred]}
+
+
+@dataclass
+class NotSentEntries:
+    """HAR entries that were not traffic, by file, destination and reason; and, per host and file,
+    the addresses the recorded traffic went to, to infer theirs from."""
+
+    entries: int = 0
+    by_why: dict[str, int] = field(default_factory=dict)
+    rows: dict[tuple, NotSentRow] = field(default_factory=dict)
+    hosts: dict[tuple, tuple] = field(default_factory=dict)  # (file, host, port) of the rows
+    recorded: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (file, host) -> {address: country}
+
+    def add(self, entry: NotSent) -> None:
+        self.entries += 1
+        self.by_why[entry.why] = self.by_why.get(entry.why, 0) + 1
+        key = (entry.source, entry.destination, entry.why, entry.reason)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = NotSentRow(entry.source, entry.destination, entry.why, entry.reason)
+            self.hosts[key] = (entry.source, entry.host)
+        row.entries += 1
+
+    def seen(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None:
+        """Remember where a recorded HAR flow went (a few addresses per host and file)."""
+        if addressing.resolution != RECORDED or flow.mode != "har" or not flow.host:
+            return
+        known = self.recorded.setdefault((flow.source, flow.host), {})
+        if len(known) < INFERRED_LIMIT:
+            known.setdefault(address_text(d, addressing), country_key(d, addressing))
+
+    def infer(self) -> None:
+        for key, row in self.rows.items():
+            row.inferred = sorted(self.recorded.get(self.hosts[key], {}).items())
+
+    def destination_rows(self) -> list[NotSentRow]:
+        self.infer()
+        return sorted(self.rows.values(), key=lambda r: (-r.entries, r.destination, r.why, r.reason, r.file))

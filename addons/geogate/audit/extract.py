@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from geogate.audit.harstream import OMITTED
 from geogate.audit.harstream import PREFIX_KEY
+from geogate.audit.model import NotSent
 from geogate.audit.model import RecordedFlow
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import IPAddress
@@ -54,8 +55,9 @@ MALFORMED_STATE = (KeyError, TypeError, IndexError, AttributeError, ValueError)
 
 
 class NotTraffic(ExtractError):
-    """A HAR entry that is not network traffic: a browser cache hit, a data:, blob: or extension
-    URL. Counted apart, never audited, never an error."""
+    """A HAR entry that is no network traffic and names no destination: a data:, blob: or
+    extension URL. Counted apart, never audited, never an error (entries that name one but were
+    not sent are NotSent)."""
 
 
 _CACHE_FETCH_TYPES = {"Memory Cache", "Disk Cache"}  # Safari
@@ -355,16 +357,22 @@ def _har_head(message: dict, first_line: int) -> int:
                                    for k, v in headers])
 
 
-def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFlow:
+def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFlow | NotSent:
     """`name`: the file's base name, to give entries (which have no id) a stable one."""
     if not isinstance(entry, dict):
         raise ExtractError("entry is not an object")
-    # _string: a list or object there is not a cache marker (and `in` a set would raise TypeError)
-    if _string(entry.get("_fetchType")) in _CACHE_FETCH_TYPES or _string(entry.get("_fromCache")) in _CACHE_MARKERS:
-        raise NotTraffic("served from the browser cache")
-    request, scheme, parts, port = _har_target(entry)
+    offline = _not_sent(entry)
+    try:
+        request, scheme, parts, port = _har_target(entry)
+    except ExtractError as e:
+        if offline is not None:  # never on the network, so not worth a problem either
+            raise NotTraffic(str(e)) from None
+        raise
     host_text = parts.hostname or ""
     host = _canonical(host_text)
+    if offline is not None:
+        return NotSent(source, index, _url(scheme, host or host_text, port, parts.path), host, host_text, port,
+                       offline[0], offline[1], _har_time(entry.get("startedDateTime")))
     address, address_source = _har_address(entry, host_text)
     sent = _har_request_size(request, parts)
     response = entry.get("response")
@@ -422,10 +430,51 @@ def _har_target(entry: dict) -> tuple[dict, str, SplitResult, int | None]:
     return request, scheme, parts, port or _DEFAULT_PORTS.get(scheme)
 
 
-def _har_address(entry: dict, host_text: str) -> tuple[IPAddress | None, str | None]:
+def _not_sent(entry: dict) -> tuple[str, str | None] | None:
+    """(why, detail) when the entry says it never went to the network, else None.
+
+    Browsers mark it differently: Chrome `_fromCache` and `response._fetchedViaServiceWorker`,
+    Safari `_fetchType`; Firefox marks nothing, but a response it took from its cache has no
+    serverIPAddress, no timings at all (`timings: {}`) and no HTTP version. A failed request
+    (status 0, Chrome's `_error` such as net::ERR_INTERNET_DISCONNECTED) was not sent unless its
+    timings show it was: sending, waiting or receiving time, or bytes transferred."""
+    # _string: a list or object there is not a marker (and `in` a set would raise TypeError)
+    if _string(entry.get("_fetchType")) in _CACHE_FETCH_TYPES or _string(entry.get("_fromCache")) in _CACHE_MARKERS:
+        return "cache", None
+    response = entry.get("response")
+    if _server_ip(entry) is not None or not isinstance(response, dict):
+        return None  # the browser recorded where it connected; or no response to tell (as recorded: traffic)
+    if response.get("_fetchedViaServiceWorker") is True:
+        return "service-worker", None
+    timings = entry.get("timings")
+    status = response.get("status")
+    if status == 0 and not isinstance(status, bool):
+        if _went_out(timings) or _int(response.get("_transferSize")):
+            return None
+        error = _string(entry.get("_error")) or _string(response.get("_error"))
+        return "failed", error or None
+    if timings == {} and not _text(response.get("httpVersion")):
+        return "cache", None  # Firefox
+    return None
+
+
+def _went_out(timings: Any) -> bool:
+    """Whether HAR timings show a request on the wire: a connection set up, time spent sending,
+    waiting for or receiving a response (-1 and 0 mean none)."""
+    if not isinstance(timings, dict):
+        return False
+    return any(isinstance(timings.get(k), (int, float)) and not isinstance(timings.get(k), bool) and timings[k] > 0
+               for k in ("connect", "send", "wait", "receive"))
+
+
+def _server_ip(entry: dict) -> IPAddress | None:
     # Chrome writes IPv6 as "[2001:db8::1]", Firefox without brackets, some tools "" or omit it.
     server_ip = entry.get("serverIPAddress")
-    address = parse_ip(server_ip) if isinstance(server_ip, str) and server_ip.strip() else None
+    return parse_ip(server_ip) if isinstance(server_ip, str) and server_ip.strip() else None
+
+
+def _har_address(entry: dict, host_text: str) -> tuple[IPAddress | None, str | None]:
+    address = _server_ip(entry)
     if address is not None:
         return address, "serverIPAddress"
     address = parse_ip(host_text)

@@ -80,6 +80,7 @@ tr.total td{font-weight:650;border-top:2px solid var(--line)}
 .note{background:#f7f9fc;border:1px solid var(--line);border-radius:10px;padding:10px 14px;color:var(--muted);margin-bottom:18px}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 .grid2 .panel{margin-bottom:0}
+.grid2+.panel{margin-top:18px}
 @media (max-width:900px){.grid2{grid-template-columns:1fr}}
 svg.chart{width:100%;height:auto;display:block}
 svg.chart text{font-family:inherit;font-size:12.5px;fill:var(--ink)}
@@ -271,6 +272,28 @@ def _rules(agg: Aggregate) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _not_sent(result: AuditResult) -> str:
+    ns = result.not_sent
+    if not ns.entries:
+        return ""
+    several = len(result.inputs) > 1
+    head = ("<tr>" + ("<th>File</th>" if several else "") + '<th>Destination</th><th class="n">Entries</th>'
+            "<th>Address</th><th>Why</th></tr>")
+    rows = []
+    for r in ns.destination_rows():
+        address = (" ".join(f'<span class="mono">{e(a)}</span> {_country(c)}' for a, c in r.inferred)
+                   + ' <span class="small">inferred</span>') if r.inferred else '<span class="small">none recorded</span>'
+        rows.append("<tr>" + (f'<td class="mono">{e(r.file)}</td>' if several else "")
+                    + f'<td class="mono">{e(r.destination)}</td>{_num(r.entries)}<td>{address}</td>'
+                    f'<td class="small">{e(r.reason)}</td></tr>')
+    return (f'<section class="panel"><h2>Not sent to the network<span class="sub">'
+            f'{plural(ns.entries, "HAR entry", "HAR entries")}: browser cache, service worker or failed before '
+            "sending; not judged, no bytes counted</span></h2>"
+            f"<table>{head}{''.join(rows)}</table>"
+            '<p class="small">Inferred: an address the same host\'s recorded traffic went to elsewhere in the same '
+            "file; these entries record none.</p></section>")
+
+
 def _title(result: AuditResult) -> str:
     if result.source == "replay" and not result.inputs:
         return "replayed flows"
@@ -287,7 +310,9 @@ def _meta(result: AuditResult) -> str:
     parts.append("addresses as recorded" + (", names without one resolved now" if result.resolve else " (offline)"))
     ignored = sum(i.ignored for i in result.inputs)
     if ignored:
-        parts.append(f"{plural(ignored, 'HAR entry', 'HAR entries')} that are not network traffic not counted")
+        parts.append(f"{plural(ignored, 'HAR entry', 'HAR entries')} without a destination (data:, blob: URLs) not counted")
+    if result.not_sent.entries:
+        parts.append(f"{plural(result.not_sent.entries, 'HAR entry', 'HAR entries')} not sent to the network, listed apart")
     parts.append("generated " + result.generated.strftime("%Y-%m-%d %H:%M UTC"))
     return " · ".join(parts)
 
@@ -396,5 +421,5 @@ def render(result: AuditResult) -> str:
         f"<title>geogate audit: {e(title)}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><div class="wrap"><div class="brand">{e(heading)}</div><h1>{e(title)}</h1>'
         f'<p class="meta">{e(_meta(result))}</p></div></header>'
-        f'<main class="wrap">{_problems(result)}{body}{_footer(result)}</main></body></html>\n'
+        f'<main class="wrap">{_problems(result)}{body}{_not_sent(result)}{_footer(result)}</main></body></html>\n'
     )

@@ -21,6 +21,7 @@ from geogate.audit.flowfile import states
 from geogate.audit.harstream import HarScanner
 from geogate.audit.harstream import HarSyntaxError
 from geogate.audit.harstream import NotHar
+from geogate.audit.model import NotSent
 from geogate.audit.model import Problem
 from geogate.audit.model import RecordedFlow
 from geogate.core.errors import GeogateError
@@ -43,7 +44,7 @@ class _Input:
         self.path = path
         self.size = os.path.getsize(path)
         self.position = 0  # bytes consumed, for progress
-        self.ignored = 0  # entries that are not network traffic (cache hits, data: URLs)
+        self.ignored = 0  # entries that name no destination (data:, blob: URLs); NotSent ones are yielded
 
 
 class FlowFileInput(_Input):
@@ -109,7 +110,7 @@ class HarInput(_Input):
                 if not scanner.in_entries:
                     raise InputError(f"{self.path}: not valid JSON at byte offset {e.offset}: {e}") from None
 
-    def flows(self) -> Iterator[RecordedFlow | Problem]:
+    def flows(self) -> Iterator[RecordedFlow | NotSent | Problem]:
         name = Path(self.path).name
         with open(self.path, "rb") as fo:
             scanner = HarScanner(fo)

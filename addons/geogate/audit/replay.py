@@ -59,6 +59,9 @@ class _LogSink:
     def change(self, *args: Any) -> None:  # a replay has one policy
         pass
 
+    def not_sent(self, entry: Any) -> None:  # not a decision: the decision log has no line for it
+        pass
+
 
 class ReplayAudit:
     def __init__(self, source: str | None = None) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from geogate.audit.auditor import Audit
 from geogate.audit.auditor import InputSummary
+from geogate.audit.model import NotSent
 from geogate.audit.model import Problem
 from geogate.audit.progress import Progress
 from geogate.audit.readers import FlowFileInput
@@ -26,6 +27,10 @@ def run_inputs(audit: Audit, inputs: Iterable[FlowFileInput | HarInput], progres
             if isinstance(item, Problem):
                 audit.problem(item)
                 summary.complete = summary.complete and not item.fatal
+                continue
+            if isinstance(item, NotSent):
+                audit.not_sent(item)
+                summary.not_sent += 1
                 continue
             audit.add(item, state)
             summary.flows += 1

@@ -14,6 +14,7 @@ from geogate.audit.fmt import ellipsize
 from geogate.audit.fmt import files_title
 from geogate.audit.fmt import plural
 from geogate.audit.fmt import policy_line
+from geogate.audit.model import NOT_SENT_REASONS
 
 HOST_WIDTH = 40
 
@@ -54,7 +55,33 @@ def _header(result: AuditResult) -> list[str]:
     ignored = sum(i.ignored for i in result.inputs)
     if ignored:
         lines.append(f"skipped    {plural(ignored, 'HAR entry', 'HAR entries')} that are not network traffic "
-                     "(browser cache hits, data: and blob: URLs)")
+                     "(data:, blob: and extension URLs)")
+    return lines
+
+
+def inferred_text(inferred: list[tuple[str, str]]) -> str:
+    """Where entries of a host would have gone, as the rest of the file recorded it."""
+    if not inferred:
+        return "none recorded for this host"
+    return "inferred " + ", ".join(f"{a} {c if c.startswith('(') else f'({c})'}" for a, c in inferred)
+
+
+def _not_sent_section(result: AuditResult) -> list[str]:
+    ns = result.not_sent
+    if not ns.entries:
+        return []
+    why = ", ".join(f"{count(n)} {NOT_SENT_REASONS[w]}" for w, n in sorted(ns.by_why.items(), key=lambda wn: -wn[1]))
+    lines = [f"NOT SENT: {plural(ns.entries, 'HAR entry', 'HAR entries')} never went to the network ({why}); "
+             "not judged, no bytes counted"]
+    several = len(result.inputs) > 1
+    rows = [([r.file] if several else []) + [ellipsize(r.destination, HOST_WIDTH), count(r.entries),
+                                             inferred_text(r.inferred), r.reason]
+            for r in ns.destination_rows()]
+    headers = (["FILE"] if several else []) + ["DESTINATION", "ENTRIES", "ADDRESS", "WHY"]
+    lines += _table(headers, rows, right={2 if several else 1})
+    if any(r.inferred for r in ns.rows.values()):
+        lines.append("inferred: an address the same host's recorded traffic went to elsewhere in the same file; "
+                     "these entries record none")
     return lines
 
 
@@ -158,12 +185,18 @@ def render(result: AuditResult) -> str:
         for change in CHANGES:
             if ch.changed[change].flows:
                 lines += [""] + _changes_section(ch, change)
+        not_sent = _not_sent_section(result)
+        if not_sent:
+            lines += [""] + not_sent
         counts = ", ".join(f"{count(ch.changed[change].flows)} {CHANGE_TITLES[change]}" for change in CHANGES)
         lines += ["", f"{counts}, {count(ch.unchanged)} unchanged (of {plural(ch.totals.flows, 'flow')})"]
     else:
         agg = result.aggregate
         if agg.totals.flows:
             lines += [""] + _destinations(agg) + [""] + _countries(agg)
+        not_sent = _not_sent_section(result)
+        if not_sent:
+            lines += [""] + not_sent
         lines += [""] + _verdict(agg)
     if incomplete:
         lines.append("INCOMPLETE: see the problems listed at the top")

@@ -291,7 +291,7 @@ def hook_names(addon: object) -> list[str]:
 
 
 class GeoGate:
-    def __init__(self, replay: Callable[[], Any] | None = None) -> None:
+    def __init__(self, replay: Callable[[str | None], Any] | None = None) -> None:
         """`replay(rfile)` makes the audit of flows read from a file (`mitmdump -nr`): an object with
         evaluate(flow, state, decision_log) and summary_text(); without it, replayed flows are left alone."""
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.

@@ -348,14 +348,25 @@ def _hdrs(**kv) -> list:
     return [{"name": k.replace("_", "-"), "value": v} for k, v in kv.items()]
 
 
+# What Chrome writes as timings for a request that never got on the wire (a cache hit or a
+# request that failed before sending): the queueing time as `blocked`, nothing else.
+CHROME_UNSENT_TIMINGS = {"blocked": 2.31, "dns": -1, "ssl": -1, "connect": -1, "send": 0, "wait": 0, "receive": 0,
+                         "_blocked_queueing": 2.31}
+
+
 def chrome_har() -> dict:
-    """Chrome/Edge: IPv6 in brackets, _transferSize, a failed request with status 0 and
-    serverIPAddress "", a WebSocket with _webSocketMessages, data: and blob: URLs (not traffic;
-    the data: URL is long enough that the scanner keeps only its start)."""
+    """Chrome/Edge: IPv6 in brackets, _transferSize, a WebSocket with _webSocketMessages, data:
+    and blob: URLs (not traffic; the data: URL is long enough that the scanner keeps only its
+    start). Entries that never went to the network, as Chrome writes them (serverIPAddress "",
+    _transferSize 0, timings without a connection): answered from the memory and the disk cache
+    (_fromCache), by a service worker (_fetchedViaServiceWorker), failed before sending (status 0,
+    _error net::ERR_BLOCKED_BY_CLIENT, net::ERR_INTERNET_DISCONNECTED); and one that failed after
+    it was sent (net::ERR_CONNECTION_RESET, send and wait times): traffic without an address."""
     page = [{"startedDateTime": "2026-11-26T06:20:00.000Z", "id": "page_1", "title": "https://shop.example.de/",
              "pageTimings": {"onContentLoad": 812.5, "onLoad": 1403.2}}]
 
-    def entry(url, ip, status=200, method="GET", transfer=0, body=None, extra=None, error=None):
+    def entry(url, ip, status=200, method="GET", transfer=0, body=None, extra=None, error=None, timings=None,
+              response_extra=None):
         e = {"_initiator": {"type": "other"}, "_priority": "VeryHigh", "_resourceType": "document",
              "cache": {}, "connection": "48213", "pageref": "page_1",
              "request": {"method": method, "url": url, "httpVersion": "http/2.0", "headers": _hdrs(accept="*/*"),
@@ -364,9 +375,10 @@ def chrome_har() -> dict:
                           "headers": _hdrs(content_type="text/html") if status else [], "cookies": [],
                           "content": {"size": len(body or ""), "mimeType": "text/html", **({"text": body} if body else {})},
                           "redirectURL": "", "headersSize": -1, "bodySize": -1, "_transferSize": transfer,
-                          "_error": error},
+                          "_error": error, "_fetchedViaServiceWorker": False, **(response_extra or {})},
              "serverIPAddress": ip, "startedDateTime": "2026-11-26T06:20:00.100Z", "time": 120.4,
-             "timings": {"blocked": 1.2, "dns": -1, "ssl": -1, "connect": -1, "send": 0.1, "wait": 100, "receive": 2}}
+             "timings": timings or {"blocked": 1.2, "dns": -1, "ssl": -1, "connect": -1, "send": 0.1, "wait": 100,
+                                    "receive": 2}}
         if extra:
             e.update(extra)
         return e
@@ -378,17 +390,31 @@ def chrome_har() -> dict:
         entry("blob:https://shop.example.de/5d2c9e0a-1b7e-4f0e-9a55-3c3f1f7e8b21", "", transfer=0),
         entry("https://api.example.cn:8443/v2/track?uid=42", "198.51.100.7", method="POST", transfer=812),
         entry("https://v6.example.ru/feed.json", "[2001:db8::77]", transfer=3_300),
-        entry("https://blocked.example.net/ad.js", "", status=0, error="net::ERR_BLOCKED_BY_CLIENT"),
+        entry("https://blocked.example.net/ad.js", "", status=0, error="net::ERR_BLOCKED_BY_CLIENT",
+              timings=CHROME_UNSENT_TIMINGS),
         entry("wss://push.example.com/socket", "203.0.113.5", status=101, transfer=0,
               extra={"_resourceType": "websocket", "_webSocketMessages": [
                   {"type": "send", "time": 1795683601.2, "opcode": 1, "data": "hello"},
                   {"type": "receive", "time": 1795683601.3, "opcode": 1, "data": "welcome, 7 items"},
                   {"type": "receive", "time": 1795683601.4, "opcode": 2, "data": "AAECAwQFBgc="}]}),
+        entry("https://shop.example.de/app.css", "", body=None, timings=CHROME_UNSENT_TIMINGS,
+              extra={"_fromCache": "memory", "_resourceType": "stylesheet"}),
+        entry("https://shop.example.de/logo.png", "", timings=CHROME_UNSENT_TIMINGS,
+              extra={"_fromCache": "disk", "_resourceType": "image"}),
+        entry("https://api.example.cn:8443/v2/config", "", timings=CHROME_UNSENT_TIMINGS,
+              response_extra={"_fetchedViaServiceWorker": True, "_serviceWorkerResponseSource": "cache-storage"}),
+        entry("https://api.example.cn:8443/v2/track?uid=42", "", status=0, method="POST",
+              error="net::ERR_INTERNET_DISCONNECTED", timings=CHROME_UNSENT_TIMINGS),
+        entry("https://upload.example.net/v1/logs", "", status=0, method="POST", error="net::ERR_CONNECTION_RESET",
+              timings={"blocked": 1.1, "dns": 12.4, "ssl": 30.2, "connect": 44.0, "send": 3.2, "wait": 40.5,
+                       "receive": 0, "_blocked_queueing": 1.1}),
     ], pages=page)
 
 
 def firefox_har() -> dict:
-    """Firefox: IPv6 without brackets, "connection" holds the port, sizes in bodySize/headersSize."""
+    """Firefox: IPv6 without brackets, "connection" holds the port, sizes in bodySize/headersSize;
+    responses from its cache and a failed request, which Firefox marks only by what they lack; a
+    304 revalidation, which did go to the network."""
     def entry(url, ip, port, req_headers_size, body_size, resp_headers_size, resp_body, method="GET", post=None):
         req = {"bodySize": len(post) if post else 0, "method": method, "url": url, "httpVersion": "HTTP/2",
                "headers": _hdrs(Host=url.split("/")[2], User_Agent="Mozilla/5.0"), "cookies": [], "queryString": [],
@@ -404,11 +430,32 @@ def firefox_har() -> dict:
                 "cache": {}, "timings": {"blocked": 0, "dns": 0, "connect": 0, "ssl": 0, "send": 0, "wait": 35, "receive": 0},
                 "time": 35, "_securityState": "secure", "serverIPAddress": ip, "connection": str(port)}
 
+    def unsent(url, status=200, size=0):
+        """What Firefox writes for a response it took from its cache (or a request that failed,
+        status 0): no serverIPAddress and no connection, no timings, no HTTP version."""
+        return {"startedDateTime": "2026-11-26T07:20:01.000+01:00",
+                "request": {"bodySize": 0, "method": "GET", "url": url, "httpVersion": "",
+                            "headers": _hdrs(Host=url.split("/")[2]), "cookies": [], "queryString": [],
+                            "headersSize": -1},
+                "response": {"status": status, "statusText": "", "httpVersion": "", "headers": [], "cookies": [],
+                             "content": {"mimeType": "text/css", "size": size}, "redirectURL": "",
+                             "headersSize": -1, "bodySize": -1},
+                "cache": {}, "timings": {}, "time": 0, "pageref": "page_1"}
+
+    revalidated = entry("https://www.example.de/app.js", "192.0.2.10", 443, 330, 0, 180, 0)
+    revalidated["response"].update(status=304, statusText="Not Modified", bodySize=0)
+    revalidated["cache"] = {"afterRequest": {"expires": "2026-11-27T07:20:00.000Z", "lastFetched": "",
+                                             "fetchCount": "3", "_dataSize": "5120", "_lastModified": "",
+                                             "_device": ""}}
     return _har({"name": "Firefox", "version": "133.0"}, [
         entry("https://www.example.de/", "192.0.2.10", 443, 310, 0, 220, 5_120),
         entry("https://api.example.cn/v1/sync", "198.51.100.8", 443, 402, 0, 190, 64, method="POST",
               post='{"contacts":["alice","bob","carol"]}'),
         entry("http://[2001:db8::9]:8080/status", "2001:db8::9", 8080, 150, 0, 120, 2),
+        unsent("https://www.example.de/style.css", size=20_480),
+        unsent("https://fonts.example.net/inter.woff2", size=86_000),
+        revalidated,  # a 304: the cache asked the server, so it went to the network
+        unsent("https://tracker.example.cn/pixel.gif", status=0),  # failed: nothing sent, nothing recorded
     ], pages=[{"startedDateTime": "2026-11-26T07:20:00.000+01:00", "id": "page_1", "title": "Shop",
                "pageTimings": {"onContentLoad": -1, "onLoad": -1}}], browser={"name": "Firefox", "version": "133.0"})
 
@@ -580,24 +627,31 @@ def sample_flows() -> list:
 
 
 def sample_har() -> dict:
-    """The same app's web shop in a browser, exported by Chrome."""
-    def entry(url, ip, transfer, method="GET", status=200, rtype="fetch"):
+    """The same app's web shop in a browser, exported by Chrome: a few responses from its cache
+    and a request that failed while the browser was offline, as well as network traffic."""
+    def entry(url, ip, transfer, method="GET", status=200, rtype="fetch", cache=None, error=None):
         return {"_resourceType": rtype, "cache": {}, "connection": "1201", "pageref": "page_1",
                 "request": {"method": method, "url": url, "httpVersion": "http/2.0", "headers": _hdrs(accept="*/*"),
                             "queryString": [], "cookies": [], "headersSize": -1, "bodySize": 0},
                 "response": {"status": status, "statusText": "", "httpVersion": "http/2.0", "headers": [],
                              "cookies": [], "content": {"size": transfer, "mimeType": "application/json"},
                              "redirectURL": "", "headersSize": -1, "bodySize": -1, "_transferSize": transfer,
-                             "_error": None},
+                             "_error": error, "_fetchedViaServiceWorker": False},
                 "serverIPAddress": ip, "startedDateTime": "2026-11-26T06:30:00.000Z", "time": 80,
-                "timings": {"blocked": 1, "dns": -1, "ssl": -1, "connect": -1, "send": 0, "wait": 70, "receive": 9}}
+                "timings": ({"blocked": 1, "dns": -1, "ssl": -1, "connect": -1, "send": 0, "wait": 70, "receive": 9}
+                            if ip else CHROME_UNSENT_TIMINGS),
+                **({"_fromCache": cache} if cache else {})}
 
     return _har({"name": "WebInspector", "version": "537.36"}, [
         entry("https://shop.acmeshop.example/", "89.160.20.115", 48_211, rtype="document"),
         entry("https://img.acmeshop.example/hero.jpg", "2.125.160.216", 210_440, rtype="image"),
         entry("https://sdk.analytics-partner.example/v1/events", "175.16.199.20", 420, method="POST"),
         entry("https://api.jp-payments.example/v1/config", "[2001:218::10]", 1_024),
-        entry("https://consent.banner.example/v3/cmp.js", "", 0, status=0, rtype="script"),
+        entry("https://consent.banner.example/v3/cmp.js", "", 0, status=0, rtype="script",
+              error="net::ERR_INTERNET_DISCONNECTED"),
+        entry("https://shop.acmeshop.example/app.js", "", 0, rtype="script", cache="disk"),
+        entry("https://img.acmeshop.example/logo.svg", "", 0, rtype="image", cache="memory"),
+        entry("https://sdk.analytics-partner.example/v1/sdk.js", "", 0, rtype="script", cache="disk"),
     ], pages=[{"startedDateTime": "2026-11-26T06:30:00.000Z", "id": "page_1", "title": "Acme Shop",
                "pageTimings": {"onContentLoad": 640, "onLoad": 1210}}])
 

@@ -203,33 +203,77 @@ def test_against_reports_only_changes(capsys, db: str) -> None:
     got = {SEED_OF[c["flow_id"]]: c["change"] for c in changes}
     de = {"plain-http", "tcp", "streamed", "dns", "proxyauth"}
     cn = {"connect-https", "mirror-claimed", "mapped", "geogate-blocked"}
-    assert got == {**{s: "newly-blocked" for s in de}, **{s: "newly-allowed" for s in cn | {"websocket", "udp"}}}
+    assert got == {**{s: "newly-blocked" for s in de}, **{s: "newly-allowed" for s in cn},
+                   **{s: "no-longer-flagged" for s in ("websocket", "udp")}}
     assert all(c["event"] == "audit_change" and c["before"]["policy"]["name"] == "audit-test"
                and c["after"]["policy"]["name"] == "audit-test-strict" for c in changes)
     assert summary["totals"]["unchanged"] == 16 - len(got)
     assert summary["totals"]["newly_blocked"]["flows"] == 5
+    assert summary["totals"]["newly_allowed"]["flows"] == 4 and summary["totals"]["no_longer_flagged"]["flows"] == 2
+    assert summary["totals"]["newly_flagged"]["flows"] == 0
     assert summary["against"]["name"] == "audit-test-strict"
 
 
 def test_against_text_and_gate(capsys, db: str) -> None:
     code, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--fail-on-block")
     assert code == 1  # the proposed policy newly blocks traffic
-    assert "NEWLY BLOCKED: 5 flows" in out and "NEWLY ALLOWED: 6 flows" in out
+    assert "NEWLY BLOCKED: 5 flows" in out and "NEWLY ALLOWED: 4 flows" in out and "NO LONGER FLAGGED: 2 flows" in out
+    assert "NEWLY FLAGGED" not in out  # a section only for a kind of change that happened
     assert "allow -> block" in out and "default -> no-de" in out
-    assert "5 newly blocked, 6 newly allowed, 5 unchanged (of 16 flows)" in out
+    assert "5 newly blocked, 0 newly flagged, 4 newly allowed, 2 no longer flagged, 5 unchanged (of 16 flows)" in out
     # the same policy on both sides changes nothing
     code, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", POLICY, "--db", db, "--fail-on-block")
-    assert code == 0 and "0 newly blocked, 0 newly allowed, 16 unchanged" in out
+    assert code == 0 and "0 newly blocked, 0 newly flagged, 0 newly allowed, 0 no longer flagged, 16 unchanged" in out
 
 
 def test_against_csv_and_html(capsys, db: str, tmp_path: Path) -> None:
     _, out, _ = run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 11 and {r["change"] for r in rows} == {"newly-blocked", "newly-allowed"}
+    assert len(rows) == 11 and {r["change"] for r in rows} == {"newly-blocked", "newly-allowed", "no-longer-flagged"}
     page_path = tmp_path / "changes.html"
     run(capsys, FLOWS, "--policy", POLICY, "--against", STRICT, "--db", db, "--format", "html", "-o", str(page_path))
     page = page_path.read_text()
     assert "policy change" in page and "Newly blocked" in page and '<rect class="bar sent blocked' in page
+
+
+def _section(text: str, title: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title + ":"))
+    end = next((i for i in range(start, len(lines)) if not lines[i]), len(lines))
+    return lines[start:end]
+
+
+def test_against_gives_each_kind_of_change_its_heading_in_every_format(capsys, db: str, tmp_path: Path) -> None:
+    """STRICT -> POLICY: DE allowed again, CN blocked again, US flagged again by a monitor rule
+    (allow -> monitor): flagged is not blocked, and is listed as what it is."""
+    code, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--fail-on-block")
+    assert code == 1  # a new flag fails the gate, as a flag does without --against
+    flagged = _section(out, "NEWLY FLAGGED")
+    assert flagged[0].startswith("NEWLY FLAGGED: 2 flows")
+    assert all("allow -> monitor" in line for line in flagged[2:]) and len(flagged) == 4
+    assert not any("-> monitor" in line for line in _section(out, "NEWLY BLOCKED"))
+    assert "4 newly blocked, 2 newly flagged, 5 newly allowed, 0 no longer flagged" in out
+
+    _, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "json")
+    changes, summary = json_lines(out)
+    by_seed = {SEED_OF[c["flow_id"]]: c["change"] for c in changes}
+    assert by_seed["websocket"] == by_seed["udp"] == "newly-flagged"
+    assert summary["totals"]["newly_flagged"]["flows"] == 2 and summary["totals"]["newly_blocked"]["flows"] == 4
+    assert {r["change"] for r in summary["changes"] if r["after"] == "monitor"} == {"newly-flagged"}
+    assert [c["country"] for c in summary["countries"]["newly_flagged"]] == ["US"]
+
+    _, out, _ = run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["change"] for r in rows if (r["before"], r["after"]) == ("allow", "monitor")} == {"newly-flagged"}
+
+    page_path = tmp_path / "changes.html"
+    run(capsys, FLOWS, "--policy", STRICT, "--against", POLICY, "--db", db, "--format", "html", "-o", str(page_path))
+    page = page_path.read_text()
+    flagged_html = page[page.index("<h2>Newly flagged"):]
+    flagged_html = flagged_html[:flagged_html.index("</section>")]
+    assert flagged_html.count('<span class="pill monitor">monitor</span>') == 2
+    blocked_html = page[page.index("<h2>Newly blocked"):]
+    assert "pill monitor" not in blocked_html[:blocked_html.index("</section>")]
 
 
 # -- --resolve --------------------------------------------------------------------------------
@@ -263,7 +307,7 @@ def test_resolve_looks_up_only_flows_without_an_address_and_says_so(capsys, db: 
 def test_resolve_failure_stays_unresolved(capsys, db: str, hosts_file: Path) -> None:
     code, out, _ = run(capsys, str(DATA / "chrome.har"), "--policy", POLICY, "--db", db, "--resolve", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    blocked = next(r for r in rows if r["host"] == "blocked.example.net")
+    blocked = next(r for r in rows if r["host"] == "upload.example.net")  # sent, then reset: traffic
     assert blocked["resolution"] == "unresolved" and "--resolve failed" in blocked["reason"]
 
 
@@ -299,7 +343,7 @@ def test_corrupt_file_among_good_ones_and_fail_on_block(capsys, db: str, truncat
     code, out, _ = run(capsys, str(DATA / "chrome.har"), str(truncated), str(DATA / "firefox.har"),
                        "--policy", POLICY, "--db", db, "--fail-on-block")
     assert code == 2  # an incomplete audit is an error even when something would be blocked
-    assert "firefox.har  har  3 flows" in out and "chrome.har  har  5 flows" in out
+    assert "firefox.har  har  4 flows" in out and "chrome.har  har  5 flows" in out
 
 
 # -- user errors ------------------------------------------------------------------------------
@@ -336,9 +380,12 @@ def test_mixed_inputs_in_one_audit(capsys, db: str) -> None:
     code, out, _ = run(capsys, *files, "--policy", POLICY, "--db", db, "--format", "json")
     records, summary = json_lines(out)
     assert code == 0 and summary["complete"]
-    assert [f["flows"] for f in summary["files"]] == [16, 6, 6, 5, 3, 2, 2, 3, 1]
-    assert [f["not_traffic"] for f in summary["files"]] == [0, 0, 0, 2, 0, 1, 0, 0, 0]
-    assert len(records) == summary["totals"]["flows"] == 44
+    assert [f["flows"] for f in summary["files"]] == [16, 6, 6, 5, 4, 2, 2, 3, 1]
+    assert [f["not_sent"] for f in summary["files"]] == [0, 0, 0, 5, 3, 1, 0, 0, 0]
+    assert [f["not_traffic"] for f in summary["files"]] == [0, 0, 0, 7, 3, 1, 0, 0, 0]  # + data: and blob: URLs
+    decisions = [r for r in records if r["event"] == "decision"]
+    assert len(decisions) == summary["totals"]["flows"] == 45
+    assert len(records) - len(decisions) == summary["not_sent"]["entries"] == 9
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -375,3 +422,97 @@ def test_progress_disabled_writes_nothing() -> None:
 
 def test_exit_status_helper_prefers_error_over_block() -> None:
     assert command.EXIT_ERROR == 2 and command.EXIT_BLOCKED == 1
+
+
+# -- report headers name their inputs ---------------------------------------------------------
+
+def test_headers_name_the_input_files(capsys, db: str, tmp_path: Path) -> None:
+    two = [FLOWS, str(DATA / "chrome.har")]
+    code, out, _ = run(capsys, *two, "--policy", POLICY, "--db", db)
+    assert out.splitlines()[0] == f"geogate audit of {FLOWS} and {two[1]}: 21 flows"
+    html = tmp_path / "r.html"
+    run(capsys, *two, "--policy", POLICY, "--db", db, "--format", "html", "-o", str(html))
+    page = html.read_text()
+    assert f"<title>geogate audit: {FLOWS} and {two[1]}</title>" in page and "2 files" not in page
+
+
+def test_headers_stay_readable_for_many_files(capsys, db: str, tmp_path: Path) -> None:
+    files = []
+    for n in range(14):
+        path = tmp_path / f"part-{n:02}.har"
+        path.write_bytes((DATA / "fiddler.har").read_bytes())
+        files.append(str(path))
+    code, out, _ = run(capsys, *files, "--policy", POLICY, "--db", db)
+    lines = out.splitlines()
+    assert lines[0] == f"geogate audit of {files[0]}, {files[1]}, {files[2]} and 11 more files: 14 flows"
+    listed = [line for line in lines if line.startswith("  ") and ".har" in line]
+    assert [line.split()[0] for line in listed] == files[:10]
+    assert "  ... and 4 more files, 4 flows" in lines
+    html = tmp_path / "r.html"
+    run(capsys, *files, "--policy", POLICY, "--db", db, "--format", "html", "-o", str(html))
+    page = html.read_text()
+    assert f"<h1>{files[0]}, {files[1]}, {files[2]} and 11 more files</h1>" in page
+    assert page.count("<div>input ") == 10 and "… and 4 more input files, 4 flows" in page
+
+
+# -- HAR entries that never went to the network -----------------------------------------------
+
+DEFAULT_POLICY = str(af.ROOT / "policies" / "default.yaml")  # documentation ranges: allowed as special
+
+
+def test_har_entries_never_sent_are_listed_apart_and_never_fail_the_gate(capsys, db: str, tmp_path: Path) -> None:
+    firefox = str(DATA / "firefox.har")
+    code, out, _ = run(capsys, firefox, "--policy", DEFAULT_POLICY, "--db", db, "--fail-on-block")
+    assert code == 0, out  # Firefox's cache hits and a failed request are not unresolved traffic
+    assert "none of the 4 flows would be blocked" in out and "unresolved" not in out
+    section = _section(out, "NOT SENT")
+    assert section[0] == ("NOT SENT: 3 HAR entries never went to the network (2 served from the browser cache, "
+                          "1 failed before anything was sent); not judged, no bytes counted")
+    rows = {line.split()[0]: line for line in section[2:-1]}
+    assert set(rows) == {"www.example.de:443", "fonts.example.net:443", "tracker.example.cn:443"}
+    assert "inferred 192.0.2.10 (DE)" in rows["www.example.de:443"]
+    assert "none recorded for this host" in rows["fonts.example.net:443"]
+    assert section[-1].startswith("inferred: an address the same host's recorded traffic went to elsewhere")
+    before = out[:out.index("NOT SENT")]
+    assert "fonts.example.net" not in before and "tracker.example.cn" not in before
+
+    _, out, _ = run(capsys, firefox, "--policy", DEFAULT_POLICY, "--db", db, "--format", "json")
+    records, summary = json_lines(out)
+    assert summary["totals"]["flows"] == 4 and summary["totals"]["bytes_received"] == 5_896  # no cached bytes
+    not_sent = [r for r in records if r["event"] == "audit_not_sent"]
+    assert [(r["host"], r["why"], r["audit"]["bytes_received"]) for r in not_sent] == [
+        ("www.example.de", "cache", 0), ("fonts.example.net", "cache", 0), ("tracker.example.cn", "failed", 0)]
+    assert summary["not_sent"]["entries"] == 3 and summary["not_sent"]["by_reason"] == {"cache": 2, "failed": 1}
+    inferred = {d["destination"]: d["inferred_addresses"] for d in summary["not_sent"]["destinations"]}
+    assert inferred["www.example.de:443"] == [{"address": "192.0.2.10", "country": "DE"}]
+    assert inferred["fonts.example.net:443"] == []
+
+    _, out, _ = run(capsys, firefox, "--policy", DEFAULT_POLICY, "--db", db, "--format", "csv")
+    rows_csv = [r for r in csv.DictReader(io.StringIO(out)) if r["action"] == "not-sent"]
+    assert [(r["host"], r["bytes_sent"], r["bytes_received"]) for r in rows_csv] == [
+        ("www.example.de", "0", "0"), ("fonts.example.net", "0", "0"), ("tracker.example.cn", "0", "0")]
+    assert rows_csv[0]["reason"] == "served from the browser cache"
+
+    page_path = tmp_path / "r.html"
+    run(capsys, firefox, "--policy", DEFAULT_POLICY, "--db", db, "--format", "html", "-o", str(page_path))
+    page = page_path.read_text()
+    panel = page[page.index("<h2>Not sent to the network"):]
+    panel = panel[:panel.index("</section>")]
+    assert "3 HAR entries" in panel and "fonts.example.net:443" in panel and "none recorded" in panel
+    assert '<span class="mono">192.0.2.10</span>' in panel and "inferred" in panel
+    assert "3 HAR entries not sent to the network, listed apart" in page
+
+
+def test_chrome_entries_never_sent_and_one_that_was(capsys, db: str) -> None:
+    """Chrome's cache, service-worker and offline entries are apart (the failures with their
+    error); a request reset after it was sent stays traffic without an address: fail closed."""
+    code, out, _ = run(capsys, str(DATA / "chrome.har"), "--policy", DEFAULT_POLICY, "--db", db, "--fail-on-block")
+    assert code == 1 and "1 of 5 flows would be blocked: 1 unresolved" in out
+    assert next(line for line in out.splitlines() if line.startswith("upload.example.net")).split()[3] == "unresolved"
+    section = _section(out, "NOT SENT")
+    assert section[0].startswith("NOT SENT: 5 HAR entries never went to the network (2 failed before anything "
+                                 "was sent, 2 served from the browser cache, 1 answered by a service worker)")
+    assert any("api.example.cn:8443" in line and "net::ERR_INTERNET_DISCONNECTED" in line
+               and "inferred 198.51.100.7" in line for line in section)
+    code, out, _ = run(capsys, str(DATA / "chrome.har"), "--policy", POLICY, "--against", STRICT, "--db", db)
+    assert _section(out, "NOT SENT")[0].startswith("NOT SENT: 5 HAR entries")  # policy changes list them too

@@ -14,6 +14,7 @@ from mitmproxy.io import FlowReader
 from mitmproxy.io import tnetstring
 from mitmproxy.net.http.http1.assemble import assemble_request_head
 from mitmproxy.net.http.http1.assemble import assemble_response_head
+from mitmproxy.version import MITMPROXY
 
 import audit_fixtures as af
 from geogate.audit import extract
@@ -23,6 +24,7 @@ from geogate.audit.harstream import PREFIX_KEY
 from geogate.audit.harstream import HarScanner
 from geogate.audit.harstream import HarSyntaxError
 from geogate.audit.harstream import NotHar
+from geogate.audit.model import NotSent
 from geogate.audit.model import Problem
 from geogate.audit.model import RecordedFlow
 from geogate.audit.readers import InputError
@@ -38,9 +40,14 @@ def read_all(path: Path) -> list[RecordedFlow | Problem]:
 
 
 def flows_of(path: Path) -> list[RecordedFlow]:
+    """The traffic of a file that reads without problems (not the HAR entries never sent)."""
     items = read_all(path)
     assert not [i for i in items if isinstance(i, Problem)], items
-    return items
+    return [i for i in items if not isinstance(i, NotSent)]
+
+
+def not_sent_of(path: Path) -> list[NotSent]:
+    return [i for i in read_all(path) if isinstance(i, NotSent)]
 
 
 def by_seed(flows: list[RecordedFlow]) -> dict[str, RecordedFlow]:
@@ -155,11 +162,12 @@ HAR_EXPECTED = {
     "chrome.har": [("shop.example.de:443", "192.0.2.10", 31, 24_511, "http"),
                    ("api.example.cn:8443", "198.51.100.7", 47, 812, "http"),  # request line keeps the query
                    ("v6.example.ru:443", "2001:db8::77", 40, 3_300, "http"),
-                   ("blocked.example.net:443", None, 36, 0, "http"),
-                   ("push.example.com:443", "203.0.113.5", 42, 24, "websocket")],
+                   ("push.example.com:443", "203.0.113.5", 42, 24, "websocket"),
+                   ("upload.example.net:443", None, 39, 0, "http")],  # failed after it was sent: traffic
     "firefox.har": [("www.example.de:443", "192.0.2.10", 310, 5_340, "http"),
                     ("api.example.cn:443", "198.51.100.8", 438, 254, "http"),
-                    ("[2001:db8::9]:8080", "2001:db8::9", 150, 122, "http")],
+                    ("[2001:db8::9]:8080", "2001:db8::9", 150, 122, "http"),
+                    ("www.example.de:443", "192.0.2.10", 330, 180, "http")],  # a 304 revalidation
     "safari.har": [("shop.example.de:443", "192.0.2.10", 41, 1_063, "http"),
                    ("198.51.100.30:443", "198.51.100.30", 45, 0, "http")],
     "charles.har": [("storage.example.com:443", "203.0.113.40", 110, 62, "http"),
@@ -174,26 +182,66 @@ HAR_EXPECTED = {
 @pytest.mark.parametrize("name", sorted(HAR_EXPECTED))
 def test_har_dialects(name: str) -> None:
     reader = open_input(str(DATA / name))
-    flows = [f for f in reader.flows()]
+    flows = [f for f in reader.flows() if not isinstance(f, NotSent)]
     assert not [f for f in flows if isinstance(f, Problem)]
     got = [(f.destination, str(f.address) if f.address else None, f.bytes_sent, f.bytes_received, f.kind)
            for f in flows]
     assert got == HAR_EXPECTED[name]
     assert reader.format == "har"
-    # not traffic: Safari's memory-cache hit; Chrome's data: and blob: URLs
-    assert reader.ignored == {"safari.har": 1, "chrome.har": 2}.get(name, 0)
+    # no destination at all: Chrome's data: and blob: URLs
+    assert reader.ignored == {"chrome.har": 2}.get(name, 0)
 
 
 def test_har_details() -> None:
     chrome = flows_of(DATA / "chrome.har")
     assert chrome[1].url == "https://api.example.cn:8443/v2/track"  # port kept, query dropped
     assert chrome[1].flow_id == "chrome.har#4"  # entries 2 and 3 are data: and blob: URLs
-    assert chrome[3].error == "net::ERR_BLOCKED_BY_CLIENT"
-    assert chrome[4].scheme == "wss"
+    assert chrome[4].error == "net::ERR_CONNECTION_RESET"
+    assert chrome[3].scheme == "wss"
     assert flows_of(DATA / "fiddler.har")[0].host_text == "bücher.example.de"
     assert flows_of(DATA / "safari.har")[1].address_source == "url-host"
     firefox_start = datetime(2026, 11, 26, 6, 20, tzinfo=timezone.utc).timestamp()  # 07:20+01:00
     assert flows_of(DATA / "firefox.har")[0].started == firefox_start
+
+
+def test_entries_that_never_went_to_the_network_are_not_traffic() -> None:
+    """Cache hits, service-worker answers and requests that failed before sending, as Chrome,
+    Firefox and Safari mark them (or, Firefox, by what they lack), are NotSent with why and the
+    browser's error; a 304 revalidation and a request reset after it was sent are traffic."""
+    got = {name: [(n.index, n.destination, n.why, n.detail) for n in not_sent_of(DATA / name)]
+           for name in ("chrome.har", "firefox.har", "safari.har", "charles.har", "insomnia.har", "fiddler.har")}
+    assert got == {
+        "chrome.har": [(5, "blocked.example.net:443", "failed", "net::ERR_BLOCKED_BY_CLIENT"),
+                       (7, "shop.example.de:443", "cache", None), (8, "shop.example.de:443", "cache", None),
+                       (9, "api.example.cn:8443", "service-worker", None),
+                       (10, "api.example.cn:8443", "failed", "net::ERR_INTERNET_DISCONNECTED")],
+        "firefox.har": [(3, "www.example.de:443", "cache", None), (4, "fonts.example.net:443", "cache", None),
+                        (6, "tracker.example.cn:443", "failed", None)],
+        "safari.har": [(1, "cdn.example.cn:443", "cache", None)],
+        "charles.har": [], "insomnia.har": [], "fiddler.har": [],  # tools, not browsers: all recorded is traffic
+    }
+    assert not_sent_of(DATA / "chrome.har")[4].url == "https://api.example.cn:8443/v2/track"  # no query
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"serverIPAddress": "", "timings": {"blocked": 3, "send": 0, "wait": 0},
+      "response": {"status": 0, "_error": "net::ERR_NAME_NOT_RESOLVED"}}, "failed"),
+    ({"serverIPAddress": "192.0.2.1", "response": {"status": 0, "_error": "net::ERR_ABORTED"}}, None),  # connected
+    ({"response": {"status": 0, "_transferSize": 310}}, None),  # bytes came back
+    ({"response": {"status": 0}, "timings": {"connect": 20.5}}, None),  # a connection was set up
+    ({"response": {"status": 200, "httpVersion": "HTTP/2"}, "timings": {}}, None),  # a version: it was received
+    ({"response": {"status": 200, "httpVersion": ""}, "timings": {}}, "cache"),
+    ({"response": {"status": 200, "httpVersion": ""}}, None),  # no timings recorded at all: no evidence
+    ({"response": {"status": 200, "_fetchedViaServiceWorker": True}}, "service-worker"),
+    ({"serverIPAddress": "192.0.2.1", "response": {"status": 200, "_fetchedViaServiceWorker": True}}, None),
+    ({"_fromCache": "disk", "serverIPAddress": "192.0.2.1", "response": {"status": 200}}, "cache"),
+    ({"_fromCache": ["disk"], "response": {"status": 200, "httpVersion": "h2"}}, None),
+    ({}, None),  # no response: as recorded, traffic
+])
+def test_what_counts_as_never_sent(entry: dict, why: str | None) -> None:
+    entry = {"request": {"method": "GET", "url": "https://a.example/x"}, **entry}
+    got = extract.from_har_entry(entry, "t.har", 0, "t.har")
+    assert (got.why if isinstance(got, NotSent) else None) == why
 
 
 def test_fiddler_file_really_starts_with_a_bom() -> None:
@@ -351,13 +399,42 @@ def test_user_errors_are_one_clear_line(tmp_path: Path) -> None:
         "damaged.mitm": "damaged mitmproxy flow file: its first flow (at byte 0) cannot be read",
         "data.json": 'not a HAR file: there is no "log" object',
         "trunc.har": "not valid JSON at byte offset",
-        "newer.mitm": "cannot read files with flow format version 99, please update mitmproxy",
+        "newer.mitm": "unsupported flow format version 99, newer than this mitmproxy reads ("
+                      f"{MITMPROXY} cannot read files with flow format version 99, please update mitmproxy); "
+                      "geogate audit reads flow format versions 11 to 21",
         "c.har.gz": "gzip-compressed",
     }
     for name, message in cases.items():
         with pytest.raises(InputError) as e:
             open_input(str(tmp_path / name))
         assert message in str(e.value) and "\n" not in str(e.value), name
+
+
+@pytest.mark.parametrize("version, shown", [(10, "10"), (4, "4"), ([0, 17], "0.17"), ([3, 0], "3.0")])
+def test_an_older_format_version_is_unsupported_not_damaged(tmp_path: Path, version, shown: str) -> None:
+    state = af.test_flows()[0].get_state()
+    state["version"] = version
+    path = tmp_path / "old.mitm"
+    with open(path, "wb") as fo:
+        tnetstring.dump(state, fo)
+    with pytest.raises(InputError) as e:
+        open_input(str(path))
+    message = str(e.value)
+    assert f"unsupported flow format version {shown}," in message
+    assert "reads flow format versions 11 to 21" in message
+    assert "damaged" not in message and "malformed" not in message
+
+
+def test_an_unsupported_version_after_supported_flows_keeps_them(tmp_path: Path) -> None:
+    state = af.test_flows()[0].get_state()
+    state["version"] = 10
+    buf = io.BytesIO()
+    tnetstring.dump(state, buf)
+    path = tmp_path / "mixed.mitm"
+    path.write_bytes(af.legacy_file_bytes(11) + buf.getvalue())
+    items = read_all(path)
+    assert all(not isinstance(i, Problem) for i in items[:-1]) and len(items) == 7
+    assert items[-1].fatal and "unsupported flow format version 10," in items[-1].message
 
 
 def test_empty_flow_file_has_no_flows(tmp_path: Path) -> None:

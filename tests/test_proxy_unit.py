@@ -682,7 +682,10 @@ async def test_replayed_flows_go_to_the_replay_audit_and_are_never_killed(gate, 
     seen = []
 
     class FakeReplayAudit:
-        def evaluate(self, flow, state):
+        def __init__(self, source):
+            pass
+
+        def evaluate(self, flow, state, log):
             seen.append((flow.id, state.policy.name))
 
         def summary_text(self):

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from geogate.audit.evaluate import Addressing
+from geogate.audit.model import RECORDED
 from geogate.audit.model import RESOLVED
 from geogate.audit.model import UNRESOLVED
+from geogate.audit.model import NotSent
 from geogate.audit.model import RecordedFlow
 from geogate.audit.model import ip_text
 from geogate.core.decide import Decision
@@ -206,19 +208,24 @@ class Aggregate(ResolutionCounts):
 
 # -- --against: what changes between two policies --------------------------------------------
 
-NEWLY_BLOCKED = "newly-blocked"
-NEWLY_ALLOWED = "newly-allowed"
+NEWLY_BLOCKED = "newly-blocked"  # refused now; allowed (flagged or not) before
+NEWLY_FLAGGED = "newly-flagged"  # still allowed, but now flagged (monitor rule, or a monitor-mode policy would block)
+NEWLY_ALLOWED = "newly-allowed"  # refused before; allowed now (flagged or not)
+NO_LONGER_FLAGGED = "no-longer-flagged"  # allowed before and now, no longer flagged
+# Every change between the three outcomes (refused, flagged, allowed), stricter ones first: the
+# order reports list them in.
+CHANGES = (NEWLY_BLOCKED, NEWLY_FLAGGED, NEWLY_ALLOWED, NO_LONGER_FLAGGED)
+STRICTER = (NEWLY_BLOCKED, NEWLY_FLAGGED)  # what --fail-on-block fails on
+CHANGE_TITLES = {NEWLY_BLOCKED: "newly blocked", NEWLY_FLAGGED: "newly flagged", NEWLY_ALLOWED: "newly allowed",
+                 NO_LONGER_FLAGGED: "no longer flagged"}
+_CHANGE = {(0, 2): NEWLY_BLOCKED, (1, 2): NEWLY_BLOCKED, (0, 1): NEWLY_FLAGGED,
+           (2, 0): NEWLY_ALLOWED, (2, 1): NEWLY_ALLOWED, (1, 0): NO_LONGER_FLAGGED}
 
 
 def change_of(before: Decision, after: Decision) -> str | None:
-    """newly-blocked when the second policy is stricter for this flow, newly-allowed when it is
-    more lenient; None when both treat it alike. Strictness: refused > flagged > allowed."""
-    a, b = severity(before), severity(after)
-    if b > a:
-        return NEWLY_BLOCKED
-    if b < a:
-        return NEWLY_ALLOWED
-    return None
+    """Which of CHANGES the second policy makes for this flow; None when both treat it alike.
+    Strictness: refused > flagged > allowed."""
+    return _CHANGE.get((severity(before), severity(after)))
 
 
 @dataclass(slots=True)
@@ -246,7 +253,7 @@ class Changes(ResolutionCounts):
     """The flows whose outcome differs between two policies, counted like Aggregate counts."""
 
     totals: Tally = field(default_factory=Tally)  # every flow evaluated
-    changed: dict[str, Tally] = field(default_factory=lambda: {NEWLY_BLOCKED: Tally(), NEWLY_ALLOWED: Tally()})
+    changed: dict[str, Tally] = field(default_factory=lambda: {change: Tally() for change in CHANGES})
     rows: dict[tuple, ChangeRow] = field(default_factory=dict)
     countries: dict[tuple[str, str], Country] = field(default_factory=dict)  # (change, country)
     sample: list[dict] = field(default_factory=list)
@@ -292,3 +299,63 @@ class Changes(ResolutionCounts):
     @property
     def unchanged(self) -> int:
         return self.totals.flows - sum(t.flows for t in self.changed.values())
+
+
+# -- HAR entries that never went to the network -----------------------------------------------
+
+INFERRED_LIMIT = 3  # addresses remembered per host and file for the inference
+
+
+@dataclass(slots=True)
+class NotSentRow:
+    file: str
+    destination: str
+    why: str
+    reason: str
+    entries: int = 0
+    # (address, country) recorded for the same host elsewhere in the same file: an inference about
+    # where the entry would have gone, not a record of it
+    inferred: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "destination": self.destination, "why": self.why, "reason": self.reason,
+                "entries": self.entries,
+                "inferred_addresses": [{"address": a, "country": c} for a, c in self.inferred]}
+
+
+@dataclass
+class NotSentEntries:
+    """HAR entries that were not traffic, by file, destination and reason; and, per host and file,
+    the addresses the recorded traffic went to, to infer theirs from."""
+
+    entries: int = 0
+    by_why: dict[str, int] = field(default_factory=dict)
+    rows: dict[tuple, NotSentRow] = field(default_factory=dict)
+    hosts: dict[tuple, tuple] = field(default_factory=dict)  # (file, host, port) of the rows
+    recorded: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (file, host) -> {address: country}
+
+    def add(self, entry: NotSent) -> None:
+        self.entries += 1
+        self.by_why[entry.why] = self.by_why.get(entry.why, 0) + 1
+        key = (entry.source, entry.destination, entry.why, entry.reason)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = NotSentRow(entry.source, entry.destination, entry.why, entry.reason)
+            self.hosts[key] = (entry.source, entry.host)
+        row.entries += 1
+
+    def seen(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None:
+        """Remember where a recorded HAR flow went (a few addresses per host and file)."""
+        if addressing.resolution != RECORDED or flow.mode != "har" or not flow.host:
+            return
+        known = self.recorded.setdefault((flow.source, flow.host), {})
+        if len(known) < INFERRED_LIMIT:
+            known.setdefault(address_text(d, addressing), country_key(d, addressing))
+
+    def infer(self) -> None:
+        for key, row in self.rows.items():
+            row.inferred = sorted(self.recorded.get(self.hosts[key], {}).items())
+
+    def destination_rows(self) -> list[NotSentRow]:
+        self.infer()
+        return sorted(self.rows.values(), key=lambda r: (-r.entries, r.destination, r.why, r.reason, r.file))

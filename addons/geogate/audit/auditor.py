@@ -15,9 +15,11 @@ from typing import Protocol
 
 from geogate.audit.aggregate import Aggregate
 from geogate.audit.aggregate import Changes
+from geogate.audit.aggregate import NotSentEntries
 from geogate.audit.evaluate import Addressing
 from geogate.audit.evaluate import Evaluator
 from geogate.audit.evaluate import NameLookup
+from geogate.audit.model import NotSent
 from geogate.audit.model import Problem
 from geogate.audit.model import RecordedFlow
 from geogate.core.decide import Decision
@@ -31,6 +33,8 @@ PROBLEM_LIMIT = 100  # problems listed one by one; beyond that only counted
 class Sink(Protocol):
     def decision(self, flow: RecordedFlow, d: Decision, addressing: Addressing) -> None: ...
 
+    def not_sent(self, entry: NotSent) -> None: ...
+
     def change(self, flow: RecordedFlow, before: Decision, after: Decision, addressing: Addressing,
                change: str) -> None: ...
 
@@ -42,11 +46,12 @@ class InputSummary:
     size: int
     flows: int = 0
     complete: bool = True
-    ignored: int = 0  # HAR entries that are not network traffic (cache hits, data: URLs)
+    ignored: int = 0  # HAR entries that name no destination (data:, blob: URLs)
+    not_sent: int = 0  # HAR entries that never went to the network (NotSent)
 
     def as_dict(self) -> dict:
         return {"file": self.path, "format": self.format, "bytes": self.size, "flows": self.flows,
-                "complete": self.complete, "not_traffic": self.ignored}
+                "complete": self.complete, "not_traffic": self.ignored + self.not_sent, "not_sent": self.not_sent}
 
 
 @dataclass
@@ -62,6 +67,7 @@ class AuditResult:
     aggregate: Aggregate | None = None
     changes: Changes | None = None
     against: PolicyRef | None = None
+    not_sent: NotSentEntries = field(default_factory=NotSentEntries)
     source: str = "files"  # files | replay
     generated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -85,7 +91,7 @@ class Audit:
         self.changes = Changes() if against is not None else None
         self.problems: list[Problem] = []
         self.problems_unlisted = 0
-        self.last: Decision | None = None
+        self.not_sent_entries = NotSentEntries()
 
     def add(self, flow: RecordedFlow, state: GateState | None = None) -> Decision:
         """Decide one flow and count it; returns the decision (under the second policy with --against)."""
@@ -93,18 +99,23 @@ class Audit:
             self.state = state  # the replay addon passes its current state: reloads apply
         addressing = self.evaluator.addressing(flow)
         d = self.evaluator.decide(self.state, flow, addressing)
+        self.not_sent_entries.seen(flow, d, addressing)
         if self.against is None:
             self.aggregate.add(flow, d, addressing)
             if self.sink:
                 self.sink.decision(flow, d, addressing)
-            self.last = d
             return d
         after = self.evaluator.decide(self.against, flow, addressing)
         change = self.changes.add(flow, d, after, addressing)
         if change and self.sink:
             self.sink.change(flow, d, after, addressing, change)
-        self.last = after
         return after
+
+    def not_sent(self, entry: NotSent) -> None:
+        """Count an entry that never went to the network: no decision, no bytes."""
+        self.not_sent_entries.add(entry)
+        if self.sink:
+            self.sink.not_sent(entry)
 
     def problem(self, p: Problem) -> None:
         if len(self.problems) < PROBLEM_LIMIT:
@@ -123,5 +134,6 @@ class Audit:
             aggregate=self.aggregate,
             changes=self.changes,
             against=self.against.policy.ref if self.against is not None else None,
+            not_sent=self.not_sent_entries,
             source=source,
         )

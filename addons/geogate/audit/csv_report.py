@@ -1,6 +1,8 @@
 """CSV: one row per flow (per changed flow with --against), streamed, for spreadsheets and pivots.
 
-CSV has no place for a summary, so an incomplete audit ends with one row per problem whose
+A HAR entry that never went to the network (browser cache, service worker, failed before it was
+sent) is a row whose `action` (with --against: `change`) is `not-sent`, with no bytes. CSV has no
+place for a summary, so an incomplete audit ends with one row per problem whose
 `action` is `error` and whose `reason` says what could not be read (file, position, why).
 """
 
@@ -15,6 +17,8 @@ from geogate.audit.aggregate import label
 from geogate.audit.auditor import AuditResult
 from geogate.audit.evaluate import Addressing
 from geogate.audit.json_report import audit_fields
+from geogate.audit.json_report import iso_time
+from geogate.audit.model import NotSent
 from geogate.audit.model import RecordedFlow
 from geogate.core.decide import Decision
 
@@ -52,6 +56,14 @@ class CsvReport:
         row.update(change=change, before=label(before, addressing), rule_before=before.rule,
                    after=label(after, addressing), rule_after=after.rule, reason_after=after.reason)
         self.writer.writerow(row)
+
+    def not_sent(self, entry: NotSent) -> None:
+        """A HAR entry that never went to the network: action (change) `not-sent`, no bytes."""
+        self.writer.writerow({"file": entry.source, "index": entry.index, "started": iso_time(entry.started),
+                              "kind": "http", "url": entry.url, "host": entry.host or entry.host_text,
+                              "port": entry.port, "resolution": "not-sent", "action": "not-sent",
+                              "change": "not-sent", "reason": entry.reason, "reason_after": entry.reason,
+                              "bytes_sent": 0, "bytes_received": 0})
 
     def finish(self, result: AuditResult) -> None:
         for p in result.problems:

@@ -24,14 +24,16 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
+from urllib.parse import SplitResult
 from urllib.parse import urlsplit
 
 from geogate.audit.harstream import OMITTED
 from geogate.audit.harstream import PREFIX_KEY
+from geogate.audit.model import NotSent
 from geogate.audit.model import RecordedFlow
 from geogate.core.addresses import AddressError
+from geogate.core.addresses import IPAddress
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
 from geogate.core.clients import INTERCEPTED_MODES
@@ -46,9 +48,16 @@ class ExtractError(ValueError):
     """The flow has nothing an audit can use; the message says what is missing."""
 
 
+# What from_state raises, besides ExtractError, for a state that migrated but is not shaped like a
+# flow (a field of the wrong type, a missing key): the readers and the replay audit skip that one
+# flow and go on.
+MALFORMED_STATE = (KeyError, TypeError, IndexError, AttributeError, ValueError)
+
+
 class NotTraffic(ExtractError):
-    """A HAR entry that is not network traffic: a browser cache hit, a data:, blob: or extension
-    URL. Counted apart, never audited, never an error."""
+    """A HAR entry that is no network traffic and names no destination: a data:, blob: or
+    extension URL. Counted apart, never audited, never an error (entries that name one but were
+    not sent are NotSent)."""
 
 
 _CACHE_FETCH_TYPES = {"Memory Cache", "Disk Cache"}  # Safari
@@ -63,17 +72,14 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-# Captures repeat the same few hosts and addresses thousands of times, and IDNA encoding is
-# the slowest step of extraction: remember the answers (bounded).
-@lru_cache(maxsize=65536)
 def _canonical(host: str) -> str | None:
+    """canonical_host (which remembers its answers), or None for a host it refuses."""
     try:
         return canonical_host(host)
     except AddressError:
         return None
 
 
-_ip = lru_cache(maxsize=65536)(parse_ip)
 
 
 def _mode(proxy_mode: Any) -> str:
@@ -102,7 +108,7 @@ def _name_claim(*candidates: Any) -> str | None:
             continue
         if text.count(":") == 1:
             text = text.split(":", 1)[0]
-        if text and _ip(text) is None:
+        if text and parse_ip(text) is None:
             name = _canonical(text)
             if name:
                 return name
@@ -167,7 +173,7 @@ def from_state(state: dict, source: str, index: int) -> RecordedFlow:
     host, host_is_claim = _host(dial_host, request, client, server, mode, live)
     address, address_source = _recorded_address(server, address_pair, dial_host)
     if address is None and live and live.get("host") == host and isinstance(live.get("address"), str):
-        address = _ip(live["address"])
+        address = parse_ip(live["address"])
         address_source = "geogate-decision" if address is not None else None
     sent, received = _state_bytes(kind, state)
     if live and live.get("action") == "block" and not server.get("peername"):
@@ -188,7 +194,7 @@ def from_state(state: dict, source: str, index: int) -> RecordedFlow:
         port=port if isinstance(port, int) and 0 < port < 65536 else None,
         sni=_text(server.get("sni") or client.get("sni")) or None,
         client=_client_text(client.get("peername")),
-        client_ip=_ip(_text(client["peername"][0])) if client.get("peername") else None,
+        client_ip=parse_ip(_text(client["peername"][0])) if client.get("peername") else None,
         user=_user(proxyauth),
         mode=mode,
         address=address,
@@ -205,7 +211,7 @@ def _host(dial_host: str, request: dict | None, client: dict, server: dict, mode
           live: dict | None) -> tuple[str | None, bool]:
     """The host name the decision is about, and whether it is only a claim about the address."""
     intercepted = mode in INTERCEPTED_MODES
-    ip = _ip(dial_host)
+    ip = parse_ip(dial_host)
     if ip is None:
         host = _canonical(dial_host)
         return host, intercepted and host is not None
@@ -231,14 +237,14 @@ def _live_decision(state: dict) -> dict | None:
 def _recorded_address(server: dict, address_pair: Any, dial_host: str):
     peer = server.get("peername")
     if peer and not server.get("via"):
-        ip = _ip(_text(peer[0]))
+        ip = parse_ip(_text(peer[0]))
         if ip is not None:
             return ip, "peername"
     if address_pair:
-        ip = _ip(_text(address_pair[0]))
+        ip = parse_ip(_text(address_pair[0]))
         if ip is not None:
             return ip, "server-address"
-    ip = _ip(dial_host)
+    ip = parse_ip(dial_host)
     if ip is not None:
         return ip, "url-host"
     return None, None
@@ -339,89 +345,41 @@ def _har_head(message: dict, first_line: int) -> int:
                                    for k, v in headers])
 
 
-def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFlow:
+def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFlow | NotSent:
     """`name`: the file's base name, to give entries (which have no id) a stable one."""
     if not isinstance(entry, dict):
         raise ExtractError("entry is not an object")
-    # _string: a list or object there is not a cache marker (and `in` a set would raise TypeError)
-    if _string(entry.get("_fetchType")) in _CACHE_FETCH_TYPES or _string(entry.get("_fromCache")) in _CACHE_MARKERS:
-        raise NotTraffic("served from the browser cache")
-    request = entry.get("request")
-    url = _string(request.get("url")) if isinstance(request, dict) else None
-    if url is None:
-        raise ExtractError("entry has no request.url")
-    url = url.strip()
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme not in _DEFAULT_PORTS:
-        raise NotTraffic(f"{scheme or 'scheme-less'} URL")
+    offline = _not_sent(entry)
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ExtractError(f"request.url {url[:80]!r} is not a usable URL ({e})") from None
+        request, scheme, parts, port = _har_target(entry)
+    except ExtractError as e:
+        if offline is not None:  # never on the network, so not worth a problem either
+            raise NotTraffic(str(e)) from None
+        raise
     host_text = parts.hostname or ""
-    if not host_text:
-        raise ExtractError(f"request.url {url[:80]!r} has no host")
-    port = port or _DEFAULT_PORTS.get(scheme)
     host = _canonical(host_text)
-
-    # Chrome writes IPv6 as "[2001:db8::1]", Firefox without brackets, some tools "" or omit it.
-    server_ip = entry.get("serverIPAddress")
-    address = parse_ip(server_ip) if isinstance(server_ip, str) and server_ip.strip() else None
-    address_source = "serverIPAddress" if address is not None else None
-    if address is None and parse_ip(host_text) is not None:
-        address, address_source = parse_ip(host_text), "url-host"
-
-    method = _text(request.get("method")) or "GET"
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    version = _text(request.get("httpVersion")) or "HTTP/1.1"
-    sent = _har_head(request, len(method) + len(target) + len(version) + 2)
-    body = _int(request.get("bodySize"))
-    if body is None:
-        post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
-        body = _text_size(post.get("text"))
-    sent += body
-
-    received = 0
+    if offline is not None:
+        return NotSent(source, index, _url(scheme, host or host_text, port, parts.path), host, host_text, port,
+                       offline[0], offline[1], _har_time(entry.get("startedDateTime")))
+    address, address_source = _har_address(entry, host_text)
+    sent = _har_request_size(request, parts)
     response = entry.get("response")
-    if isinstance(response, dict) and _int(response.get("status")):
-        transfer = _int(response.get("_transferSize"))  # Chrome: everything received, headers included
-        if transfer is not None:
-            received = transfer
-        else:
-            reason = _text(response.get("statusText"))
-            received = _har_head(response, len(_text(response.get("httpVersion")) or "HTTP/1.1") + 5 + len(reason))
-            body = _int(response.get("bodySize"))
-            if body is None:
-                content = response.get("content") if isinstance(response.get("content"), dict) else {}
-                body = _int(content.get("size"))
-                if body is None:
-                    body = _text_size(content.get("text"), content.get("encoding"))
-            received += body
-
+    received = _har_response_size(response) if isinstance(response, dict) else 0
     kind = "http"
-    messages = entry.get("_webSocketMessages")
-    if scheme in ("ws", "wss") or entry.get("_resourceType") == "websocket" or isinstance(messages, list):
+    if _is_websocket(entry, scheme):
         kind = "websocket"
-        for msg in messages if isinstance(messages, list) else ():
-            if not isinstance(msg, dict):
-                continue
-            size = _text_size(msg.get("data"), "base64" if msg.get("opcode") == 2 else None)
-            if msg.get("type") == "send":
-                sent += size
-            elif msg.get("type") == "receive":
-                received += size
+        ws_sent, ws_received = _har_ws_sizes(entry.get("_webSocketMessages"))
+        sent, received = sent + ws_sent, received + ws_received
         if scheme in ("http", "https"):
             scheme = "wss" if scheme == "https" else "ws"
-
     error = entry.get("_error") or (response.get("_error") if isinstance(response, dict) else None)
     return RecordedFlow(
         source=source,
         index=index,
         flow_id=f"{name}#{index + 1}",
         kind=kind,
-        scheme=scheme or "http",
-        url=_url(scheme or "http", host or host_text, port, parts.path),
+        scheme=scheme,
+        url=_url(scheme, host or host_text, port, parts.path),
         host=host,
         host_text=host_text,
         port=port,
@@ -438,6 +396,124 @@ def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFl
         started=_har_time(entry.get("startedDateTime")),
         error=_text(error) or None,
     )
+
+
+def _har_target(entry: dict) -> tuple[dict, str, SplitResult, int | None]:
+    """(request, scheme, URL parts, port) of an entry whose URL is network traffic."""
+    request = entry.get("request")
+    url = _string(request.get("url")) if isinstance(request, dict) else None
+    if url is None or not isinstance(request, dict):
+        raise ExtractError("entry has no request.url")
+    url = url.strip()
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in _DEFAULT_PORTS:
+        raise NotTraffic(f"{scheme or 'scheme-less'} URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ExtractError(f"request.url {url[:80]!r} is not a usable URL ({e})") from None
+    if not parts.hostname:
+        raise ExtractError(f"request.url {url[:80]!r} has no host")
+    return request, scheme, parts, port or _DEFAULT_PORTS.get(scheme)
+
+
+def _not_sent(entry: dict) -> tuple[str, str | None] | None:
+    """(why, detail) when the entry says it never went to the network, else None.
+
+    Browsers mark it differently: Chrome `_fromCache` and `response._fetchedViaServiceWorker`,
+    Safari `_fetchType`; Firefox marks nothing, but a response it took from its cache has no
+    serverIPAddress, no timings at all (`timings: {}`) and no HTTP version. A failed request
+    (status 0, Chrome's `_error` such as net::ERR_INTERNET_DISCONNECTED) was not sent unless its
+    timings show it was: sending, waiting or receiving time, or bytes transferred."""
+    # _string: a list or object there is not a marker (and `in` a set would raise TypeError)
+    if _string(entry.get("_fetchType")) in _CACHE_FETCH_TYPES or _string(entry.get("_fromCache")) in _CACHE_MARKERS:
+        return "cache", None
+    response = entry.get("response")
+    if _server_ip(entry) is not None or not isinstance(response, dict):
+        return None  # the browser recorded where it connected; or no response to tell (as recorded: traffic)
+    if response.get("_fetchedViaServiceWorker") is True:
+        return "service-worker", None
+    timings = entry.get("timings")
+    status = response.get("status")
+    if status == 0 and not isinstance(status, bool):
+        if _went_out(timings) or _int(response.get("_transferSize")):
+            return None
+        error = _string(entry.get("_error")) or _string(response.get("_error"))
+        return "failed", error or None
+    if timings == {} and not _text(response.get("httpVersion")):
+        return "cache", None  # Firefox
+    return None
+
+
+def _went_out(timings: Any) -> bool:
+    """Whether HAR timings show a request on the wire: a connection set up, time spent sending,
+    waiting for or receiving a response (-1 and 0 mean none)."""
+    if not isinstance(timings, dict):
+        return False
+    return any(isinstance(timings.get(k), (int, float)) and not isinstance(timings.get(k), bool) and timings[k] > 0
+               for k in ("connect", "send", "wait", "receive"))
+
+
+def _server_ip(entry: dict) -> IPAddress | None:
+    # Chrome writes IPv6 as "[2001:db8::1]", Firefox without brackets, some tools "" or omit it.
+    server_ip = entry.get("serverIPAddress")
+    return parse_ip(server_ip) if isinstance(server_ip, str) and server_ip.strip() else None
+
+
+def _har_address(entry: dict, host_text: str) -> tuple[IPAddress | None, str | None]:
+    address = _server_ip(entry)
+    if address is not None:
+        return address, "serverIPAddress"
+    address = parse_ip(host_text)
+    return (address, "url-host") if address is not None else (None, None)
+
+
+def _har_request_size(request: dict, parts: SplitResult) -> int:
+    method = _text(request.get("method")) or "GET"
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    version = _text(request.get("httpVersion")) or "HTTP/1.1"
+    body = _int(request.get("bodySize"))
+    if body is None:
+        post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
+        body = _text_size(post.get("text"))
+    return _har_head(request, len(method) + len(target) + len(version) + 2) + body
+
+
+def _har_response_size(response: dict) -> int:
+    if not _int(response.get("status")):
+        return 0  # no response arrived
+    transfer = _int(response.get("_transferSize"))  # Chrome: everything received, headers included
+    if transfer is not None:
+        return transfer
+    reason = _text(response.get("statusText"))
+    head = _har_head(response, len(_text(response.get("httpVersion")) or "HTTP/1.1") + 5 + len(reason))
+    body = _int(response.get("bodySize"))
+    if body is None:
+        content = response.get("content") if isinstance(response.get("content"), dict) else {}
+        body = _int(content.get("size"))
+        if body is None:
+            body = _text_size(content.get("text"), content.get("encoding"))
+    return head + body
+
+
+def _is_websocket(entry: dict, scheme: str) -> bool:
+    return (scheme in ("ws", "wss") or entry.get("_resourceType") == "websocket"
+            or isinstance(entry.get("_webSocketMessages"), list))
+
+
+def _har_ws_sizes(messages: Any) -> tuple[int, int]:
+    """(sent, received) payload bytes of Chrome's _webSocketMessages."""
+    sent = received = 0
+    for msg in messages if isinstance(messages, list) else ():
+        if not isinstance(msg, dict):
+            continue
+        size = _text_size(msg.get("data"), "base64" if msg.get("opcode") == 2 else None)
+        if msg.get("type") == "send":
+            sent += size
+        elif msg.get("type") == "receive":
+            received += size
+    return sent, received
 
 
 def _har_time(value: Any) -> float | None:

@@ -32,6 +32,14 @@ class RecordError(ValueError):
     offset: int | None = None
 
 
+class UnsupportedVersion(RecordError):
+    """A well-formed record in a flow format version the audit does not read."""
+
+
+OLDEST_FORMAT = 11  # the oldest format tested (tests/data/audit/legacy-v11.mitm)
+SUPPORTED = f"geogate audit reads flow format versions {OLDEST_FORMAT} to {FLOW_FORMAT_VERSION}"
+
+
 # -- tnetstring ---------------------------------------------------------------------------------
 
 _NO_KEY = object()
@@ -57,18 +65,8 @@ def _container(data: bytes, start: int, stop: int, is_dict: bool) -> Any:
             v = _container(data, s, e, tag == 0x7D)
         elif tag == 0x23:  # # int
             v = int(data[s:e])
-        elif tag == 0x7E:  # ~ null
-            if e != s:
-                raise RecordError(f"invalid null at {p}")
-            v = None
-        elif tag == 0x21:  # ! bool
-            if data[s:e] not in (b"true", b"false"):
-                raise RecordError(f"invalid boolean at {p}")
-            v = data[s:e] == b"true"
-        elif tag == 0x5E:  # ^ float
-            v = float(data[s:e])
         else:
-            raise RecordError(f"unknown type tag {chr(tag)!r} at {e}")
+            v = _rare_leaf(data, s, e, p)
         p = e + 1
         if not is_dict:
             out.append(v)
@@ -80,6 +78,23 @@ def _container(data: bytes, start: int, stop: int, is_dict: bool) -> Any:
     if p != stop or key is not _NO_KEY:
         raise RecordError(f"malformed {'dictionary' if is_dict else 'list'} at {start}")
     return out
+
+
+def _rare_leaf(data: bytes, s: int, e: int, p: int) -> Any:
+    """A null, boolean or float (tag at data[e]): kept out of _container, whose inline cases are
+    the leaves flows hold most of."""
+    tag = data[e]
+    if tag == 0x7E:  # ~ null
+        if e != s:
+            raise RecordError(f"invalid null at {p}")
+        return None
+    if tag == 0x21:  # ! bool
+        if data[s:e] not in (b"true", b"false"):
+            raise RecordError(f"invalid boolean at {p}")
+        return data[s:e] == b"true"
+    if tag == 0x5E:  # ^ float
+        return float(data[s:e])
+    raise RecordError(f"unknown type tag {chr(tag)!r} at {e}")
 
 
 def _parse(data: bytes, pos: int) -> tuple[Any, int]:
@@ -147,6 +162,23 @@ def read_record(fo: BinaryIO) -> bytes | None:
 
 # -- flow states --------------------------------------------------------------------------------
 
+def _check_version(version: Any) -> None:
+    """Refuse formats older than the oldest the audit is tested against, before mitmproxy's
+    upgrade code, which would otherwise fail on them as if the record were damaged."""
+    if isinstance(version, bool):
+        return
+    if isinstance(version, int):
+        shown = str(version)
+    elif isinstance(version, (list, tuple)) and version and all(isinstance(p, int) for p in version):
+        shown = ".".join(map(str, version))  # before format 4, mitmproxy's own version number
+    else:
+        return
+    if isinstance(version, int) and version >= OLDEST_FORMAT:
+        return
+    raise UnsupportedVersion(f"unsupported flow format version {shown}, older than the audit reads; {SUPPORTED} "
+                             "(`mitmdump -nr OLD -w NEW` may rewrite it in the current format)")
+
+
 def migrate(state: Any) -> tuple[dict, int | tuple]:
     """The state upgraded to the current flow format by mitmproxy itself, and its original version."""
     if not isinstance(state, dict):
@@ -154,9 +186,13 @@ def migrate(state: Any) -> tuple[dict, int | tuple]:
     version = state.get(b"version", state.get("version"))
     if version is None:
         raise RecordError("record has no flow format version")
+    _check_version(version)
     try:
         upgraded = compat.migrate_flow(state)
-    except ValueError as e:  # an unknown (e.g. newer) version: mitmproxy's message says which
+    except ValueError as e:
+        if isinstance(version, int) and version > FLOW_FORMAT_VERSION:  # mitmproxy's message says which
+            raise UnsupportedVersion(f"unsupported flow format version {version}, newer than this mitmproxy "
+                                     f"reads ({str(e).rstrip('.')}); {SUPPORTED}") from None
         raise RecordError(str(e)) from None
     except (KeyError, TypeError, IndexError, AttributeError) as e:
         raise RecordError(f"flow format version {version!r} record is malformed ({type(e).__name__}: {e})") from None

@@ -45,6 +45,17 @@ def country_name(code: str) -> str:
     return getattr(c, "common_name", None) or getattr(c, "name", None) or code
 
 
+TITLE_FILES = 3  # input files a report's title names; the rest are counted
+LISTED_FILES = 10  # input files a report lists one by one (JSON lists all)
+
+
+def files_title(paths: list[str], limit: int = TITLE_FILES) -> str:
+    """'a.mitm', 'a.mitm and b.har', 'a.mitm, b.har and c.har', 'a.mitm, b.har, c.har and 4 more files'."""
+    if len(paths) <= limit:
+        return paths[0] if len(paths) == 1 else ", ".join(paths[:-1]) + " and " + paths[-1]
+    return ", ".join(paths[:limit]) + f" and {plural(len(paths) - limit, 'more file')}"
+
+
 def policy_line(ref: PolicyRef) -> str:
     return f"{ref.name}  {ref.path}  sha256:{ref.sha256[:12]}"
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 from typing import BinaryIO
 
@@ -55,6 +57,27 @@ def _json_safe_prefix(raw: bytes) -> bytes:
         except ValueError:
             continue
     return b""
+
+
+_CLOSERS = {0x7B: 0x7D, 0x5B: 0x5D}  # { -> }, [ -> ]
+
+
+@dataclass(slots=True)
+class _Scan:
+    """Where HarScanner._composite is inside one value. `out` collects the kept bytes; `seg` is
+    where the bytes of the current buffer not yet copied to `out` begin."""
+
+    keep: bool
+    start: int  # file offset of the value
+    seg: int = 0
+    out: bytearray = field(default_factory=bytearray)
+    stack: list[int] = field(default_factory=list)
+    in_string: bool = False
+    skipping: bool = False  # inside a long string whose bytes are being dropped
+    string_start: int = 0  # file offset of the opening quote
+    string_out: int = 0  # len(out) + bytes of this buffer before the quote, to drop it again
+    prefix: bytes = b""  # the start of a long string being dropped
+    escape_pending: bool = False  # a backslash ended the previous buffer
 
 
 class HarScanner:
@@ -130,79 +153,88 @@ class HarScanner:
         return m.group() if keep else None
 
     def _composite(self, keep: bool) -> bytes | None:
-        """An object, array or string, scanned to its end. `out` collects the kept bytes; `seg`
-        is where the bytes of the current buffer not yet copied to `out` begin."""
-        out = bytearray()
-        stack: list[int] = []
-        start = self.offset
-        i = seg = self.pos
-        in_string = False
-        skipping = False  # inside a long string whose bytes are being dropped
-        string_start = 0  # file offset of the opening quote
-        string_out = 0  # len(out) + bytes of this buffer before the quote, to drop it again
-        prefix = b""  # the start of a long string being dropped
-        escape_pending = False  # a backslash ended the previous buffer
+        """An object, array or string, scanned to its end, a buffer at a time."""
+        scan = _Scan(keep, self.offset, seg=self.pos)
+        i = self.pos
         while True:
-            buf = self.buf
-            if escape_pending:
-                i += 1
-                escape_pending = False
-            m = (_STRING_STOP if in_string else _STRUCT).search(buf, i) if i < len(buf) else None
-            if m is not None:
-                j = m.start()
-                ch = buf[j]
-                if in_string:
-                    if ch == 0x5C:  # backslash: skip the escaped byte (maybe in the next chunk)
-                        if j + 1 < len(buf):
-                            i = j + 2
-                            continue
-                        i = len(buf)
-                        escape_pending = True
-                    else:
-                        in_string = False
-                        if skipping:
-                            skipping = False
-                            size = self.base + j - string_start - 1
-                            if keep:
-                                out += (b'{"' + OMITTED.encode() + b'":' + str(size).encode() + b',"'
-                                        + PREFIX_KEY.encode() + b'":"' + prefix + b'"}')
-                            seg = j + 1
-                        i = j + 1
-                        if not stack:
-                            return self._finish(out, seg, i, keep)
-                        continue
-                elif ch == 0x22:
-                    in_string = True
-                    string_start = self.base + j
-                    string_out = len(out) + (j - seg)
-                    i = j + 1
-                    continue
-                elif ch in b"{[":
-                    stack.append(ch)
-                    i = j + 1
-                    continue
-                else:
-                    if not stack or (stack.pop(), ch) not in ((0x7B, 0x7D), (0x5B, 0x5D)):
-                        raise self._error(f"unexpected {chr(ch)!r}", self.base + j)
-                    i = j + 1
-                    if not stack:
-                        return self._finish(out, seg, i, keep)
-                    continue
-            # The value goes on past this buffer: keep what is needed, then read more.
-            if in_string and not skipping and self.base + len(buf) - string_start > self.long_string:
-                skipping = True
-                if keep:
-                    out += buf[seg:]
-                    prefix = _json_safe_prefix(bytes(out[string_out + 1:string_out + 1 + PREFIX]))
-                    del out[string_out:]
-            elif keep and not skipping:
-                out += buf[seg:]
-            self.base += len(buf)
-            self.buf, self.pos = b"", 0
-            i = seg = 0
-            if not self._more():
-                what = "string" if in_string else "object or array"
-                raise self._error(f"file ends inside a {what} that starts at byte {start}")
+            end = self._scan(scan, self.buf, i)
+            if end is not None:
+                return self._finish(scan.out, scan.seg, end, keep)
+            self._carry(scan)
+            i = 0
+
+    def _scan(self, scan: _Scan, buf: bytes, i: int) -> int | None:
+        """Walk buf from i: the position after the value if it ends in buf, else None."""
+        if scan.escape_pending:
+            i += 1
+            scan.escape_pending = False
+        while i < len(buf):
+            if scan.in_string:
+                i = self._string_end(scan, buf, i)
+                if i < 0:
+                    return None
+                if not scan.stack:
+                    return i
+                continue
+            m = _STRUCT.search(buf, i)
+            if m is None:
+                return None
+            j = m.start()
+            ch = buf[j]
+            i = j + 1
+            if ch == 0x22:
+                scan.in_string = True
+                scan.string_start = self.base + j
+                scan.string_out = len(scan.out) + (j - scan.seg)
+            elif ch in b"{[":
+                scan.stack.append(ch)
+            elif not scan.stack or _CLOSERS[scan.stack.pop()] != ch:
+                raise self._error(f"unexpected {chr(ch)!r}", self.base + j)
+            elif not scan.stack:
+                return i
+        return None
+
+    def _string_end(self, scan: _Scan, buf: bytes, i: int) -> int:
+        """The position after the quote that closes the current string, or -1 when the string
+        goes on past buf."""
+        while True:
+            m = _STRING_STOP.search(buf, i)
+            if m is None:
+                return -1
+            j = m.start()
+            if buf[j] != 0x5C:
+                break
+            if j + 1 >= len(buf):
+                scan.escape_pending = True  # the escaped byte is the first of the next buffer
+                return -1
+            i = j + 2  # a backslash: skip the escaped byte
+        scan.in_string = False
+        if scan.skipping:
+            scan.skipping = False
+            if scan.keep:
+                size = self.base + j - scan.string_start - 1
+                scan.out += (b'{"' + OMITTED.encode() + b'":' + str(size).encode() + b',"'
+                             + PREFIX_KEY.encode() + b'":"' + scan.prefix + b'"}')
+            scan.seg = j + 1
+        return j + 1
+
+    def _carry(self, scan: _Scan) -> None:
+        """The value goes on past this buffer: keep what is needed of it, then read the next."""
+        buf = self.buf
+        if scan.in_string and not scan.skipping and self.base + len(buf) - scan.string_start > self.long_string:
+            scan.skipping = True
+            if scan.keep:
+                scan.out += buf[scan.seg:]
+                scan.prefix = _json_safe_prefix(bytes(scan.out[scan.string_out + 1:scan.string_out + 1 + PREFIX]))
+                del scan.out[scan.string_out:]
+        elif scan.keep and not scan.skipping:
+            scan.out += buf[scan.seg:]
+        self.base += len(buf)
+        self.buf, self.pos = b"", 0
+        scan.seg = 0
+        if not self._more():
+            what = "string" if scan.in_string else "object or array"
+            raise self._error(f"file ends inside a {what} that starts at byte {scan.start}")
 
     def _finish(self, out: bytearray, seg: int, end: int, keep: bool) -> bytes | None:
         if keep:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from geogate.audit.aggregate import CHANGE_TITLES
+from geogate.audit.aggregate import CHANGES
 from geogate.audit.aggregate import NEWLY_ALLOWED
 from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import NEWLY_FLAGGED
+from geogate.audit.aggregate import NO_LONGER_FLAGGED
 from geogate.audit.aggregate import SPECIAL_KEY
 from geogate.audit.aggregate import UNKNOWN_KEY
 from geogate.audit.aggregate import UNRESOLVED_KEY
@@ -19,9 +23,11 @@ from geogate.audit.aggregate import Aggregate
 from geogate.audit.aggregate import Changes
 from geogate.audit.aggregate import Country
 from geogate.audit.auditor import AuditResult
+from geogate.audit.fmt import LISTED_FILES
 from geogate.audit.fmt import count
 from geogate.audit.fmt import country_name
 from geogate.audit.fmt import database_line
+from geogate.audit.fmt import files_title
 from geogate.audit.fmt import human_bytes
 from geogate.audit.fmt import plural
 
@@ -64,8 +70,8 @@ tr.total td{font-weight:650;border-top:2px solid var(--line)}
 .pill{display:inline-block;border-radius:999px;padding:1px 9px;font-size:12px;font-weight:600;white-space:nowrap}
 .pill.block,.pill.would-block,.pill.newly-blocked{background:var(--block-soft);color:var(--block)}
 .pill.unresolved{background:var(--unres-soft);color:var(--unres)}
-.pill.monitor{background:var(--warn-soft);color:var(--warn)}
-.pill.allow,.pill.newly-allowed{background:var(--ok-soft);color:var(--ok)}
+.pill.monitor,.pill.newly-flagged{background:var(--warn-soft);color:var(--warn)}
+.pill.allow,.pill.newly-allowed,.pill.no-longer-flagged{background:var(--ok-soft);color:var(--ok)}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px;overflow-wrap:anywhere}
 .small{color:var(--muted);font-size:12px}
 .cc{font-weight:650}
@@ -74,6 +80,7 @@ tr.total td{font-weight:650;border-top:2px solid var(--line)}
 .note{background:#f7f9fc;border:1px solid var(--line);border-radius:10px;padding:10px 14px;color:var(--muted);margin-bottom:18px}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
 .grid2 .panel{margin-bottom:0}
+.grid2+.panel{margin-top:18px}
 @media (max-width:900px){.grid2{grid-template-columns:1fr}}
 svg.chart{width:100%;height:auto;display:block}
 svg.chart text{font-family:inherit;font-size:12.5px;fill:var(--ink)}
@@ -82,6 +89,7 @@ svg.chart .sent{fill:var(--sent)}svg.chart .received{fill:var(--recv)}
 svg.chart .blocked.sent{fill:var(--bsent)}svg.chart .blocked.received{fill:var(--brecv)}
 svg.chart .neutral.sent{fill:var(--gsent)}svg.chart .neutral.received{fill:var(--grecv)}
 svg.chart .allowed.sent{fill:var(--ok)}svg.chart .allowed.received{fill:#9fd3ae}
+svg.chart .flagged.sent{fill:var(--warn)}svg.chart .flagged.received{fill:#e3b36b}
 svg.chart line{stroke:var(--line)}
 footer{color:var(--muted);font-size:12px;margin-top:8px}
 footer div{margin:2px 0}
@@ -134,7 +142,6 @@ def _bars_for(countries: list[Country], tone_of) -> list[Bar]:
 
 
 _LEGEND = (("sent", "sent"), ("received", "received"), ("blocked sent", "country with blocked flows"))
-_CHANGE_LEGEND = (("blocked sent", "newly blocked"), ("allowed sent", "newly allowed"))
 
 
 def chart(bars: list[Bar], note: str, legend=_LEGEND) -> str:
@@ -265,12 +272,34 @@ def _rules(agg: Aggregate) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _not_sent(result: AuditResult) -> str:
+    ns = result.not_sent
+    if not ns.entries:
+        return ""
+    several = len(result.inputs) > 1
+    head = ("<tr>" + ("<th>File</th>" if several else "") + '<th>Destination</th><th class="n">Entries</th>'
+            "<th>Address</th><th>Why</th></tr>")
+    rows = []
+    for r in ns.destination_rows():
+        address = (" ".join(f'<span class="mono">{e(a)}</span> {_country(c)}' for a, c in r.inferred)
+                   + ' <span class="small">inferred</span>') if r.inferred else '<span class="small">none recorded</span>'
+        rows.append("<tr>" + (f'<td class="mono">{e(r.file)}</td>' if several else "")
+                    + f'<td class="mono">{e(r.destination)}</td>{_num(r.entries)}<td>{address}</td>'
+                    f'<td class="small">{e(r.reason)}</td></tr>')
+    return (f'<section class="panel"><h2>Not sent to the network<span class="sub">'
+            f'{plural(ns.entries, "HAR entry", "HAR entries")}: browser cache, service worker or failed before '
+            "sending; not judged, no bytes counted</span></h2>"
+            f"<table>{head}{''.join(rows)}</table>"
+            '<p class="small">Inferred: an address the same host\'s recorded traffic went to elsewhere in the same '
+            "file; these entries record none.</p></section>")
+
+
 def _title(result: AuditResult) -> str:
-    if result.source == "replay":
+    if result.source == "replay" and not result.inputs:
         return "replayed flows"
     if len(result.inputs) == 1:
         return result.inputs[0].path
-    return f"{len(result.inputs)} files"
+    return files_title([i.path for i in result.inputs])
 
 
 def _meta(result: AuditResult) -> str:
@@ -281,7 +310,9 @@ def _meta(result: AuditResult) -> str:
     parts.append("addresses as recorded" + (", names without one resolved now" if result.resolve else " (offline)"))
     ignored = sum(i.ignored for i in result.inputs)
     if ignored:
-        parts.append(f"{plural(ignored, 'HAR entry', 'HAR entries')} that are not network traffic not counted")
+        parts.append(f"{plural(ignored, 'HAR entry', 'HAR entries')} without a destination (data:, blob: URLs) not counted")
+    if result.not_sent.entries:
+        parts.append(f"{plural(result.not_sent.entries, 'HAR entry', 'HAR entries')} not sent to the network, listed apart")
     parts.append("generated " + result.generated.strftime("%Y-%m-%d %H:%M UTC"))
     return " · ".join(parts)
 
@@ -295,7 +326,11 @@ def _footer(result: AuditResult) -> str:
     lines += [f"database {e(database_line(i))}" for i in result.databases]
     if result.source != "replay":
         lines += [f"input {e(i.path)} · {e(i.format)} · {plural(i.flows, 'flow')} · {count(i.size)} bytes"
-                  + ("" if i.complete else " · <strong>incomplete</strong>") for i in result.inputs]
+                  + ("" if i.complete else " · <strong>incomplete</strong>") for i in result.inputs[:LISTED_FILES]]
+        rest = result.inputs[LISTED_FILES:]
+        if rest:
+            lines.append(f"… and {plural(len(rest), 'more input file')}, {plural(sum(i.flows for i in rest), 'flow')}"
+                         + ("" if all(i.complete for i in rest) else " · <strong>incomplete</strong>"))
     lines.append("Byte counts are HTTP heads and bodies as transferred, plus WebSocket, TCP and UDP message payloads. "
                  "Countries come from GeoIP databases, which estimate where an address is, not who operates it.")
     return "<footer>" + "".join(f"<div>{line}</div>" for line in lines) + "</footer>"
@@ -334,32 +369,43 @@ def _body_single(result: AuditResult) -> str:
     return "".join(out)
 
 
+# How each kind of change is drawn: chart tone, row class (the stripe), card class when non-zero.
+_CHANGE_STYLE = {NEWLY_BLOCKED: ("blocked", "row-block", "bad"), NEWLY_FLAGGED: ("flagged", "row-monitor", "bad"),
+                 NEWLY_ALLOWED: ("allowed", "row-allow", ""), NO_LONGER_FLAGGED: ("neutral", "row-allow", "")}
+
+
+def _change_table(ch: Changes, change: str) -> str:
+    rows = ch.rows_for(change)
+    if not rows:
+        return '<p class="small">None.</p>'
+    body = "".join(
+        f'<tr class="{_CHANGE_STYLE[change][1]}"><td class="mono">{e(r.host)}</td>'
+        f'<td class="mono">{e(r.address or "–")}</td><td>{_country(r.country)}</td>'
+        f"<td>{_pill(r.before)} → {_pill(r.after)}</td>"
+        f'<td class="mono">{e(r.rule_before)} → {e(r.rule_after)}</td>'
+        f"{_num(r.tally.flows)}{_bytes(r.tally.bytes_sent)}{_bytes(r.tally.bytes_received)}</tr>" for r in rows)
+    return ("<table><tr><th>Destination</th><th>Address</th><th>Country</th><th>Action</th><th>Rule</th>"
+            f'<th class="n">Flows</th><th class="n">Sent</th><th class="n">Received</th></tr>{body}</table>')
+
+
 def _body_changes(result: AuditResult) -> str:
     ch: Changes = result.changes
-    nb, na = ch.changed[NEWLY_BLOCKED], ch.changed[NEWLY_ALLOWED]
-    out = [_cards([
-        ("Flows evaluated", count(ch.totals.flows), "under both policies", ""),
-        ("Newly blocked", count(nb.flows), human_bytes(nb.bytes_total), "bad" if nb.flows else "good"),
-        ("Newly allowed", count(na.flows), human_bytes(na.bytes_total), ""),
-        ("Unchanged", count(ch.unchanged), "same outcome", ""),
-    ])]
-    bars = (_bars_for(ch.country_rows(NEWLY_BLOCKED), lambda c: "blocked")
-            + _bars_for(ch.country_rows(NEWLY_ALLOWED), lambda c: "allowed"))
-    out.append(f'<section class="panel"><h2>Changed traffic per country<span class="sub">red: newly blocked, '
-               f"green: newly allowed</span></h2>{chart(bars, 'changed traffic per country', _CHANGE_LEGEND)}</section>")
-    for change, title in ((NEWLY_BLOCKED, "Newly blocked"), (NEWLY_ALLOWED, "Newly allowed")):
-        rows = ch.rows_for(change)
-        body = "".join(
-            f'<tr class="row-{"block" if change == NEWLY_BLOCKED else "allow"}"><td class="mono">{e(r.host)}</td>'
-            f'<td class="mono">{e(r.address or "–")}</td><td>{_country(r.country)}</td>'
-            f"<td>{_pill(r.before)} → {_pill(r.after)}</td>"
-            f'<td class="mono">{e(r.rule_before)} → {e(r.rule_after)}</td>'
-            f"{_num(r.tally.flows)}{_bytes(r.tally.bytes_sent)}{_bytes(r.tally.bytes_received)}</tr>" for r in rows)
-        table = ("<table><tr><th>Destination</th><th>Address</th><th>Country</th><th>Action</th><th>Rule</th>"
-                 f'<th class="n">Flows</th><th class="n">Sent</th><th class="n">Received</th></tr>{body}</table>'
-                 if rows else '<p class="small">None.</p>')
-        out.append(f'<section class="panel"><h2>{title}<span class="sub">{plural(ch.changed[change].flows, "flow")}'
-                   f"</span></h2>{table}</section>")
+    cards = [("Flows evaluated", count(ch.totals.flows), "under both policies", "")]
+    for change in CHANGES:
+        t = ch.changed[change]
+        bad = _CHANGE_STYLE[change][2]
+        cards.append((CHANGE_TITLES[change].capitalize(), count(t.flows), human_bytes(t.bytes_total),
+                      bad if t.flows else ("good" if bad else "")))
+    cards.append(("Unchanged", count(ch.unchanged), "same outcome", ""))
+    out = [_cards(cards)]
+    bars = [b for change in CHANGES
+            for b in _bars_for(ch.country_rows(change), lambda c, tone=_CHANGE_STYLE[change][0]: tone)]
+    legend = tuple((f"{_CHANGE_STYLE[change][0]} sent", CHANGE_TITLES[change]) for change in CHANGES)
+    out.append(f'<section class="panel"><h2>Changed traffic per country<span class="sub">one bar per kind of change'
+               f"</span></h2>{chart(bars, 'changed traffic per country', legend)}</section>")
+    for change in CHANGES:
+        out.append(f'<section class="panel"><h2>{e(CHANGE_TITLES[change].capitalize())}<span class="sub">'
+                   f'{plural(ch.changed[change].flows, "flow")}</span></h2>{_change_table(ch, change)}</section>')
     if ch.sample:
         out.append(f'<section class="panel"><h2>Changed flows</h2>{_flows_table(ch.sample, ch.unlisted, True)}</section>')
     return "".join(out)
@@ -375,5 +421,5 @@ def render(result: AuditResult) -> str:
         f"<title>geogate audit: {e(title)}</title><style>{CSS}</style></head><body>"
         f'<header class="top"><div class="wrap"><div class="brand">{e(heading)}</div><h1>{e(title)}</h1>'
         f'<p class="meta">{e(_meta(result))}</p></div></header>'
-        f'<main class="wrap">{_problems(result)}{body}{_footer(result)}</main></body></html>\n'
+        f'<main class="wrap">{_problems(result)}{body}{_not_sent(result)}{_footer(result)}</main></body></html>\n'
     )

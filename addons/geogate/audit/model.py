@@ -55,6 +55,43 @@ class RecordedFlow:
         return f"{host}:{self.port}" if self.port else host
 
 
+# Why a HAR entry never went to the network (NotSent.why), as reports say it.
+NOT_SENT_REASONS = {
+    "cache": "served from the browser cache",
+    "service-worker": "answered by a service worker",
+    "failed": "failed before anything was sent",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NotSent:
+    """A HAR entry that never went to the network: answered by the browser's cache or a service
+    worker, or a request that failed before it was sent. Not traffic: it is listed apart, its
+    bytes are not counted, it is not decided, and it never fails the gate."""
+
+    source: str
+    index: int
+    url: str  # as in RecordedFlow: no user info, no query
+    host: str | None
+    host_text: str
+    port: int | None
+    why: str  # a key of NOT_SENT_REASONS
+    detail: str | None  # what the browser recorded, e.g. net::ERR_INTERNET_DISCONNECTED
+    started: float | None
+
+    @property
+    def destination(self) -> str:
+        host = self.host or self.host_text or "?"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.port}" if self.port else host
+
+    @property
+    def reason(self) -> str:
+        text = NOT_SENT_REASONS[self.why]
+        return f"{text} ({self.detail})" if self.detail else text
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """Something in an input file that could not be audited.

@@ -16,10 +16,12 @@ from pathlib import Path
 from geogate.audit import extract
 from geogate.audit.flowfile import MAX_LENGTH_DIGITS
 from geogate.audit.flowfile import RecordError
+from geogate.audit.flowfile import UnsupportedVersion
 from geogate.audit.flowfile import states
 from geogate.audit.harstream import HarScanner
 from geogate.audit.harstream import HarSyntaxError
 from geogate.audit.harstream import NotHar
+from geogate.audit.model import NotSent
 from geogate.audit.model import Problem
 from geogate.audit.model import RecordedFlow
 from geogate.core.errors import GeogateError
@@ -42,7 +44,7 @@ class _Input:
         self.path = path
         self.size = os.path.getsize(path)
         self.position = 0  # bytes consumed, for progress
-        self.ignored = 0  # entries that are not network traffic (cache hits, data: URLs)
+        self.ignored = 0  # entries that name no destination (data:, blob: URLs); NotSent ones are yielded
 
 
 class FlowFileInput(_Input):
@@ -53,6 +55,8 @@ class FlowFileInput(_Input):
         with open(self.path, "rb") as fo:
             try:
                 next(states(fo), None)
+            except UnsupportedVersion as e:
+                raise InputError(f"{self.path}: {e}") from None
             except RecordError as e:
                 fo.seek(0)
                 if _LENGTH_PREFIX.match(fo.read(MAX_LENGTH_DIGITS + 1)):
@@ -81,8 +85,7 @@ class FlowFileInput(_Input):
                     flow = extract.from_state(state, self.path, index)
                 except extract.ExtractError as e:
                     yield Problem(self.path, self.unit, index, offset, str(e), fatal=False)
-                except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
-                    # a state that migrated but is not shaped like a flow: skip it, keep reading
+                except extract.MALFORMED_STATE as e:
                     yield Problem(self.path, self.unit, index, offset,
                                   f"malformed flow ({type(e).__name__}: {e})", fatal=False)
                 else:
@@ -107,7 +110,7 @@ class HarInput(_Input):
                 if not scanner.in_entries:
                     raise InputError(f"{self.path}: not valid JSON at byte offset {e.offset}: {e}") from None
 
-    def flows(self) -> Iterator[RecordedFlow | Problem]:
+    def flows(self) -> Iterator[RecordedFlow | NotSent | Problem]:
         name = Path(self.path).name
         with open(self.path, "rb") as fo:
             scanner = HarScanner(fo)

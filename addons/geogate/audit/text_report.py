@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from geogate.audit.aggregate import NEWLY_ALLOWED
-from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import CHANGE_TITLES
+from geogate.audit.aggregate import CHANGES
 from geogate.audit.aggregate import Aggregate
 from geogate.audit.aggregate import Changes
 from geogate.audit.auditor import AuditResult
+from geogate.audit.fmt import LISTED_FILES
 from geogate.audit.fmt import count
 from geogate.audit.fmt import database_line
 from geogate.audit.fmt import ellipsize
+from geogate.audit.fmt import files_title
 from geogate.audit.fmt import plural
 from geogate.audit.fmt import policy_line
+from geogate.audit.model import NOT_SENT_REASONS
 
 HOST_WIDTH = 40
 
@@ -29,16 +32,20 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
 def _header(result: AuditResult) -> list[str]:
     lines = []
     n = result.flows
-    if result.source == "replay":
+    if result.source == "replay" and not result.inputs:
         lines.append(f"geogate audit of replayed flows: {plural(n, 'flow')}")
     elif len(result.inputs) == 1:
         i = result.inputs[0]
         kind = "mitmproxy flow file" if i.format == "mitmproxy" else "HAR file"
-        lines.append(f"geogate audit of {i.path}: {plural(n, 'flow')} ({kind})")
+        replayed = " (replayed by mitmdump)" if result.source == "replay" else ""
+        lines.append(f"geogate audit of {i.path}{replayed}: {plural(n, 'flow')} ({kind})")
     else:
-        lines.append(f"geogate audit of {len(result.inputs)} files: {plural(n, 'flow')}")
-        for i in result.inputs:
+        lines.append(f"geogate audit of {files_title([i.path for i in result.inputs])}: {plural(n, 'flow')}")
+        for i in result.inputs[:LISTED_FILES]:
             lines.append(f"  {i.path}  {i.format}  {plural(i.flows, 'flow')}")
+        rest = result.inputs[LISTED_FILES:]
+        if rest:
+            lines.append(f"  ... and {plural(len(rest), 'more file')}, {plural(sum(i.flows for i in rest), 'flow')}")
     lines.append(f"policy     {policy_line(result.policy)}")
     if result.against is not None:
         lines.append(f"against    {policy_line(result.against)}")
@@ -48,7 +55,33 @@ def _header(result: AuditResult) -> list[str]:
     ignored = sum(i.ignored for i in result.inputs)
     if ignored:
         lines.append(f"skipped    {plural(ignored, 'HAR entry', 'HAR entries')} that are not network traffic "
-                     "(browser cache hits, data: and blob: URLs)")
+                     "(data:, blob: and extension URLs)")
+    return lines
+
+
+def inferred_text(inferred: list[tuple[str, str]]) -> str:
+    """Where entries of a host would have gone, as the rest of the file recorded it."""
+    if not inferred:
+        return "none recorded for this host"
+    return "inferred " + ", ".join(f"{a} {c if c.startswith('(') else f'({c})'}" for a, c in inferred)
+
+
+def _not_sent_section(result: AuditResult) -> list[str]:
+    ns = result.not_sent
+    if not ns.entries:
+        return []
+    why = ", ".join(f"{count(n)} {NOT_SENT_REASONS[w]}" for w, n in sorted(ns.by_why.items(), key=lambda wn: -wn[1]))
+    lines = [f"NOT SENT: {plural(ns.entries, 'HAR entry', 'HAR entries')} never went to the network ({why}); "
+             "not judged, no bytes counted"]
+    several = len(result.inputs) > 1
+    rows = [([r.file] if several else []) + [ellipsize(r.destination, HOST_WIDTH), count(r.entries),
+                                             inferred_text(r.inferred), r.reason]
+            for r in ns.destination_rows()]
+    headers = (["FILE"] if several else []) + ["DESTINATION", "ENTRIES", "ADDRESS", "WHY"]
+    lines += _table(headers, rows, right={2 if several else 1})
+    if any(r.inferred for r in ns.rows.values()):
+        lines.append("inferred: an address the same host's recorded traffic went to elsewhere in the same file; "
+                     "these entries record none")
     return lines
 
 
@@ -131,8 +164,7 @@ def _verdict(agg: Aggregate) -> list[str]:
 
 def _changes_section(changes: Changes, change: str) -> list[str]:
     tally = changes.changed[change]
-    title = "NEWLY BLOCKED" if change == NEWLY_BLOCKED else "NEWLY ALLOWED"
-    lines = [f"{title}: {plural(tally.flows, 'flow')}, {count(tally.bytes_sent)} bytes sent, "
+    lines = [f"{CHANGE_TITLES[change].upper()}: {plural(tally.flows, 'flow')}, {count(tally.bytes_sent)} bytes sent, "
              f"{count(tally.bytes_received)} received"]
     rows = [[ellipsize(r.host, HOST_WIDTH), r.address or "-", r.country, f"{r.before} -> {r.after}",
              f"{r.rule_before} -> {r.rule_after}", count(r.tally.flows), count(r.tally.bytes_sent),
@@ -150,15 +182,21 @@ def render(result: AuditResult) -> str:
         lines += [""] + incomplete
     if result.changes is not None:
         ch = result.changes
-        for change in (NEWLY_BLOCKED, NEWLY_ALLOWED):
-            lines += [""] + _changes_section(ch, change)
-        nb, na = ch.changed[NEWLY_BLOCKED].flows, ch.changed[NEWLY_ALLOWED].flows
-        lines += ["", f"{count(nb)} newly blocked, {count(na)} newly allowed, {count(ch.unchanged)} unchanged "
-                      f"(of {plural(ch.totals.flows, 'flow')})"]
+        for change in CHANGES:
+            if ch.changed[change].flows:
+                lines += [""] + _changes_section(ch, change)
+        not_sent = _not_sent_section(result)
+        if not_sent:
+            lines += [""] + not_sent
+        counts = ", ".join(f"{count(ch.changed[change].flows)} {CHANGE_TITLES[change]}" for change in CHANGES)
+        lines += ["", f"{counts}, {count(ch.unchanged)} unchanged (of {plural(ch.totals.flows, 'flow')})"]
     else:
         agg = result.aggregate
         if agg.totals.flows:
             lines += [""] + _destinations(agg) + [""] + _countries(agg)
+        not_sent = _not_sent_section(result)
+        if not_sent:
+            lines += [""] + not_sent
         lines += [""] + _verdict(agg)
     if incomplete:
         lines.append("INCOMPLETE: see the problems listed at the top")

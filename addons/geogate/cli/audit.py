@@ -1,7 +1,7 @@
 """`geogate audit FILE...`: read recordings, decide every flow, write a report.
 
 Exit status: 0 done; 1 with --fail-on-block when a flow would be blocked (with --against: when
-the second policy newly blocks one); 2 when an input could not be read to its end (the report
+the second policy newly blocks or newly flags one); 2 when an input could not be read to its end (the report
 is still written, marked incomplete) or on a user error (one line on stderr, no report).
 """
 
@@ -18,16 +18,15 @@ from typing import TextIO
 
 from geogate.audit import html_report
 from geogate.audit import text_report
-from geogate.audit.aggregate import NEWLY_BLOCKED
+from geogate.audit.aggregate import STRICTER
 from geogate.audit.auditor import Audit
 from geogate.audit.auditor import AuditResult
-from geogate.audit.auditor import InputSummary
 from geogate.audit.csv_report import CsvReport
 from geogate.audit.evaluate import NameLookup
 from geogate.audit.json_report import JsonLinesReport
-from geogate.audit.model import Problem
 from geogate.audit.progress import Progress
 from geogate.audit.readers import open_input
+from geogate.audit.run import run_inputs
 from geogate.core.errors import GeogateError
 from geogate.policy.state import GateState
 
@@ -80,35 +79,12 @@ def _streaming_sink(fmt: str, out: TextIO, against: bool):
     return None
 
 
-def run_inputs(audit: Audit, inputs, progress: Progress) -> list[InputSummary]:
-    summaries = []
-    done_before = 0
-    flows = 0
-    for reader in inputs:
-        summary = InputSummary(reader.path, reader.format, reader.size)
-        summaries.append(summary)
-        for item in reader.flows():
-            if isinstance(item, Problem):
-                audit.problem(item)
-                summary.complete = summary.complete and not item.fatal
-                continue
-            audit.add(item)
-            summary.flows += 1
-            flows += 1
-            if not flows & 0xFF:
-                progress.update(done_before + reader.position, flows, reader.path)
-        summary.ignored = reader.ignored
-        done_before += reader.size
-    progress.done()
-    return summaries
-
-
 def _exit_status(result: AuditResult, fail_on_block: bool) -> int:
     if not result.complete:
         return EXIT_ERROR
     if fail_on_block:
         if result.changes is not None:
-            if result.changes.changed[NEWLY_BLOCKED].flows:
+            if any(result.changes.changed[change].flows for change in STRICTER):
                 return EXIT_BLOCKED
         elif result.aggregate.totals.would_block:
             return EXIT_BLOCKED

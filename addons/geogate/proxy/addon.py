@@ -295,9 +295,9 @@ def hook_names(addon: object) -> list[str]:
 
 
 class GeoGate:
-    def __init__(self, replay: Callable[[], Any] | None = None) -> None:
-        """`replay` makes the audit of flows read from a file (`mitmdump -nr`): an object with
-        evaluate(flow, state) and summary_text(); without it, replayed flows are left alone."""
+    def __init__(self, replay: Callable[[str | None], Any] | None = None) -> None:
+        """`replay(rfile)` makes the audit of flows read from a file (`mitmdump -nr`): an object with
+        evaluate(flow, state, decision_log) and summary_text(); without it, replayed flows are left alone."""
         # One resolver for the whole proxy, so its TTL cache and in-flight dedup serve everyone.
         self.resolver = Resolver(
             DEFAULT_TIMEOUT,
@@ -482,7 +482,7 @@ class GeoGate:
         if self.log is not None:
             self.log.close()
         if self._replay is not None:
-            print(self._replay.summary_text())
+            print(self._replay.summary_text(), end="")
 
     # -- the shared path: resolve once, decide, record -----------------------------------------
     def _allowed_name_servers(self, servers: list[str]) -> list[str]:
@@ -792,8 +792,8 @@ class GeoGate:
             return
         try:
             if self._replay is None:
-                self._replay = self._make_replay()
-            self._replay.evaluate(flow, self.current_state())
+                self._replay = self._make_replay(getattr(ctx.options, "rfile", None))
+            self._replay.evaluate(flow, self.current_state(), self.log)
         except Exception as e:
             logger.error(f"geogate: audit of replayed flow {flow.id} failed: {e!r}")
 
@@ -807,11 +807,18 @@ class ReplayHooks:
     def request(self, flow: http.HTTPFlow) -> None:
         self.gate.replayed(flow)
 
-    # non-HTTP flows have no request hook; each is loaded whole, so its first hook suffices
-    def tcp_start(self, flow) -> None:
+    # A loaded TCP or UDP flow gets its messages one hook at a time after its start: it is
+    # complete at its end (or error). HTTP and DNS flows are complete at their first hook.
+    def tcp_end(self, flow) -> None:
         self.gate.replayed(flow)
 
-    def udp_start(self, flow) -> None:
+    def tcp_error(self, flow) -> None:
+        self.gate.replayed(flow)
+
+    def udp_end(self, flow) -> None:
+        self.gate.replayed(flow)
+
+    def udp_error(self, flow) -> None:
         self.gate.replayed(flow)
 
     def dns_request(self, flow) -> None:

@@ -1,5 +1,5 @@
 """The committed fixtures, example outputs and documentation are real: regenerating them gives
-the same bytes, and the README section quotes what the command prints today."""
+the same bytes, and docs/audit.md quotes what the command prints today."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import audit_fixtures as af
 from geogate.cli.main import main
 
 ROOT = af.ROOT
-DOC = ROOT / "README.md"
+DOC = ROOT / "docs" / "audit.md"
 SAMPLE_ARGS = ["examples/sample.mitm", "--policy", "policies/default.yaml",
                "--db", "tests/data/maxmind/GeoIP2-Country-Test.mmdb"]
 
@@ -44,14 +44,14 @@ def test_committed_html_report_is_current(capsys, tmp_path: Path) -> None:
     assert stamp.sub("generated …", out.read_text()) == stamp.sub("generated …", committed)
 
 
-def test_readme_section_shows_the_real_output(capsys) -> None:
+def test_audit_page_shows_the_real_output(capsys) -> None:
     doc = DOC.read_text()
     sample = audit_text(capsys, *SAMPLE_ARGS)
     assert f"$ geogate audit {' '.join(SAMPLE_ARGS)}\n{sample}```" in doc
     against = ["examples/sample.mitm", "--policy", "policies/default.yaml", "--against",
                "policies/eu-gdpr-adequacy.yaml", "--db", "tests/data/maxmind/GeoIP2-Country-Test.mmdb"]
     assert f"$ geogate audit {' '.join(against)}\n{audit_text(capsys, *against)}```" in doc
-    assert "![HTML audit report of examples/sample.mitm](docs/audit-report.png)" in doc  # README-relative
+    assert "![HTML audit report of examples/sample.mitm](audit-report.png)" in doc  # relative to docs/
 
 
 def test_screenshot_is_committed() -> None:

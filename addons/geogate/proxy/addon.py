@@ -47,10 +47,10 @@ from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import UDPLayer
 
 from geogate.core.addresses import AddressError
-from geogate.core.clients import INTERCEPTED_MODES
-from geogate.core.clients import user_of
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
+from geogate.core.clients import INTERCEPTED_MODES
+from geogate.core.clients import user_of
 from geogate.core.decide import Decision
 from geogate.core.errors import GeogateError
 from geogate.core.record import INTERNAL_ERROR_TEXT
@@ -84,10 +84,10 @@ from geogate.proxy.flows import mode_name
 from geogate.proxy.flows import pinned_address
 from geogate.proxy.flows import target_url
 from geogate.proxy.messages import UPSTREAM_REFUSAL
-from geogate.proxy.mitmproxy_private import client_writer
-from geogate.proxy.mitmproxy_private import layer_chooser
 from geogate.proxy.messages import blocked_connection
 from geogate.proxy.messages import flow_comment
+from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import layer_chooser
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
 from geogate.proxy.reload import LiveState

@@ -20,8 +20,8 @@ from geogate.core import clients
 from geogate.core.addresses import AddressError
 from geogate.core.addresses import IPAddress
 from geogate.core.addresses import parse_ip
-from geogate.core.cache import BoundedCache
 from geogate.core.addresses import split_host_port
+from geogate.core.cache import BoundedCache
 from geogate.core.decide import Decision
 from geogate.core.decide import Request
 from geogate.core.decide import parse_client

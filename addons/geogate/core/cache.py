@@ -47,9 +47,9 @@ class BoundedCache(dict):
             return
         if key not in self:
             order.append(key)
-            if len(order) > self.size:
-                self.pop(order.popleft(), None)
         self[key] = value
+        if len(order) > self.size:
+            self.pop(order.popleft(), None)
 
     def clear(self) -> None:
         super().clear()

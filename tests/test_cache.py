@@ -75,6 +75,13 @@ def test_clear_mode_empties_the_cache_when_full() -> None:
     assert len(cache) <= 3 and cache.get("h") == "h"
 
 
+def test_a_fifo_cache_of_size_zero_keeps_nothing() -> None:
+    cache = BoundedCache(0)
+    for key in "abc":
+        cache.put(key, key)
+    assert not cache
+
+
 def test_an_unknown_eviction_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="evict"):
         BoundedCache(3, "lru")

@@ -26,7 +26,7 @@ class BoundedCache(dict):
       be exact, where the occasional lost hit costs less than any bookkeeping on every insert.
     """
 
-    __slots__ = ("size", "evict", "_order")
+    __slots__ = ("_order", "evict", "size")
 
     def __init__(self, size: int, evict: str = FIFO) -> None:
         if evict not in (FIFO, CLEAR):
@@ -47,9 +47,9 @@ class BoundedCache(dict):
             return
         if key not in self:
             order.append(key)
-            if len(order) > self.size:
-                self.pop(order.popleft(), None)
         self[key] = value
+        if len(order) > self.size:
+            self.pop(order.popleft(), None)
 
     def clear(self) -> None:
         super().clear()

@@ -37,6 +37,8 @@ from ipaddress import ip_address
 from geogate.core.addresses import NAT64_BAD_U_OCTET
 from geogate.core.addresses import NAT64_UNDECODED
 from geogate.core.addresses import IPAddress
+from geogate.core.cache import CLEAR
+from geogate.core.cache import BoundedCache
 from geogate.core.facts import AddressFacts
 from geogate.core.geo import DatabaseInfo
 from geogate.core.geo import GeoRecord
@@ -464,7 +466,7 @@ class VerdictMemo:
         # profile index (None: no profile) -> (rules, any networks, any hosts, any ports)
         self._rule_sets: dict[int | None, _RuleSet] = {None: self._rule_set(None)}
         # (memo key prefix, records) -> judgement
-        self.judgements: dict[tuple[MemoKey, tuple[GeoRecord, ...]], Judgement] = {}
+        self.judgements = BoundedCache(self.MAX_ENTRIES, CLEAR)  # (MemoKey, records) -> Judgement
 
     def _rule_set(self, profile: int | None) -> _RuleSet:
         rules = _rules(self.policy, profile)
@@ -487,9 +489,7 @@ class VerdictMemo:
         return rules, (profile, req.host if by_host else None, req.port if by_port else None, day)
 
     def remember(self, key: tuple[MemoKey, tuple[GeoRecord, ...]], judgement: Judgement) -> Judgement:
-        if len(self.judgements) >= self.MAX_ENTRIES:
-            self.judgements.clear()
-        self.judgements[key] = judgement
+        self.judgements.put(key, judgement)
         return judgement
 
 

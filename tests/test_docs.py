@@ -182,7 +182,7 @@ def command_results(request: pytest.FixtureRequest, docs_env: dict[str, str]) ->
                 if item.originalname == "test_runnable_command_exits_as_stated" and hasattr(item, "callspec")]
     distinct = list({c.text: c for c in selected}.values())
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        by_text = dict(zip((c.text for c in distinct), pool.map(lambda c: run(c, docs_env), distinct)))
+        by_text = dict(zip((c.text for c in distinct), pool.map(lambda c: run(c, docs_env), distinct), strict=True))
     return {c: by_text[c.text] for c in selected}
 
 

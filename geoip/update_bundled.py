@@ -6,7 +6,7 @@
 Without --version, takes the latest version of each npm package. Every file is checked
 (npm integrity, opens with maxminddb, 8.8.8.8 -> US, 1.1.1.1 has a country, not older than
 what is bundled) before anything under geoip/ is replaced. Review `git diff geoip/` and
-commit. Needs npm and the geogate venv (it shares the checks with `geogate.bundled.update`).
+commit. Needs npm and the geogate venv (it shares the checks with `geogate.core.bundled.update`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from geogate.bundled import _atomic, _date, _npm, fetch_npm
-from geogate.errors import GeogateError
+from geogate.core.bundled import _atomic, _date, _npm, fetch_npm
+from geogate.core.errors import GeogateError
 
 HERE = Path(__file__).resolve().parent
 HOMEPAGE = "https://github.com/sapics/ip-location-db"
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             with _atomic(HERE / rel) as f:
                 f.write(data)
     doc = {
-        "comment": "Written by geoip/update_bundled.py; geogate.bundled checks unpacked files by sha256.",
+        "comment": "Written by geoip/update_bundled.py; geogate.core.bundled checks unpacked files by sha256.",
         "databases": [b["entry"] for b in built],
     }
     with _atomic(prov_path) as f:

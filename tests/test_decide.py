@@ -114,6 +114,23 @@ def ask(state: GateState, *addresses: str, host: str | None = None, port: int | 
     return state.decide(req, [ip(a) for a in addresses], now=now, resolve_error=resolve_error)
 
 
+def test_a_policy_written_with_plain_words_decides_as_the_loaded_one(gate) -> None:
+    """The engine compares actions and settings by identity; a Policy or Rule built by hand with
+    plain strings (a test, a tool) must decide exactly as the loaded one, never fail open."""
+    from dataclasses import replace
+
+    loaded = gate(FIRST_MATCH + "geo:\n  unknown: block\n")
+    plain = replace(loaded.policy, default="allow", unknown="block", mode="enforce", special="block",
+                    rules=tuple(replace(r, action=str(r.action)) for r in loaded.policy.rules))
+    by_hand = GateState(plain, loaded.databases, loaded.facts)
+    for addr in ("3.0.0.1", "3.0.0.200", "2.0.0.1", "10.0.0.1"):
+        want, got = ask(loaded, addr), ask(by_hand, addr)
+        assert (got.action, got.rule) == (want.action, want.rule), addr
+    assert ask(by_hand, "3.0.0.200").blocked
+    with pytest.raises(ValueError):
+        replace(loaded.policy.rules[0], action="deny")
+
+
 # -- first match -----------------------------------------------------------------------------------
 
 FIRST_MATCH = """\

@@ -100,6 +100,11 @@ class Rule:
     # where each country/subdivision came from ("@group" or "listed"), to explain a match
     origin: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # The engine compares members by identity: a plain "block" must become Action.BLOCK
+        # here, or a rule built by hand would never match as a block (an unknown word raises).
+        object.__setattr__(self, "action", Action(self.action))
+
 
 @dataclass(frozen=True, slots=True)
 class ClientProfile:
@@ -136,6 +141,12 @@ class Policy:
     warnings: tuple[str, ...] = ()
     # citation of each built-in group the policy uses, for decisions that match through it
     group_citations: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # As Rule: settings given as plain words become the members the engine compares by identity.
+        for name, kind in (("mode", Mode), ("default", Action), ("unknown", Action),
+                           ("disagreement", Disagreement), ("special", Special), ("addresses", Addresses)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     @property
     def name(self) -> str:

@@ -75,9 +75,10 @@ class KernelSets:
     expiring: bool = False  # some rule expires: rebuild when the day changes
 
     def element_counts(self) -> dict[str, int]:
-        v4 = sum(len(b[0]) for b in self.blocked.values())
-        v6 = sum(len(b[1]) for b in self.blocked.values())
-        return {"ipv4": v4, "ipv6": v6}
+        """Intervals per family, each distinct list counted once (port classes and profiles
+        that block alike share one set)."""
+        unique = {(pi, tuple(v4), tuple(v6)) for (pi, _ci), (v4, v6) in self.blocked.items()}
+        return {"ipv4": sum(len(u[1]) for u in unique), "ipv6": sum(len(u[2]) for u in unique)}
 
     def is_blocked(self, profile: int, cls: int, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """What the kernel does with a packet to `ip` (the same rules the ruleset renders)."""

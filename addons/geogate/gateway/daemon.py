@@ -42,6 +42,13 @@ DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
 _PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12})\)")
 
 
+def _die_with_parent() -> None:
+    """In the proxy child: end with the gateway, however it ends (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def state_file_path() -> Path:
     return Path(os.environ.get("GEOGATE_GATEWAY_STATE") or DEFAULT_STATE_FILE)
 
@@ -114,6 +121,7 @@ class Gateway:
             pieces.databases = state.databases
         ks = sets.build(state, pieces)
         text = ruleset.render(ks, self.config)
+        old_notes = self.kernel_sets.notes if self.kernel_sets else None
         with self.lock:
             kernel.nft(text)
             self.handle = kernel.table_handle()
@@ -122,15 +130,15 @@ class Gateway:
         self.say(f"{'kernel sets' if first else 'kernel sets rebuilt'}: policy {ks.policy_name} "
                  f"(sha256 {ks.policy_sha256[:12]}), {counts['ipv4']} IPv4 and {counts['ipv6']} IPv6 blocked intervals, "
                  f"built in {ks.seconds:.1f} s")
-        for note in ks.notes:
-            if not note.startswith(("Teredo", "IPv4-")) or "blocked" in note:
+        if ks.notes != old_notes:
+            for note in ks.notes:
                 self.say(f"kernel: {note}")
         self._write_state()
 
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self) -> None:
         self.proxy = subprocess.Popen(self.options.proxy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1, start_new_session=True)
+                                      text=True, bufsize=1, preexec_fn=_die_with_parent)
         t = threading.Thread(target=self._proxy_output, args=(self.proxy,), name="geogate-proxy", daemon=True)
         t.start()
         self.threads.append(t)
@@ -158,8 +166,11 @@ class Gateway:
     def _watchdog(self) -> None:
         while not self.stopping.wait(self.options.watch_interval):
             try:
-                table_ok = kernel.table_handle() == self.handle and self.handle is not None
-                latch_ok = kernel.latch_present(self.config)
+                if self._intact():
+                    continue
+                with self.lock:  # not in the middle of a swap (which changes the table's handle)
+                    table_ok = kernel.table_handle() == self.handle and self.handle is not None
+                    latch_ok = kernel.latch_present(self.config)
                 if table_ok and latch_ok:
                     continue
                 started = time.monotonic()
@@ -178,6 +189,11 @@ class Gateway:
                 self._write_state()
             except GeogateError as e:
                 self.say(f"ERROR: restoring the gateway rules failed: {e}; retrying")
+
+    def _intact(self) -> bool:
+        with self.lock:
+            handle = self.handle
+        return handle is not None and kernel.table_handle() == handle and kernel.latch_present(self.config)
 
     def _paths(self) -> list[str]:
         return [self.state.policy.ref.path] + [i.path for i in self.state.databases.infos]

@@ -14,6 +14,7 @@ Stopping leaves the rules in place (the LAN stays judged, the proxied ports refu
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -36,17 +37,21 @@ from geogate.gateway import sets
 from geogate.gateway.nflog import NflogSocket
 from geogate.gateway.receipts import JsonLines
 from geogate.gateway.receipts import Receipts
+from geogate.core.lookup import FactsSource
+from geogate.policy.loader import load_policy
 from geogate.policy.state import GateState
+from geogate.policy.state import default_policy_path
 
 DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
 _PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12})\)")
 
 
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
+
+
 def _die_with_parent() -> None:
     """In the proxy child: end with the gateway, however it ends (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    _PRCTL(1, signal.SIGTERM)
 
 
 def state_file_path() -> Path:
@@ -211,8 +216,9 @@ class Gateway:
                 if {p: _stamp(p) for p in stamps} != seen:
                     continue  # still being written: look again next round
             day = datetime.now(timezone.utc).date()
+            databases_moved = any(seen[p] != stamps[p] for p in self._paths()[1:])
             try:
-                new = GateState.load(self.options.policy, self.options.dbs or None)
+                new = self._load(reuse_databases=not databases_moved)
             except GeogateError as e:
                 stamps = seen
                 self.say(f"ERROR: reload failed, the kernel keeps the sets of policy {self.kernel_sets.policy_name} "
@@ -227,6 +233,14 @@ class Gateway:
                 self._apply(new)
             except GeogateError as e:
                 self.say(f"ERROR: the new sets were refused, the old ones stay: {e}")
+
+    def _load(self, reuse_databases: bool) -> GateState:
+        """The new state; with the databases in use when only the policy changed (opening and
+        checking the bundled databases again costs seconds)."""
+        if not reuse_databases:
+            return GateState.load(self.options.policy, self.options.dbs or None)
+        policy = load_policy(self.options.policy or default_policy_path())
+        return GateState(policy, self.state.databases, FactsSource(self.state.databases))
 
     def _read_nflog(self) -> None:
         if self.nflog is None:

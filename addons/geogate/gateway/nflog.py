@@ -62,7 +62,7 @@ class NflogSocket:
     def _config(self, msg: bytes) -> None:
         self.sock.send(msg)
         data = self.sock.recv(65536)
-        length, kind = struct.unpack_from("=IH", data)
+        (kind,) = struct.unpack_from("=H", data, 4)
         if kind == NLMSG_ERROR:
             (error,) = struct.unpack_from("=i", data, 16)
             if error:

@@ -104,10 +104,14 @@ class DatabasePieces:
     def __init__(self, state: GateState) -> None:
         self.databases = state.databases
         self.runs = [partition.database_runs(db) for db in state.databases.databases]
+        # the last partition made, by what besides the databases cuts it (see build)
+        self.partition: tuple[tuple, tuple] | None = None
 
 
 def port_classes(policy: Policy) -> list[PortClass]:
     """The port space cut at every boundary of every rule's `ports`, plus the portless class."""
+    if not any(rule.ports for rule in policy.all_rules()):
+        return [PortClass(None)]  # no rule looks at ports: one class holds every packet
     cuts = {0, PORT_TOP + 1}
     for rule in policy.all_rules():
         for a, b in rule.ports or ():
@@ -180,18 +184,25 @@ def build(state: GateState, dbpieces: DatabasePieces | None = None, now: datetim
     combos = [(pi, ci) for pi in range(len(profiles)) for ci in range(len(classes))]
     requests = [Request(None, classes[ci].port, client_ip=profiles[pi].client, mode="kernel") for pi, ci in combos]
 
-    signatures = partition.Signatures()
     rule_nets = [n for r in policy.all_rules() for n in r.networks or ()]
-    per_family: dict[int, Pieces] = {}
-    for version in (4, 6):
-        sources = [runs[version] for runs in dbpieces.runs] + [partition.network_runs(rule_nets, version)]
-        if version == 6:
-            sources.append(partition.region_runs(policy))
-        per_family[version] = partition.sweep(version, sources, partition.special(version), signatures)
-    v4 = per_family[4]
-    own6 = per_family[6]
-    inserts = [(c.first, c.last, partition.carrier_pieces(c, own6, v4, signatures)) for c in partition.carriers(policy)]
-    v6 = partition.splice(own6, inserts)
+    # the partition depends on the databases, the policy's networks and its NAT64 prefixes only:
+    # a policy edit that changes neither (countries, actions, ports) reuses it
+    key = (tuple(sorted(map(str, set(rule_nets)))), tuple(map(str, policy.nat64.networks)))
+    if dbpieces.partition is not None and dbpieces.partition[0] == key:
+        v4, own6, v6, signatures = dbpieces.partition[1]
+    else:
+        signatures = partition.Signatures()
+        per_family: dict[int, Pieces] = {}
+        for version in (4, 6):
+            sources = [runs[version] for runs in dbpieces.runs] + [partition.network_runs(rule_nets, version)]
+            if version == 6:
+                sources.append(partition.region_runs(policy))
+            per_family[version] = partition.sweep(version, sources, partition.special(version), signatures)
+        v4 = per_family[4]
+        own6 = per_family[6]
+        inserts = [(c.first, c.last, partition.carrier_pieces(c, own6, v4, signatures)) for c in partition.carriers(policy)]
+        v6 = partition.splice(own6, inserts)
+        dbpieces.partition = (key, (v4, own6, v6, signatures))
 
     cache: dict[int, tuple[bool, ...]] = {}
     counter = [0]

@@ -13,9 +13,11 @@ table at preference 0, before any of these.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -56,12 +58,63 @@ def nft(text: str) -> None:
 
 
 def table_handle() -> int | None:
-    """The handle of table inet geogate, None when it is not there (cheap: no set elements)."""
-    r = _run([nft_path() or "nft", "-j", "list", "tables"], timeout=10)
-    if r.returncode != 0:
-        return None
-    m = re.search(r'"family":\s*"inet",\s*"name":\s*"' + TABLE + r'",\s*"handle":\s*(\d+)', r.stdout)
-    return int(m.group(1)) if m else None
+    """The handle of table inet geogate, None when it is not there.
+
+    Asked over netlink: `nft list tables` fetches every set element first (about a second with
+    the bundled databases' sets), and the watchdog asks several times a second.
+    """
+    try:
+        tables = _netlink_tables(NFPROTO_INET)
+    except OSError:
+        r = _run([nft_path() or "nft", "-j", "list", "tables"], timeout=10)
+        m = re.search(r'"family":\s*"inet",\s*"name":\s*"' + TABLE + r'",\s*"handle":\s*(\d+)', r.stdout)
+        return int(m.group(1)) if r.returncode == 0 and m else None
+    return tables.get(TABLE)
+
+
+NFPROTO_INET = 1
+_NFT_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE
+_NFT_NEWTABLE = (10 << 8) | 0
+_NLM_F_DUMP_REQUEST = 0x301
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+
+
+def _netlink_tables(family: int) -> dict[str, int]:
+    """{name: handle} of the tables of one nftables family (NFT_MSG_GETTABLE dump)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 20, _NFT_GETTABLE, _NLM_F_DUMP_REQUEST, 1, 0) + struct.pack("=BBH", family, 0, 0))
+        tables: dict[str, int] = {}
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if length < 16:
+                    raise OSError("malformed netlink reply")
+                if kind == _NLMSG_DONE:
+                    return tables
+                if kind == _NLMSG_ERROR:
+                    (error,) = struct.unpack_from("=i", data, offset + 16)
+                    if error:
+                        raise OSError(-error, os.strerror(-error))
+                elif kind == _NFT_NEWTABLE:
+                    name, handle = None, None
+                    at = offset + 20
+                    while at + 4 <= offset + length:
+                        alen, atype = struct.unpack_from("=HH", data, at)
+                        if alen < 4:
+                            break
+                        value = data[at + 4: at + alen]
+                        if atype & 0x3FFF == 1:  # NFTA_TABLE_NAME
+                            name = value.rstrip(b"\0").decode(errors="replace")
+                        elif atype & 0x3FFF == 4 and len(value) == 8:  # NFTA_TABLE_HANDLE
+                            (handle,) = struct.unpack(">Q", value)
+                        at += (alen + 3) & ~3
+                    if name is not None and handle is not None:
+                        tables[name] = handle
+                offset += (length + 3) & ~3
 
 
 def table_comment() -> str | None:

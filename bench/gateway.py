@@ -116,7 +116,7 @@ def sets_figures(rounds: int) -> tuple[list[Figure], dict]:
                        f"the allowed side is loaded: {loaded:,} elements); {common}", None, None, 1,
                        [counts], {"ipv4": counts["ipv4"], "ipv6": counts["ipv6"], "loaded_elements": loaded}),
                 Figure(f"gateway.sets.{name}.kernel_memory", f"Kernel memory of the sets, {name}",
-                       rnd(statistics.median(memory) / 1024, 1), "MiB",
+                       rnd(statistics.median(memory) / 1024, 3), "MiB",
                        f"rise of Slab in /proc/meminfo across the nft -f (other processes move it too: indicative); {common}",
                        None, None, rounds, memory),
             ]

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import audit as audit_bench  # noqa: E402
+import gateway as gateway_bench  # noqa: E402
 import proxy as proxy_bench  # noqa: E402
 from lib import ADDON  # noqa: E402
 from lib import AUDIT_COMMAND  # noqa: E402
@@ -38,7 +39,7 @@ from lib import rnd  # noqa: E402
 from lib import spread  # noqa: E402
 
 RESULTS = BENCH / "results"
-SECTIONS = ("engine", "proxy", "tunnel", "audit")
+SECTIONS = ("engine", "proxy", "tunnel", "audit", "gateway")
 BUDGET_S = 14 * 60  # stop starting new sections after this: `make bench` must stay under 15 minutes
 
 
@@ -320,6 +321,8 @@ def main() -> int:
                         figs, n = proxy_bench.http_section(env, have_addon, a.all_names)
                     else:
                         figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
+                elif section == "gateway":
+                    figs, n = gateway_bench.gateway_section(tmp, a.rounds, a.seconds)
                 else:
                     figs, n = audit_bench.audit_section(tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
                                                         a.audit_full_flows)

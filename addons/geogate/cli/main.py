@@ -430,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     du = dsub.add_parser("update", help="refresh the bundled default databases")
     du.set_defaults(func=cmd_db_update)
 
+    from geogate.cli.gateway import add_parser as add_gateway_parser
+
+    add_gateway_parser(sub)
+
     g = sub.add_parser("groups", help="built-in country groups")
     g.add_argument("name", nargs="?")
     g.add_argument("--json", action="store_true")

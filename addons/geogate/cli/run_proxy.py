@@ -104,6 +104,15 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
     return argv + extra
 
 
+def mitmdump_command(args: argparse.Namespace, state: GateState, extra: list[str]) -> list[str]:
+    """The whole command that runs the proxy as a child process: mitmdump and its arguments."""
+    argv = mitmdump_argv(args, state, extra)
+    exe = _mitmdump()
+    if exe is not None:
+        return [exe, *argv]
+    return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())", *argv]
+
+
 def run(args: argparse.Namespace) -> int:
     extra = list(args.mitmdump_args or ())
     if extra and extra[0] == "--":

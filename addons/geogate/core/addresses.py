@@ -250,6 +250,12 @@ def embedded_ipv4(
     return ipaddress.IPv4Address(carried[0]), carried[1]
 
 
+def special_runs(version: int) -> tuple[tuple[int, ...], tuple[str | None, ...]]:
+    """The special-purpose ranges of one family as sorted, disjoint runs (starts, names): the
+    run from starts[i] to the next start is wholly in range names[i] (None: global unicast)."""
+    return (_V4_STARTS, _V4_NAMES) if version == 4 else (_V6_STARTS, _V6_NAMES)
+
+
 def special_range(ip: IPAddress) -> str | None:
     """Name of the special-purpose range holding `ip`, or None for a global unicast address."""
     starts, names = (_V4_STARTS, _V4_NAMES) if ip.version == 4 else (_V6_STARTS, _V6_NAMES)

@@ -293,6 +293,10 @@ class Database:
     def _build_anonymous(self, _raw: None) -> GeoRecord:
         return GeoRecord(source=self.name)
 
+    def networks(self):
+        """Every (network, raw record) in the file, in address order (walks the whole tree)."""
+        return iter(self._reader)
+
     def count_networks(self) -> int:
         """Number of networks with a record (walks the whole tree: seconds for a large file)."""
         return sum(1 for _ in self._reader)

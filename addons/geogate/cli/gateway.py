@@ -1,0 +1,258 @@
+"""`geogate gateway run|down|status|check`: the LAN gateway (see geogate.gateway).
+
+Everything `run` needs is checked before anything on the host changes: a mistake ends in one
+line and exit 2, with forwarding and the rules as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from geogate.core.errors import GeogateError
+
+NOT_RUNNING = 3  # `status`: something is missing (as systemctl status says of a stopped unit)
+
+
+def add_parser(sub) -> None:
+    gw = sub.add_parser("gateway", help="LAN gateway: every forwarded packet judged (kernel sets + transparent proxy)")
+    gsub = gw.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND", required=True)
+
+    r = gsub.add_parser("run", help="install the rules, turn forwarding on, run the proxy, keep it all in step")
+    r.add_argument("--lan", action="append", required=True, metavar="IFACE", help="interface the clients use (repeatable)")
+    r.add_argument("--policy")
+    r.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
+    r.add_argument("--log", metavar="FILE", help="JSON-lines decision log (the proxy's and the kernel's records)")
+    r.add_argument("--tcp-ports", default="80,443", metavar="PORTS",
+                   help="TCP ports sent to the transparent proxy, comma separated (default 80,443; '' = none: the kernel judges all)")
+    r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
+    r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
+    r.set_defaults(func=cmd_run)
+
+    d = gsub.add_parser("down", help="stop the gateway, turn forwarding off, remove the rules")
+    d.set_defaults(func=cmd_down)
+
+    s = gsub.add_parser("status", help="rules, latch, forwarding, and the policy the kernel and the proxy use")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    c = gsub.add_parser("check", help="which rules the kernel enforces and which only the proxy can")
+    c.add_argument("--policy")
+    c.add_argument("--db", action="append")
+    c.add_argument("--quick", action="store_true", help="do not build the sets (no element counts, no Teredo verdict)")
+    c.set_defaults(func=cmd_check)
+
+
+def _refuse(message: str) -> int:
+    print(f"geogate: {message}", file=sys.stderr)
+    return 2
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.replace(",", " ").split():
+        if not (part.isascii() and part.isdigit() and 0 < int(part) < 65536):
+            raise GeogateError(f"--tcp-ports {text!r}: {part!r} is not a port number (1 to 65535)")
+        out.append(int(part))
+    return tuple(dict.fromkeys(out))
+
+
+def _load(policy, dbs):
+    from geogate.policy.loader import PolicyError
+    from geogate.policy.state import GateState
+
+    try:
+        return GateState.load(policy, dbs)
+    except PolicyError as e:
+        errors = [i for i in e.issues if i.severity == "error"]
+        more = f" (and {len(errors) - 1} more; `geogate check` lists them)" if len(errors) > 1 else ""
+        raise GeogateError(f"{errors[0] if errors else e}{more}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from geogate.gateway import kernel
+    from geogate.gateway.daemon import Gateway
+    from geogate.gateway.daemon import Options
+    from geogate.gateway.receipts import JsonLines
+    from geogate.gateway.ruleset import GatewayConfig
+
+    if kernel.nft_path() is None:
+        return _refuse("nft is not installed (Debian/Ubuntu: apt-get install nftables)")
+    if kernel.ip_path() is None:
+        return _refuse("ip is not installed (Debian/Ubuntu: apt-get install iproute2)")
+    for lan in args.lan:
+        if not lan or not kernel.interface_exists(lan):
+            return _refuse(f"--lan {lan}: no such network interface")
+    tcp_ports = _ports(args.tcp_ports)
+    if not 0 < args.proxy_port < 65536:
+        return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
+    if os.geteuid() != 0:
+        return _refuse("geogate gateway run changes nftables, routing rules and forwarding: run it as root")
+    state = _load(args.policy, args.db)
+    if args.log:
+        try:
+            JsonLines(os.path.abspath(args.log)).close()
+        except OSError as e:
+            return _refuse(f"--log {args.log}: {e.strerror or e}")
+    proxy = None
+    if tcp_ports:
+        proxy = _proxy_command(args, state)
+    config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports)
+    options = Options(policy=args.policy, dbs=list(args.db or ()),
+                      log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy)
+    gateway = Gateway(config, options, state)
+    gateway.start()
+    return gateway.run_forever()
+
+
+def _proxy_command(args: argparse.Namespace, state) -> list[str]:
+    from geogate.cli.run_proxy import mitmdump_command
+    from geogate.cli.run_proxy import preflight
+
+    extra = list(args.mitmdump_args or ())
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    # connection_strategy=lazy: the TLS server name and the Host header are known when the
+    # upstream connection is decided, so `hosts` rules apply on the proxied ports
+    if not any("connection_strategy" in a for a in extra):
+        extra = ["--set", "connection_strategy=lazy", *extra]
+    proxy_args = argparse.Namespace(mode="transparent", listen_host="", listen_port=args.proxy_port, db=args.db,
+                                    log=args.log, intercept=False, policy=args.policy)
+    preflight(proxy_args, extra)
+    return mitmdump_command(proxy_args, state, extra)
+
+
+def _read_state() -> dict | None:
+    from geogate.gateway.daemon import state_file_path
+
+    try:
+        return json.loads(state_file_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a process that has exited but not been reaped yet is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from geogate.gateway import kernel
+    from geogate.gateway.daemon import down
+    from geogate.gateway.daemon import state_file_path
+    from geogate.gateway.ruleset import GatewayConfig
+
+    if kernel.nft_path() is None:
+        return _refuse("nft is not installed (Debian/Ubuntu: apt-get install nftables)")
+    saved = _read_state() or {}
+    pid = saved.get("pid")
+    if _alive(pid) and pid != os.getpid():
+        os.kill(pid, signal.SIGTERM)  # else its watchdog would put the rules back
+        deadline = time.monotonic() + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            return _refuse(f"the gateway (pid {pid}) did not stop; nothing was removed")
+    cfg = saved.get("config") or {}
+    config = GatewayConfig(lan=tuple(saved.get("lan") or ()),
+                           **{k: cfg[k] for k in ("mark", "route_table", "rule_pref", "log_group") if isinstance(cfg.get(k), int)})
+    down(config)
+    try:
+        state_file_path().unlink()
+    except OSError:
+        pass
+    print("geogate: gateway down: forwarding off, table inet geogate and the routing latch removed")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from geogate.gateway import kernel
+    from geogate.gateway.ruleset import GatewayConfig
+
+    saved = _read_state() or {}
+    cfg = saved.get("config") or {}
+    config = GatewayConfig(lan=tuple(saved.get("lan") or ()),
+                           **{k: cfg[k] for k in ("mark", "route_table", "rule_pref", "log_group") if isinstance(cfg.get(k), int)})
+    table = kernel.nft_path() is not None and kernel.table_handle() is not None
+    comment = kernel.table_comment() if table else None
+    kernel_sha = None
+    if comment:
+        kernel_sha = next((w.split("=", 1)[1] for w in comment.split() if w.startswith("policy=")), None)
+    running = _alive(saved.get("pid"))
+    proxy = saved.get("proxy") or {}
+    latch = bool(config.lan) and kernel.latch_present(config)
+    status = {
+        "gateway": {"running": running, "pid": saved.get("pid") if running else None, "lan": list(config.lan)},
+        "table": table,
+        "latch": latch,
+        "forwarding": kernel.forwarding(),
+        "kernel": {"policy_sha256": kernel_sha, "elements": (saved.get("kernel") or {}).get("elements")},
+        "proxy": {"policy_sha256": proxy.get("policy_sha256") if running else None,
+                  "running": running and _alive(proxy.get("pid"))},
+        "restores": saved.get("restores", 0),
+        "receipts": saved.get("receipts"),
+    }
+    ok = running and table and latch and (not proxy.get("pid") or status["proxy"]["running"])
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        fwd = ", ".join(f"{k} {'on' if v else 'off'}" for k, v in status["forwarding"].items())
+        print(f"gateway:    {'running (pid %s) on %s' % (saved.get('pid'), ', '.join(config.lan)) if running else 'not running'}")
+        print(f"table:      {'inet geogate present' if table else 'absent'}")
+        print(f"latch:      {'in place' if latch else 'absent'}")
+        print(f"forwarding: {fwd}")
+        print(f"kernel:     policy sha256 {kernel_sha or '-'}")
+        print(f"proxy:      policy sha256 {status['proxy']['policy_sha256'] or '-'}")
+        if kernel_sha and status["proxy"]["policy_sha256"] and kernel_sha != status["proxy"]["policy_sha256"]:
+            print("WARNING: the kernel and the proxy use different policies (a reload in progress?)")
+    return 0 if ok else NOT_RUNNING
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from geogate.gateway import sets
+
+    state = _load(args.policy, args.db)
+    policy = state.policy
+    profiles, profile_notes = sets.kernel_profiles(policy)
+    print(f"policy {policy.ref.name} ({policy.ref.path}, sha256 {policy.ref.sha256[:12]})")
+    kernel_rules, port_rules = [], []
+    for rule in policy.all_rules():
+        if rule.hosts is not None:
+            continue
+        (port_rules if rule.ports is not None else kernel_rules).append(rule.name)
+    print(f"kernel, every protocol: {', '.join(kernel_rules) or '(no rules; default ' + policy.default + ')'}")
+    if port_rules:
+        print(f"kernel, by destination port (TCP/UDP/SCTP/DCCP): {', '.join(port_rules)}")
+    if len(profiles) > 1:
+        print(f"kernel, client profiles by source address: {', '.join(p.name for p in profiles[1:])}")
+    for note in profile_notes + sets.unenforceable(policy):
+        print(f"note: {note}")
+    if policy.nat64:
+        print(f"kernel: NAT64 prefixes followed into IPv4: 64:ff9b::/96, {', '.join(map(str, policy.nat64.networks))}")
+    if args.quick:
+        print("note: Teredo (2001::/32) and the IPv4-mapped forms are blocked whole unless the policy allows every "
+              "address in them (build the sets, without --quick, to see which)")
+        return 0
+    ks = sets.build(state)
+    for note in ks.notes:
+        if note.startswith(("Teredo", "IPv4-")):
+            print(f"note: {note}")
+    counts = ks.element_counts()
+    print(f"sets: {counts['ipv4']} IPv4 and {counts['ipv6']} IPv6 blocked intervals ({ks.decisions} decisions, "
+          f"{ks.seconds:.1f} s)")
+    return 0

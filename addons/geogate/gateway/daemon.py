@@ -1,0 +1,328 @@
+"""`geogate gateway run`: the rules in place, forwarding on, the proxy running, all kept in step.
+
+Order at start: sets built and applied (one nft transaction), the routing latch installed, only
+then forwarding turned on, then the transparent proxy started. While running, three threads:
+- the watchdog checks every `watch_interval` seconds that the table (same handle) and the latch
+  are there, and puts back what is missing at once, loudly (the latch blocks in the meantime);
+- the file watcher rebuilds the sets when the policy or a database changes (settled content,
+  a new sha256) and swaps them in one transaction; a file that does not load leaves the sets
+  that are live in place, and says so;
+- the NFLOG reader turns refused flows into decision records (receipts.py).
+Stopping leaves the rules in place (the LAN stays judged, the proxied ports refused);
+`geogate gateway down` removes them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from datetime import timezone
+from pathlib import Path
+from typing import Callable
+
+from geogate.core.errors import GeogateError
+from geogate.gateway import kernel
+from geogate.gateway import ruleset
+from geogate.gateway import sets
+from geogate.gateway.nflog import NflogSocket
+from geogate.gateway.receipts import JsonLines
+from geogate.gateway.receipts import Receipts
+from geogate.core.lookup import FactsSource
+from geogate.policy.loader import load_policy
+from geogate.policy.state import GateState
+from geogate.policy.state import default_policy_path
+
+DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
+_PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12})\)")
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the proxy child: end with the gateway, however it ends (PR_SET_PDEATHSIG)."""
+    _PRCTL(1, signal.SIGTERM)
+
+
+def state_file_path() -> Path:
+    return Path(os.environ.get("GEOGATE_GATEWAY_STATE") or DEFAULT_STATE_FILE)
+
+
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class Options:
+    policy: str | None
+    dbs: list[str]
+    log: str | None
+    proxy_argv: list[str] | None  # the transparent proxy (mitmdump ...), None: no proxy
+    watch_interval: float = 0.25
+    file_interval: float = 0.5
+    settle: float = 0.3
+
+
+class Gateway:
+    def __init__(self, config: ruleset.GatewayConfig, options: Options, state: GateState,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.options = options
+        self.state = state
+        self.say = say or (lambda line: print(f"geogate: {line}", flush=True))
+        self.lock = threading.RLock()  # one nft transaction at a time; state and sets swap together
+        self.stopping = threading.Event()
+        self.dbpieces: sets.DatabasePieces | None = None
+        self.kernel_sets: sets.KernelSets | None = None
+        self.text = ""
+        self.handle: int | None = None
+        self.proxy: subprocess.Popen | None = None
+        self.proxy_sha: str | None = None
+        self.log = JsonLines(options.log) if options.log else None
+        self.receipts = Receipts(lambda: self.state, self._write, lambda: self.kernel_sets.policy_sha256)
+        self.restores = 0
+        self.threads: list[threading.Thread] = []
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._apply(self.state, first=True)
+        kernel.install_latch(self.config)
+        kernel.set_forwarding(True)
+        self.say(f"forwarding on for {', '.join(self.config.lan)}; every other packet from the LAN is judged by the "
+                 "kernel, TCP ports " + ", ".join(map(str, self.config.tcp_ports)) + f" by the proxy on :{self.config.proxy_port}")
+        self.nflog = None
+        try:
+            self.nflog = NflogSocket(self.config.log_group)
+        except OSError as e:
+            self.say(f"WARNING: cannot read NFLOG group {self.config.log_group} ({e}); refused flows are not recorded")
+        if self.options.proxy_argv:
+            self._start_proxy()
+        for target, name in ((self._watchdog, "watchdog"), (self._watch_files, "files"), (self._read_nflog, "nflog")):
+            t = threading.Thread(target=target, name=f"geogate-{name}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        self._write_state()
+
+    def _apply(self, state: GateState, first: bool = False) -> None:
+        dbshas = tuple(i.sha256 for i in state.databases.infos)
+        if self.dbpieces is None or tuple(i.sha256 for i in self.dbpieces.databases.infos) != dbshas:
+            pieces = sets.DatabasePieces(state)
+        else:
+            pieces = self.dbpieces
+            pieces.databases = state.databases
+        ks = sets.build(state, pieces)
+        text = ruleset.render(ks, self.config)
+        old_notes = self.kernel_sets.notes if self.kernel_sets else None
+        with self.lock:
+            kernel.nft(text)
+            self.handle = kernel.table_handle()
+            self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
+        counts = ks.element_counts()
+        self.say(f"{'kernel sets' if first else 'kernel sets rebuilt'}: policy {ks.policy_name} "
+                 f"(sha256 {ks.policy_sha256[:12]}), {counts['ipv4']} IPv4 and {counts['ipv6']} IPv6 blocked intervals, "
+                 f"built in {ks.seconds:.1f} s")
+        if ks.notes != old_notes:
+            for note in ks.notes:
+                self.say(f"kernel: {note}")
+        self._write_state()
+
+    # -- the proxy ------------------------------------------------------------------------------
+    def _start_proxy(self) -> None:
+        self.proxy = subprocess.Popen(self.options.proxy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1, preexec_fn=_die_with_parent)
+        t = threading.Thread(target=self._proxy_output, args=(self.proxy,), name="geogate-proxy", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _proxy_output(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            m = _PROXY_POLICY.search(line)
+            if m:
+                prefix = m.group(1)
+                known = self.kernel_sets.policy_sha256 if self.kernel_sets else ""
+                self.proxy_sha = known if known.startswith(prefix) else prefix
+                self._write_state()
+            print(f"[proxy] {line}", flush=True)
+        proc.wait()
+        if not self.stopping.is_set():
+            self.say(f"ERROR: the proxy exited ({proc.returncode}); TCP ports {', '.join(map(str, self.config.tcp_ports))} "
+                     "are refused until it is back; restarting it in 2 s")
+            self.proxy_sha = None
+            self._write_state()
+            if not self.stopping.wait(2):
+                self._start_proxy()
+
+    # -- watching -------------------------------------------------------------------------------
+    def _watchdog(self) -> None:
+        while not self.stopping.wait(self.options.watch_interval):
+            try:
+                if self._intact():
+                    continue
+                with self.lock:  # not in the middle of a swap (which changes the table's handle)
+                    table_ok = kernel.table_handle() == self.handle and self.handle is not None
+                    latch_ok = kernel.latch_present(self.config)
+                if table_ok and latch_ok:
+                    continue
+                started = time.monotonic()
+                missing = " and ".join(w for w, ok in (("table inet geogate", table_ok), ("the routing latch", latch_ok)) if not ok)
+                held = ("nothing from the LAN is forwarded meanwhile (the latch)" if not table_ok
+                        else "the table still judges every packet meanwhile")
+                self.say(f"ALERT: {missing} gone (nft flush ruleset? ip rule flush?); {held}; restoring")
+                with self.lock:
+                    if not table_ok:
+                        kernel.nft(self.text)
+                        self.handle = kernel.table_handle()
+                    if not latch_ok:
+                        kernel.install_latch(self.config)
+                self.restores += 1
+                self.say(f"ALERT: restored {missing} in {(time.monotonic() - started) * 1000:.0f} ms")
+                self._write_state()
+            except GeogateError as e:
+                self.say(f"ERROR: restoring the gateway rules failed: {e}; retrying")
+
+    def _intact(self) -> bool:
+        with self.lock:
+            handle = self.handle
+        return handle is not None and kernel.table_handle() == handle and kernel.latch_present(self.config)
+
+    def _paths(self) -> list[str]:
+        return [self.state.policy.ref.path] + [i.path for i in self.state.databases.infos]
+
+    def _watch_files(self) -> None:
+        stamps = {p: _stamp(p) for p in self._paths()}
+        day = datetime.now(timezone.utc).date()
+        while not self.stopping.wait(self.options.file_interval):
+            seen = {p: _stamp(p) for p in stamps}
+            new_day = self.kernel_sets.expiring and datetime.now(timezone.utc).date() != day
+            if seen == stamps and not new_day:
+                continue
+            if seen != stamps:
+                time.sleep(self.options.settle)
+                if {p: _stamp(p) for p in stamps} != seen:
+                    continue  # still being written: look again next round
+            day = datetime.now(timezone.utc).date()
+            databases_moved = any(seen[p] != stamps[p] for p in self._paths()[1:])
+            try:
+                new = self._load(reuse_databases=not databases_moved)
+            except GeogateError as e:
+                stamps = seen
+                self.say(f"ERROR: reload failed, the kernel keeps the sets of policy {self.kernel_sets.policy_name} "
+                         f"(sha256 {self.kernel_sets.policy_sha256[:12]}): {e}")
+                continue
+            stamps = {p: _stamp(p) for p in [new.policy.ref.path] + [i.path for i in new.databases.infos]}
+            unchanged = (new.policy.ref.sha256 == self.kernel_sets.policy_sha256
+                         and tuple(i.sha256 for i in new.databases.infos) == self.kernel_sets.databases)
+            if unchanged and not new_day:
+                continue  # touched, not changed
+            try:
+                self._apply(new)
+            except GeogateError as e:
+                self.say(f"ERROR: the new sets were refused, the old ones stay: {e}")
+
+    def _load(self, reuse_databases: bool) -> GateState:
+        """The new state; with the databases in use when only the policy changed (opening and
+        checking the bundled databases again costs seconds)."""
+        if not reuse_databases:
+            return GateState.load(self.options.policy, self.options.dbs or None)
+        policy = load_policy(self.options.policy or default_policy_path())
+        return GateState(policy, self.state.databases, FactsSource(self.state.databases))
+
+    def _read_nflog(self) -> None:
+        if self.nflog is None:
+            return
+        while not self.stopping.is_set():
+            try:
+                ready, _, _ = select.select([self.nflog], [], [], 0.5)
+                if not ready:
+                    continue
+                for packet in self.nflog.read():
+                    self.receipts.refused(packet)
+            except OSError as e:
+                self.say(f"ERROR: reading NFLOG: {e}")
+                time.sleep(0.5)
+
+    def _write(self, record: dict) -> None:
+        if self.log is not None:
+            self.log.write(record)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        ks = self.kernel_sets
+        data = {
+            "pid": os.getpid(),
+            "lan": list(self.config.lan),
+            "tcp_ports": list(self.config.tcp_ports),
+            "proxy_port": self.config.proxy_port,
+            "config": {"mark": self.config.mark, "route_table": self.config.route_table,
+                       "rule_pref": self.config.rule_pref, "log_group": self.config.log_group},
+            "kernel": {"policy_sha256": ks.policy_sha256 if ks else None,
+                       "policy": ks.policy_name if ks else None,
+                       "elements": ks.element_counts() if ks else None,
+                       "build_seconds": round(ks.seconds, 3) if ks else None},
+            "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},
+            "restores": self.restores,
+            "receipts": {"written": self.receipts.written, "suppressed": self.receipts.suppressed},
+        }
+        path = state_file_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            self.say(f"WARNING: cannot write {path}: {e}")
+
+    # -- run and stop ---------------------------------------------------------------------------
+    def run_forever(self) -> int:
+        done = threading.Event()
+
+        def stop(_sig, _frame):
+            done.set()
+
+        def hup(_sig, _frame):
+            if self.log is not None:
+                self.log.reopen()
+            if self.proxy is not None and self.proxy.poll() is None:
+                self.proxy.send_signal(signal.SIGHUP)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+        while not done.wait(1):
+            pass
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proxy is not None and self.proxy.poll() is None:
+            self.proxy.terminate()
+            try:
+                self.proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+        self.say("stopped; the rules stay in place (LAN traffic stays judged, proxied ports are refused); "
+                 "`geogate gateway down` removes them")
+        sys.stdout.flush()
+
+
+def down(config: ruleset.GatewayConfig) -> None:
+    """Forwarding off first, then the table and the latch."""
+    kernel.set_forwarding(False)
+    kernel.delete_table()
+    kernel.remove_latch(config)

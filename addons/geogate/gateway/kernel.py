@@ -1,0 +1,212 @@
+"""What the gateway asks of the host: nft transactions, the policy-routing latch, forwarding.
+
+The latch: LAN traffic is forwarded only when it carries the mark that geogate's table sets
+(ruleset.py). Two routing rules per family, untouched by `nft flush ruleset`:
+
+    pref P      iif LAN fwmark M/M goto P+2     marked: routed as usual
+    pref P+1    iif LAN lookup T                unmarked: table T, `unreachable default`
+    pref P+2    nop
+
+Local delivery (the gateway's own addresses, the redirect to the proxy) is decided by the local
+table at preference 0, before any of these.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+from geogate.core.errors import GeogateError
+from geogate.gateway.ruleset import FAMILY
+from geogate.gateway.ruleset import TABLE
+from geogate.gateway.ruleset import GatewayConfig
+
+FORWARDING = {4: Path("/proc/sys/net/ipv4/ip_forward"), 6: Path("/proc/sys/net/ipv6/conf/all/forwarding")}
+SEND_REDIRECTS = Path("/proc/sys/net/ipv4/conf/all/send_redirects")
+
+
+class GatewayError(GeogateError):
+    """The host refused a change; the message says which and why."""
+
+
+def nft_path() -> str | None:
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if Path(p).exists()), None)
+
+
+def ip_path() -> str | None:
+    return shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), None)
+
+
+def _run(argv: list[str], text_in: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, input=text_in, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GatewayError(f"{argv[0]} failed: {e}") from None
+
+
+def nft(text: str) -> None:
+    """Run one nft transaction (all or nothing)."""
+    r = _run([nft_path() or "nft", "-f", "-"], text)
+    if r.returncode != 0:
+        first = next((line for line in r.stderr.splitlines() if "Error" in line), r.stderr.strip()[:300])
+        raise GatewayError(f"nft refused the ruleset: {first}")
+
+
+def table_handle() -> int | None:
+    """The handle of table inet geogate, None when it is not there.
+
+    Asked over netlink: `nft list tables` fetches every set element first (about a second with
+    the bundled databases' sets), and the watchdog asks several times a second.
+    """
+    try:
+        tables = _netlink_tables(NFPROTO_INET)
+    except OSError:
+        r = _run([nft_path() or "nft", "-j", "list", "tables"], timeout=10)
+        m = re.search(r'"family":\s*"inet",\s*"name":\s*"' + TABLE + r'",\s*"handle":\s*(\d+)', r.stdout)
+        return int(m.group(1)) if r.returncode == 0 and m else None
+    return tables.get(TABLE)
+
+
+NFPROTO_INET = 1
+_NFT_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE
+_NFT_NEWTABLE = (10 << 8) | 0
+_NLM_F_DUMP_REQUEST = 0x301
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+
+
+def _netlink_tables(family: int) -> dict[str, int]:
+    """{name: handle} of the tables of one nftables family (NFT_MSG_GETTABLE dump)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 20, _NFT_GETTABLE, _NLM_F_DUMP_REQUEST, 1, 0) + struct.pack("=BBH", family, 0, 0))
+        tables: dict[str, int] = {}
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if length < 16:
+                    raise OSError("malformed netlink reply")
+                if kind == _NLMSG_DONE:
+                    return tables
+                if kind == _NLMSG_ERROR:
+                    (error,) = struct.unpack_from("=i", data, offset + 16)
+                    if error:
+                        raise OSError(-error, os.strerror(-error))
+                elif kind == _NFT_NEWTABLE:
+                    name, handle = None, None
+                    at = offset + 20
+                    while at + 4 <= offset + length:
+                        alen, atype = struct.unpack_from("=HH", data, at)
+                        if alen < 4:
+                            break
+                        value = data[at + 4: at + alen]
+                        if atype & 0x3FFF == 1:  # NFTA_TABLE_NAME
+                            name = value.rstrip(b"\0").decode(errors="replace")
+                        elif atype & 0x3FFF == 4 and len(value) == 8:  # NFTA_TABLE_HANDLE
+                            (handle,) = struct.unpack(">Q", value)
+                        at += (alen + 3) & ~3
+                    if name is not None and handle is not None:
+                        tables[name] = handle
+                offset += (length + 3) & ~3
+
+
+def table_comment() -> str | None:
+    """The comment of the prerouting chain: `geogate policy=<sha256> name=<name>`."""
+    r = _run([nft_path() or "nft", "list", "chain", FAMILY, TABLE, "prerouting"], timeout=10)
+    if r.returncode != 0:
+        return None
+    m = re.search(r'comment "([^"]*)"', r.stdout)
+    return m.group(1) if m else None
+
+
+def delete_table() -> None:
+    _run([nft_path() or "nft", "delete", "table", FAMILY, TABLE], timeout=30)
+
+
+def interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+# -- the latch ---------------------------------------------------------------------------------
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return _run([ip_path() or "ip", *args], timeout=10)
+
+
+def latch_rules(config: GatewayConfig) -> list[list[str]]:
+    """The `ip rule add` argument lists, per family and LAN interface."""
+    p, m = config.rule_pref, f"{config.mark:#x}/{config.mark:#x}"
+    out = []
+    for fam in ("-4", "-6"):
+        for lan in config.lan:
+            out.append([fam, "rule", "add", "iif", lan, "fwmark", m, "goto", str(p + 2), "pref", str(p)])
+            out.append([fam, "rule", "add", "iif", lan, "lookup", str(config.route_table), "pref", str(p + 1)])
+        out.append([fam, "rule", "add", "nop", "pref", str(p + 2)])
+    return out
+
+
+def install_latch(config: GatewayConfig) -> None:
+    remove_latch(config)
+    for fam in ("-4", "-6"):
+        r = _ip(fam, "route", "replace", "unreachable", "default", "table", str(config.route_table))
+        if r.returncode != 0:
+            raise GatewayError(f"ip {fam} route replace unreachable default table {config.route_table}: {r.stderr.strip()}")
+    for args in latch_rules(config):
+        r = _ip(*args)
+        if r.returncode != 0:
+            raise GatewayError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+def remove_latch(config: GatewayConfig) -> None:
+    for fam in ("-4", "-6"):
+        for pref in range(config.rule_pref, config.rule_pref + 3):
+            for _ in range(64):  # one rule per LAN interface at each preference
+                if _ip(fam, "rule", "del", "pref", str(pref)).returncode != 0:
+                    break
+        _ip(fam, "route", "flush", "table", str(config.route_table))
+
+
+def latch_present(config: GatewayConfig) -> bool:
+    for fam in ("-4", "-6"):
+        rules = _ip(fam, "rule", "list").stdout
+        for lan in config.lan:
+            if not re.search(rf"^{config.rule_pref + 1}:.*iif {re.escape(lan)}\b.*lookup {config.route_table}", rules, re.M):
+                return False
+        routes = _ip(fam, "route", "show", "table", str(config.route_table)).stdout
+        if "unreachable default" not in routes:
+            return False
+    return True
+
+
+# -- forwarding --------------------------------------------------------------------------------
+
+def forwarding() -> dict[str, bool]:
+    out = {}
+    for version, path in FORWARDING.items():
+        try:
+            out[f"ipv{version}"] = path.read_text().strip() == "1"
+        except OSError:
+            out[f"ipv{version}"] = False
+    return out
+
+
+def set_forwarding(on: bool) -> None:
+    value = "1" if on else "0"
+    try:
+        if on:
+            SEND_REDIRECTS.write_text("0")  # the gateway must stay on the path
+        for path in FORWARDING.values():
+            path.write_text(value)
+    except OSError as e:
+        raise GatewayError(f"cannot turn forwarding {'on' if on else 'off'}: {e.strerror or e}") from None

@@ -62,7 +62,7 @@ def public_addresses(n: int, seed: int = 1, v6_share: float = 0.3,
     v6: list[ipaddress.IPv6Address] = []
     quota = [n6 // len(blocks) + (1 if i < n6 % len(blocks) else 0) for i in range(len(blocks))]
     deficit = 0
-    for block, q in zip(blocks, quota):
+    for block, q in zip(blocks, quota, strict=True):
         got, tries = 0, 0
         base, bits = int(block.network_address), 128 - block.prefixlen
         while got < q + deficit and tries < (q + deficit) * MAX_TRIES_PER_ADDRESS:

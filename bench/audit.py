@@ -138,11 +138,13 @@ def audit_section(tmp: Path, rounds: int, rate_flows: int, full_baseline: bool,
     figures = [Figure(
         "audit.rate_ratio", f"Audit speed: geogate audit vs mitmdump -nr ({rate_flows:,} flows)", rnd(ratio, 3), "x",
         method_rate, ">= 1.0x", (ratio is not None and ratio >= 1.0 and not failed), rounds,
-        [{"geogate": g, "mitmdump": m} for g, m in zip(runs["geogate"], runs["mitmdump"])],
+        [{"geogate": g, "mitmdump": m} for g, m in zip(runs["geogate"], runs["mitmdump"], strict=True)],
         {"geogate_flows_per_s": g_rate, "mitmdump_flows_per_s": m_rate,
          "geogate_startup_s": g_start, "mitmdump_startup_s": m_start,
-         "geogate_flows_per_s_excl_startup": rnd(rate_flows / (g_wall - g_start)) if g_wall and g_start and g_wall > g_start else None,
-         "mitmdump_flows_per_s_excl_startup": rnd(rate_flows / (m_wall - m_start)) if m_wall and m_start and m_wall > m_start else None,
+         "geogate_flows_per_s_excl_startup": (rnd(rate_flows / (g_wall - g_start))
+                                              if g_wall and g_start and g_wall > g_start else None),
+         "mitmdump_flows_per_s_excl_startup": (rnd(rate_flows / (m_wall - m_start))
+                                               if m_wall and m_start and m_wall > m_start else None),
          "geogate_cpu_s_median": rmed([r["cpu_s"] for r in runs["geogate"]]),
          "mitmdump_cpu_s_median": rmed([r["cpu_s"] for r in runs["mitmdump"]]),
          "geogate_maxrss_mib_median": rmed([r["maxrss_mib"] for r in runs["geogate"]]),

@@ -75,9 +75,9 @@ def main() -> int:
     doc = {"note": a.note, "a": str(a.a), "b": str(a.b), "conn": a.conn, "target": host, "rounds": a.rounds,
            "seconds": a.seconds, "machine": machine_info(),
            "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}}
-    for key, _target, base, test in pairs:
+    for key, _target, _base, test in pairs:
         base_rounds, test_rounds = results[(key, "base")], results[(key, "test")]
-        ratios = [t["cpu_ms_per_req"] / b["cpu_ms_per_req"] for b, t in zip(base_rounds, test_rounds)]
+        ratios = [t["cpu_ms_per_req"] / b["cpu_ms_per_req"] for b, t in zip(base_rounds, test_rounds, strict=True)]
         label = "B vs A          " if test == "B" else "A vs A (control)"
         print(f"{label} median {100 * (statistics.median(ratios) - 1):+.2f}%  "
               f"mean {100 * (statistics.mean(ratios) - 1):+.2f}%  rounds "

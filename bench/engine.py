@@ -77,7 +77,7 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901  one measurement script top to bottom; its closures are the passes it times
     p = argparse.ArgumentParser()
     p.add_argument("--addresses", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=5)
@@ -152,11 +152,11 @@ def main() -> None:
 
     def least_pass(reqs_, ips, kept):
         cache, shared = kept
-        pairs = list(zip(readers, shared))
+        pairs = list(zip(readers, shared, strict=True))
 
         def run():
             _start, day_ends, today = utc_day(time.time())
-            for req, ip in zip(reqs_, ips):
+            for req, ip in zip(reqs_, ips, strict=True):
                 now = time.time()  # the cheapest clock a decision can keep; the day as GateState keeps it
                 if now >= day_ends:
                     _start, day_ends, today = utc_day(now)
@@ -183,7 +183,7 @@ def main() -> None:
 
         def run():
             for _ in range(passes):
-                for req, ip in zip(reqs_, ips):
+                for req, ip in zip(reqs_, ips, strict=True):
                     decide(req, [ip])
         return run
 
@@ -197,14 +197,14 @@ def main() -> None:
         size = -(-len(seq) // CHUNKS)
         return [seq[i:i + size] for i in range(0, len(seq), size)] or [[]]
 
-    chunked = {fam: list(zip(parts(reqs[fam]), parts(ips))) for fam, ips in fams.items()}
+    chunked = {fam: list(zip(parts(reqs[fam]), parts(ips), strict=True)) for fam, ips in fams.items()}
 
     rounds: list[dict] = []
     cache_stats: list[dict] = []
     for rno in range(a.rounds):
         row: dict[str, float] = {}
 
-        def add(name: str, fn) -> None:
+        def add(name: str, fn, row: dict[str, float] = row) -> None:
             w, c = _timed(fn)
             row[f"{name}_wall"] = row.get(f"{name}_wall", 0.0) + w
             row[f"{name}_cpu"] = row.get(f"{name}_cpu", 0.0) + c
@@ -274,8 +274,8 @@ def main() -> None:
         "rounds": a.rounds,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    result["ratio_uncached_raw"] = [u / r for u, r in zip(per("uncached"), per("raw"))]
-    result["ratio_least_raw"] = [u / r for u, r in zip(per("least"), per("raw"))]
+    result["ratio_uncached_raw"] = [u / r for u, r in zip(per("uncached"), per("raw"), strict=True)]
+    result["ratio_least_raw"] = [u / r for u, r in zip(per("least"), per("raw"), strict=True)]
     result["medians"] = {k: statistics.median(v["all"]) for k, v in result["us_per_address"].items()}
     json.dump(result, sys.stdout, indent=1)
 
@@ -291,7 +291,7 @@ def _cache_stats(state) -> dict:
     return out
 
 
-def profile_phase(a) -> None:
+def profile_phase(a) -> None:  # noqa: C901  one set-up, then one loop choosing the phase: read as a table
     """One phase in a loop, so a sampling profiler attached from outside sees only that phase."""
     import os
     import signal
@@ -316,10 +316,10 @@ def profile_phase(a) -> None:
     # cached: the most recent OUTCOME_CACHE_SIZE addresses, exactly what the outcome cache holds
     recent = slice(max(0, a.addresses - OUTCOME_CACHE_SIZE), a.addresses)
     if a.profile_phase == "cached":
-        for req, ip in zip(reqs[recent], addrs[recent]):
+        for req, ip in zip(reqs[recent], addrs[recent], strict=True):
             state.decide(req, [ip])
     elif a.profile_phase == "second_pass":
-        for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses]):
+        for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses], strict=True):
             state.decide(req, [ip])
     go = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: go.set())
@@ -331,7 +331,7 @@ def profile_phase(a) -> None:
     i = 0
     hot_r, hot_a = reqs[a.addresses - HOT:a.addresses], addrs[a.addresses - HOT:a.addresses]
     if a.profile_phase == "hot":
-        for req, ip in zip(hot_r, hot_a):
+        for req, ip in zip(hot_r, hot_a, strict=True):
             decide(req, [ip])
     while time.perf_counter() < deadline:
         if a.profile_phase == "uncached":
@@ -343,15 +343,15 @@ def profile_phase(a) -> None:
             if i >= len(addrs):
                 break
         elif a.profile_phase == "cached":
-            for req, ip in zip(reqs[recent], addrs[recent]):
+            for req, ip in zip(reqs[recent], addrs[recent], strict=True):
                 decide(req, [ip])
             done += recent.stop - recent.start
         elif a.profile_phase == "second_pass":
-            for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses]):
+            for req, ip in zip(reqs[:a.addresses], addrs[:a.addresses], strict=True):
                 decide(req, [ip])
             done += a.addresses
         elif a.profile_phase == "hot":
-            for req, ip in zip(hot_r, hot_a):
+            for req, ip in zip(hot_r, hot_a, strict=True):
                 decide(req, [ip])
             done += HOT
         else:

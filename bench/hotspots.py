@@ -67,6 +67,14 @@ def _short(file: str) -> str:
     return head if head and tail.isdigit() else file
 
 
+def _called_from_geogate(frames) -> list[str]:
+    """The other code below the outermost geogate frame of one stack, each function once, outermost first."""
+    gi = next((i for i, (_f, fl) in enumerate(frames) if is_geogate(fl)), None)
+    if gi is None:
+        return []
+    return list(dict.fromkeys(f"{func} ({_short(file)})" for func, file in frames[gi:] if not is_geogate(file)))
+
+
 def summarise(stacks, cpu_ms_per_unit: float, units: int, top: int = 40) -> str:
     total = sum(c for _, c in stacks)
     if not total:
@@ -80,15 +88,8 @@ def summarise(stacks, cpu_ms_per_unit: float, units: int, top: int = 40) -> str:
     geo_entry: collections.Counter = collections.Counter()  # outermost geogate frame per stack
     under_geo: collections.Counter = collections.Counter()  # any function called from geogate code
     for frames, c in stacks:
-        gi = next((i for i, (_f, fl) in enumerate(frames) if is_geogate(fl)), None)
-        if gi is not None:
-            seen_u = set()
-            for func, file in frames[gi:]:
-                if not is_geogate(file):
-                    key = f"{func} ({_short(file)})"
-                    if key not in seen_u:
-                        under_geo[key] += c
-                        seen_u.add(key)
+        for key in _called_from_geogate(frames):
+            under_geo[key] += c
         seen = set()
         first_geo = None
         for func, file in frames:
@@ -111,25 +112,25 @@ def summarise(stacks, cpu_ms_per_unit: float, units: int, top: int = 40) -> str:
              f"geogate frames anywhere on the stack: {100 * geo_any / busy:.1f}% of on-CPU samples = "
              f"{geo_any * per_sample_us:.0f} µs per unit" if busy else ""]
     lines.append("\ngeogate entry points (outermost geogate frame), inclusive:")
-    for k, c in geo_entry.most_common(15):
-        lines.append(f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.1f} µs/unit  {k}")
+    lines += _rows(geo_entry.most_common(15), busy, per_sample_us)
     lines.append("\ngeogate functions, inclusive (any depth):")
-    for k, c in [(k, c) for k, c in incl.most_common() if is_geogate(k.rsplit("(", 1)[-1])][:top]:
-        lines.append(f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.1f} µs/unit  {k}")
+    lines += _rows([(k, c) for k, c in incl.most_common() if is_geogate(k.rsplit("(", 1)[-1])][:top], busy, per_sample_us)
     lines.append("\nother code called from geogate code (inclusive):")
-    for k, c in under_geo.most_common(20):
-        lines.append(f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.1f} µs/unit  {k}")
+    lines += _rows(under_geo.most_common(20), busy, per_sample_us)
     self_lines: collections.Counter = collections.Counter()
     for frames, c in stacks:
         if frames:
             self_lines[f"{frames[-1][0]} ({frames[-1][1]})"] += c
     lines.append("\ntop self time by line (file:line as sampled):")
-    for k, c in self_lines.most_common(15):
-        lines.append(f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.2f} µs/unit  {k}")
+    lines += _rows(self_lines.most_common(15), busy, per_sample_us, places=2)
     lines.append("\ntop self time (all code):")
-    for k, c in self_.most_common(25):
-        lines.append(f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.1f} µs/unit  {k}")
+    lines += _rows(self_.most_common(25), busy, per_sample_us)
     return "\n".join(lines)
+
+
+def _rows(counts: list[tuple[str, int]], busy: int, per_sample_us: float, places: int = 1) -> list[str]:
+    """One line per (function, samples): share of the on-CPU samples, µs per unit."""
+    return [f"  {100 * c / busy:5.1f}%  {c * per_sample_us:7.{places}f} µs/unit  {k}" for k, c in counts]
 
 
 def _timer(proc, path: Path) -> dict:

@@ -239,7 +239,7 @@ def _wrk_argv(port: int, script: Path, seconds: int, conns: int = WRK_CONNS) -> 
 
 
 def _wrk_parse(stdout: str, stderr: str, rc: int) -> dict[str, Any]:
-    line = next((l for l in stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    line = next((out for out in stdout.splitlines() if out.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no result (rc {rc}): {stdout[-500:]} {stderr[-500:]}")
     w = json.loads(line[8:])
@@ -285,7 +285,7 @@ def run_together(units: list[tuple[Proc, list[str], Any]], seconds: int, per: st
     cpu1 = [proc.cpu() for proc, _argv, _parse in units]
     busy = (system_cpu_seconds() - sys0) / ((time.perf_counter() - t0) * len_cpus())
     results = []
-    for (proc, _argv, parse), (out, err), p, c0, c1 in zip(units, outs, popens, cpu0, cpu1):
+    for (_proc, _argv, parse), (out, err), p, c0, c1 in zip(units, outs, popens, cpu0, cpu1, strict=True):
         r = parse(out, err, p.returncode)
         n = r.pop("count")
         cpu_s, source = cpu_delta(c0, c1)
@@ -350,7 +350,7 @@ def run_pairs(pairs: list[tuple[Any, Any, Any, str]], procs: dict, rounds: int, 
                     raise RuntimeError(f"{n} died:\n{procs[n][0].tail()}")
             rs = run_together([(procs[n][0], make_argv(procs[n][1], target, seconds), parse) for _role, n in roles],
                               seconds, per)
-            for (role, n), r in zip(roles, rs):
+            for (role, n), r in zip(roles, rs, strict=True):
                 results.setdefault((key, role), []).append(r | {"proc": n})
         log(f"{label} round {rno + 1}/{rounds} done ({time.perf_counter() - t0:.0f}s)")
     return results
@@ -411,6 +411,36 @@ def name_targets(env: Env, all_names: bool) -> list[tuple[str, str]]:
     return out
 
 
+def _check_targets(env: Env, procs: dict, targets: list[tuple[str, str]],
+                   conns: list[str]) -> dict[tuple[str, str, str], str]:
+    """Sanity: every proxy answers every target, else that variant is not measured. What failed, by
+    (proxy, target, connection)."""
+    broken: dict[tuple[str, str, str], str] = {}
+    for name, (_proc, port) in procs.items():
+        for tkey, host in targets:
+            for conn in conns:
+                ok, detail = check_http(port, _authority(env, host), conn)
+                if not ok:
+                    broken[(name, tkey, conn)] = detail
+                    log(f"check failed: {name} -> {host} ({conn}): {detail}")
+    return broken
+
+
+def _capacity(env: Env, procs: dict, broken: dict[tuple[str, str, str], str]) -> dict[str, list[dict]]:
+    """Wall-clock capacity: saturating load, one proxy at a time, alternating (none when one of
+    them failed its check)."""
+    capacity: dict[str, list[dict]] = {}
+    cap_names = [n for n in ("bare", "geogate") if n in procs and (n, "ip", "keepalive") not in broken]
+    if len(cap_names) == 2:
+        sat = _wrk_script(env, "127.0.0.1", "keepalive")
+        for rno in range(env.capacity_rounds):
+            for n in rotate(cap_names, rno):
+                capacity.setdefault(n, []).append(_wrk(procs[n][0], procs[n][1], sat, env.capacity_seconds))
+        log(f"capacity: bare {median([r['rps'] for r in capacity['bare']])} req/s, "
+            f"geogate {median([r['rps'] for r in capacity['geogate']])} req/s")
+    return capacity
+
+
 def http_section(env: Env, have_addon: bool, all_names: bool = False,
                  null_addon: bool = True) -> tuple[list[Figure], dict[str, Any]]:
     targets = [("ip", "127.0.0.1")] + name_targets(env, all_names)
@@ -428,22 +458,14 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
     log(f"proxies up in {startup_s:.1f}s; RSS after start-up: "
         + ", ".join(f"{k} {v.get('VmRSS', 0):.1f} MiB" for k, v in mem_start.items()))
 
-    # sanity: every proxy answers every target, else that variant is not measured
-    broken: dict[tuple[str, str, str], str] = {}
-    for name, (proc, port) in procs.items():
-        for tkey, host in targets:
-            for conn in conns:
-                ok, detail = check_http(port, _authority(env, host), conn)
-                if not ok:
-                    broken[(name, tkey, conn)] = detail
-                    log(f"check failed: {name} -> {host} ({conn}): {detail}")
+    broken = _check_targets(env, procs, targets, conns)
 
     scripts = {(tkey, conn): (_wrk_script(env, host, conn, delay_ms=PACE_DELAY_MS), PACED_CONNS[conn])
                for tkey, host in targets for conn in conns}
     # (group key, wrk script, base(s), test): geogate and the null addon against the two bare
     # processes in turn (see run_pairs); the A/A pair compares those two
     pairs: list[tuple[tuple, tuple[Path, int], str | tuple[str, ...], str]] = []
-    for tkey, host in targets:
+    for tkey, _host in targets:
         for conn in conns:
             if have_addon:
                 pairs.append(((tkey, conn), scripts[(tkey, conn)], ("bare", "bare2"), "geogate"))
@@ -459,16 +481,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
         log(f"warm-up: {env.warmup}s per pair")
         results = run_http_pairs(env, pairs, procs, "http", t0)
 
-        # wall-clock capacity: saturating load, one proxy at a time, alternating
-        capacity: dict[str, list[dict]] = {}
-        cap_names = [n for n in ("bare", "geogate") if n in procs and (n, "ip", "keepalive") not in broken]
-        if len(cap_names) == 2:
-            sat = _wrk_script(env, "127.0.0.1", "keepalive")
-            for rno in range(env.capacity_rounds):
-                for n in rotate(cap_names, rno):
-                    capacity.setdefault(n, []).append(_wrk(procs[n][0], procs[n][1], sat, env.capacity_seconds))
-            log(f"capacity: bare {median([r['rps'] for r in capacity['bare']])} req/s, "
-                f"geogate {median([r['rps'] for r in capacity['geogate']])} req/s")
+        capacity = _capacity(env, procs, broken)
     mem_load = {name: p.mem() for name, (p, _port) in procs.items()}
     log("RSS after load: " + ", ".join(f"{k} {v.get('VmRSS', 0):.1f} MiB" for k, v in mem_load.items()))
 
@@ -483,7 +496,8 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
             method = (f"wrk -t1 -c{PACED_CONNS[conn]} -d{env.seconds}s paced (each connection waits {PACE_DELAY_MS} ms "
                       f"between requests, ~{1000 * PACED_CONNS[conn] // (PACE_DELAY_MS + 10)} req/s), absolute-form GET "
                       f"http://{_authority(env, host)}/ {'with Connection: close ' if conn == 'close' else ''}to the "
-                      f"explicit proxy; mitmdump -q CPU (ns per thread from /proc/<pid>/task/*/schedstat) / completed requests, geogate "
+                      f"explicit proxy; mitmdump -q CPU (ns per thread from /proc/<pid>/task/*/schedstat) / completed "
+                      f"requests, geogate "
                       f"(-s addons/geogate_addon.py, policies/default.yaml, bundled DBs) vs bare mitmdump (two bare processes "
                       f"taking turns from round to round, so that neither's own speed offset decides), both loaded "
                       f"at the same time by their own wrk (same background load), both proxies on one CPU and the "
@@ -508,7 +522,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
             results, ("null", "keepalive"), "cpu_ms_per_req", "rps", None, why_broken.get(("null", "keepalive"))))
     if capacity:
         b, g = rnd(median([r["rps"] for r in capacity["bare"]])), rnd(median([r["rps"] for r in capacity["geogate"]]))
-        ratios = [y["rps"] / x["rps"] for x, y in zip(capacity["bare"], capacity["geogate"]) if x["rps"]]
+        ratios = [y["rps"] / x["rps"] for x, y in zip(capacity["bare"], capacity["geogate"], strict=True) if x["rps"]]
         figures.append(Figure(
             "proxy.capacity.ip.keepalive", "Proxy capacity (wall clock), IP literal, keep-alive: geogate / bare req/s",
             rnd(median(ratios), 3), "x",
@@ -518,7 +532,7 @@ def http_section(env: Env, have_addon: bool, all_names: bool = False,
             f"was +-40% when this suite was built); the paced CPU figures above are the precise ones",
             None, None, env.capacity_rounds,
             [{"bare": x, "geogate": y, "ratio": rnd(y["rps"] / x["rps"]) if x["rps"] else None}
-             for x, y in zip(capacity["bare"], capacity["geogate"])],
+             for x, y in zip(capacity["bare"], capacity["geogate"], strict=True)],
             {"bare_rps_median": b, "geogate_rps_median": g, "ratio_range": spread(ratios),
              "bare_cpu_ms_per_req_median": rnd(median([r["cpu_ms_per_req"] for r in capacity["bare"]])),
              "geogate_cpu_ms_per_req_median": rnd(median([r["cpu_ms_per_req"] for r in capacity["geogate"]]))}))
@@ -541,7 +555,7 @@ def _ratio_figure(fid: str, name: str, method: str, results: dict, key: Any,
                       "failed")
     base, test = results.get((key, "base"), []), results.get((key, "test"), [])
     pairs = []
-    for b, t in zip(base, test):
+    for b, t in zip(base, test, strict=True):
         ratio = t[metric] / b[metric] if b.get(metric) and t.get(metric) else None
         pairs.append({"base": b, "test": t, "ratio": rnd(ratio)})
     ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
@@ -549,7 +563,8 @@ def _ratio_figure(fid: str, name: str, method: str, results: dict, key: Any,
     value = rnd((med - 1) * 100, 3) if med is not None else None
     b_cpu, t_cpu = rnd(median([b.get(metric) for b in base])), rnd(median([t.get(metric) for t in test]))
     b_rate, t_rate = rnd(median([b.get(rate) for b in base])), rnd(median([t.get(rate) for t in test]))
-    errors = [p["test"].get("errors") or p["base"].get("errors") for p in pairs if p["test"].get("errors") or p["base"].get("errors")]
+    errors = [p["test"].get("errors") or p["base"].get("errors") for p in pairs
+              if p["test"].get("errors") or p["base"].get("errors")]
     extra = {
         f"base_{metric}_median": b_cpu, f"test_{metric}_median": t_cpu,
         "ratio_of_medians": rnd(t_cpu / b_cpu) if b_cpu and t_cpu else None,
@@ -570,12 +585,15 @@ def _memory_figures(mem_start: dict, mem_load: dict, have_addon: bool) -> list[F
     out = []
     for when, mem in (("after_start", mem_start), ("after_load", mem_load)):
         fid = f"memory.{when}"
-        name = f"Proxy resident memory above bare mitmdump, {'after start-up' if when == 'after_start' else 'after the load rounds'}"
+        name = ("Proxy resident memory above bare mitmdump, "
+                + ("after start-up" if when == "after_start" else "after the load rounds"))
         method = ("VmRSS from /proc/<pid>/status of mitmdump with geogate minus bare mitmdump, "
                   + ("2 s after both listen (no request yet)" if when == "after_start"
-                     else "after every plain-HTTP round and the saturating capacity runs") + "; the second bare process shows the spread")
+                     else "after every plain-HTTP round and the saturating capacity runs")
+                  + "; the second bare process shows the spread")
         if not have_addon:
-            out.append(skipped(fid, name, "MiB", f"<= {MEMORY_TARGET_MIB:g} MiB", "addons/geogate_addon.py does not exist yet", method))
+            out.append(skipped(fid, name, "MiB", f"<= {MEMORY_TARGET_MIB:g} MiB",
+                               "addons/geogate_addon.py does not exist yet", method))
             continue
         g, b, b2 = mem["geogate"], mem["bare"], mem.get("bare2", {})
         diff = g["VmRSS"] - b["VmRSS"]
@@ -634,7 +652,8 @@ def tunnel_section(env: Env, have_addon: bool, diagnostic: bool = False,
                   f"rotating order; "
                   f"value = median of the per-round ratios - 1")
         if not have_addon:
-            figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%", "addons/geogate_addon.py does not exist yet", method))
+            figures.append(skipped(fid, name, "%", f"<= +{OVERHEAD_TARGET_PCT:g}%",
+                                   "addons/geogate_addon.py does not exist yet", method))
             continue
         figures.append(_ratio_figure(fid, name, method, results, tkey,
                                      "cpu_ms_per_tunnel", "per_s", OVERHEAD_TARGET_PCT, why_broken.get(tkey)))

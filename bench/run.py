@@ -49,7 +49,7 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
     argv = [PY, str(BENCH / "engine.py"), "--addresses", str(addresses), "--rounds", str(rounds)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=480, cwd=ROOT)
     sys.stderr.write(res.stderr[-3000:] if res.returncode else "".join(
-        l + "\n" for l in res.stderr.splitlines() if "engine" in l))
+        line + "\n" for line in res.stderr.splitlines() if "engine" in line))
     if res.returncode != 0:
         raise RuntimeError(f"engine.py failed (rc {res.returncode}): {res.stderr[-2000:]}")
     d = json.loads(res.stdout)
@@ -59,11 +59,13 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
               f"allocations), bundled databases ({len(d['databases'])}), policies/default.yaml, in one process, "
               f"{rounds} rounds; within a round the variants take turns on each tenth of the addresses, in an order "
               f"that rotates, so that all see the same machine speed; median of per-round µs per address (wall clock)")
-    med = lambda xs: rnd(sorted(xs)[len(xs) // 2] if len(xs) % 2 else (sorted(xs)[len(xs) // 2 - 1] + sorted(xs)[len(xs) // 2]) / 2)  # noqa: E731
+    def med(xs: list[float]) -> float | None:
+        s = sorted(xs)
+        return rnd(s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)
 
     def raw_rounds(kind: str) -> list[dict]:
         return [{"all_us": rnd(a), "v4_us": rnd(b), "v6_us": rnd(c), "cpu_us": rnd(e)}
-                for a, b, c, e in zip(us[kind]["all"], us[kind]["v4"], us[kind]["v6"], us[kind]["cpu_all"])]
+                for a, b, c, e in zip(us[kind]["all"], us[kind]["v4"], us[kind]["v6"], us[kind]["cpu_all"], strict=True)]
 
     cached = med(us["cached"]["all"])
     ratio = med(d["ratio_uncached_raw"])
@@ -85,7 +87,7 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                "raw floor: maxminddb Reader.get(ip) in every configured database (C extension, pages already "
                "faulted in); " + common, "<= 2.0x", ratio is not None and ratio <= 2.0, rounds,
                [{"uncached_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in
-                zip(us["uncached"]["all"], us["raw"]["all"], d["ratio_uncached_raw"])],
+                zip(us["uncached"]["all"], us["raw"]["all"], d["ratio_uncached_raw"], strict=True)],
                {"uncached_us": med(us["uncached"]["all"]), "raw_us": med(us["raw"]["all"]),
                 "uncached_v4_us": med(us["uncached"]["v4"]), "uncached_v6_us": med(us["uncached"]["v6"]),
                 "raw_v4_us": med(us["raw"]["v4"]), "raw_v6_us": med(us["raw"]["v6"]),
@@ -102,7 +104,7 @@ def engine_section(rounds: int, addresses: int) -> tuple[list[Figure], dict]:
                "it shows how much of engine.uncached_vs_raw the interpreter costs whatever the engine does (see "
                "bench/engine.py); " + common, None, None, rounds,
                [{"least_us": rnd(u), "raw_us": rnd(r), "ratio": rnd(q)} for u, r, q in
-                zip(us["least"]["all"], us["raw"]["all"], d["ratio_least_raw"])],
+                zip(us["least"]["all"], us["raw"]["all"], d["ratio_least_raw"], strict=True)],
                {"least_us": med(us["least"]["all"]), "raw_us": med(us["raw"]["all"]),
                 "ratio_range": spread(d["ratio_least_raw"])}),
         Figure("engine.raw", "Raw maxminddb lookup in every configured database (the floor)", med(us["raw"]["all"]), "µs",
@@ -133,7 +135,8 @@ SHORT_METHOD = {
               "addresses; raw = maxminddb Reader.get in every database.",
     "origin": "wrk straight at the local asyncio origin, to show it is not the bottleneck.",
     "proxy": "paced wrk (16 keep-alive or 7 new-connection clients, each waiting 100 ms between requests) sending "
-             "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed request, geogate "
+             "absolute-form GETs to mitmdump -q; CPU of the mitmdump process from /proc (ns per thread) per completed "
+             "request, geogate "
              "and bare mitmdump loaded at the same time on the same CPU (clients and origin on the other), median of "
              "per-round ratios; an A/A pair of two bare processes gives the noise floor; capacity = saturating wrk, "
              "one proxy at a time.",
@@ -262,7 +265,8 @@ def main() -> int:
     p.add_argument("--audit-rate-flows", type=int, default=5_000)
     p.add_argument("--audit-full-flows", type=int, default=audit_bench.FULL_FLOWS,
                    help="flows in the large audit file (memory and rate at scale)")
-    p.add_argument("--audit-full-baseline", action="store_true", help="also run mitmdump -nr on the full file (~4 min at 100k flows)")
+    p.add_argument("--audit-full-baseline", action="store_true",
+                   help="also run mitmdump -nr on the full file (~4 min at 100k flows)")
     p.add_argument("--tunnel-diagnostic", action="store_true",
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
     p.add_argument("--all-names", action="store_true",

@@ -7,7 +7,8 @@ Each worker loops: TCP to the proxy -> `CONNECT host:port` -> expects 200 -> TLS
 the tunnel (verifying the origin's self-signed certificate; SNI = host when it is a name) ->
 `GET /` -> reads the 13-byte body -> closes. Stops at --seconds or --max tunnels, whichever comes
 first; every step has a timeout. With --rate, the workers together start at most that many
-tunnels per second (a paced, open-loop load instead of as-fast-as-possible). Prints one JSON line: tunnels completed, errors by kind, seconds.
+tunnels per second (a paced, open-loop load instead of as-fast-as-possible). Prints one JSON line:
+tunnels completed, errors by kind, seconds.
 """
 
 from __future__ import annotations

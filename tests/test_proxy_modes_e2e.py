@@ -170,7 +170,7 @@ MODES = {  # listener name -> (scheme, origin kind, allowed?)
 def proxy(world):
     tmp = world["tmp"] / "proxy"
     tmp.mkdir()
-    ports = dict(zip([*MODES, "socks5"], free_ports(len(MODES) + 1)))
+    ports = dict(zip([*MODES, "socks5"], free_ports(len(MODES) + 1), strict=True))
     args = []
     for name, (scheme, kind, allowed) in MODES.items():
         origin = world[kind][0 if allowed else 1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import sys
 import types
 from pathlib import Path
 from types import SimpleNamespace

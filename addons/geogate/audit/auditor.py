@@ -16,6 +16,7 @@ from typing import Protocol
 from geogate.audit.aggregate import Aggregate
 from geogate.audit.aggregate import Changes
 from geogate.audit.aggregate import NotSentEntries
+from geogate.audit.aggregate import Tally
 from geogate.audit.evaluate import Addressing
 from geogate.audit.evaluate import Evaluator
 from geogate.audit.evaluate import NameLookup
@@ -64,8 +65,7 @@ class AuditResult:
     inputs: list[InputSummary]
     problems: list[Problem]
     problems_unlisted: int
-    aggregate: Aggregate | None = None
-    changes: Changes | None = None
+    counts: Aggregate | Changes  # Changes exactly when there is a second policy (against)
     against: PolicyRef | None = None
     not_sent: NotSentEntries = field(default_factory=NotSentEntries)
     source: str = "files"  # files | replay
@@ -77,18 +77,25 @@ class AuditResult:
 
     @property
     def flows(self) -> int:
-        return (self.changes or self.aggregate).totals.flows
+        return self.counts.totals.flows
+
+
+@dataclass
+class _Against:
+    """A second policy and the changes counted against it."""
+
+    state: GateState
+    changes: Changes = field(default_factory=Changes)
 
 
 class Audit:
     def __init__(self, state: GateState, *, against: GateState | None = None,
                  lookup: NameLookup | None = None, sink: Sink | None = None) -> None:
         self.state = state
-        self.against = against
         self.evaluator = Evaluator(lookup)
         self.sink = sink
-        self.aggregate = Aggregate() if against is None else None
-        self.changes = Changes() if against is not None else None
+        # one policy counts into an Aggregate, two into Changes: one field, so neither is ever missing
+        self._counts: Aggregate | _Against = Aggregate() if against is None else _Against(against)
         self.problems: list[Problem] = []
         self.problems_unlisted = 0
         self.not_sent_entries = NotSentEntries()
@@ -100,16 +107,23 @@ class Audit:
         addressing = self.evaluator.addressing(flow)
         d = self.evaluator.decide(self.state, flow, addressing)
         self.not_sent_entries.seen(flow, d, addressing)
-        if self.against is None:
-            self.aggregate.add(flow, d, addressing)
+        counts = self._counts
+        if isinstance(counts, Aggregate):
+            counts.add(flow, d, addressing)
             if self.sink:
                 self.sink.decision(flow, d, addressing)
             return d
-        after = self.evaluator.decide(self.against, flow, addressing)
-        change = self.changes.add(flow, d, after, addressing)
+        after = self.evaluator.decide(counts.state, flow, addressing)
+        change = counts.changes.add(flow, d, after, addressing)
         if change and self.sink:
             self.sink.change(flow, d, after, addressing, change)
         return after
+
+    @property
+    def totals(self) -> Tally:
+        """Every flow evaluated so far."""
+        counts = self._counts
+        return counts.totals if isinstance(counts, Aggregate) else counts.changes.totals
 
     def not_sent(self, entry: NotSent) -> None:
         """Count an entry that never went to the network: no decision, no bytes."""
@@ -124,6 +138,7 @@ class Audit:
             self.problems_unlisted += 1
 
     def result(self, inputs: list[InputSummary], *, source: str = "files") -> AuditResult:
+        counts = self._counts
         return AuditResult(
             policy=self.state.policy.ref,
             databases=tuple(self.state.facts.infos),
@@ -131,9 +146,8 @@ class Audit:
             inputs=inputs,
             problems=list(self.problems),
             problems_unlisted=self.problems_unlisted,
-            aggregate=self.aggregate,
-            changes=self.changes,
-            against=self.against.policy.ref if self.against is not None else None,
+            counts=counts if isinstance(counts, Aggregate) else counts.changes,
+            against=None if isinstance(counts, Aggregate) else counts.state.policy.ref,
             not_sent=self.not_sent_entries,
             source=source,
         )

@@ -161,9 +161,9 @@ def from_state(state: dict, source: str, index: int) -> RecordedFlow:
         scheme = _text(request.get("scheme")).lower() or "http"
         path = _text(request.get("path"))
     elif kind in ("tcp", "udp", "dns"):
-        if not address_pair and not server.get("peername"):
-            raise ExtractError(f"{kind.upper()} flow without a server address")
         pair = address_pair or server.get("peername")
+        if not pair:
+            raise ExtractError(f"{kind.upper()} flow without a server address")
         dial_host, port = _text(pair[0]), pair[1]
         scheme, path = kind, ""
     else:
@@ -475,7 +475,9 @@ def _har_request_size(request: dict, parts: SplitResult) -> int:
     version = _text(request.get("httpVersion")) or "HTTP/1.1"
     body = _int(request.get("bodySize"))
     if body is None:
-        post = request.get("postData") if isinstance(request.get("postData"), dict) else {}
+        post = request.get("postData")
+        if not isinstance(post, dict):
+            post = {}
         body = _text_size(post.get("text"))
     return _har_head(request, len(method) + len(target) + len(version) + 2) + body
 
@@ -490,7 +492,9 @@ def _har_response_size(response: dict) -> int:
     head = _har_head(response, len(_text(response.get("httpVersion")) or "HTTP/1.1") + 5 + len(reason))
     body = _int(response.get("bodySize"))
     if body is None:
-        content = response.get("content") if isinstance(response.get("content"), dict) else {}
+        content = response.get("content")
+        if not isinstance(content, dict):
+            content = {}
         body = _int(content.get("size"))
         if body is None:
             body = _text_size(content.get("text"), content.get("encoding"))

@@ -15,6 +15,7 @@ everything before it has already been yielded.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from collections.abc import Iterator
 from typing import Any
 from typing import BinaryIO
@@ -51,6 +52,7 @@ def _container(data: bytes, start: int, stop: int, is_dict: bool) -> Any:
     Malformed input surfaces as ValueError/IndexError, which the callers turn into RecordError."""
     out: Any = {} if is_dict else []
     key: Any = _NO_KEY
+    v: Any
     p = start
     while p < stop:
         colon = data.index(b":", p, p + MAX_LENGTH_DIGITS + 1)
@@ -207,7 +209,7 @@ def states(fo: BinaryIO) -> Iterator[tuple[int, dict]]:
     Raises RecordError, with `offset` set to where the bad record starts, at the first record
     that cannot be read; everything before it has been yielded.
     """
-    pending: dict[str, dict] = {}
+    pending: dict[Hashable, dict] = {}  # by the flow's id, as recorded (a file may hold any value there)
     while True:
         offset = fo.tell()
         try:
@@ -236,7 +238,7 @@ def states(fo: BinaryIO) -> Iterator[tuple[int, dict]]:
     yield from _flush(pending)
 
 
-def _flush(pending: dict[str, dict]) -> Iterator[tuple[int, dict]]:
+def _flush(pending: dict[Hashable, dict]) -> Iterator[tuple[int, dict]]:
     for held in pending.values():
         yield held["offset"], held["state"]
     pending.clear()

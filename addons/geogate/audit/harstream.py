@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import BinaryIO
+from typing import Literal
+from typing import overload
 
 CHUNK = 1 << 16
 LONG_STRING = 1 << 16
@@ -28,7 +30,7 @@ OMITTED = "$omitted_bytes"
 PREFIX_KEY = "$prefix"
 PREFIX = 512
 
-_WS = re.compile(rb"[ \t\r\n]*")
+_NON_WS = re.compile(rb"[^ \t\r\n]")
 _STRUCT = re.compile(rb'[][{}"]')
 _STRING_STOP = re.compile(rb'["\\]')
 _SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
@@ -116,7 +118,8 @@ class HarScanner:
     def _peek(self) -> int | None:
         """The next non-whitespace byte (not consumed), or None at end of file."""
         while True:
-            self.pos = _WS.match(self.buf, self.pos).end()
+            m = _NON_WS.search(self.buf, self.pos)
+            self.pos = m.start() if m is not None else len(self.buf)
             if self.pos < len(self.buf):
                 return self.buf[self.pos]
             if not self._more():
@@ -130,6 +133,12 @@ class HarScanner:
         self.pos += 1
 
     # -- values -----------------------------------------------------------------------------
+    @overload
+    def value(self, keep: Literal[True] = True) -> bytes: ...
+
+    @overload
+    def value(self, keep: Literal[False]) -> None: ...
+
     def value(self, keep: bool = True) -> bytes | None:
         """The raw JSON of the next value (long strings replaced), or None when not kept."""
         c = self._peek()

@@ -336,8 +336,7 @@ def _footer(result: AuditResult) -> str:
     return "<footer>" + "".join(f"<div>{line}</div>" for line in lines) + "</footer>"
 
 
-def _body_single(result: AuditResult) -> str:
-    agg = result.aggregate
+def _body_single(result: AuditResult, agg: Aggregate) -> str:
     t = agg.totals
     countries = [c for c in agg.countries if len(c) == 2]
     blocked_cls = "bad" if t.would_block else "good"
@@ -388,8 +387,7 @@ def _change_table(ch: Changes, change: str) -> str:
             f'<th class="n">Flows</th><th class="n">Sent</th><th class="n">Received</th></tr>{body}</table>')
 
 
-def _body_changes(result: AuditResult) -> str:
-    ch: Changes = result.changes
+def _body_changes(ch: Changes) -> str:
     cards = [("Flows evaluated", count(ch.totals.flows), "under both policies", "")]
     for change in CHANGES:
         t = ch.changed[change]
@@ -413,8 +411,9 @@ def _body_changes(result: AuditResult) -> str:
 
 def render(result: AuditResult) -> str:
     title = _title(result)
-    body = _body_changes(result) if result.changes is not None else _body_single(result)
-    heading = "geogate audit" + (" · policy change" if result.changes is not None else "")
+    counts = result.counts
+    body = _body_changes(counts) if isinstance(counts, Changes) else _body_single(result, counts)
+    heading = "geogate audit" + (" · policy change" if isinstance(counts, Changes) else "")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

@@ -13,6 +13,7 @@ from datetime import timezone
 from typing import TextIO
 
 from geogate.audit.aggregate import CHANGES
+from geogate.audit.aggregate import Changes
 from geogate.audit.auditor import AuditResult
 from geogate.audit.evaluate import Addressing
 from geogate.audit.model import NotSent
@@ -89,8 +90,9 @@ def summary(result: AuditResult) -> dict:
         "generated": result.generated.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "not_sent": not_sent_summary(result),
     }
-    if result.changes is not None:
-        ch = result.changes
+    counts = result.counts
+    if isinstance(counts, Changes):
+        ch = counts
         out["against"] = _ref(result.against)
         out["totals"] = {"flows": ch.totals.flows, "unchanged": ch.unchanged,
                          **{k.replace("-", "_"): t.as_dict() for k, t in ch.changed.items()}}
@@ -98,7 +100,7 @@ def summary(result: AuditResult) -> dict:
         out["countries"] = {change.replace("-", "_"): [c.as_dict() for c in ch.country_rows(change)]
                             for change in CHANGES}
         return out
-    agg = result.aggregate
+    agg = counts
     out["totals"] = {**agg.totals.as_dict(), "by_action": dict(agg.by_label),
                      "by_resolution": dict(agg.by_resolution), "host_mismatch": agg.host_mismatches}
     out["countries"] = [c.as_dict() for c in agg.country_rows()]

@@ -85,23 +85,24 @@ class ReplayAudit:
         if self._audit is None:
             self._audit = Audit(state, sink=self._sink)
             self._open_source()
+        audit = self._audit
         if self._har_read:
             return
         index, self._index = self._index, self._index + 1
         try:
             recorded = from_state(flow.get_state(), self.source, index)
         except ExtractError as e:
-            self._skip(index, f"flow {flow.id}: {e}")
+            self._skip(audit, index, f"flow {flow.id}: {e}")
             return
         except MALFORMED_STATE as e:
-            self._skip(index, f"flow {flow.id}: malformed flow ({type(e).__name__}: {e})")
+            self._skip(audit, index, f"flow {flow.id}: malformed flow ({type(e).__name__}: {e})")
             return
-        self.last = self._audit.add(recorded, state)
+        self.last = audit.add(recorded, state)
         if self._input is not None:
             self._input.flows += 1
 
-    def _skip(self, index: int, message: str) -> None:
-        self._audit.problem(Problem(self.source, "flow", index, 0, message, fatal=False))
+    def _skip(self, audit: Audit, index: int, message: str) -> None:
+        audit.problem(Problem(self.source, "flow", index, 0, message, fatal=False))
         self.last = None
 
     def _open_source(self) -> None:
@@ -119,11 +120,11 @@ class ReplayAudit:
 
     @property
     def flows(self) -> int:
-        return self._audit.aggregate.totals.flows if self._audit else 0
+        return self._audit.totals.flows if self._audit else 0
 
     @property
     def would_block(self) -> int:
-        return self._audit.aggregate.totals.would_block if self._audit else 0
+        return self._audit.totals.would_block if self._audit else 0
 
     def summary_text(self) -> str:
         """The `geogate audit` text report for the flows evaluated so far."""

@@ -86,8 +86,7 @@ def _not_sent_section(result: AuditResult) -> list[str]:
 
 
 def _addresses_note(result: AuditResult) -> str:
-    counts = result.aggregate or result.changes
-    resolved, unresolved = counts.resolved, counts.unresolved
+    resolved, unresolved = result.counts.resolved, result.counts.unresolved
     note = "as recorded in the file" + ("s" if len(result.inputs) > 1 else "")
     if result.resolve:
         note += ("; names without one were looked up now (--resolve), which reflects today's DNS, "
@@ -180,8 +179,9 @@ def render(result: AuditResult) -> str:
     incomplete = _incomplete(result)
     if incomplete:
         lines += [""] + incomplete
-    if result.changes is not None:
-        ch = result.changes
+    counted = result.counts
+    if isinstance(counted, Changes):
+        ch = counted
         for change in CHANGES:
             if ch.changed[change].flows:
                 lines += [""] + _changes_section(ch, change)
@@ -191,7 +191,7 @@ def render(result: AuditResult) -> str:
         counts = ", ".join(f"{count(ch.changed[change].flows)} {CHANGE_TITLES[change]}" for change in CHANGES)
         lines += ["", f"{counts}, {count(ch.unchanged)} unchanged (of {plural(ch.totals.flows, 'flow')})"]
     else:
-        agg = result.aggregate
+        agg = counted
         if agg.totals.flows:
             lines += [""] + _destinations(agg) + [""] + _countries(agg)
         not_sent = _not_sent_section(result)

@@ -19,6 +19,7 @@ from typing import TextIO
 from geogate.audit import html_report
 from geogate.audit import text_report
 from geogate.audit.aggregate import STRICTER
+from geogate.audit.aggregate import Changes
 from geogate.audit.auditor import Audit
 from geogate.audit.auditor import AuditResult
 from geogate.audit.csv_report import CsvReport
@@ -83,10 +84,11 @@ def _exit_status(result: AuditResult, fail_on_block: bool) -> int:
     if not result.complete:
         return EXIT_ERROR
     if fail_on_block:
-        if result.changes is not None:
-            if any(result.changes.changed[change].flows for change in STRICTER):
+        counts = result.counts
+        if isinstance(counts, Changes):
+            if any(counts.changed[change].flows for change in STRICTER):
                 return EXIT_BLOCKED
-        elif result.aggregate.totals.would_block:
+        elif counts.totals.would_block:
             return EXIT_BLOCKED
     return 0
 

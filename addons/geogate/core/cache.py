@@ -14,7 +14,7 @@ FIFO = "fifo"
 CLEAR = "clear"
 
 
-class BoundedCache(dict):
+class BoundedCache(dict[Any, Any]):
     """A dict of at most `size` entries: read it with `get` (a plain dict lookup, so a hit costs
     nothing extra), insert with `put`, which makes room when the cache is full in one of two ways,
     chosen when it is made (`evict`):
@@ -34,7 +34,7 @@ class BoundedCache(dict):
         super().__init__()
         self.size = size
         self.evict = evict
-        self._order: deque | None = deque() if evict == FIFO else None
+        self._order: deque[Any] | None = deque() if evict == FIFO else None
 
     def put(self, key: Any, value: Any) -> None:
         """Insert `key` (a key `get` just missed, or replace one in place). Should two threads

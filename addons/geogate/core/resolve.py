@@ -174,7 +174,7 @@ class Resolver:
     async def _query(self, name: str) -> Resolution:
         resolver = self._dns_resolver()
 
-        async def one(rdtype: str):
+        async def one(rdtype: str) -> dns.resolver.Answer | dns.resolver.NoAnswer | dns.resolver.NXDOMAIN:
             try:
                 return await resolver.resolve(name, rdtype, lifetime=self.timeout, search=True)
             except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as e:
@@ -193,7 +193,9 @@ class Resolver:
         addresses: list[IPAddress] = []
         ttls: list[float] = []
         for ans in answers:
-            if isinstance(ans, Exception):
+            # no records of this type: NoAnswer or NXDOMAIN (dnspython raises rather than answer
+            # without an rrset, but an Answer's type allows one)
+            if isinstance(ans, Exception) or ans.rrset is None:
                 continue
             ttls.append(ans.rrset.ttl)
             for rr in ans:
@@ -201,7 +203,8 @@ class Resolver:
                 if ip not in addresses:
                     addresses.append(ip)
         if not addresses:
-            soa = [t for t in map(negative_ttl_of, answers) if t is not None]
+            errors = [a for a in answers if isinstance(a, Exception)]
+            soa = [t for t in map(negative_ttl_of, errors) if t is not None]
             nx_ttl = min(max(min(soa), self.nx_min_ttl), self.nx_max_ttl) if soa else self.nx_default_ttl
             if all(isinstance(a, dns.resolver.NXDOMAIN) for a in answers):
                 raise ResolveError(f"{name}: no such host (NXDOMAIN)", nx_ttl)

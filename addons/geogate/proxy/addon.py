@@ -47,6 +47,7 @@ from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers import UDPLayer
 
 from geogate.core.addresses import AddressError
+from geogate.core.addresses import IPAddress
 from geogate.core.addresses import canonical_host
 from geogate.core.addresses import parse_ip
 from geogate.core.clients import INTERCEPTED_MODES
@@ -197,8 +198,8 @@ def internal_error_response(error_id: str) -> http.Response:
 def _refuse_flow(addon: "GeoGate", flow: http.HTTPFlow, error_id: str, error: Exception) -> None:
     if not flow.live:
         return  # a replayed flow is only ever reported on
-    flow.response = internal_error_response(error_id)
-    _answer_before_upload(flow)
+    flow.response = response = internal_error_response(error_id)
+    _answer_before_upload(flow, response)
     rec = error_record(error_id, error, flow_id=flow.id, client=flow.client_conn,
                        host=flow.request.host, port=flow.request.port)
     flow.metadata["geogate"] = rec
@@ -233,13 +234,13 @@ def block_response(d: Decision) -> http.Response:
 
 
 def _block_flow(flow: http.HTTPFlow, d: Decision) -> None:
-    flow.response = block_response(d)
-    _answer_before_upload(flow)
+    flow.response = response = block_response(d)
+    _answer_before_upload(flow, response)
 
 
-def _answer_before_upload(flow: http.HTTPFlow) -> None:
+def _answer_before_upload(flow: http.HTTPFlow, response: http.Response) -> None:
     """A refused request that is waiting to send its body (`Expect: 100-continue`) gets its 403
-    now, before any 100 Continue.
+    (`response`, the flow's) now, before any 100 Continue.
 
     Right after requestheaders, mitmproxy answers the expectation with 100 Continue itself, and
     it sends a response set in requestheaders only once the whole body has arrived: the client
@@ -259,7 +260,6 @@ def _answer_before_upload(flow: http.HTTPFlow) -> None:
     writer = client_writer(client)
     if writer is None or writer.is_closing():
         return
-    response = flow.response
     response.headers["Connection"] = "close"
     writer.write(http1.assemble_response(response))
     flow.kill()  # mitmproxy closes the connection and sends nothing more
@@ -334,16 +334,25 @@ class GeoGate:
 
     # -- options -------------------------------------------------------------------------------
     def load(self, loader) -> None:
-        # Help strings stay on one line: mitmproxy resets a script's option to its default on
-        # reload when the help text has line breaks.
-        loader.add_option("geogate_policy", str, "", "geogate policy file (YAML); empty = the packaged policies/default.yaml.")
-        loader.add_option("geogate_db", Sequence[str], [], "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
-        loader.add_option("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
-        loader.add_option("geogate_intercept", bool, False, "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
-        loader.add_option("geogate_resolve_timeout", str, f"{DEFAULT_TIMEOUT:g}", "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
-        loader.add_option("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES, "geogate: most host names whose DNS answer or failure is cached (least recently used dropped first; 0 = no cache).")
-        loader.add_option("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES, "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
-        loader.add_option("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}", "geogate: seconds a changed policy or database must stay unchanged after its writer closed it before it is applied.")
+        # Help strings hold no line break (split here only in the source): mitmproxy resets a
+        # script's option to its default on reload when the help text has line breaks.
+        add = loader.add_option
+        add("geogate_policy", str, "", "geogate policy file (YAML); empty = the packaged policies/default.yaml.")
+        add("geogate_db", Sequence[str], [],
+            "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
+        add("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
+        add("geogate_intercept", bool, False,
+            "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
+        add("geogate_resolve_timeout", str, f"{DEFAULT_TIMEOUT:g}",
+            "geogate DNS timeout in seconds for destination lookups (decimals allowed, e.g. 1.5).")
+        add("geogate_dns_cache_size", int, DEFAULT_CACHE_ENTRIES,
+            "geogate: most host names whose DNS answer or failure is cached "
+            "(least recently used dropped first; 0 = no cache).")
+        add("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES,
+            "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
+        add("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}",
+            "geogate: seconds a changed policy or database must stay unchanged after its writer closed it "
+            "before it is applied.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -531,7 +540,7 @@ class GeoGate:
         ip = parse_ip(ip_text)
         if ip is None:
             return await self._decide_name(ip_text, port, **context)
-        claimed = None
+        claimed: frozenset[IPAddress] | None = None
         if claim:
             claim = printable(claim)  # from a Host header or SNI: any bytes at all
             try:
@@ -652,7 +661,7 @@ class GeoGate:
             if self.carried.get(client.id, flow.server_conn.address) is not None:
                 self._attach(flow)
             elif mode_name(client.proxy_mode) in INTERCEPTED_MODES and flow.server_conn.address:
-                return self._decide_intercepted_request(flow)
+                return self._decide_intercepted_request(flow, flow.server_conn.address)
             # else: server_connect decides when the connection is opened
             return None
 
@@ -694,10 +703,10 @@ class GeoGate:
             # the name stays and server_connect pins the address from this carried decision.
             self.carried.remember(flow.client_conn.id, (data.host, port), d)
 
-    async def _decide_intercepted_request(self, flow: http.HTTPFlow) -> None:
-        """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy):
-        decide now, so a block is a readable 403 rather than a killed connection."""
-        client, address = flow.client_conn, flow.server_conn.address
+    async def _decide_intercepted_request(self, flow: http.HTTPFlow, address: tuple[str, int]) -> None:
+        """Transparent-style HTTP whose connection is not open yet (connection_strategy=lazy), to
+        `address`: decide now, so a block is a readable 403 rather than a killed connection."""
+        client = flow.client_conn
         claim = host_of_header(flow.request.host_header) if flow.request.host_header else client.sni
         context = dict(self._flow_context(flow), sni=client.sni)
         d = await self._decide_intercepted(str(address[0]), int(address[1]), claim, **context)
@@ -742,13 +751,13 @@ class GeoGate:
             return
         d = self.carried.get(client.id, server.address)
         if d is None:
-            d = await self._decide_connection(server, client)
+            d = await self._decide_connection(server.address, client)
             self._record(d)
             self.carried.remember(client.id, server.address, d)
-        self._apply(server, client, d)
+        self._apply(server, server.address, client, d)
 
-    async def _decide_connection(self, server: Server, client: Client) -> Decision:
-        host, port = str(server.address[0]), int(server.address[1])
+    async def _decide_connection(self, address: tuple[str, int], client: Client) -> Decision:
+        host, port = str(address[0]), int(address[1])
         mode = mode_name(client.proxy_mode)
         context = dict(peername=client.peername, mode=mode, flow_id=client.id,
                        user=self._client_user(client), sni=client.sni)
@@ -757,14 +766,14 @@ class GeoGate:
             return await self._decide_intercepted(host, port, claim, **context)
         return await self._decide_name(host, port, **context)
 
-    def _apply(self, server: Server, client: Client, d: Decision) -> None:
-        """Refuse, or point the connection at exactly the address that was checked."""
+    def _apply(self, server: Server, address: tuple[str, int], client: Client, d: Decision) -> None:
+        """Refuse, or point the connection (to `address`, the server's) at exactly the address that was checked."""
         if d.blocked:
             server.error = blocked_connection(d)
             return
-        port = int(server.address[1])
+        port = int(address[1])
         pin = pinned_address(d, port)
-        if pin is None or str(server.address[0]) == pin[0]:
+        if pin is None or str(address[0]) == pin[0]:
             return
         name = d.request.host
         if server.sni is None and name and not is_ip(name) and not d.request.host_is_claim:

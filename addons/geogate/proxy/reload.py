@@ -37,7 +37,6 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 from typing import Callable
 
@@ -104,9 +103,12 @@ class Source:
 
     def paths(self, state: GateState | None) -> tuple[str, ...] | None:
         """The files to watch; None while the bundled databases are not unpacked yet."""
-        if not self.databases and state is None:
+        if self.databases:
+            dbs = self.databases
+        elif state is not None:
+            dbs = tuple(info.path for info in state.databases.infos)
+        else:
             return None
-        dbs = self.databases or tuple(info.path for info in state.databases.infos)
         return (str(self.policy or default_policy_path()), *dbs)
 
 

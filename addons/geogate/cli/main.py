@@ -172,13 +172,34 @@ def _provenance_lines(rec: dict[str, Any]) -> list[str]:
     return lines
 
 
+_URL_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def explain_target(target: str) -> tuple[str, int | None]:
+    """The host and port `explain` decides: from `host`, `host:port`, `[v6]:port`, or a URL of a
+    scheme the proxy carries (http, https, ws, wss; the port defaults by scheme). Raises AddressError."""
+    scheme, sep, rest = target.strip().partition("://")
+    if not sep:
+        return split_host_port(target)
+    default = _URL_PORTS.get(scheme.lower())
+    if default is None:
+        raise AddressError(f"{target!r}: a URL must start with one of {', '.join(f'{s}://' for s in _URL_PORTS)}")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]  # no user:password@
+    if authority.count(":") > 1 and not authority.startswith("["):
+        raise AddressError(f"{target!r}: an IPv6 address in a URL goes in brackets, e.g. http://[2001:db8::1]:8080/")
+    try:
+        return split_host_port(authority, default)
+    except AddressError as e:  # name the URL as given, not the part of it
+        raise AddressError(str(e).replace(repr(authority), repr(target.strip()), 1)) from None
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from geogate.core.resolve import ResolveError
     from geogate.core.resolve import resolve_sync
     from geogate.policy.state import GateState
 
     try:
-        host, port = split_host_port(args.target)
+        host, port = explain_target(args.target)
         host = canonical_host(host)
     except AddressError as e:
         _err(str(e))
@@ -221,15 +242,16 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
     groups = builtin_groups()
     today = date.today()
+    if args.json and not args.name:
+        print(json.dumps([_group_json(groups[name]) for name in sorted(groups)], indent=2))
+        return 0
     if args.name:
         g = groups.get(args.name.removeprefix("@"))
         if g is None:
             _err(f"no built-in group `{args.name}`; known: {', '.join(sorted(groups))}")
             return 2
         if args.json:
-            print(json.dumps({"name": g.name, "title": g.title, "citation": g.citation, "source_url": g.source_url,
-                              "as_of": str(g.as_of), "countries": sorted(g.countries), "regions": sorted(g.regions),
-                              "conditional": g.conditional, "notes": g.notes}, indent=2))
+            print(json.dumps(_group_json(g), indent=2))
             return 0
         print(f"@{g.name}: {g.title}")
         print(f"  countries  {' '.join(sorted(g.countries)) or '-'}")
@@ -252,6 +274,12 @@ def cmd_groups(args: argparse.Namespace) -> int:
             members += ("; " if members else "") + "regions " + " ".join(sorted(g.regions))
         print(f"@{name:<{width}} as of {g.as_of}  {members}")
     return 0
+
+
+def _group_json(g) -> dict[str, Any]:
+    return {"name": g.name, "title": g.title, "citation": g.citation, "source_url": g.source_url,
+            "as_of": str(g.as_of), "countries": sorted(g.countries), "regions": sorted(g.regions),
+            "conditional": g.conditional, "notes": g.notes}
 
 
 # -- db ------------------------------------------------------------------------------------------
@@ -375,6 +403,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 
+_POLICY_HELP = "policy file (default: GEOGATE_POLICY, else the packaged default.yaml)"
+_DB_HELP = "MMDB database (repeatable; default: the bundled ones)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geogate", description="Destination-country rules for outbound connections.")
     p.add_argument("--version", action="version", version=f"geogate {__version__}")
@@ -383,13 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate policy files")
     c.add_argument("policy", nargs="*", metavar="POLICY",
                    help="policy files (default: GEOGATE_POLICY, else the packaged default.yaml)")
-    c.add_argument("--db", action="append", help="check against these databases (default: the bundled ones)")
+    c.add_argument("--db", action="append", help="check against these databases (repeatable; default: the bundled ones)")
     c.set_defaults(func=cmd_check)
 
     e = sub.add_parser("explain", help="decide one destination and show why")
-    e.add_argument("target", metavar="TARGET", help="IP literal, host name, or host:port")
-    e.add_argument("--policy", help="policy file (default: policies/default.yaml)")
-    e.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
+    e.add_argument("target", metavar="TARGET",
+                   help="IP literal, host name, host:port, or an http, https, ws or wss URL")
+    e.add_argument("--policy", help=_POLICY_HELP)
+    e.add_argument("--db", action="append", help=_DB_HELP)
     e.add_argument("--client", help="client address, for client profiles")
     e.add_argument("--user", help="proxy-auth user name, for client profiles")
     e.add_argument("--no-resolve", action="store_true", help="never look names up")
@@ -398,22 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_explain)
 
     a = sub.add_parser("audit", help="evaluate recorded traffic (mitmproxy flows, HAR) offline")
-    a.add_argument("files", nargs="+", metavar="FILE")
-    a.add_argument("--policy")
-    a.add_argument("--db", action="append")
-    a.add_argument("--format", choices=("text", "json", "csv", "html"), default="text")
-    a.add_argument("-o", "--output", metavar="OUT")
+    a.add_argument("files", nargs="+", metavar="FILE", help="mitmproxy flow files or HAR files")
+    a.add_argument("--policy", help=_POLICY_HELP)
+    a.add_argument("--db", action="append", help=_DB_HELP)
+    a.add_argument("--format", choices=("text", "json", "csv", "html"), default="text",
+                   help="report format (default: text)")
+    a.add_argument("-o", "--output", metavar="OUT", help="write the report to OUT (default: standard output)")
     a.add_argument("--resolve", action="store_true", help="look names up when a flow has no recorded address")
     a.add_argument("--fail-on-block", action="store_true", help="exit 1 when any flow would be blocked")
     a.add_argument("--against", metavar="POLICY2", help="report only what changes under POLICY2")
     a.set_defaults(func=cmd_audit)
 
     r = sub.add_parser("run", help="start the proxy (mitmdump with the geogate addon)")
-    r.add_argument("--policy")
-    r.add_argument("--db", action="append")
+    r.add_argument("--policy", help=_POLICY_HELP + "; reloaded when it changes")
+    r.add_argument("--db", action="append", help=_DB_HELP + "; reloaded when they change")
     r.add_argument("--mode", default="regular", help="any mitmproxy mode (default: regular)")
-    r.add_argument("--listen-host", default="127.0.0.1")
-    r.add_argument("--listen-port", type=int, default=8080)
+    r.add_argument("--listen-host", default="127.0.0.1",
+                   help='address to listen on (default: 127.0.0.1; "" for every address)')
+    r.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default: 8080)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log")
     r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
@@ -424,15 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("db", help="GeoIP databases")
     dsub = d.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
     di = dsub.add_parser("info", help="build date, age, type, size, licence")
-    di.add_argument("--db", action="append")
-    di.add_argument("--json", action="store_true")
+    di.add_argument("--db", action="append", help=_DB_HELP)
+    di.add_argument("--json", action="store_true", help="print JSON")
     di.set_defaults(func=cmd_db_info)
     du = dsub.add_parser("update", help="refresh the bundled default databases")
     du.set_defaults(func=cmd_db_update)
 
     g = sub.add_parser("groups", help="built-in country groups")
-    g.add_argument("name", nargs="?")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("name", nargs="?", metavar="NAME", help="one group, with its source (default: list them all)")
+    g.add_argument("--json", action="store_true", help="print JSON (a list of every group when no NAME)")
     g.set_defaults(func=cmd_groups)
     return p
 

@@ -38,17 +38,24 @@ def _err(msg: str) -> None:
     print(f"geogate: {msg}", file=sys.stderr)
 
 
-def _stale_groups(policy) -> list[str]:
+def _today() -> date:
+    return date.today()
+
+
+def _stale_groups(names: set[str]) -> list[str]:
+    """A note for each built-in group among `names` last checked against its source more than
+    STALE_AFTER_DAYS before today."""
     from geogate.policy.groups import STALE_AFTER_DAYS
     from geogate.policy.groups import builtin_groups
 
-    today = date.today()
+    today = _today()
     out = []
-    for name in sorted(policy.group_citations):
+    for name in sorted(names):
         g = builtin_groups().get(name)
         if g and g.age_days(today) > STALE_AFTER_DAYS:
-            out.append(f"built-in group @{name} was last checked against its source on {g.as_of}; "
-                       f"re-check it (`geogate groups {name}`)")
+            out.append(f"note: built-in group @{name} was last checked against its source on {g.as_of}, "
+                       f"{g.age_days(today)} days ago: compare it with the source `geogate groups {name}` names; "
+                       "a newer geogate may have re-checked it, or list the codes in the policy yourself")
     return out
 
 
@@ -60,6 +67,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from geogate.policy.state import database_warnings
 
     failed = 0
+    cited: set[str] = set()  # built-in groups the policies use: each is noted once, after them all
     databases = DatabaseSet.open(database_paths(args.db))  # the defaults when no --db
     from geogate.policy.state import default_policy_path
 
@@ -79,14 +87,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         for w in policy.warnings:
             print(w, file=sys.stderr)
-        for w in _stale_groups(policy):
-            print(f"{path}: note: {w}", file=sys.stderr)
+        cited |= set(policy.group_citations)
         for w in database_warnings(policy, databases):
             print(w, file=sys.stderr)
         rules = len(policy.all_rules())
         nat64 = f", nat64 {' '.join(map(str, policy.nat64.networks))}" if policy.nat64 else ""
         print(f"{path}: ok (policy {policy.name}, {rules} rule{'s' if rules != 1 else ''}, "
               f"mode {policy.mode}, default {policy.default}{nat64})")
+    for note in _stale_groups(cited):
+        _err(note)
     return 1 if failed else 0
 
 
@@ -197,6 +206,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from geogate.core.resolve import ResolveError
     from geogate.core.resolve import resolve_sync
     from geogate.policy.state import GateState
+    from geogate.policy.state import database_warnings
 
     try:
         host, port = explain_target(args.target)
@@ -205,7 +215,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _err(str(e))
         return 2
     state = GateState.load(args.policy, args.db)
-    for w in state.warnings:
+    for w in state.policy.warnings:
         print(w, file=sys.stderr)
     literal = parse_ip(host)
     resolve_error = None
@@ -227,6 +237,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     req = Request(host=host, port=port, client_ip=client, user=args.user, client=args.client, mode="explain")
     decision = state.decide(req, addresses, resolve_error=resolve_error)
+    # what the databases cannot answer, only where it could change this decision
+    countries = {c for a in decision_record(decision)["addresses"] for c in (a["country"], a["registered_country"]) if c}
+    for w in database_warnings(state.policy, state.databases, countries):
+        print(w, file=sys.stderr)
     if args.json:
         print(to_json_line(decision_record(decision)))
     else:

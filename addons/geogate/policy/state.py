@@ -11,6 +11,7 @@ from datetime import datetime
 from datetime import time as dtime
 from datetime import timezone
 from pathlib import Path
+from typing import Collection
 from typing import Iterable
 from typing import Sequence
 
@@ -24,6 +25,7 @@ from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
 from geogate.core.ipaddress_private import ip_key
 from geogate.core.lookup import FactsSource
+from geogate.core.rules import Mode
 from geogate.core.rules import Policy
 from geogate.policy.loader import load_policy
 
@@ -44,15 +46,26 @@ def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]
     return list(default_database_paths())
 
 
-def database_warnings(policy: Policy, databases: DatabaseSet) -> list[str]:
-    """What the policy asks for that the configured databases cannot answer."""
+_CITY_HINT = "add a City database with --db, e.g. MaxMind GeoLite2-City (docs/databases.md)"
+
+
+def database_warnings(policy: Policy, databases: DatabaseSet, countries: Collection[str] | None = None) -> list[str]:
+    """What the policy asks for that the configured databases cannot answer, said only where it
+    could change a decision. Without `countries` (checking a policy, starting the proxy) a rule
+    that can never match is mentioned when the policy enforces; a monitor-mode policy blocks
+    nothing, whatever its rules match. With `countries` (the countries of the addresses one
+    decision is about) a subdivisions rule is mentioned only when one of them holds its regions."""
     out = []
     rules = policy.all_rules()
     names = ", ".join(db.name for db in databases.databases)
-    if any(r.subdivisions for r in rules) and not databases.has_subdivisions:
-        used = ", ".join(r.name for r in rules if r.subdivisions)
-        out.append(f"{policy.ref.path}: warning: rule(s) {used} match subdivisions, but no City database is "
-                   f"loaded ({names}); they can never match. Add a City database with --db.")
+    if countries is None and policy.mode is Mode.MONITOR:
+        rules = ()
+    if not databases.has_subdivisions:
+        idle = [r for r in rules if r.subdivisions and (
+            countries is None or {code.split("-", 1)[0] for code in r.subdivisions} & set(countries))]
+        if idle:
+            out.append(f"{policy.ref.path}: warning: rule(s) {', '.join(r.name for r in idle)} match subdivisions, "
+                       f"but no City database is loaded ({names}); they can never match: {_CITY_HINT}.")
     if any(r.asns for r in rules) and not databases.has_asn:
         used = ", ".join(r.name for r in rules if r.asns)
         out.append(f"{policy.ref.path}: warning: rule(s) {used} match asns, but no ASN database is loaded "

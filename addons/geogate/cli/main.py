@@ -42,6 +42,10 @@ def _today() -> date:
     return date.today()
 
 
+def _now() -> float:
+    return time.time()
+
+
 def _stale_groups(names: set[str]) -> list[str]:
     """A note for each built-in group among `names` last checked against its source more than
     STALE_AFTER_DAYS before today."""
@@ -316,6 +320,33 @@ def _network_count(db, cache: Path) -> int:
     return int(counts[db.info.sha256])
 
 
+def _print_db_info(out: list[dict[str, Any]]) -> None:
+    from geogate.core.geo import build_text
+
+    for e in out:
+        print(e["name"])
+        print(f"  file         {e['path']}")
+        print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
+        if e["age_days"] is not None:
+            print(f"  built        {e['built']} ({e['age_days']} days ago)")
+        else:
+            print(f"  built        {build_text(e['build_epoch'])}")
+        print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
+        print(f"  sha256       {e['sha256']}")
+        for key in ("source", "license", "attribution"):
+            if e.get(key):
+                print(f"  {key:<12} {e[key]}")
+        if e["stale"] and e.get("newest_published"):
+            n = e["newest_published"]
+            print(f"  WARNING      older than {STALE_DB_DAYS} days, and the newest published build (checked "
+                  f"{n['checked']}) is this one, built {n['built']}: `geogate db update` has nothing newer. "
+                  f"Fresher data: MaxMind GeoLite2 with geoipupdate, then --db PATH (docs/databases.md)")
+        elif e["stale"]:
+            print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
+        for problem in e.get("problems", ()):
+            print(f"  WARNING      {problem}")
+
+
 def cmd_db_info(args: argparse.Namespace) -> int:
     from geogate.core import bundled
     from geogate.core.databases import Database
@@ -326,7 +357,8 @@ def cmd_db_info(args: argparse.Namespace) -> int:
 
     paths = database_paths(args.db)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
-    now = time.time()
+    checks = bundled.last_checks()
+    now = _now()
     out: list[dict[str, Any]] = []
     today = datetime.fromtimestamp(now, timezone.utc).date()
     for path in paths:
@@ -351,6 +383,9 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         if problems:
             entry["problems"] = problems
         p = provenance.get(i.sha256)  # identified by content, wherever the file lives
+        check = checks.get(p["name"]) if p else None
+        if check and isinstance(check.get("build_epoch"), int) and check["build_epoch"] <= i.build_epoch:
+            entry["newest_published"] = {"checked": build_text(check.get("checked")), "built": build_text(i.build_epoch)}
         if p:
             entry.update({"source": clean_text(f"npm {p.get('npm_package')}@{p.get('version')}"),
                           "license": clean_text(p.get("license")) if p.get("license") else None,
@@ -360,25 +395,11 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        for e in out:
-            print(e["name"])
-            print(f"  file         {e['path']}")
-            print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
-            if e["age_days"] is not None:
-                print(f"  built        {e['built']} ({e['age_days']} days ago)")
-            else:
-                print(f"  built        {build_text(e['build_epoch'])}")
-            print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
-            print(f"  sha256       {e['sha256']}")
-            for key in ("source", "license", "attribution"):
-                if e.get(key):
-                    print(f"  {key:<12} {e[key]}")
-            if e["stale"]:
-                print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
-            for problem in e.get("problems", ()):
-                print(f"  WARNING      {problem}")
+        _print_db_info(out)
     if any(e["stale"] for e in out):
-        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days", file=sys.stderr)
+        newest = all(e.get("newest_published") for e in out if e["stale"])
+        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days"
+              + (", and no newer build of it is published" if newest else ""), file=sys.stderr)
     if any(e.get("problems") for e in out):
         print("geogate: warning: a database's build time is not usable; check where the file came from", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
+import system_deps
 from proxy_support import ROOT
 from proxy_support import Mitmdump
 from proxy_support import Origin
@@ -84,6 +85,7 @@ def tear_down() -> None:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
+    system_deps.skip_unless("ip", "curl")
     probe = subprocess.run(["ip", "netns", "add", NS["client"]], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create network namespaces here (`ip netns add` said: {probe.stderr.strip()}); "
@@ -119,6 +121,7 @@ def curl(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("kit", ["nftables", "iptables"])
 def test_transparent_gateway(gateway, kit):
+    system_deps.skip_unless({"nftables": "nft", "iptables": "iptables"}[kit])
     proxy, origins, cert = gateway["proxy"], gateway["origins"], str(gateway["cert"])
     for o in origins.values():
         o.connections.clear()

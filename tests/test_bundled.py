@@ -268,6 +268,8 @@ def db_info(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 def test_db_info_does_not_send_the_user_to_an_update_that_has_nothing_newer(
         cache: Path, npm: FakeNpm, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     bundled.default_database_paths()
+    out, _err = db_info(monkeypatch, capsys, 1)
+    assert "(1 day ago)" in out and "(1 days ago)" not in out
     out, _err = db_info(monkeypatch, capsys, 60)
     assert out.count("run `geogate db update`") == 2  # never checked: an update may well help
 

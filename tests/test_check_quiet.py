@@ -52,8 +52,8 @@ def test_make_check_on_a_fresh_clone_is_one_ok_line_per_policy(presets, monkeypa
     # The one thing left to say: the enforcing OFAC preset blocks Crimea, Sevastopol, Donetsk and
     # Luhansk only with a City database, which a fresh clone does not have. observe.yaml, the same
     # rule in monitor mode, blocks nothing either way and says nothing.
-    assert err == ["policies/ofac-comprehensive.yaml: warning: rule(s) ofac-regions match subdivisions, but no City "
-                   "database is loaded (dbip-country, geo-whois-asn-country); they can never match: add a City "
+    assert err == ["policies/ofac-comprehensive.yaml: warning: rule ofac-regions matches subdivisions, but no City "
+                   "database is loaded (dbip-country, geo-whois-asn-country); it can never match: add a City "
                    "database with --db, e.g. MaxMind GeoLite2-City (docs/databases.md)."]
 
 
@@ -94,3 +94,20 @@ def test_the_city_database_warning_only_where_it_could_change_a_decision(preset,
     finally:
         databases.close()
     assert any("City database" in w for w in warnings) is warned, warnings
+
+
+def test_the_database_warnings_agree_in_number(tmp_path):
+    rule = "  - name: {0}\n    action: block\n    subdivisions: [UA-43]\n    asns: [64512]\n"
+    databases = DatabaseSet.open([Path(TEST_DB)])
+    try:
+        for names, words in ((["r1"], ("rule r1 matches", "it can never match")),
+                             (["r1", "r2"], ("rules r1, r2 match", "they can never match"))):
+            path = tmp_path / f"{len(names)}.yaml"
+            path.write_text("version: 1\nname: p\ndefault: allow\nrules:\n" + "".join(rule.format(n) for n in names))
+            warnings = database_warnings(load_policy(path), databases)
+            assert len(warnings) == 2  # subdivisions and asns
+            for w in warnings:
+                assert all(word in w for word in words), w
+                assert "(s)" not in w
+    finally:
+        databases.close()

@@ -328,7 +328,7 @@ def _print_db_info(out: list[dict[str, Any]]) -> None:
         print(f"  file         {e['path']}")
         print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
         if e["age_days"] is not None:
-            print(f"  built        {e['built']} ({e['age_days']} days ago)")
+            print(f"  built        {e['built']} ({e['age_days']} day{'s' if e['age_days'] != 1 else ''} ago)")
         else:
             print(f"  built        {build_text(e['build_epoch'])}")
         print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")

@@ -27,6 +27,7 @@ from geogate.core.ipaddress_private import ip_key
 from geogate.core.lookup import FactsSource
 from geogate.core.rules import Mode
 from geogate.core.rules import Policy
+from geogate.core.rules import Rule
 from geogate.policy.loader import load_policy
 
 OUTCOME_CACHE_SIZE = 4096  # a few MB; proxies see far fewer distinct destinations than that
@@ -49,6 +50,11 @@ def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]
 _CITY_HINT = "add a City database with --db, e.g. MaxMind GeoLite2-City (docs/databases.md)"
 
 
+def _rules_match(rules: Sequence[Rule]) -> str:
+    names = ", ".join(r.name for r in rules)
+    return f"rule {names} matches" if len(rules) == 1 else f"rules {names} match"
+
+
 def database_warnings(policy: Policy, databases: DatabaseSet, countries: Collection[str] | None = None) -> list[str]:
     """What the policy asks for that the configured databases cannot answer, said only where it
     could change a decision. Without `countries` (checking a policy, starting the proxy) a rule
@@ -64,12 +70,12 @@ def database_warnings(policy: Policy, databases: DatabaseSet, countries: Collect
         idle = [r for r in rules if r.subdivisions and (
             countries is None or {code.split("-", 1)[0] for code in r.subdivisions} & set(countries))]
         if idle:
-            out.append(f"{policy.ref.path}: warning: rule(s) {', '.join(r.name for r in idle)} match subdivisions, "
-                       f"but no City database is loaded ({names}); they can never match: {_CITY_HINT}.")
+            out.append(f"{policy.ref.path}: warning: {_rules_match(idle)} subdivisions, but no City database is loaded "
+                       f"({names}); {'it' if len(idle) == 1 else 'they'} can never match: {_CITY_HINT}.")
     if any(r.asns for r in rules) and not databases.has_asn:
-        used = ", ".join(r.name for r in rules if r.asns)
-        out.append(f"{policy.ref.path}: warning: rule(s) {used} match asns, but no ASN database is loaded "
-                   f"({names}); they can never match. Add an ASN database with --db.")
+        used = [r for r in rules if r.asns]
+        out.append(f"{policy.ref.path}: warning: {_rules_match(used)} asns, but no ASN database is loaded "
+                   f"({names}); {'it' if len(used) == 1 else 'they'} can never match. Add an ASN database with --db.")
     if not databases.has_country:
         out.append(f"warning: none of the databases ({names}) gives countries; every public address is unknown")
     return out

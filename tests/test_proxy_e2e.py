@@ -440,7 +440,7 @@ def test_geogate_run_starts_the_proxy(world, tmp_path):
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
-            if "listening at" in line or not line:
+            if "geogate: TLS passes through" in line or not line:  # said once the port is bound
                 break
         out = "".join(lines)
         assert "geogate: policy test" in out and "geogate: database test" in out

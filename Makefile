@@ -23,7 +23,7 @@ run: install
 	$(VENV)/bin/geogate run --listen-host $(LISTEN_HOST) --listen-port $(LISTEN_PORT)
 
 system-deps:
-	@tools/install-system-deps
+	@SKIP_SYSTEM_DEPS=$(SKIP_SYSTEM_DEPS) tools/install-system-deps
 
 test: lint install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

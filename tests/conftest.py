@@ -51,3 +51,16 @@ def decision_records_match_the_schema(request):
     finally:
         DecisionLog.write = write
     assert not mismatches, mismatches[0]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many tests skipped because a system package is missing, and which (system_deps.py)."""
+    from system_deps import summary
+
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            reasons.append(str(longrepr[2]))
+    if line := summary(reasons):
+        terminalreporter.write_line(line, yellow=True)

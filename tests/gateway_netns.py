@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import system_deps
 from proxy_support import DEAD_RESOLVER
 from record_schema import check_record
 
@@ -85,13 +86,12 @@ class Topology:
 
 
 def require_netns(tag: str) -> None:
+    system_deps.skip_unless("ip", "nft", "curl")
     probe = subprocess.run(["ip", "netns", "add", f"{tag}probe"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create network namespaces here (`ip netns add` said: {probe.stderr.strip()}); "
                     "this test needs root and CAP_SYS_ADMIN")
     subprocess.run(["ip", "netns", "del", f"{tag}probe"], capture_output=True)
-    if subprocess.run(["sh", "-c", "command -v nft"], capture_output=True).returncode != 0:
-        pytest.skip("nft is not installed (apt-get install nftables)")
 
 
 class GatewayProcess:

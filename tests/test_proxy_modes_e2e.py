@@ -13,7 +13,6 @@ covered in test_proxy_e2e.py; here the same proof is made for reverse:tls, which
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import socketserver
 import struct
@@ -23,6 +22,7 @@ import time
 
 import pytest
 
+import system_deps
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
 from proxy_support import Mitmdump
@@ -33,7 +33,7 @@ from proxy_support import write_hosts
 from proxy_support import write_policy
 
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (make system-deps)")]
+              system_deps.needs("curl")]
 
 PROXY_HOST = "127.0.0.1"
 # How long a blocked client waits for an answer that must not come, and how long an origin is

@@ -33,6 +33,7 @@ def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str
     (["--log", "/nonexistent/dir/x.log"], "geogate: cannot open decision log /nonexistent/dir/x.log: No such file or directory"),
     (["--log", "{tmp}"], "geogate: cannot open decision log {tmp}: Is a directory"),
     (["--mode", "bogus"], "geogate: --mode bogus: unknown mode"),
+    (["--mode", "sock5"], "geogate: --mode sock5: unknown mode"),
     (["--", "--set", "geogate_resolve_timeout=soon"], "geogate: geogate_resolve_timeout: `soon` is not a number"),
     (["--", "--set", "geogate_log=/nonexistent/dir/y.log"], "geogate: cannot open decision log /nonexistent/dir/y.log"),
 ])
@@ -114,7 +115,7 @@ def test_run_on_ipv6_loopback_prints_a_url_that_works(inputs, tmp_path):
             if not line:
                 break
             lines.append(line)
-            if "proxy listening at" in line:
+            if line.startswith("geogate: listening on"):
                 break
         text = "".join(lines)
         assert f"geogate: listening on [::1]:{port} (regular mode); use HTTP_PROXY=http://[::1]:{port}" in text, text
@@ -124,3 +125,71 @@ def test_run_on_ipv6_loopback_prints_a_url_that_works(inputs, tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(10)
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(GEOGATE), "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_a_port_in_use_is_not_announced_and_the_advice_names_geogate_flags(inputs, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        proc = _start([*inputs, "--listen-port", str(port), "--", "--set", f"confdir={tmp_path / 'confdir'}"])
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+    assert proc.returncode != 0
+    assert "address already in use" in out, out
+    assert "listening on" not in out  # never announced: the port was not bound
+    assert f"Try another port: `geogate run ... --listen-port {port + 2}`." in out, out
+    assert "--mode regular@" not in out
+    assert "Traceback" not in out
+
+
+def test_start_up_lines_are_said_once_and_listening_only_once_bound(inputs, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _start([*inputs, "--listen-port", str(port), "--", "--set", f"confdir={tmp_path / 'confdir'}"])
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith("geogate: decisions go to"):
+                break
+        # mitmdump's own line is printed on its way to `running`; it is a little later, wait for it
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        os.killpg(proc.pid, 15)
+        rest, _ = proc.communicate(timeout=10)
+    lines += rest.splitlines()
+    said = [line.split("] ", 1)[-1] for line in lines if "geogate: policy " in line or "geogate: database " in line]
+    assert len(said) == 2 and len(set(said)) == 2, lines  # one policy, one database: each said once
+    listening = [i for i, line in enumerate(lines) if line.startswith("geogate: listening on")]
+    bound = [i for i, line in enumerate(lines) if "proxy listening at" in line]
+    assert len(listening) == 1 and bound and bound[0] < listening[0], lines
+
+
+@pytest.mark.parametrize("message, mode, translated", [
+    ("HTTP(S) proxy failed to listen on 127.0.0.1:8083 with [Errno 98] in use\n"
+     "Try specifying a different port by using `--mode regular@8085`.", "regular",
+     "HTTP(S) proxy failed to listen on 127.0.0.1:8083 with [Errno 98] in use\n"
+     "Try another port: `geogate run ... --listen-port 8085`."),
+    ("SOCKS v5 proxy failed to listen on ::1:1080 with [Errno 98] in use\n"
+     "Try specifying a different port by using `--mode socks5@1082`.", "regular",
+     "SOCKS v5 proxy failed to listen on [::1]:1080 with [Errno 98] in use\n"
+     "Try another port: `geogate run ... -- --mode socks5@1082`."),
+    ("something else entirely", "regular", "something else entirely"),
+])
+def test_mitmproxy_port_advice_is_translated(message, mode, translated):
+    from geogate.cli.run_proxy import translate_hint
+
+    assert translate_hint(message, mode) == translated

@@ -38,17 +38,28 @@ def _err(msg: str) -> None:
     print(f"geogate: {msg}", file=sys.stderr)
 
 
-def _stale_groups(policy) -> list[str]:
+def _today() -> date:
+    return date.today()
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _stale_groups(names: set[str]) -> list[str]:
+    """A note for each built-in group among `names` last checked against its source more than
+    STALE_AFTER_DAYS before today."""
     from geogate.policy.groups import STALE_AFTER_DAYS
     from geogate.policy.groups import builtin_groups
 
-    today = date.today()
+    today = _today()
     out = []
-    for name in sorted(policy.group_citations):
+    for name in sorted(names):
         g = builtin_groups().get(name)
         if g and g.age_days(today) > STALE_AFTER_DAYS:
-            out.append(f"built-in group @{name} was last checked against its source on {g.as_of}; "
-                       f"re-check it (`geogate groups {name}`)")
+            out.append(f"note: built-in group @{name} was last checked against its source on {g.as_of}, "
+                       f"{g.age_days(today)} days ago: compare it with the source `geogate groups {name}` names; "
+                       "a newer geogate may have re-checked it, or list the codes in the policy yourself")
     return out
 
 
@@ -60,6 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from geogate.policy.state import database_warnings
 
     failed = 0
+    cited: set[str] = set()  # built-in groups the policies use: each is noted once, after them all
     databases = DatabaseSet.open(database_paths(args.db))  # the defaults when no --db
     from geogate.policy.state import default_policy_path
 
@@ -79,14 +91,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         for w in policy.warnings:
             print(w, file=sys.stderr)
-        for w in _stale_groups(policy):
-            print(f"{path}: note: {w}", file=sys.stderr)
+        cited |= set(policy.group_citations)
         for w in database_warnings(policy, databases):
             print(w, file=sys.stderr)
         rules = len(policy.all_rules())
         nat64 = f", nat64 {' '.join(map(str, policy.nat64.networks))}" if policy.nat64 else ""
         print(f"{path}: ok (policy {policy.name}, {rules} rule{'s' if rules != 1 else ''}, "
               f"mode {policy.mode}, default {policy.default}{nat64})")
+    for note in _stale_groups(cited):
+        _err(note)
     return 1 if failed else 0
 
 
@@ -172,19 +185,41 @@ def _provenance_lines(rec: dict[str, Any]) -> list[str]:
     return lines
 
 
+_URL_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def explain_target(target: str) -> tuple[str, int | None]:
+    """The host and port `explain` decides: from `host`, `host:port`, `[v6]:port`, or a URL of a
+    scheme the proxy carries (http, https, ws, wss; the port defaults by scheme). Raises AddressError."""
+    scheme, sep, rest = target.strip().partition("://")
+    if not sep:
+        return split_host_port(target)
+    default = _URL_PORTS.get(scheme.lower())
+    if default is None:
+        raise AddressError(f"{target!r}: a URL must start with one of {', '.join(f'{s}://' for s in _URL_PORTS)}")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]  # no user:password@
+    if authority.count(":") > 1 and not authority.startswith("["):
+        raise AddressError(f"{target!r}: an IPv6 address in a URL goes in brackets, e.g. http://[2001:db8::1]:8080/")
+    try:
+        return split_host_port(authority, default)
+    except AddressError as e:  # name the URL as given, not the part of it
+        raise AddressError(str(e).replace(repr(authority), repr(target.strip()), 1)) from None
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from geogate.core.resolve import ResolveError
     from geogate.core.resolve import resolve_sync
     from geogate.policy.state import GateState
+    from geogate.policy.state import database_warnings
 
     try:
-        host, port = split_host_port(args.target)
+        host, port = explain_target(args.target)
         host = canonical_host(host)
     except AddressError as e:
         _err(str(e))
         return 2
     state = GateState.load(args.policy, args.db)
-    for w in state.warnings:
+    for w in state.policy.warnings:
         print(w, file=sys.stderr)
     literal = parse_ip(host)
     resolve_error = None
@@ -206,6 +241,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     req = Request(host=host, port=port, client_ip=client, user=args.user, client=args.client, mode="explain")
     decision = state.decide(req, addresses, resolve_error=resolve_error)
+    # what the databases cannot answer, only where it could change this decision
+    countries = {c for a in decision_record(decision)["addresses"] for c in (a["country"], a["registered_country"]) if c}
+    for w in database_warnings(state.policy, state.databases, countries):
+        print(w, file=sys.stderr)
     if args.json:
         print(to_json_line(decision_record(decision)))
     else:
@@ -221,15 +260,16 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
     groups = builtin_groups()
     today = date.today()
+    if args.json and not args.name:
+        print(json.dumps([_group_json(groups[name]) for name in sorted(groups)], indent=2))
+        return 0
     if args.name:
         g = groups.get(args.name.removeprefix("@"))
         if g is None:
             _err(f"no built-in group `{args.name}`; known: {', '.join(sorted(groups))}")
             return 2
         if args.json:
-            print(json.dumps({"name": g.name, "title": g.title, "citation": g.citation, "source_url": g.source_url,
-                              "as_of": str(g.as_of), "countries": sorted(g.countries), "regions": sorted(g.regions),
-                              "conditional": g.conditional, "notes": g.notes}, indent=2))
+            print(json.dumps(_group_json(g), indent=2))
             return 0
         print(f"@{g.name}: {g.title}")
         print(f"  countries  {' '.join(sorted(g.countries)) or '-'}")
@@ -254,6 +294,12 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group_json(g) -> dict[str, Any]:
+    return {"name": g.name, "title": g.title, "citation": g.citation, "source_url": g.source_url,
+            "as_of": str(g.as_of), "countries": sorted(g.countries), "regions": sorted(g.regions),
+            "conditional": g.conditional, "notes": g.notes}
+
+
 # -- db ------------------------------------------------------------------------------------------
 
 def _network_count(db, cache: Path) -> int:
@@ -274,6 +320,33 @@ def _network_count(db, cache: Path) -> int:
     return int(counts[db.info.sha256])
 
 
+def _print_db_info(out: list[dict[str, Any]]) -> None:
+    from geogate.core.geo import build_text
+
+    for e in out:
+        print(e["name"])
+        print(f"  file         {e['path']}")
+        print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
+        if e["age_days"] is not None:
+            print(f"  built        {e['built']} ({e['age_days']} day{'s' if e['age_days'] != 1 else ''} ago)")
+        else:
+            print(f"  built        {build_text(e['build_epoch'])}")
+        print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
+        print(f"  sha256       {e['sha256']}")
+        for key in ("source", "license", "attribution"):
+            if e.get(key):
+                print(f"  {key:<12} {e[key]}")
+        if e["stale"] and e.get("newest_published"):
+            n = e["newest_published"]
+            print(f"  WARNING      older than {STALE_DB_DAYS} days, and the newest published build (checked "
+                  f"{n['checked']}) is this one, built {n['built']}: `geogate db update` has nothing newer. "
+                  f"Fresher data: MaxMind GeoLite2 with geoipupdate, then --db PATH (docs/databases.md)")
+        elif e["stale"]:
+            print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
+        for problem in e.get("problems", ()):
+            print(f"  WARNING      {problem}")
+
+
 def cmd_db_info(args: argparse.Namespace) -> int:
     from geogate.core import bundled
     from geogate.core.databases import Database
@@ -284,7 +357,8 @@ def cmd_db_info(args: argparse.Namespace) -> int:
 
     paths = database_paths(args.db)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
-    now = time.time()
+    checks = bundled.last_checks()
+    now = _now()
     out: list[dict[str, Any]] = []
     today = datetime.fromtimestamp(now, timezone.utc).date()
     for path in paths:
@@ -309,6 +383,9 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         if problems:
             entry["problems"] = problems
         p = provenance.get(i.sha256)  # identified by content, wherever the file lives
+        check = checks.get(p["name"]) if p else None
+        if check and isinstance(check.get("build_epoch"), int) and check["build_epoch"] <= i.build_epoch:
+            entry["newest_published"] = {"checked": build_text(check.get("checked")), "built": build_text(i.build_epoch)}
         if p:
             entry.update({"source": clean_text(f"npm {p.get('npm_package')}@{p.get('version')}"),
                           "license": clean_text(p.get("license")) if p.get("license") else None,
@@ -318,25 +395,11 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        for e in out:
-            print(e["name"])
-            print(f"  file         {e['path']}")
-            print(f"  type         {e['type']} ({e['kind']} database, {e['schema']} schema, IPv{e['ip_version']})")
-            if e["age_days"] is not None:
-                print(f"  built        {e['built']} ({e['age_days']} days ago)")
-            else:
-                print(f"  built        {build_text(e['build_epoch'])}")
-            print(f"  networks     {e['networks']:,} ({e['node_count']:,} tree nodes)")
-            print(f"  sha256       {e['sha256']}")
-            for key in ("source", "license", "attribution"):
-                if e.get(key):
-                    print(f"  {key:<12} {e[key]}")
-            if e["stale"]:
-                print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
-            for problem in e.get("problems", ()):
-                print(f"  WARNING      {problem}")
+        _print_db_info(out)
     if any(e["stale"] for e in out):
-        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days", file=sys.stderr)
+        newest = all(e.get("newest_published") for e in out if e["stale"])
+        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days"
+              + (", and no newer build of it is published" if newest else ""), file=sys.stderr)
     if any(e.get("problems") for e in out):
         print("geogate: warning: a database's build time is not usable; check where the file came from", file=sys.stderr)
     return 0
@@ -375,6 +438,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 
+_POLICY_HELP = "policy file (default: GEOGATE_POLICY, else the packaged default.yaml)"
+_DB_HELP = "MMDB database (repeatable; default: the bundled ones)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geogate", description="Destination-country rules for outbound connections.")
     p.add_argument("--version", action="version", version=f"geogate {__version__}")
@@ -383,13 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate policy files")
     c.add_argument("policy", nargs="*", metavar="POLICY",
                    help="policy files (default: GEOGATE_POLICY, else the packaged default.yaml)")
-    c.add_argument("--db", action="append", help="check against these databases (default: the bundled ones)")
+    c.add_argument("--db", action="append", help="check against these databases (repeatable; default: the bundled ones)")
     c.set_defaults(func=cmd_check)
 
     e = sub.add_parser("explain", help="decide one destination and show why")
-    e.add_argument("target", metavar="TARGET", help="IP literal, host name, or host:port")
-    e.add_argument("--policy", help="policy file (default: policies/default.yaml)")
-    e.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
+    e.add_argument("target", metavar="TARGET",
+                   help="IP literal, host name, host:port, or an http, https, ws or wss URL")
+    e.add_argument("--policy", help=_POLICY_HELP)
+    e.add_argument("--db", action="append", help=_DB_HELP)
     e.add_argument("--client", help="client address, for client profiles")
     e.add_argument("--user", help="proxy-auth user name, for client profiles")
     e.add_argument("--no-resolve", action="store_true", help="never look names up")
@@ -398,22 +466,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_explain)
 
     a = sub.add_parser("audit", help="evaluate recorded traffic (mitmproxy flows, HAR) offline")
-    a.add_argument("files", nargs="+", metavar="FILE")
-    a.add_argument("--policy")
-    a.add_argument("--db", action="append")
-    a.add_argument("--format", choices=("text", "json", "csv", "html"), default="text")
-    a.add_argument("-o", "--output", metavar="OUT")
+    a.add_argument("files", nargs="+", metavar="FILE", help="mitmproxy flow files or HAR files")
+    a.add_argument("--policy", help=_POLICY_HELP)
+    a.add_argument("--db", action="append", help=_DB_HELP)
+    a.add_argument("--format", choices=("text", "json", "csv", "html"), default="text",
+                   help="report format (default: text)")
+    a.add_argument("-o", "--output", metavar="OUT", help="write the report to OUT (default: standard output)")
     a.add_argument("--resolve", action="store_true", help="look names up when a flow has no recorded address")
     a.add_argument("--fail-on-block", action="store_true", help="exit 1 when any flow would be blocked")
     a.add_argument("--against", metavar="POLICY2", help="report only what changes under POLICY2")
     a.set_defaults(func=cmd_audit)
 
     r = sub.add_parser("run", help="start the proxy (mitmdump with the geogate addon)")
-    r.add_argument("--policy")
-    r.add_argument("--db", action="append")
+    r.add_argument("--policy", help=_POLICY_HELP + "; reloaded when it changes")
+    r.add_argument("--db", action="append", help=_DB_HELP + "; reloaded when they change")
     r.add_argument("--mode", default="regular", help="any mitmproxy mode (default: regular)")
-    r.add_argument("--listen-host", default="127.0.0.1")
-    r.add_argument("--listen-port", type=int, default=8080)
+    r.add_argument("--listen-host", default="127.0.0.1",
+                   help='address to listen on (default: 127.0.0.1; "" for every address)')
+    r.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default: 8080)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log")
     r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
@@ -424,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("db", help="GeoIP databases")
     dsub = d.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
     di = dsub.add_parser("info", help="build date, age, type, size, licence")
-    di.add_argument("--db", action="append")
-    di.add_argument("--json", action="store_true")
+    di.add_argument("--db", action="append", help=_DB_HELP)
+    di.add_argument("--json", action="store_true", help="print JSON")
     di.set_defaults(func=cmd_db_info)
     du = dsub.add_parser("update", help="refresh the bundled default databases")
     du.set_defaults(func=cmd_db_update)
@@ -435,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_parser(sub)
 
     g = sub.add_parser("groups", help="built-in country groups")
-    g.add_argument("name", nargs="?")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("name", nargs="?", metavar="NAME", help="one group, with its source (default: list them all)")
+    g.add_argument("--json", action="store_true", help="print JSON (a list of every group when no NAME)")
     g.set_defaults(func=cmd_groups)
     return p
 

@@ -1,19 +1,24 @@
-"""`geogate run`: check the configuration, say what will run, then become mitmdump with the addon.
+"""`geogate run`: check the configuration, say what will run, then run mitmdump with the addon.
 
 Every start-up input is checked here first: the policy and databases are loaded, the decision log
 is opened, the mode, port and geogate option values are parsed. A mistake ends in one plain line
 before any port is opened. mitmdump loads the script concurrently with opening its listeners, so
 an error the addon finds only there would come after the port was bound. mitmdump then loads the
 policy and databases again itself (and keeps watching them).
+
+mitmdump runs in this process, so that what it says at start-up reads as geogate's: the lines the
+addon would repeat are said once, "listening on" only once the ports are bound (mitmproxy's
+`running` event comes after its servers are up, or the process ends on the bind error), and the
+advice mitmproxy gives on a port in use names geogate's flags, not mitmdump's.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import shutil
+import re
 import sys
-from pathlib import Path
 
 from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
@@ -86,9 +91,81 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
             DecisionLog(os.path.abspath(os.path.expanduser(path))).close()
 
 
-def _mitmdump() -> str | None:
-    beside = Path(sys.executable).with_name("mitmdump")
-    return str(beside) if beside.exists() else shutil.which("mitmdump")
+_PORT_HINT = re.compile(r"Try specifying a different port by using `--mode (?P<spec>[^`]+)@(?P<port>\d+)`\.")
+_FAILED_ON = re.compile(r"failed to listen on (?P<host>\S+):(?P<port>\d+) with")
+
+
+def translate_hint(message: str, mode: str) -> str:
+    """mitmproxy's message on a port in use, with its advice in `geogate run`'s flags: the mode
+    given with --mode takes --listen-port; a mode passed through after `--` keeps mitmdump's
+    syntax, after `--`. An IPv6 listen address gets its brackets."""
+    def hint(m: re.Match[str]) -> str:
+        flag = f"--listen-port {m['port']}" if m["spec"] == mode else f"-- --mode {m['spec']}@{m['port']}"
+        return f"Try another port: `geogate run ... {flag}`."
+
+    def where(m: re.Match[str]) -> str:
+        return f"failed to listen on {host_port(m['host'], int(m['port']))} with"
+
+    return _FAILED_ON.sub(where, _PORT_HINT.sub(hint, message))
+
+
+class _Translate(logging.Filter):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        translated = translate_hint(message, self.mode)
+        if translated != message:
+            record.msg, record.args = translated, None
+        return True
+
+
+class _SaidOnce(logging.Filter):
+    """Drops each start-up line the addon logs that this process already printed (once each)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.pending = list(lines)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.pending:
+            self.pending.remove(message)
+            return False
+        return True
+
+
+class _Announce:
+    """A mitmproxy addon: its `running` hook comes after the proxy servers are bound."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def running(self) -> None:
+        print("\n".join(self.lines), flush=True)
+
+
+def _run_mitmdump(argv: list[str], said: list[str], announce: list[str], mode: str) -> None:
+    from mitmproxy.tools import cmdline
+    from mitmproxy.tools.dump import DumpMaster
+    from mitmproxy.tools.main import run as run_master
+
+    class Master(DumpMaster):
+        def __init__(self, options, **kwargs) -> None:
+            super().__init__(options, **kwargs)
+            self.addons.add(_Announce(announce))
+
+    def extra(args: argparse.Namespace) -> dict[str, str]:  # what mitmdump itself does with a filter
+        if args.filter_args:
+            v = " ".join(args.filter_args)
+            return dict(save_stream_filter=v, readfile_filter=v, dumper_filter=v)
+        return {}
+
+    logging.getLogger("geogate").addFilter(_SaidOnce(said))
+    logging.getLogger("mitmproxy.addons.proxyserver").addFilter(_Translate(mode))
+    run_master(Master, cmdline.mitmdump, argv, extra)
 
 
 def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) -> list[str]:
@@ -120,29 +197,24 @@ def run(args: argparse.Namespace) -> int:
     if any(spec.split(":", 1)[0].split("@", 1)[0] == "upstream" for spec in _mode_specs(args, extra)):
         print(UPSTREAM_REFUSAL, file=sys.stderr)
         return 2
-    state = GateState.load(args.policy, args.db)
+    # the paths the addon is given, so that it describes what it loads in the same words
+    state = GateState.load(args.policy, [os.path.abspath(db) for db in args.db] if args.db else None)
     preflight(args, extra)
     from geogate.proxy.dns_mode import refusal_before_start
 
     if refusal := refusal_before_start(state, _mode_specs(args, extra), _set_values(extra, "dns_name_servers")):
         print(refusal, file=sys.stderr)
         return 2
-    for line in describe(state):
-        print(f"geogate: {line}")
-    for w in state.warnings:
-        print(f"geogate: {w}")
-    print(listen_lines(args.mode, args.listen_host, args.listen_port))
-    print("geogate: TLS is intercepted: clients must trust the mitmproxy CA" if args.intercept
-          else "geogate: TLS passes through untouched (no CA needed on clients)")
-    print(f"geogate: decision log {os.path.abspath(args.log)}" if args.log
-          else "geogate: decisions go to the event log only (add --log FILE for JSON lines)")
-    sys.stdout.flush()
-
+    said = [f"geogate: {line}" for line in describe(state)] + [f"geogate: {w}" for w in state.warnings]
+    print("\n".join(said), flush=True)
+    announce = [
+        listen_lines(args.mode, args.listen_host, args.listen_port),
+        "geogate: TLS is intercepted: clients must trust the mitmproxy CA" if args.intercept
+        else "geogate: TLS passes through untouched (no CA needed on clients)",
+        f"geogate: decision log {os.path.abspath(args.log)}" if args.log
+        else "geogate: decisions go to the event log only (add --log FILE for JSON lines)",
+    ]
     argv = mitmdump_argv(args, state, extra)
-    exe = _mitmdump()
-    if exe is not None:
-        os.execv(exe, [exe, *argv])  # the proxy gets this process: signals and exit code are its own
-    from mitmproxy.tools.main import mitmdump
-
-    mitmdump(argv)
+    del state  # the addon loads its own, and keeps it current
+    _run_mitmdump(argv, said, announce, args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit
     return 0

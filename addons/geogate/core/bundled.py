@@ -42,6 +42,7 @@ except ImportError:  # no flock (Windows): racing writers still only ever os.rep
     fcntl = None  # type: ignore[assignment]
 
 _MANIFEST = "manifest.json"
+_CHECKS = "update-checks.json"  # what the last `update()` found published, per database
 _FIX = "reinstall geogate (in a checkout: `git checkout geoip/`) or pass --db PATH"
 _CHUNK = 1 << 20
 _log = logging.getLogger(__name__)
@@ -87,6 +88,16 @@ def default_database_paths() -> list[Path]:
     return paths
 
 
+def last_checks() -> dict[str, dict[str, Any]]:
+    """What the last `update()` found to be the newest published build of each default database:
+    {name: {"checked": epoch, "version": ..., "build_epoch": ...}}; empty before any update."""
+    try:
+        data = json.loads((cache_dir() / _CHECKS).read_text())
+        return {str(k): dict(v) for k, v in data["databases"].items() if isinstance(v, dict)}
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return {}
+
+
 def update(
     versions: dict[str, str] | None = None, log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
@@ -117,21 +128,26 @@ def _update(
     current = {p["name"]: p for p in provenance()}
     results: list[dict[str, Any]] = []
     staged: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+    checks: dict[str, dict[str, Any]] = {}  # the newest published build of each, when not pinned
     with tempfile.TemporaryDirectory(dir=cache, prefix=".update-") as tmp:
         for entry in entries:
             name, pkg, old = entry["name"], entry["npm_package"], current[entry["name"]]
-            version = versions.get(name) or versions.get(pkg)
-            if not version:
-                version = _npm(npm, "view", pkg, "version", cwd=Path(tmp)).strip()
+            pinned = versions.get(name) or versions.get(pkg)
+            newest = not pinned
+            version = pinned or _npm(npm, "view", pkg, "version", cwd=Path(tmp)).strip()
             res = {"name": name, "old_version": old["version"], "new_version": old["version"],
                    "build_epoch": old["build_epoch"], "sha256": old["sha256"], "changed": False}
             results.append(res)
             if version == old["version"]:
+                if newest:
+                    checks[name] = {"version": version, "build_epoch": old["build_epoch"]}
                 log(f"{name}: {pkg}@{version} is already in use")
                 continue
             work = Path(tmp) / name
             work.mkdir()
             mmdb, fetched = fetch_npm(pkg, version, entry["file"], work, npm)
+            if newest:
+                checks[name] = {"version": version, "build_epoch": fetched["build_epoch"]}
             if fetched["build_epoch"] < old["build_epoch"]:
                 log(f"{name}: {pkg}@{version} was built {_date(fetched['build_epoch'])}, before the "
                     f"{old['version']} in use ({_date(old['build_epoch'])}); keeping {old['version']}")
@@ -153,7 +169,19 @@ def _update(
                     log(f"{prov['name']}: {res['old_version']} -> {prov['version']} "
                         f"(built {_date(prov['build_epoch'])})")
                 _write_manifest(cache, cached)
+    _record_checks(cache, checks)
     return results
+
+
+def _record_checks(cache: Path, checks: dict[str, dict[str, Any]]) -> None:
+    if not checks:
+        return
+    now = int(datetime.now(UTC).timestamp())
+    with _locked(cache):
+        known = last_checks()
+        known.update({name: {**c, "checked": now} for name, c in checks.items()})
+        with _atomic(cache / _CHECKS) as f:
+            f.write(json.dumps({"databases": known}, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def fetch_npm(

@@ -256,5 +256,7 @@ def summary_line(rec: dict[str, Any]) -> str:
         host = f"[{host}]"
     verdict = "BLOCK" if rec["action"] == "block" else ("allow, WOULD BLOCK" if rec["would_block"] else "allow")
     claim = " (name not verified)" if rec["host_mismatch"] else ""
-    return (f"geogate: {verdict} {host}:{rec['port']}{claim} -> {rec['address'] or '-'} "
-            f"({rec['country'] or 'no country'}) rule {rec['rule']} [{rec['mode']} {rec['client']}]")
+    port = f":{rec['port']}" if rec["port"] is not None else ""
+    who = f"{rec['mode']} {rec['client']}" if rec["client"] else rec["mode"]
+    return (f"geogate: {verdict} {host}{port}{claim} -> {rec['address'] or '-'} "
+            f"({rec['country'] or 'no country'}) rule {rec['rule']} [{who}]")

@@ -11,6 +11,7 @@ from datetime import datetime
 from datetime import time as dtime
 from datetime import timezone
 from pathlib import Path
+from typing import Collection
 from typing import Iterable
 from typing import Sequence
 
@@ -24,7 +25,9 @@ from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
 from geogate.core.ipaddress_private import ip_key
 from geogate.core.lookup import FactsSource
+from geogate.core.rules import Mode
 from geogate.core.rules import Policy
+from geogate.core.rules import Rule
 from geogate.policy.loader import load_policy
 
 OUTCOME_CACHE_SIZE = 4096  # a few MB; proxies see far fewer distinct destinations than that
@@ -44,19 +47,35 @@ def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]
     return list(default_database_paths())
 
 
-def database_warnings(policy: Policy, databases: DatabaseSet) -> list[str]:
-    """What the policy asks for that the configured databases cannot answer."""
+_CITY_HINT = "add a City database with --db, e.g. MaxMind GeoLite2-City (docs/databases.md)"
+
+
+def _rules_match(rules: Sequence[Rule]) -> str:
+    names = ", ".join(r.name for r in rules)
+    return f"rule {names} matches" if len(rules) == 1 else f"rules {names} match"
+
+
+def database_warnings(policy: Policy, databases: DatabaseSet, countries: Collection[str] | None = None) -> list[str]:
+    """What the policy asks for that the configured databases cannot answer, said only where it
+    could change a decision. Without `countries` (checking a policy, starting the proxy) a rule
+    that can never match is mentioned when the policy enforces; a monitor-mode policy blocks
+    nothing, whatever its rules match. With `countries` (the countries of the addresses one
+    decision is about) a subdivisions rule is mentioned only when one of them holds its regions."""
     out = []
     rules = policy.all_rules()
     names = ", ".join(db.name for db in databases.databases)
-    if any(r.subdivisions for r in rules) and not databases.has_subdivisions:
-        used = ", ".join(r.name for r in rules if r.subdivisions)
-        out.append(f"{policy.ref.path}: warning: rule(s) {used} match subdivisions, but no City database is "
-                   f"loaded ({names}); they can never match. Add a City database with --db.")
+    if countries is None and policy.mode is Mode.MONITOR:
+        rules = ()
+    if not databases.has_subdivisions:
+        idle = [r for r in rules if r.subdivisions and (
+            countries is None or {code.split("-", 1)[0] for code in r.subdivisions} & set(countries))]
+        if idle:
+            out.append(f"{policy.ref.path}: warning: {_rules_match(idle)} subdivisions, but no City database is loaded "
+                       f"({names}); {'it' if len(idle) == 1 else 'they'} can never match: {_CITY_HINT}.")
     if any(r.asns for r in rules) and not databases.has_asn:
-        used = ", ".join(r.name for r in rules if r.asns)
-        out.append(f"{policy.ref.path}: warning: rule(s) {used} match asns, but no ASN database is loaded "
-                   f"({names}); they can never match. Add an ASN database with --db.")
+        used = [r for r in rules if r.asns]
+        out.append(f"{policy.ref.path}: warning: {_rules_match(used)} asns, but no ASN database is loaded "
+                   f"({names}); {'it' if len(used) == 1 else 'they'} can never match. Add an ASN database with --db.")
     if not databases.has_country:
         out.append(f"warning: none of the databases ({names}) gives countries; every public address is unknown")
     return out

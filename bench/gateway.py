@@ -104,14 +104,16 @@ def sets_figures(rounds: int) -> tuple[list[Figure], dict]:
             loaded = sum(len(body.split(",")) for body in re.findall(r"elements = \{(.*?)\}", text, re.S))
             common = f"bundled databases, {path.relative_to(ROOT)}, {rounds} rounds, median"
             figures += [
-                Figure(f"gateway.sets.{name}.build", f"Set build, {name} (decisions, merging)", rnd(statistics.median(build), 2), "s",
+                Figure(f"gateway.sets.{name}.build", f"Set build, {name} (decisions, merging)",
+                       rnd(statistics.median(build), 2), "s",
                        f"sets.build after the database walk: {ks.decisions} GateState.decide calls (one per signature and "
                        f"port class/profile), {ks.pieces[4]:,} IPv4 and {ks.pieces[6]:,} IPv6 pieces; {common}",
                        None, None, rounds, [rnd(x, 2) for x in build]),
                 Figure(f"gateway.sets.{name}.load", f"nft -f of the ruleset, {name}", rnd(statistics.median(load), 2), "s",
                        f"one transaction creating table inet geogate with its sets, in an empty namespace; {common}",
                        None, None, rounds, [rnd(x, 2) for x in load]),
-                Figure(f"gateway.sets.{name}.elements", f"Blocked intervals, {name}", counts["ipv4"] + counts["ipv6"], "intervals",
+                Figure(f"gateway.sets.{name}.elements", f"Blocked intervals, {name}", counts["ipv4"] + counts["ipv6"],
+                       "intervals",
                        f"{counts['ipv4']:,} IPv4 + {counts['ipv6']:,} IPv6 blocked intervals (the smaller of the blocked and "
                        f"the allowed side is loaded: {loaded:,} elements); {common}", None, None, 1,
                        [counts], {"ipv4": counts["ipv4"], "ipv6": counts["ipv6"], "loaded_elements": loaded}),
@@ -168,7 +170,7 @@ class Namespaces:
 
 
 def iperf(nsx: Namespaces, seconds: int) -> float:
-    for attempt in range(3):
+    for _attempt in range(3):
         r = sh("iperf3", "-c", nsx.server_ip, "-t", str(seconds), "-J", ns=nsx.ns["client"], timeout=seconds + 30,
                check=False)
         if r.returncode == 0:
@@ -199,7 +201,7 @@ class Lines:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"no {text!r} from the gateway:\n" + "\n".join(l for _t, l in self.lines[-30:]))
+        raise RuntimeError(f"no {text!r} from the gateway:\n" + "\n".join(line for _t, line in self.lines[-30:]))
 
 
 def network_figures(rounds: int, seconds: int, tmp: Path) -> tuple[list[Figure], dict]:
@@ -224,7 +226,7 @@ def network_figures(rounds: int, seconds: int, tmp: Path) -> tuple[list[Figure],
                 # interleaved, the order alternating: both see the same machine
                 for which in ((plain, guarded) if i % 2 == 0 else (guarded, plain)):
                     (without if which is plain else with_sets).append(iperf(which, seconds))
-            ratios = [a / b for a, b in zip(with_sets, without)]
+            ratios = [a / b for a, b in zip(with_sets, without, strict=True)]
             ratio = statistics.median(ratios)
             figures += [
                 Figure("gateway.throughput.ratio", "Forwarding throughput with the kernel sets vs without (iperf3, TCP)",
@@ -233,7 +235,7 @@ def network_figures(rounds: int, seconds: int, tmp: Path) -> tuple[list[Figure],
                        f"namespaces over veth; with `geogate gateway run` (bundled databases, DOJ policy: every packet "
                        f"through the interval sets and the mark) vs identical namespaces forwarding with no rules; "
                        f"{rounds} rounds interleaved, median of the per-round ratios", ">= 0.95", ratio >= 0.95, rounds,
-                       [{"with_gbps": rnd(a, 3), "without_gbps": rnd(b, 3)} for a, b in zip(with_sets, without)]),
+                       [{"with_gbps": rnd(a, 3), "without_gbps": rnd(b, 3)} for a, b in zip(with_sets, without, strict=True)]),
                 Figure("gateway.throughput.with_sets", "Throughput through the gateway with the kernel sets",
                        rnd(statistics.median(with_sets), 3), "Gbit/s", "see gateway.throughput.ratio", None, None,
                        rounds, [rnd(x, 3) for x in with_sets]),
@@ -279,8 +281,9 @@ def reload_figure(state_file: Path, policy: Path, rounds: int) -> Figure:
         delays.append(time.perf_counter() - written)
     return Figure("gateway.reload", "Policy write to new kernel sets live (bundled databases)", rnd(statistics.median(delays), 2),
                   "s", f"atomic write of the policy (a country added to or removed from the DOJ block rule) until the "
-                  f"gateway's state names the new sha256 (written once nft has committed): file poll, settle, load, set build (the database walk is "
-                  f"reused), nft -f; {rounds} rounds, median", None, None, rounds, [rnd(x, 2) for x in delays])
+                  f"gateway's state names the new sha256 (written once nft has committed): file poll, settle, load, "
+                  f"set build (the database walk is reused), nft -f; {rounds} rounds, median", None, None, rounds,
+                  [rnd(x, 2) for x in delays])
 
 
 def gateway_section(tmp: Path, rounds: int, seconds: int = 5) -> tuple[list[Figure], dict]:

@@ -46,7 +46,8 @@ def policy_text(**kw) -> str:
 
 POLICIES = {
     "doj": {},
-    "networks": {"rules": "  - name: carve\n    action: allow\n    networks: [175.45.177.0/24, '2a02:2000:1::/48', '64:ff9b::5.2.1.0/120']\n"
+    "networks": {"rules": "  - name: carve\n    action: allow\n"
+                          "    networks: [175.45.177.0/24, '2a02:2000:1::/48', '64:ff9b::5.2.1.0/120']\n"
                           "  - name: lan-block\n    action: block\n    networks: [10.77.2.8/29, '2a00:1::/32']\n"},
     "ports": {"rules": "  - name: mail\n    action: block\n    ports: [25, 465-587]\n"
                        "  - name: ssh-cn\n    action: allow\n    ports: [22]\n    countries: [CN]\n"},

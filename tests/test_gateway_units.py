@@ -70,7 +70,8 @@ def test_ruleset_loads_into_nft(rich, tmp_path):
 
 
 def test_elements_are_prefixes_where_aligned():
-    assert ruleset.element_text(4, int(ipaddress.IPv4Address("10.0.0.0")), int(ipaddress.IPv4Address("10.255.255.255"))) == "10.0.0.0/8"
+    ten = ipaddress.IPv4Network("10.0.0.0/8")
+    assert ruleset.element_text(4, int(ten.network_address), int(ten.broadcast_address)) == "10.0.0.0/8"
     assert ruleset.element_text(4, 5, 5) == "0.0.0.5"
     assert ruleset.element_text(4, 4, 6) == "0.0.0.4-0.0.0.6"
     assert ruleset.complement([(0, 9), (20, 29)], 4) == [(10, 19), (30, (1 << 32) - 1)]

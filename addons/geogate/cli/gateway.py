@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     r.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log (the proxy's and the kernel's records)")
     r.add_argument("--tcp-ports", default="80,443", metavar="PORTS",
-                   help="TCP ports sent to the transparent proxy, comma separated (default 80,443; '' = none: the kernel judges all)")
+                   help="TCP ports sent to the transparent proxy, comma separated "
+                        "(default 80,443; '' = none: the kernel judges all)")
     r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
@@ -151,27 +152,32 @@ def _alive(pid) -> bool:
         return True
 
 
+def _saved_config(saved: dict):
+    """The running gateway's config from its state file; the defaults for what it does not hold."""
+    from geogate.gateway.ruleset import GatewayConfig
+
+    cfg = saved.get("config") or {}
+    numbers = {k: cfg[k] for k in ("mark", "route_table", "rule_pref", "log_group") if isinstance(cfg.get(k), int)}
+    return GatewayConfig(lan=tuple(saved.get("lan") or ()), **numbers)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from geogate.gateway import kernel
     from geogate.gateway.daemon import down
     from geogate.gateway.daemon import state_file_path
-    from geogate.gateway.ruleset import GatewayConfig
 
     if kernel.nft_path() is None:
         return _refuse("nft is not installed (Debian/Ubuntu: apt-get install nftables)")
     saved = _read_state() or {}
     pid = saved.get("pid")
-    if _alive(pid) and pid != os.getpid():
+    if isinstance(pid, int) and _alive(pid) and pid != os.getpid():
         os.kill(pid, signal.SIGTERM)  # else its watchdog would put the rules back
         deadline = time.monotonic() + 15
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _alive(pid):
             return _refuse(f"the gateway (pid {pid}) did not stop; nothing was removed")
-    cfg = saved.get("config") or {}
-    config = GatewayConfig(lan=tuple(saved.get("lan") or ()),
-                           **{k: cfg[k] for k in ("mark", "route_table", "rule_pref", "log_group") if isinstance(cfg.get(k), int)})
-    down(config)
+    down(_saved_config(saved))
     try:
         state_file_path().unlink()
     except OSError:
@@ -182,12 +188,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from geogate.gateway import kernel
-    from geogate.gateway.ruleset import GatewayConfig
 
     saved = _read_state() or {}
-    cfg = saved.get("config") or {}
-    config = GatewayConfig(lan=tuple(saved.get("lan") or ()),
-                           **{k: cfg[k] for k in ("mark", "route_table", "rule_pref", "log_group") if isinstance(cfg.get(k), int)})
+    config = _saved_config(saved)
     table = kernel.nft_path() is not None and kernel.table_handle() is not None
     comment = kernel.table_comment() if table else None
     kernel_sha = None
@@ -230,7 +233,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     policy = state.policy
     profiles, profile_notes = sets.kernel_profiles(policy)
     print(f"policy {policy.ref.name} ({policy.ref.path}, sha256 {policy.ref.sha256[:12]})")
-    kernel_rules, port_rules = [], []
+    kernel_rules: list[str] = []
+    port_rules: list[str] = []
     for rule in policy.all_rules():
         if rule.hosts is not None:
             continue
@@ -238,8 +242,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"kernel, every protocol: {', '.join(kernel_rules) or '(no rules; default ' + policy.default + ')'}")
     if port_rules:
         print(f"kernel, by destination port (TCP/UDP/SCTP/DCCP): {', '.join(port_rules)}")
-    if len(profiles) > 1:
-        print(f"kernel, client profiles by source address: {', '.join(p.name for p in profiles[1:])}")
+    named = [p.name for p in profiles if p.name is not None]  # all but the default (clients in no profile)
+    if named:
+        print(f"kernel, client profiles by source address: {', '.join(named)}")
     for note in profile_notes + sets.unenforceable(policy):
         print(f"note: {note}")
     if policy.nat64:

@@ -28,16 +28,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
+from typing import IO
 from typing import Callable
 
 from geogate.core.errors import GeogateError
+from geogate.core.lookup import FactsSource
 from geogate.gateway import kernel
 from geogate.gateway import ruleset
 from geogate.gateway import sets
 from geogate.gateway.nflog import NflogSocket
 from geogate.gateway.receipts import JsonLines
 from geogate.gateway.receipts import Receipts
-from geogate.core.lookup import FactsSource
 from geogate.policy.loader import load_policy
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
@@ -86,10 +87,10 @@ class Gateway:
         self.say = say or (lambda line: print(f"geogate: {line}", flush=True))
         self.lock = threading.RLock()  # one nft transaction at a time; state and sets swap together
         self.stopping = threading.Event()
-        self.dbpieces: sets.DatabasePieces | None = None
-        self.kernel_sets: sets.KernelSets | None = None
-        self.text = ""
-        self.handle: int | None = None
+        # the sets are built here and put in the kernel by start(): there are always sets to
+        # compare a reload with, to name in a receipt and to put back if the table goes
+        self.dbpieces, self.kernel_sets, self.text = self._build(state, None)
+        self.handle: int | None = None  # the table's handle once it is in the kernel
         self.proxy: subprocess.Popen | None = None
         self.proxy_sha: str | None = None
         self.log = JsonLines(options.log) if options.log else None
@@ -99,34 +100,46 @@ class Gateway:
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
-        self._apply(self.state, first=True)
+        self._install(self.state, self.dbpieces, self.kernel_sets, self.text, old_notes=None)
         kernel.install_latch(self.config)
         kernel.set_forwarding(True)
+        ports = ", ".join(map(str, self.config.tcp_ports))
         self.say(f"forwarding on for {', '.join(self.config.lan)}; every other packet from the LAN is judged by the "
-                 "kernel, TCP ports " + ", ".join(map(str, self.config.tcp_ports)) + f" by the proxy on :{self.config.proxy_port}")
+                 f"kernel, TCP ports {ports} by the proxy on :{self.config.proxy_port}")
         self.nflog = None
         try:
             self.nflog = NflogSocket(self.config.log_group)
         except OSError as e:
             self.say(f"WARNING: cannot read NFLOG group {self.config.log_group} ({e}); refused flows are not recorded")
         if self.options.proxy_argv:
-            self._start_proxy()
+            self._start_proxy(self.options.proxy_argv)
         for target, name in ((self._watchdog, "watchdog"), (self._watch_files, "files"), (self._read_nflog, "nflog")):
             t = threading.Thread(target=target, name=f"geogate-{name}", daemon=True)
             t.start()
             self.threads.append(t)
         self._write_state()
 
-    def _apply(self, state: GateState, first: bool = False) -> None:
+    def _build(self, state: GateState,
+               reuse: sets.DatabasePieces | None) -> tuple[sets.DatabasePieces, sets.KernelSets, str]:
+        """The sets of `state` and their ruleset; the database walk of `reuse` when the databases
+        are the same."""
         dbshas = tuple(i.sha256 for i in state.databases.infos)
-        if self.dbpieces is None or tuple(i.sha256 for i in self.dbpieces.databases.infos) != dbshas:
+        if reuse is None or tuple(i.sha256 for i in reuse.databases.infos) != dbshas:
             pieces = sets.DatabasePieces(state)
         else:
-            pieces = self.dbpieces
+            pieces = reuse
             pieces.databases = state.databases
         ks = sets.build(state, pieces)
-        text = ruleset.render(ks, self.config)
-        old_notes = self.kernel_sets.notes if self.kernel_sets else None
+        return pieces, ks, ruleset.render(ks, self.config)
+
+    def _apply(self, state: GateState) -> None:
+        pieces, ks, text = self._build(state, self.dbpieces)
+        self._install(state, pieces, ks, text, old_notes=self.kernel_sets.notes)
+
+    def _install(self, state: GateState, pieces: sets.DatabasePieces, ks: sets.KernelSets, text: str,
+                 old_notes: list[str] | None) -> None:
+        """One nft transaction; what it put in the kernel becomes the gateway's state."""
+        first = old_notes is None
         with self.lock:
             kernel.nft(text)
             self.handle = kernel.table_handle()
@@ -141,20 +154,25 @@ class Gateway:
         self._write_state()
 
     # -- the proxy ------------------------------------------------------------------------------
-    def _start_proxy(self) -> None:
-        self.proxy = subprocess.Popen(self.options.proxy_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1, preexec_fn=_die_with_parent)
-        t = threading.Thread(target=self._proxy_output, args=(self.proxy,), name="geogate-proxy", daemon=True)
+    def _start_proxy(self, argv: list[str]) -> None:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, preexec_fn=_die_with_parent)
+        self.proxy = proc
+        output = proc.stdout
+        if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
+            proc.kill()
+            raise GeogateError("no output pipe from the proxy")
+        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
         t.start()
         self.threads.append(t)
 
-    def _proxy_output(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
+    def _proxy_output(self, proc: subprocess.Popen, output: IO[str], argv: list[str]) -> None:
+        for line in output:
             line = line.rstrip("\n")
             m = _PROXY_POLICY.search(line)
             if m:
                 prefix = m.group(1)
-                known = self.kernel_sets.policy_sha256 if self.kernel_sets else ""
+                known = self.kernel_sets.policy_sha256
                 self.proxy_sha = known if known.startswith(prefix) else prefix
                 self._write_state()
             print(f"[proxy] {line}", flush=True)
@@ -165,7 +183,7 @@ class Gateway:
             self.proxy_sha = None
             self._write_state()
             if not self.stopping.wait(2):
-                self._start_proxy()
+                self._start_proxy(argv)
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:
@@ -179,7 +197,8 @@ class Gateway:
                 if table_ok and latch_ok:
                     continue
                 started = time.monotonic()
-                missing = " and ".join(w for w, ok in (("table inet geogate", table_ok), ("the routing latch", latch_ok)) if not ok)
+                parts = (("table inet geogate", table_ok), ("the routing latch", latch_ok))
+                missing = " and ".join(what for what, ok in parts if not ok)
                 held = ("nothing from the LAN is forwarded meanwhile (the latch)" if not table_ok
                         else "the table still judges every packet meanwhile")
                 self.say(f"ALERT: {missing} gone (nft flush ruleset? ip rule flush?); {held}; restoring")
@@ -270,10 +289,8 @@ class Gateway:
             "proxy_port": self.config.proxy_port,
             "config": {"mark": self.config.mark, "route_table": self.config.route_table,
                        "rule_pref": self.config.rule_pref, "log_group": self.config.log_group},
-            "kernel": {"policy_sha256": ks.policy_sha256 if ks else None,
-                       "policy": ks.policy_name if ks else None,
-                       "elements": ks.element_counts() if ks else None,
-                       "build_seconds": round(ks.seconds, 3) if ks else None},
+            "kernel": {"policy_sha256": ks.policy_sha256, "policy": ks.policy_name, "elements": ks.element_counts(),
+                       "build_seconds": round(ks.seconds, 3)},
             "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},
             "restores": self.restores,
             "receipts": {"written": self.receipts.written, "suppressed": self.receipts.suppressed},

@@ -5,6 +5,7 @@ Only the first bytes of each packet are copied: enough for the IP and transport 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -67,7 +68,7 @@ class NflogSocket:
             (error,) = struct.unpack_from("=i", data, 16)
             if error:
                 self.sock.close()
-                raise OSError(-error, f"NFLOG configuration refused: {socket.errno.errorcode.get(-error, error)}")
+                raise OSError(-error, f"NFLOG configuration refused: {errno.errorcode.get(-error, error)}")
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -110,6 +111,8 @@ def parse_packet(packet: bytes) -> Refused | None:
     if not packet:
         return None
     version = packet[0] >> 4
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if version == 4 and len(packet) >= 20:
         ihl = (packet[0] & 0xF) * 4
         proto = packet[9]

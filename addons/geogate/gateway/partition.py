@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 from typing import Callable
 from typing import Iterable
@@ -29,6 +30,7 @@ from geogate.core.rules import Policy
 TOP = {4: (1 << 32) - 1, 6: (1 << 128) - 1}
 TEREDO = ipaddress.IPv6Network("2001::/32")
 SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
+SIXTOFOUR_BASE = int(SIXTOFOUR.network_address)
 LOW32 = (1 << 32) - 1
 
 Run = tuple[int, int, Any]  # (first, last, key)
@@ -73,7 +75,7 @@ def network_runs(networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Networ
         return []
     cuts = sorted({int(n.network_address) for n in nets} | {int(n.broadcast_address) + 1 for n in nets})
     runs: list[Run] = []
-    for first, nxt in zip(cuts, cuts[1:]):
+    for first, nxt in pairwise(cuts):
         holding = tuple(str(n) for n in nets if int(n.network_address) <= first <= int(n.broadcast_address))
         if holding:
             runs.append((first, nxt - 1, holding))
@@ -147,7 +149,7 @@ def sweep(version: int, sources: list[list[Run]], special: tuple[tuple[int, ...]
     sigs: list[int] = []
     last_sig = None
     intern = signatures.id
-    for c, sig in zip(ordered, zip(*columns)):
+    for c, sig in zip(ordered, zip(*columns, strict=True), strict=True):
         if sig == last_sig:
             continue
         last_sig = sig
@@ -174,11 +176,14 @@ class Carrier:
 def nat64_carrier(net: ipaddress.IPv6Network) -> Carrier:
     base, length = int(net.network_address), net.prefixlen
     if length == 96:
-        return Carrier(f"nat64 {net}", base, base | LOW32, lambda v, b=base: b | v)
+        def suffix(v: int) -> int:
+            return base | v
+
+        return Carrier(f"nat64 {net}", base, base | LOW32, suffix)
     before = 64 - length
     after = 32 - before
 
-    def encode(v: int, base: int = base, after: int = after) -> int:
+    def encode(v: int) -> int:
         return base | (v >> after) << 64 | (v & ((1 << after) - 1)) << (56 - after)
 
     return Carrier(f"nat64 {net}", base, int(net.broadcast_address), encode, u_octet=True)
@@ -187,11 +192,14 @@ def nat64_carrier(net: ipaddress.IPv6Network) -> Carrier:
 def carriers(policy: Policy) -> list[Carrier]:
     """The IPv6 ranges the kernel follows into IPv4: NAT64 (the well-known prefix and the policy's)
     and 6to4. Each IPv4 piece maps to an IPv6 interval there."""
-    base = int(SIXTOFOUR.network_address)
     return [nat64_carrier(n) for n in policy.nat64.networks] + [
         nat64_carrier(ipaddress.IPv6Network(NAT64_WELL_KNOWN)),
-        Carrier("6to4", base, int(SIXTOFOUR.broadcast_address), lambda v, b=base: b | v << 80),
+        Carrier("6to4", SIXTOFOUR_BASE, int(SIXTOFOUR.broadcast_address), _sixtofour),
     ]
+
+
+def _sixtofour(v: int) -> int:
+    return SIXTOFOUR_BASE | v << 80
 
 
 @dataclass(frozen=True)
@@ -243,7 +251,7 @@ def region_runs(policy: Policy) -> list[Run]:
     ranges.append((int(local.network_address), int(local.broadcast_address), "nat64-local-use"))
     cuts = sorted({f for f, _l, _n in ranges} | {last + 1 for _f, last, _n in ranges})
     runs: list[Run] = []
-    for first, nxt in zip(cuts, cuts[1:]):
+    for first, nxt in pairwise(cuts):
         holding = tuple(n for f, last, n in ranges if f <= first <= last)
         if holding:
             runs.append((first, nxt - 1, holding))

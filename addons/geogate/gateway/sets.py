@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from datetime import timezone
+from itertools import pairwise
 
+from geogate.core.addresses import IPNetwork
 from geogate.core.decide import Request
 from geogate.core.rules import ClientProfile
 from geogate.core.rules import Policy
@@ -117,7 +119,7 @@ def port_classes(policy: Policy) -> list[PortClass]:
         for a, b in rule.ports or ():
             cuts |= {a, b + 1}
     ordered = sorted(cuts)
-    elementary = list(zip(ordered, [c - 1 for c in ordered[1:]]))
+    elementary = [(a, b - 1) for a, b in pairwise(ordered)]
     # ranges that every port rule treats alike form one class
     by_signature: dict[tuple, list[Interval]] = {}
     for a, b in elementary:
@@ -153,7 +155,7 @@ def _first_free(p: ClientProfile, earlier: list) -> ipaddress.IPv4Address | ipad
         for e in earlier:
             if e.version != net.version:
                 continue
-            nxt = []
+            nxt: list[IPNetwork] = []
             for r in rest:
                 if r.subnet_of(e):
                     continue
@@ -183,84 +185,113 @@ def build(state: GateState, dbpieces: DatabasePieces | None = None, now: datetim
     classes = port_classes(policy)
     combos = [(pi, ci) for pi in range(len(profiles)) for ci in range(len(classes))]
     requests = [Request(None, classes[ci].port, client_ip=profiles[pi].client, mode="kernel") for pi, ci in combos]
-
-    rule_nets = [n for r in policy.all_rules() for n in r.networks or ()]
-    # the partition depends on the databases, the policy's networks and its NAT64 prefixes only:
-    # a policy edit that changes neither (countries, actions, ports) reuses it
-    key = (tuple(sorted(map(str, set(rule_nets)))), tuple(map(str, policy.nat64.networks)))
-    if dbpieces.partition is not None and dbpieces.partition[0] == key:
-        v4, own6, v6, signatures = dbpieces.partition[1]
-    else:
-        signatures = partition.Signatures()
-        per_family: dict[int, Pieces] = {}
-        for version in (4, 6):
-            sources = [runs[version] for runs in dbpieces.runs] + [partition.network_runs(rule_nets, version)]
-            if version == 6:
-                sources.append(partition.region_runs(policy))
-            per_family[version] = partition.sweep(version, sources, partition.special(version), signatures)
-        v4 = per_family[4]
-        own6 = per_family[6]
-        inserts = [(c.first, c.last, partition.carrier_pieces(c, own6, v4, signatures)) for c in partition.carriers(policy)]
-        v6 = partition.splice(own6, inserts)
-        dbpieces.partition = (key, (v4, own6, v6, signatures))
-
-    cache: dict[int, tuple[bool, ...]] = {}
-    counter = [0]
-
-    def decide(ip) -> tuple[bool, ...]:
-        counter[0] += len(requests)
-        return tuple(state.decide(req, [ip], now=now).action == "block" for req in requests)
-
-    whole = {w.name: _whole_verdicts(w, own6, v4, decide, len(requests)) for w in partition.wholes()}
+    v4, own6, v6 = _partition(policy, dbpieces)
+    verdicts = _Verdicts(state, requests, now)
+    whole = {w.name: _whole_verdicts(w, own6, v4, verdicts.decide, len(requests)) for w in partition.wholes()}
     whole_ranges = [(w.first, w.last, whole[w.name]) for w in partition.wholes()]
     blocked: dict[tuple[int, int], tuple[list[Interval], list[Interval]]] = {c: ([], []) for c in combos}
-    for version, pieces in ((4, v4), (6, v6)):
-        slot = 0 if version == 4 else 1
-        make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-        runs: list[list] = []
-        starts, sig_ids = pieces.starts, pieces.sigs
-        n = len(starts)
-        top = partition.TOP[version]
-        for i in range(n):
-            start = starts[i]
-            sig = sig_ids[i]
-            vec = cache.get(sig)
-            if vec is None:
-                vec = next((v for f, last, v in whole_ranges if f <= start <= last), None) if version == 6 else None
-                if vec is None:
-                    vec = cache[sig] = decide(make(start))
-                # a whole range is one signature in `own6` (its region column), so caching is exact
-                cache[sig] = vec
-            if runs and runs[-1][2] == vec:
-                continue
-            if runs:
-                runs[-1][1] = start - 1
-            runs.append([start, top, vec])
-        for first, last, vec in runs:
-            for k, combo in enumerate(combos):
-                if vec[k]:
-                    out = blocked[combo][slot]
-                    if out and out[-1][1] + 1 == first:
-                        out[-1] = (out[-1][0], last)
-                    else:
-                        out.append((first, last))
+    _add_blocked(blocked, combos, 0, _verdict_runs(v4, verdicts, []))
+    _add_blocked(blocked, combos, 1, _verdict_runs(v6, verdicts, whole_ranges))
     teredo = {combo: whole["teredo"][k] for k, combo in enumerate(combos)}
-    for w in partition.wholes():
-        if any(whole[w.name]):
-            notes.append(f"{WHOLE_LABELS[w.name]} is blocked by the kernel as a whole: the IPv4 address it carries "
-                         "is not a prefix of it, and the policy does not allow every address in it")
-        else:
-            notes.append(f"{WHOLE_LABELS[w.name]} is allowed by the kernel: the policy allows every address in it")
     u_octet = tuple(n for n in policy.nat64.networks if n.prefixlen < 96)
     return KernelSets(
         policy_sha256=policy.ref.sha256, policy_name=policy.ref.name,
         databases=tuple(i.sha256 for i in state.databases.infos), profiles=profiles, classes=classes,
         blocked=blocked, u_octet_prefixes=u_octet, teredo_blocked_whole=teredo,
         whole_blocked={w.name: whole[w.name] for w in partition.wholes()},
-        notes=notes + unenforceable(policy), decisions=counter[0],
+        notes=notes + _whole_notes(whole) + unenforceable(policy), decisions=verdicts.decisions,
         pieces={4: len(v4.starts), 6: len(v6.starts)}, seconds=time.perf_counter() - started,
         day=now.date(), expiring=any(r.expires is not None for r in policy.all_rules()),
     )
+
+
+def _partition(policy: Policy, dbpieces: DatabasePieces) -> tuple[Pieces, Pieces, Pieces]:
+    """The IPv4 pieces, the IPv6 pieces before the carriers are spliced in (`own6`) and after."""
+    rule_nets = [n for r in policy.all_rules() for n in r.networks or ()]
+    # the partition depends on the databases, the policy's networks and its NAT64 prefixes only:
+    # a policy edit that changes neither (countries, actions, ports) reuses it
+    key = (tuple(sorted(map(str, set(rule_nets)))), tuple(map(str, policy.nat64.networks)))
+    if dbpieces.partition is not None and dbpieces.partition[0] == key:
+        v4, own6, v6, _signatures = dbpieces.partition[1]
+        return v4, own6, v6
+    signatures = partition.Signatures()
+    per_family: dict[int, Pieces] = {}
+    for version in (4, 6):
+        sources = [runs[version] for runs in dbpieces.runs] + [partition.network_runs(rule_nets, version)]
+        if version == 6:
+            sources.append(partition.region_runs(policy))
+        per_family[version] = partition.sweep(version, sources, partition.special(version), signatures)
+    v4 = per_family[4]
+    own6 = per_family[6]
+    inserts = [(c.first, c.last, partition.carrier_pieces(c, own6, v4, signatures)) for c in partition.carriers(policy)]
+    v6 = partition.splice(own6, inserts)
+    dbpieces.partition = (key, (v4, own6, v6, signatures))
+    return v4, own6, v6
+
+
+class _Verdicts:
+    """The engine's verdicts, one per request (client profile x port class): True = blocked.
+    Pieces with one signature share them (`by_signature`)."""
+
+    def __init__(self, state: GateState, requests: list[Request], now: datetime) -> None:
+        self.state = state
+        self.requests = requests
+        self.now = now
+        self.by_signature: dict[int, tuple[bool, ...]] = {}
+        self.decisions = 0  # engine calls made
+
+    def decide(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[bool, ...]:
+        self.decisions += len(self.requests)
+        return tuple(self.state.decide(req, [ip], now=self.now).action == "block" for req in self.requests)
+
+
+def _verdict_runs(pieces: Pieces, verdicts: _Verdicts,
+                  whole_ranges: list[tuple[int, int, tuple[bool, ...]]]) -> list[list]:
+    """The family as [first, last, verdicts] runs, neighbours with equal verdicts merged. A piece in
+    a whole range takes the range's verdicts (a whole range is one signature in `own6`, its region
+    column, so caching them by signature is exact)."""
+    make = ipaddress.IPv4Address if pieces.version == 4 else ipaddress.IPv6Address
+    top = partition.TOP[pieces.version]
+    cache = verdicts.by_signature
+    runs: list[list] = []
+    for start, sig in zip(pieces.starts, pieces.sigs, strict=True):
+        vec = cache.get(sig)
+        if vec is None:
+            vec = next((v for f, last, v in whole_ranges if f <= start <= last), None)
+            if vec is None:
+                vec = verdicts.decide(make(start))
+            cache[sig] = vec
+        if runs and runs[-1][2] == vec:
+            continue
+        if runs:
+            runs[-1][1] = start - 1
+        runs.append([start, top, vec])
+    return runs
+
+
+def _add_blocked(blocked: dict[tuple[int, int], tuple[list[Interval], list[Interval]]], combos: list[tuple[int, int]],
+                 slot: int, runs: list[list]) -> None:
+    """Each run into the intervals of every combo (profile, port class) that it blocks; slot 0
+    IPv4, 1 IPv6."""
+    for first, last, vec in runs:
+        for k, combo in enumerate(combos):
+            if vec[k]:
+                out = blocked[combo][slot]
+                if out and out[-1][1] + 1 == first:
+                    out[-1] = (out[-1][0], last)
+                else:
+                    out.append((first, last))
+
+
+def _whole_notes(whole: dict[str, tuple[bool, ...]]) -> list[str]:
+    notes = []
+    for w in partition.wholes():
+        if any(whole[w.name]):
+            notes.append(f"{WHOLE_LABELS[w.name]} is blocked by the kernel as a whole: the IPv4 address it carries "
+                         "is not a prefix of it, and the policy does not allow every address in it")
+        else:
+            notes.append(f"{WHOLE_LABELS[w.name]} is allowed by the kernel: the policy allows every address in it")
+    return notes
 
 
 def _whole_verdicts(whole: partition.Whole, own6: Pieces, v4: Pieces, decide, n: int) -> tuple[bool, ...]:
@@ -283,7 +314,7 @@ def _whole_verdicts(whole: partition.Whole, own6: Pieces, v4: Pieces, decide, n:
             if address is None:
                 return (True,) * n
             vec = decide(ipaddress.IPv6Address(address))
-            blocked = [a or b for a, b in zip(blocked, vec)]
+            blocked = [a or b for a, b in zip(blocked, vec, strict=True)]
             if all(blocked):
                 return tuple(blocked)
         i += 1

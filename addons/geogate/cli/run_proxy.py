@@ -18,7 +18,9 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
+from pathlib import Path
 
 from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
@@ -179,6 +181,11 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
     if args.intercept:
         argv += ["--set", "geogate_intercept=true"]
     return argv + extra
+
+
+def _mitmdump() -> str | None:
+    beside = Path(sys.executable).with_name("mitmdump")
+    return str(beside) if beside.exists() else shutil.which("mitmdump")
 
 
 def mitmdump_command(args: argparse.Namespace, state: GateState, extra: list[str]) -> list[str]:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from functools import lru_cache
@@ -293,7 +294,7 @@ class Database:
     def _build_anonymous(self, _raw: None) -> GeoRecord:
         return GeoRecord(source=self.name)
 
-    def networks(self):
+    def networks(self) -> Iterator[tuple[Any, Any]]:
         """Every (network, raw record) in the file, in address order (walks the whole tree)."""
         return iter(self._reader)
 

@@ -20,6 +20,13 @@ def ip_text(ip: IPAddress) -> str:
     return f"::ffff:{mapped}" if mapped is not None else str(ip)
 
 
+
+def destination_text(host: str, port: int | None) -> str:
+    """`host:port` (IPv6 in brackets), or the host alone when there is no port."""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
 @dataclass(frozen=True, slots=True)
 class RecordedFlow:
     """One flow of a mitmproxy file or one HAR entry, as the audit sees it."""
@@ -49,10 +56,7 @@ class RecordedFlow:
     @property
     def destination(self) -> str:
         """host:port as people write it (IPv6 literals in brackets)."""
-        host = self.host or self.host_text or "?"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.port}" if self.port else host
+        return destination_text(self.host or self.host_text or "?", self.port)
 
 
 # Why a HAR entry never went to the network (NotSent.why), as reports say it.
@@ -81,10 +85,7 @@ class NotSent:
 
     @property
     def destination(self) -> str:
-        host = self.host or self.host_text or "?"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.port}" if self.port else host
+        return destination_text(self.host or self.host_text or "?", self.port)
 
     @property
     def reason(self) -> str:

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
     r = gsub.add_parser("run", help="install the rules, turn forwarding on, run the proxy, keep it all in step")
     r.add_argument("--lan", action="append", required=True, metavar="IFACE", help="interface the clients use (repeatable)")
-    r.add_argument("--policy")
+    r.add_argument("--policy", help="policy file (default: GEOGATE_POLICY, else the packaged default.yaml)")
     r.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log (the proxy's and the kernel's records)")
     r.add_argument("--tcp-ports", default="80,443", metavar="PORTS",
@@ -39,12 +39,12 @@ def add_parser(sub) -> None:
     d.set_defaults(func=cmd_down)
 
     s = gsub.add_parser("status", help="rules, latch, forwarding, and the policy the kernel and the proxy use")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of text")
     s.set_defaults(func=cmd_status)
 
     c = gsub.add_parser("check", help="which rules the kernel enforces and which only the proxy can")
-    c.add_argument("--policy")
-    c.add_argument("--db", action="append")
+    c.add_argument("--policy", help="policy file to check (default: GEOGATE_POLICY, else the packaged default.yaml)")
+    c.add_argument("--db", action="append", help="MMDB database (repeatable; default: the bundled ones)")
     c.add_argument("--quick", action="store_true", help="do not build the sets (no element counts, no Teredo verdict)")
     c.set_defaults(func=cmd_check)
 

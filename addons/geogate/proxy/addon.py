@@ -350,6 +350,9 @@ class GeoGate:
             "(least recently used dropped first; 0 = no cache).")
         add("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES,
             "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
+        add("geogate_dns_blocked_answers", str, "keep",
+            "geogate DNS mode: answer addresses the policy blocks are kept (recorded only), removed, "
+            "or the whole answer refused.", choices=list(DnsGate.BLOCKED_ANSWERS))
         add("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}",
             "geogate: seconds a changed policy or database must stay unchanged after its writer closed it "
             "before it is applied.")

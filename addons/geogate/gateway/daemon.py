@@ -73,6 +73,7 @@ class Options:
     dbs: list[str]
     log: str | None
     proxy_argv: list[str] | None  # the transparent proxy (mitmdump ...), None: no proxy
+    dns: dict | None = None  # `--dns`: port, name servers, blocked answers (said in the state file)
     watch_interval: float = 0.25
     file_interval: float = 0.5
     settle: float = 0.3
@@ -106,6 +107,8 @@ class Gateway:
         ports = ", ".join(map(str, self.config.tcp_ports))
         self.say(f"forwarding on for {', '.join(self.config.lan)}; every other packet from the LAN is judged by the "
                  f"kernel, TCP ports {ports} by the proxy on :{self.config.proxy_port}")
+        if self.options.dns:
+            self.say(dns_line(self.options.dns))
         self.nflog = None
         try:
             self.nflog = NflogSocket(self.config.log_group)
@@ -293,6 +296,7 @@ class Gateway:
                        "build_seconds": round(ks.seconds, 3)},
             "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},
             "restores": self.restores,
+            "dns": self.options.dns,
             "receipts": {"written": self.receipts.written, "suppressed": self.receipts.suppressed},
         }
         path = state_file_path()
@@ -336,6 +340,13 @@ class Gateway:
         self.say("stopped; the rules stay in place (LAN traffic stays judged, proxied ports are refused); "
                  "`geogate gateway down` removes them")
         sys.stdout.flush()
+
+
+def dns_line(dns: dict) -> str:
+    what = {"remove": "answer addresses the policy blocks are removed",
+            "refuse": "an answer holding an address the policy blocks is refused"}.get(str(dns.get("blocked_answers")), "")
+    return (f"DNS: LAN DNS (UDP and TCP port 53, to any address) answered by the proxy's DNS mode on "
+            f":{dns.get('port')}, asking {', '.join(dns.get('name_servers') or ()) or 'no name server'}; {what}")
 
 
 def down(config: ruleset.GatewayConfig) -> None:

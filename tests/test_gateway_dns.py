@@ -137,6 +137,9 @@ def test_blocked_answers_are_removed_and_the_blocked_name_server_is_never_asked(
         assert addresses(six) == [OK6], six.to_text()
         clean = ask(topo, NOWHERE4, "clean.test", "A")
         assert addresses(clean) == [OK4]
+        before = len(ok.packets)
+        assert ask(topo, NOWHERE4, "mixed.test", "TXT").rcode() == dns.rcode.NOERROR  # forwarded upstream
+        assert len(ok.packets) == before + 1
 
         assert bad.packets == [], "the name server in a blocked country was asked"
         assert len(ok.packets) > asked_ok  # the answers came from the allowed name server

@@ -92,10 +92,10 @@ def lab(tmp_path_factory):
         topo.tear_down()
 
 
-def start(lab, name: str, *args: str) -> GatewayProcess:
+def start(lab, name: str, *args: str, policy: Path | None = None) -> GatewayProcess:
     tmp = lab["tmp"] / name
     tmp.mkdir()
-    gw = GatewayProcess(lab["topo"], tmp, policy=lab["policy"], dbs=[lab["db"]], log=tmp / "decisions.jsonl",
+    gw = GatewayProcess(lab["topo"], tmp, policy=policy or lab["policy"], dbs=[lab["db"]], log=tmp / "decisions.jsonl",
                         args=list(args))
     try:
         gw.wait_ready(proxy="--tcp-ports" not in args)
@@ -193,6 +193,27 @@ def test_refuse_answers_refused_when_an_address_is_blocked(lab):
                    for r in refused)
         gw.wait_for_output(r"REFUSED because of 10\.77\.2\.20 \(KP, rule doj\)")
         assert gw.status()["dns"]["blocked_answers"] == "refuse"
+    finally:
+        gw.stop()
+
+
+def test_a_reload_that_blocks_the_name_server_refuses_every_question_until_it_is_allowed(lab):
+    topo, ok = lab["topo"], lab["ok"]
+    policy = write_policy(lab["tmp"] / "reload-policy.yaml")
+    gw = start(lab, "reload", "--dns", "--dns-server", OK4, "--tcp-ports", "", policy=policy)
+    try:
+        assert addresses(ask(topo, NOWHERE4, "clean.test", "A")) == [OK4]
+        mark = len(gw.lines)
+        write_policy(policy, before="  - name: no-de\n    action: block\n    countries: [DE]\n")
+        gw.wait_for_output(r"EVERY DNS QUESTION IS REFUSED", timeout=60, start=mark)
+        asked = len(ok.packets)
+        for tcp in (False, True):
+            assert ask(topo, NOWHERE4, "clean.test", "A", tcp=tcp).rcode() == dns.rcode.REFUSED
+        assert len(ok.packets) == asked  # fail closed: the name server now blocked was not asked
+        mark = len(gw.lines)
+        write_policy(policy)
+        gw.wait_for_output(r"DNS name servers allowed again", timeout=60, start=mark)
+        assert addresses(ask(topo, NOWHERE4, "clean.test", "A")) == [OK4]
     finally:
         gw.stop()
 

@@ -282,12 +282,12 @@ def _dns_text(dns: dict) -> str:
 
 def _check_dns(state) -> None:
     """What happens to LAN DNS: said for the running gateway, its name servers judged by this policy."""
-    from geogate.proxy.dns_mode import NameServerJudgement
-
     saved = _read_state() or {}
     dns = _dns_status(saved, _alive(saved.get("pid")))
     print(f"dns: {_dns_text(dns)}")
     if dns["on"]:
+        from geogate.proxy.dns_mode import NameServerJudgement  # mitmproxy's import: only when needed
+
         judged = NameServerJudgement(state, list(dns.get("name_servers") or ()), "dns")
         for _level, line in judged.lines():
             print(f"dns: {line.removeprefix('geogate: ')}")

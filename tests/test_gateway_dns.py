@@ -10,7 +10,9 @@ removes (or refuses, with --dns-blocked refuse) the blocked answer addresses.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -213,6 +215,17 @@ def test_a_reload_that_blocks_the_name_server_refuses_every_question_until_it_is
         mark = len(gw.lines)
         write_policy(policy)
         gw.wait_for_output(r"DNS name servers allowed again", timeout=60, start=mark)
+        assert addresses(ask(topo, NOWHERE4, "clean.test", "A")) == [OK4]
+
+        # the proxy child gone: questions meet a closed port, nothing is forwarded, until it is back
+        mark = len(gw.lines)
+        os.kill(json.loads(gw.state_file.read_text())["proxy"]["pid"], signal.SIGKILL)
+        gw.wait_for_output(r"the proxy exited .*LAN DNS are refused", start=mark)
+        asked = len(ok.packets)
+        with pytest.raises((ConnectionRefusedError, dns.exception.Timeout)):
+            ask(topo, OK4, "clean.test", "A", tcp=True)
+        assert len(ok.packets) == asked
+        gw.wait_for_output(r"DNS server listening", timeout=60, start=mark)
         assert addresses(ask(topo, NOWHERE4, "clean.test", "A")) == [OK4]
     finally:
         gw.stop()

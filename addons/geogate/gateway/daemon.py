@@ -158,6 +158,12 @@ class Gateway:
 
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self, argv: list[str]) -> None:
+        proc, output = self._spawn_proxy(argv)
+        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _spawn_proxy(self, argv: list[str]) -> tuple[subprocess.Popen, IO[str]]:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, preexec_fn=_die_with_parent)
         self.proxy = proc
@@ -165,28 +171,34 @@ class Gateway:
         if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
             proc.kill()
             raise GeogateError("no output pipe from the proxy")
-        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
-        t.start()
-        self.threads.append(t)
+        return proc, output
 
     def _proxy_output(self, proc: subprocess.Popen, output: IO[str], argv: list[str]) -> None:
-        for line in output:
-            line = line.rstrip("\n")
-            m = _PROXY_POLICY.search(line)
-            if m:
-                prefix = m.group(1)
-                known = self.kernel_sets.policy_sha256
-                self.proxy_sha = known if known.startswith(prefix) else prefix
-                self._write_state()
-            print(f"[proxy] {line}", flush=True)
-        proc.wait()
-        if not self.stopping.is_set():
-            self.say(f"ERROR: the proxy exited ({proc.returncode}); TCP ports {', '.join(map(str, self.config.tcp_ports))} "
-                     "are refused until it is back; restarting it in 2 s")
+        while True:
+            for line in output:
+                line = line.rstrip("\n")
+                m = _PROXY_POLICY.search(line)
+                if m:
+                    prefix = m.group(1)
+                    known = self.kernel_sets.policy_sha256
+                    self.proxy_sha = known if known.startswith(prefix) else prefix
+                    self._write_state()
+                print(f"[proxy] {line}", flush=True)
+            proc.wait()
+            if self.stopping.is_set():
+                return
+            held = " and ".join(([f"TCP ports {', '.join(map(str, self.config.tcp_ports))}"] if self.config.tcp_ports
+                                 else []) + (["LAN DNS"] if self.options.dns else []))
+            self.say(f"ERROR: the proxy exited ({proc.returncode}); {held} are refused until it is back; "
+                     "restarting it in 2 s")
             self.proxy_sha = None
             self._write_state()
-            if not self.stopping.wait(2):
-                self._start_proxy(argv)
+            if self.stopping.wait(2):
+                return
+            # started from this thread, which stays to read it: PR_SET_PDEATHSIG ends a child when
+            # the thread that forked it ends, not the process (a restart from a thread that then
+            # returned was killed at once, over and over)
+            proc, output = self._spawn_proxy(argv)
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:

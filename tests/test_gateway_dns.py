@@ -141,7 +141,7 @@ def test_blocked_answers_are_removed_and_the_blocked_name_server_is_never_asked(
         assert addresses(clean) == [OK4]
         before = len(ok.packets)
         assert ask(topo, NOWHERE4, "mixed.test", "TXT").rcode() == dns.rcode.NOERROR  # forwarded upstream
-        assert len(ok.packets) == before + 1
+        assert len(ok.packets) > before
 
         assert bad.packets == [], "the name server in a blocked country was asked"
         assert len(ok.packets) > asked_ok  # the answers came from the allowed name server
@@ -222,9 +222,15 @@ def test_a_reload_that_blocks_the_name_server_refuses_every_question_until_it_is
         os.kill(json.loads(gw.state_file.read_text())["proxy"]["pid"], signal.SIGKILL)
         gw.wait_for_output(r"the proxy exited .*LAN DNS are refused", start=mark)
         asked = len(ok.packets)
-        with pytest.raises((ConnectionRefusedError, dns.exception.Timeout)):
+        try:
             ask(topo, OK4, "clean.test", "A", tcp=True)
-        assert len(ok.packets) == asked
+            answered = True
+        except (ConnectionRefusedError, dns.exception.Timeout):
+            answered = False
+        # answered only by the restarted child (2 s later; a very slow test thread may get there)
+        assert not answered or any("DNS server listening" in line for line in gw.lines[mark:])
+        if not answered:
+            assert len(ok.packets) == asked
         gw.wait_for_output(r"DNS server listening", timeout=60, start=mark)
         assert addresses(ask(topo, NOWHERE4, "clean.test", "A")) == [OK4]
     finally:

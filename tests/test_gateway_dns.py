@@ -164,6 +164,7 @@ def test_blocked_answers_are_removed_and_the_blocked_name_server_is_never_asked(
         status = gw.status()
         assert status["dns"] == {"on": True, "port": 8053, "name_servers": [BAD4, OK4], "source": "--dns-server",
                                  "blocked_answers": "remove"}
+        assert "dns:        answered by the proxy's DNS mode on :8053" in gw.geogate("gateway", "status").stdout
         check = gw.geogate("gateway", "check", "--quick", "--policy", str(lab["policy"]), "--db", str(lab["db"]))
         assert check.returncode == 0, check.stderr
         assert "dns: answered by the proxy's DNS mode on :8053" in check.stdout

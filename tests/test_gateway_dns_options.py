@@ -112,3 +112,18 @@ def test_ruleset_with_dns_loads_into_nft(kernel_sets):
             assert "redirect to :8053" in listed and "chain dns_input" in listed
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_status_says_dns_is_on_only_for_a_running_gateway_with_dns():
+    from geogate.cli.gateway import _dns_status
+    from geogate.cli.gateway import _dns_text
+
+    saved = {"dns": {"port": 8053, "name_servers": ["192.0.2.53"], "source": "--dns-server",
+                     "blocked_answers": "refuse"}}
+    assert _dns_status(saved, running=False) == {"on": False}
+    assert _dns_status({}, running=True) == {"on": False}
+    on = _dns_status(saved, running=True)
+    assert on == {"on": True, **saved["dns"]}
+    assert _dns_text(on) == ("answered by the proxy's DNS mode on :8053 (UDP and TCP 53 redirected), name servers "
+                             "192.0.2.53, blocked answer addresses: refuse")
+    assert _dns_text({"on": False}).startswith("judged by the kernel like any flow")

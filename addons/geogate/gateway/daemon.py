@@ -358,7 +358,8 @@ def dns_line(dns: dict) -> str:
     what = {"remove": "answer addresses the policy blocks are removed",
             "refuse": "an answer holding an address the policy blocks is refused"}.get(str(dns.get("blocked_answers")), "")
     return (f"DNS: LAN DNS (UDP and TCP port 53, to any address) answered by the proxy's DNS mode on "
-            f":{dns.get('port')}, asking {', '.join(dns.get('name_servers') or ()) or 'no name server'}; {what}")
+            f":{dns.get('port')}, name servers {', '.join(dns.get('name_servers') or ()) or '-'} (a blocked one is never "
+            f"asked); {what}")
 
 
 def down(config: ruleset.GatewayConfig) -> None:

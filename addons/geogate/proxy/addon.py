@@ -70,6 +70,7 @@ from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
 from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.decision_log import LogUnwritable
 from geogate.proxy.dns_mode import DnsGate
 from geogate.proxy.dns_mode import NameServerJudgement
 from geogate.proxy.flows import NAME_REUSE_SECONDS
@@ -126,8 +127,11 @@ def _refuse(hook_name: str, block: Refusal, addon: Any, arg: Any, error: Excepti
     """Log what failed under a new error id, and refuse with `block`. The client is told only
     that geogate could not decide, and the id; the exception stays in the logs."""
     error_id = secrets.token_hex(6)
-    logger.error(f"geogate: {hook_name} failed, refusing the connection (fail closed) [error {error_id}]: "
-                 f"{printable(repr(error))}", exc_info=logger.isEnabledFor(logging.DEBUG))
+    # An unwritable decision log was said once by the log; a line per refused request would
+    # only flood the console (and fill the disk that is already full).
+    level = logging.DEBUG if isinstance(error, LogUnwritable) else logging.ERROR
+    logger.log(level, f"geogate: {hook_name} failed, refusing the connection (fail closed) [error {error_id}]: "
+               f"{printable(repr(error))}", exc_info=logger.isEnabledFor(logging.DEBUG))
     try:
         block(addon, arg, error_id, error)
     except Exception as e2:
@@ -178,7 +182,7 @@ def error_record(error_id: str, error: Exception, *, flow_id: str | None, client
 
 
 def _write_error(addon: "GeoGate", rec: dict[str, Any]) -> None:
-    if addon.log is not None:
+    if addon.log is not None and addon.log.failing is None:
         try:
             addon.log.write(rec)
         except Exception as e:

@@ -94,6 +94,7 @@ from geogate.proxy.messages import blocked_connection
 from geogate.proxy.messages import flow_comment
 from geogate.proxy.mitmproxy_private import client_writer
 from geogate.proxy.mitmproxy_private import layer_chooser
+from geogate.proxy.private_log import PrivateRecords
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
 from geogate.proxy.reload import LiveState
@@ -332,6 +333,7 @@ class GeoGate:
         self._replay: Any = None  # made on the first replayed flow
         self.log_allows = True
         self.log_urls = DEFAULT_LOG_URLS  # how URLs are written (core/urls.py)
+        self.private_records = PrivateRecords()  # the same for mitmproxy's own log lines, while running
         self._passthrough: EagerPassthrough | None = None  # see next_layer
         # Hooks that only some set-ups need live in sub-addons, in an `addons` entry that exists
         # only while there are any (see _configure_optional_hooks): in the namespace of the object
@@ -389,7 +391,7 @@ class GeoGate:
                 if self.live is not None:
                     self.live.settle = self.reload_settle
             if "geogate_log_urls" in updated:
-                self.log_urls = _parse_log_urls(opts.geogate_log_urls)
+                self.log_urls = self.private_records.mode = _parse_log_urls(opts.geogate_log_urls)
             if "geogate_intercept" in updated:
                 self.intercept = bool(opts.geogate_intercept)
             if updated & {"geogate_policy", "geogate_db"}:
@@ -487,6 +489,7 @@ class GeoGate:
     # -- lifecycle -----------------------------------------------------------------------------
     def running(self) -> None:
         self._running = True
+        self.private_records.install()
         if self.live is not None:
             self.live.start()
         self.dns.start()
@@ -502,6 +505,7 @@ class GeoGate:
 
     def done(self) -> None:
         self._running = False
+        self.private_records.uninstall()
         if self.live is not None:
             self.live.stop()
         self.dns.stop()

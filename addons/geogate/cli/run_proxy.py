@@ -25,6 +25,7 @@ from pathlib import Path
 from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
 from geogate.core.urls import DEFAULT_LOG_URLS
+from geogate.core.urls import check_log_urls
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.messages import UPSTREAM_REFUSAL
@@ -87,6 +88,11 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
         try:
             _parse_timeout(value)
         except exceptions.OptionsError as e:
+            raise GeogateError(str(e)) from None
+    for value in _set_values(extra, "geogate_log_urls"):
+        try:
+            check_log_urls(value)
+        except ValueError as e:
             raise GeogateError(str(e)) from None
     for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
         if path:

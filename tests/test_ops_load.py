@@ -1,9 +1,9 @@
 """Load test of the decision log (marker `ops`, run by `make test-ops`): a real mitmdump with the
-addon, a loopback origin, many concurrent keep-alive clients for a bounded time, and the policy
+addon, a loopback origin, many concurrent keep-alive clients for a bounded time, the policy
 rewritten every few seconds (each version keeps the origin allowed and has a new hash, so every
-rewrite is a real reload). Then: every request answered has exactly one record (none lost, none
-twice), every line of the log is one well-formed record, and each names the policy hash it was
-decided with.
+rewrite is a real reload), and the log rotated out of step with that (moved, with and without
+SIGHUP). Then: every request answered has exactly one record (none lost, none twice), every line
+of the logs is one well-formed record, and each names the policy hash it was decided with.
 
 GEOGATE_OPS_SECONDS (default 60), GEOGATE_OPS_CLIENTS (200) and GEOGATE_OPS_RELOAD (5) shorten
 it for a quick local run. A run with the defaults writes its counts to bench/results/ops-load.*.
@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import socket
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.ops, pytest.mark.e2e]
 SECONDS = float(os.environ.get("GEOGATE_OPS_SECONDS", "60"))
 CLIENTS = int(os.environ.get("GEOGATE_OPS_CLIENTS", "200"))
 RELOAD_EVERY = float(os.environ.get("GEOGATE_OPS_RELOAD", "5"))
+ROTATE_EVERY = RELOAD_EVERY * 1.4  # out of step with the reloads
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 READ_TIMEOUT = 60.0  # per response: generous on a loaded 2-core machine; a stuck request is counted, not hung on
 
@@ -115,13 +117,29 @@ async def reloader(policy: Path, deadline: float, written: list[str]) -> None:
         written.append(hashlib.sha256(policy.read_bytes()).hexdigest())
 
 
-async def drive(proxy_port: int, policy: Path, written: list[str]) -> Counts:
+async def rotator(proxy: Mitmdump, log: Path, deadline: float, rotated: list[Path]) -> None:
+    """Rotate the log as logrotate does, alternately with and without SIGHUP (the log notices a
+    moved file by itself)."""
+    while True:
+        await asyncio.sleep(ROTATE_EVERY)
+        if time.monotonic() >= deadline - 1:
+            return
+        target = log.with_name(f"{log.name}.{len(rotated) + 1}")
+        log.rename(target)
+        rotated.append(target)
+        if len(rotated) % 2:
+            proxy.signal(signal.SIGHUP)
+
+
+async def drive(proxy: Mitmdump, proxy_port: int, policy: Path, written: list[str], rotated: list[Path]) -> Counts:
     server, origin_port = await origin_server()
     counts = Counts()
     deadline = time.monotonic() + SECONDS
+    assert proxy.log_path is not None
     try:
         await asyncio.gather(
             reloader(policy, deadline, written),
+            rotator(proxy, proxy.log_path, deadline, rotated),
             *(client(n, proxy_port, f"{ALLOWED_IP}:{origin_port}", deadline, counts) for n in range(CLIENTS)),
         )
     finally:
@@ -133,6 +151,7 @@ def test_every_request_has_exactly_one_record_under_load_and_reloads(tmp_path):
     policy = write_policy(tmp_path / "policy.yaml")
     written = [hashlib.sha256(policy.read_bytes()).hexdigest()]
     log = tmp_path / "decisions.jsonl"
+    rotated: list[Path] = []
     port = free_port()
     # warn: no line per request on the console (this process would spend its time reading them)
     proxy = Mitmdump(tmp_path, policy=policy, dbs=[write_db(tmp_path / "geo.mmdb")], log=log, port=port, wait=False,
@@ -141,7 +160,7 @@ def test_every_request_has_exactly_one_record_under_load_and_reloads(tmp_path):
     started = time.monotonic()
     try:
         _wait_port(proxy, port)
-        counts = asyncio.run(drive(port, policy, written))
+        counts = asyncio.run(drive(proxy, port, policy, written, rotated))
         time.sleep(1)  # the last records of requests answered at the deadline
     finally:
         proxy.stop()
@@ -149,20 +168,19 @@ def test_every_request_has_exactly_one_record_under_load_and_reloads(tmp_path):
 
     malformed, per_id, hashes_seen, wrong_hash = 0, Counter(), Counter(), 0
     lines = 0
-    with open(log, "rb") as f:
-        for raw in f:
-            lines += 1
-            try:
-                rec = json.loads(raw)
-                check_record(rec)
-            except Exception:
-                malformed += 1
-                continue
-            rid = (rec.get("url") or "").rsplit("/", 1)[-1]
-            per_id[rid] += 1
-            hashes_seen[rec["policy"]["sha256"]] += 1
-            if rec["policy"]["sha256"] not in written:
-                wrong_hash += 1
+    for raw in _lines([*rotated, log]):
+        lines += 1
+        try:
+            rec = json.loads(raw)
+            check_record(rec)
+        except Exception:
+            malformed += 1
+            continue
+        rid = (rec.get("url") or "").rsplit("/", 1)[-1]
+        per_id[rid] += 1
+        hashes_seen[rec["policy"]["sha256"]] += 1
+        if rec["policy"]["sha256"] not in written:
+            wrong_hash += 1
     answered = counts.answered
     ok = sum(1 for s in answered.values() if s == 200)
     lost = sum(1 for rid in answered if per_id[rid] == 0)
@@ -177,7 +195,7 @@ def test_every_request_has_exactly_one_record_under_load_and_reloads(tmp_path):
         "client_errors": dict(counts.errors), "log_lines": lines, "records_for_requests": sum(per_id.values()),
         "lost": lost, "duplicated": duplicated, "malformed": malformed,
         "unanswered_but_logged": unanswered_logged, "stray_records": stray,
-        "policy_versions_written": len(written), "policy_hashes_in_records": len(hashes_seen),
+        "log_files": len(rotated) + 1, "policy_versions_written": len(written), "policy_hashes_in_records": len(hashes_seen),
         "records_with_unknown_hash": wrong_hash,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
     }
@@ -194,6 +212,14 @@ def test_every_request_has_exactly_one_record_under_load_and_reloads(tmp_path):
     assert len(counts.sent) - len(answered) <= CLIENTS, result
     if SECONDS >= 3 * RELOAD_EVERY:
         assert len(hashes_seen) >= 2, "no reload was seen in the records: the test proved nothing about reloads"
+        assert rotated and all(p.stat().st_size for p in rotated), "a rotation left an empty file: nothing was rotated"
+
+
+def _lines(paths: list[Path]):
+    for path in paths:
+        data = path.read_bytes()
+        assert data.endswith(b"\n") and b"\0" not in data, f"{path}: a partial line or a hole"
+        yield from data.splitlines()
 
 
 def _wait_port(proxy: Mitmdump, port: int, timeout: float = 30) -> None:

@@ -16,7 +16,7 @@ from geogate.core.urls import log_url
 
 # scheme://anything-not-blank-or-quote, and the target of a request line (`GET /x?y HTTP/1.1`)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}://[^\s'\"<>]+")
-_TARGET = re.compile(r"\b([A-Z]{3,7} )(/[^\s'\"<>]*)")
+_TARGET = re.compile(r"\b((?:GET|HEAD|POST|PUT|DELETE|OPTIONS|TRACE|PATCH) )(/[^\s'\"<>]*)")
 
 
 def shape_text(text: str, mode: str) -> str:

@@ -231,19 +231,40 @@ def test_a_policy_edit_reaches_both_workers_within_two_seconds(setup):
         assert rec["policy"]["sha256"] == new_sha
 
 
-def test_a_port_in_use_ends_every_worker_with_one_error(tmp_path):
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_port_in_use_ends_the_start_in_one_line(tmp_path, reuse_port):
+    # also a listener that would share the port (SO_REUSEPORT, same user): workers share only among themselves
+    policy = write_policy(tmp_path / "policy.yaml")
+    db = write_db(tmp_path / "geo.mmdb")
+    with socket.socket() as held:
+        if reuse_port:
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = subprocess.run([str(GEOGATE), "run", "--workers", "2", "--policy", str(policy), "--db", str(db),
+                               "--listen-port", str(port), "--", "--set", f"confdir={tmp_path / 'confdir'}"],
+                              capture_output=True, text=True, timeout=90, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"geogate: --listen-port {port}: 127.0.0.1:{port} is in use already; "
+                           f"try another port: `geogate run ... --listen-port {port + 2}`\n")
+
+
+def test_a_worker_that_cannot_bind_ends_the_start_with_its_error_said_once(tmp_path):
+    # the second mode's port is taken: every worker fails there, after the first port was checked
     policy = write_policy(tmp_path / "policy.yaml")
     db = write_db(tmp_path / "geo.mmdb")
     with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
         proc = subprocess.run([str(GEOGATE), "run", "--workers", "2", "--policy", str(policy), "--db", str(db),
-                               "--listen-port", str(port), "--", "--set", f"confdir={tmp_path / 'confdir'}"],
+                               "--listen-port", str(free_port()), "--", "--mode", f"socks5@127.0.0.1:{port}",
+                               "--set", f"confdir={tmp_path / 'confdir'}"],
                               capture_output=True, text=True, timeout=90, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert sum("address already in use" in line for line in out.splitlines()) == 1, out
-    assert "listening on" not in out and "Traceback" not in out
-    assert f"Try another port: `geogate run ... --listen-port {port + 2}`." in out
+    assert proc.returncode == 1, out
+    assert sum("failed to listen on" in line for line in out.splitlines()) == 1, out
+    assert "geogate: listening on" not in out and "Traceback" not in out
+    assert sum("geogate: policy " in line for line in out.splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -15,6 +15,7 @@ SIGINT stop them all; SIGHUP is passed on to every worker (the addon reopens the
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import queue
@@ -62,7 +63,30 @@ def check_shareable(specs: list[str], host: str, port: int) -> int:
         with socket.socket(family) as s:
             s.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
             port = s.getsockname()[1]
+    _check_free(host, port)
     return port
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on. Without this, another process of the same
+    user that listens with SO_REUSEPORT (another `geogate run --workers`, with another policy)
+    would silently share the port with these workers instead of the start failing."""
+    from geogate.cli.run_proxy import host_port
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # mitmproxy says what is wrong with the address
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds it
+            try:
+                s.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise GeogateError(f"--listen-port {port}: {host_port(str(address[0]), port)} is in use already; "
+                                       f"try another port: `geogate run ... --listen-port {port + 2}`") from None
 
 
 def describe_exit(returncode: int) -> str:

@@ -62,3 +62,33 @@ def test_start_up_lines_of_several_workers_compare_without_their_time_of_day():
     assert _untimed("[10:15:21.786] HTTP(S) proxy listening at 127.0.0.1:1.") == \
         _untimed("[10:15:21.863] HTTP(S) proxy listening at 127.0.0.1:1.")
     assert _untimed("geogate: listening on x") == "geogate: listening on x"
+
+
+@pytest.mark.any_records  # bare records: what is under test is that lines stay whole
+def test_several_processes_appending_to_one_log_leave_whole_lines(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.jsonl"
+    writer = ("import sys; from geogate.proxy.decision_log import DecisionLog\n"
+              "log = DecisionLog(sys.argv[1])\n"
+              "for i in range(200): log.write({'event': 'decision', 'who': sys.argv[2], 'i': i, 'pad': 'x' * (i * 700)})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), name]) for name in "abc"]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    lines = path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # a torn or interleaved line would not parse
+    for name in "abc":
+        assert [r["i"] for r in records if r["who"] == name] == list(range(200))
+
+
+def test_the_ca_is_made_once_before_the_workers_and_an_existing_one_is_kept(tmp_path):
+    from geogate.cli.run_proxy import make_ca_once
+
+    confdir = tmp_path / "conf"
+    make_ca_once(["--set", f"confdir={confdir}", "--set", "key_size=1024"])
+    ca = confdir / "mitmproxy-ca.pem"
+    first = ca.read_bytes()
+    assert b"PRIVATE KEY" in first and (confdir / "mitmproxy-ca-cert.pem").exists()
+    make_ca_once([f"--set=confdir={confdir}"])
+    assert ca.read_bytes() == first

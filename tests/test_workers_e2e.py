@@ -21,6 +21,7 @@ from proxy_support import ALLOWED_IP
 from proxy_support import DEAD_RESOLVER
 from proxy_support import Origin
 from proxy_support import free_port
+from proxy_support import make_cert
 from proxy_support import write_db
 from proxy_support import write_hosts
 from proxy_support import write_policy
@@ -33,13 +34,15 @@ PIDS = re.compile(r"geogate: 2 workers share the port \(pids (\d+), (\d+)\)")
 class Workers:
     """`geogate run --workers 2` in its own session; stop() always ends it and its workers."""
 
-    def __init__(self, tmp: Path, policy: Path, db: Path, log: Path, extra: list[str] = ()) -> None:
+    def __init__(self, tmp: Path, policy: Path, db: Path, log: Path, extra: list[str] = (),
+                 mitmdump: list[str] = ()) -> None:
         resolv = tmp / "resolv.conf"
         resolv.write_text(f"nameserver {DEAD_RESOLVER}\noptions timeout:1 attempts:1\n")
         self.port = free_port()
         self.log = log
         cmd = [str(GEOGATE), "run", "--workers", "2", "--policy", str(policy), "--db", str(db), "--log", str(log),
-               "--listen-port", str(self.port), *extra, "--", "--set", f"confdir={tmp / 'confdir'}"]
+               "--listen-port", str(self.port), *extra, "--", "--set", f"confdir={tmp / 'confdir'}",
+               *mitmdump]
         env = dict(os.environ, GEOGATE_HOSTS_FILE=str(write_hosts(tmp / "hosts", {})),
                    GEOGATE_RESOLV_CONF=str(resolv), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -200,6 +203,19 @@ def test_a_killed_worker_is_restarted_sighup_reaches_every_worker_and_sigterm_st
     assert "Traceback" not in workers.output
 
 
+def test_workers_do_not_outlive_a_supervisor_killed_outright(setup):
+    workers, origin, _policy = setup
+    pids = workers.pids()
+    os.kill(workers.proc.pid, signal.SIGKILL)  # no chance to stop them: the kernel tells them (PDEATHSIG)
+    workers.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+    with pytest.raises(OSError):
+        get(workers.port, origin)  # nothing listens any more
+
+
 def test_a_policy_edit_reaches_both_workers_within_two_seconds(setup):
     workers, origin, policy = setup
     workers.pids()
@@ -229,6 +245,30 @@ def test_a_policy_edit_reaches_both_workers_within_two_seconds(setup):
     assert len(reloads) == 2, workers.output  # each worker reloaded by itself
     for rec in workers.records()[seen:]:
         assert rec["policy"]["sha256"] == new_sha
+
+
+def test_intercepting_workers_on_a_fresh_confdir_present_one_ca(tmp_path):
+    # both workers would otherwise create a CA of their own at once; the client trusts the file it finds
+    origin_cert = make_cert(tmp_path / "cert", ["origin.test"], [ALLOWED_IP])
+    origin = Origin(ALLOWED_IP, tls=origin_cert)
+    workers = Workers(tmp_path, write_policy(tmp_path / "policy.yaml"), write_db(tmp_path / "geo.mmdb"),
+                      tmp_path / "decisions.jsonl",
+                      extra=["--intercept"], mitmdump=["--set", f"ssl_verify_upstream_trusted_ca={origin_cert[0]}"])
+    try:
+        workers.pids()
+        ca = tmp_path / "confdir" / "mitmproxy-ca-cert.pem"
+        for i in range(16):
+            got = subprocess.run(["curl", "-sS", "--max-time", "10", "-x", f"http://127.0.0.1:{workers.port}",
+                                  "--cacert", str(ca), f"https://{ALLOWED_IP}:{origin.port}/{i}"],
+                                 capture_output=True, text=True, timeout=30)
+            assert got.stdout == f"hello from {ALLOWED_IP}:{origin.port} /{i}\n", got.stderr + workers.output
+        deadline = time.monotonic() + 10
+        while len({r.get("worker") for r in workers.records()}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {r["worker"] for r in workers.records()} == {0, 1}  # both workers' certificates were checked
+    finally:
+        workers.stop()
+        origin.close()
 
 
 @pytest.mark.parametrize("reuse_port", [False, True])

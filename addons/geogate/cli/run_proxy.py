@@ -189,6 +189,23 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
     return argv + extra
 
 
+def make_ca_once(extra: list[str]) -> None:
+    """Create mitmproxy's CA in its confdir if it is not there yet. Workers starting together on an
+    empty confdir would each create one, and clients would meet a CA they were not given."""
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME
+    from mitmproxy.options import CONF_DIR
+
+    confdir = Path(os.path.expanduser((_set_values(extra, "confdir") or [CONF_DIR])[-1]))
+    if (confdir / f"{CONF_BASENAME}-ca.pem").exists():
+        return
+    key_size = (_set_values(extra, "key_size") or ["2048"])[-1]
+    try:
+        certs.CertStore.create_store(confdir, CONF_BASENAME, int(key_size) if key_size.isdigit() else 2048)
+    except OSError as e:
+        raise GeogateError(f"cannot create mitmproxy's CA in {confdir}: {e.strerror or e}") from None
+
+
 def _mitmdump() -> str | None:
     beside = Path(sys.executable).with_name("mitmdump")
     return str(beside) if beside.exists() else shutil.which("mitmdump")
@@ -237,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
     if workers > 1:
         from geogate.cli.workers import Supervisor
 
-        return Supervisor(workers, argv, said, announce, args.mode).run()
+        make_ca_once(extra)
+
+        return Supervisor(workers, argv, said, announce, args.mode, metrics=bool(getattr(args, "metrics", None))).run()
     _run_mitmdump(argv, said, _printer(announce), args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit
     return 0

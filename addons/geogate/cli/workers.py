@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -119,11 +120,12 @@ class _Worker:
 
 class Supervisor:
     def __init__(self, count: int, argv: list[str], said: list[str], announce: list[str], mode: str,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, metrics: bool = False) -> None:
         self.count = count
         self.spec = {"argv": argv, "said": said, "mode": mode}
         self.announce = announce
         self.extra_env = dict(extra_env or {})
+        self.metrics = metrics  # a metrics option was given: the workers share a multiprocess directory
         self.workers = [_Worker(i) for i in range(count)]
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.up = False  # every worker bound once, "listening on" said
@@ -261,6 +263,17 @@ class Supervisor:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
+        if not self.metrics:
+            return self._run()
+        # prometheus_client's multiprocess mode: each worker writes its own files in one private
+        # directory of this run, which is removed with it
+        with tempfile.TemporaryDirectory(prefix="geogate-metrics-") as directory:
+            self.extra_env["PROMETHEUS_MULTIPROC_DIR"] = directory
+            return self._run()
+
+    def _run(self) -> int:
+        # every worker is started from this (the main) thread: PR_SET_PDEATHSIG fires when the
+        # thread that started a worker ends, not only when the process does
         self._signals()
         for w in self.workers:
             self._spawn(w)

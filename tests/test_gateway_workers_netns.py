@@ -5,6 +5,7 @@ gateway leaves no worker behind."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -70,10 +71,33 @@ def test_gateway_workers_share_the_proxied_ports(tmp_path):
         assert {r["address"] for r in records} == {OK4, BAD4}  # and the destination it dialled
 
         mark = len(gateway.lines)
+        os.kill(gateway.proc.pid, signal.SIGHUP)  # passed on to the proxy's supervisor, then to each worker
+        deadline = time.monotonic() + 20
+        while sum("SIGHUP, reopening the decision log" in x for x in gateway.lines[mark:]) < 2:
+            assert time.monotonic() < deadline, gateway.output
+            time.sleep(0.1)
+
+        # one policy: an edit reaches both workers (and the kernel sets) without a restart
+        policy = tmp_path / "policy.yaml"
+        write_policy(policy, name="v2", before='  - name: no-de\n    action: block\n    countries: ["DE"]\n')
+        new_sha = hashlib.sha256(policy.read_bytes()).hexdigest()
+        changed, seen, flipped = time.monotonic(), len(gateway.records()), {}
+        while len(flipped) < 2 and time.monotonic() < changed + 15:
+            curl(f"http://{OK4}/flip")
+            records = gateway.records()
+            for r in records[seen:]:
+                if r.get("mode") == "transparent" and r["action"] == "block" and r["worker"] not in flipped:
+                    assert r["rule"] == "no-de" and r["policy"]["sha256"] == new_sha, r
+                    flipped[r["worker"]] = time.monotonic() - changed
+            seen = len(records)
+        assert set(flipped) == {0, 1}, gateway.output
+        print(f"gateway workers flipped after {flipped}")
+
+        mark = len(gateway.lines)
         os.kill(pids[1], signal.SIGKILL)
         gateway.wait_for_output(rf"worker 1 \(pid {pids[1]}\) was killed by SIGKILL; restarting it", start=mark)
-        for i in range(5):  # the other serves meanwhile
-            assert curl(f"http://{OK4}/meanwhile{i}").stdout == f"hello from {OK4}:80 /meanwhile{i}\n"
+        for i in range(5):  # the other serves meanwhile (and blocks, under v2)
+            assert curl(f"http://{OK4}/meanwhile{i}", "-D", "-").stdout.startswith("HTTP/1.1 403")
         back = gateway.wait_for_output(r"worker 1 is back \(pid \d+\)", start=mark)
         pids[1] = int(re.search(r"pid (\d+)", back).group(1))
         assert all(alive(p) for p in pids)

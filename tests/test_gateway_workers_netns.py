@@ -6,6 +6,7 @@ gateway leaves no worker behind."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -101,6 +102,18 @@ def test_gateway_workers_share_the_proxied_ports(tmp_path):
         back = gateway.wait_for_output(r"worker 1 is back \(pid \d+\)", start=mark)
         pids[1] = int(re.search(r"pid (\d+)", back).group(1))
         assert all(alive(p) for p in pids)
+
+        # the workers' supervisor itself killed: the gateway starts it again, and it stays up
+        supervisor = json.loads(gateway.state_file.read_text())["proxy"]["pid"]
+        mark = len(gateway.lines)
+        os.kill(supervisor, signal.SIGKILL)
+        gateway.wait_for_output(r"ERROR: the proxy exited \(-9\)", start=mark)
+        line = gateway.wait_for_output(r"2 workers share the port \(pids \d+, \d+\)", start=mark)
+        old, pids = pids, [int(p) for p in re.findall(r"\d+", line.split("pids", 1)[1])]
+        assert not any(alive(p) for p in old)  # the old workers ended with their supervisor
+        time.sleep(3)  # a proxy restarted by a thread that then ended would be gone by now
+        assert all(alive(p) for p in pids)
+        assert curl(f"http://{OK4}/again", "-D", "-").stdout.startswith("HTTP/1.1 403")
     finally:
         try:
             if gateway is not None:

@@ -155,18 +155,37 @@ class Gateway:
 
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self, argv: list[str]) -> None:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, preexec_fn=_die_with_parent)
-        self.proxy = proc
-        output = proc.stdout
-        if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
-            proc.kill()
-            raise GeogateError("no output pipe from the proxy")
-        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
+        proc = self._spawn_proxy(argv)
+        t = threading.Thread(target=self._keep_proxy, args=(proc, argv), name="geogate-proxy", daemon=True)
         t.start()
         self.threads.append(t)
 
-    def _proxy_output(self, proc: subprocess.Popen, output: IO[str], argv: list[str]) -> None:
+    def _spawn_proxy(self, argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, preexec_fn=_die_with_parent)
+        if proc.stdout is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
+            proc.kill()
+            raise GeogateError("no output pipe from the proxy")
+        self.proxy = proc
+        return proc
+
+    def _keep_proxy(self, first: subprocess.Popen, argv: list[str]) -> None:
+        """Reads the proxy's output and restarts it when it exits, from this one thread for good:
+        PR_SET_PDEATHSIG fires when the thread that started a child ends, so a proxy restarted
+        by a thread that then ended would be stopped at once."""
+        proc: subprocess.Popen | None = first
+        while True:
+            if proc is not None and proc.stdout is not None:
+                self._proxy_output(proc, proc.stdout)
+            if self.stopping.wait(2):
+                return
+            try:
+                proc = self._spawn_proxy(argv)
+            except (OSError, GeogateError) as e:
+                self.say(f"ERROR: cannot restart the proxy: {e}; trying again in 2 s")
+                proc = None
+
+    def _proxy_output(self, proc: subprocess.Popen, output: IO[str]) -> None:
         for line in output:
             line = line.rstrip("\n")
             m = _PROXY_POLICY.search(line)
@@ -182,8 +201,6 @@ class Gateway:
                      "are refused until it is back; restarting it in 2 s")
             self.proxy_sha = None
             self._write_state()
-            if not self.stopping.wait(2):
-                self._start_proxy(argv)
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import system_deps
 from proxy_support import ALLOWED_IP
 from proxy_support import DEAD_RESOLVER
 from proxy_support import Origin
@@ -249,6 +250,7 @@ def test_a_policy_edit_reaches_both_workers_within_two_seconds(setup):
 
 def test_intercepting_workers_on_a_fresh_confdir_present_one_ca(tmp_path):
     # both workers would otherwise create a CA of their own at once; the client trusts the file it finds
+    system_deps.skip_unless("curl")
     origin_cert = make_cert(tmp_path / "cert", ["origin.test"], [ALLOWED_IP])
     origin = Origin(ALLOWED_IP, tls=origin_cert)
     workers = Workers(tmp_path, write_policy(tmp_path / "policy.yaml"), write_db(tmp_path / "geo.mmdb"),

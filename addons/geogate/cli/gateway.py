@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
 
 NOT_RUNNING = 3  # `status`: something is missing (as systemctl status says of a stopped unit)
@@ -41,6 +42,8 @@ def add_parser(sub) -> None:
                    help="--dns: an answer holding an address the policy blocks: remove those records (default) "
                         "or answer REFUSED")
     r.add_argument("--dns-port", metavar="PORT", help="local port of the DNS mode for --dns (default 8053)")
+    r.add_argument("--workers", default="1", metavar="N",
+                   help="transparent proxy processes sharing --proxy-port (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -100,10 +103,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not lan or not kernel.interface_exists(lan):
             return _refuse(f"--lan {lan}: no such network interface")
     tcp_ports = _ports(args.tcp_ports)
+    workers = parse_workers(args.workers)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
     dns = dns_options(enabled=args.dns, port=args.dns_port, servers=args.dns_server, blocked=args.dns_blocked,
                       tcp_ports=tcp_ports, proxy_port=args.proxy_port, resolv_conf=_resolv_conf())
+    if dns is not None and workers > 1:
+        # workers share a TCP port with SO_REUSEPORT; mitmproxy's DNS mode listens through its own
+        # UDP stack, which cannot share one, so N workers would each need their own DNS port
+        return _refuse(f"--dns with --workers {workers}: the DNS mode runs in one proxy process; "
+                       "use --workers 1 with --dns")
     if os.geteuid() != 0:
         return _refuse("geogate gateway run changes nftables, routing rules and forwarding: run it as root")
     state = _load(args.policy, args.db)
@@ -120,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 2
     proxy = None
     if tcp_ports or dns:
-        proxy = _proxy_command(args, state, tcp_ports, dns)
+        proxy = _proxy_command(args, state, tcp_ports, dns, workers)
     config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports,
                            dns_port=dns.port if dns else None)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
@@ -145,10 +154,11 @@ def _resolv_conf() -> tuple[str, str | None]:
         return path, None
 
 
-def _proxy_command(args: argparse.Namespace, state, tcp_ports: tuple[int, ...], dns) -> list[str]:
+def _proxy_command(args: argparse.Namespace, state, tcp_ports: tuple[int, ...], dns, workers: int = 1) -> list[str]:
     """mitmdump in transparent mode for the TCP ports and, with --dns, in DNS mode too (one process)."""
     from geogate.cli.run_proxy import mitmdump_command
     from geogate.cli.run_proxy import preflight
+    from geogate.cli.workers import check_shareable
 
     extra = list(args.mitmdump_args or ())
     if extra and extra[0] == "--":
@@ -163,7 +173,18 @@ def _proxy_command(args: argparse.Namespace, state, tcp_ports: tuple[int, ...], 
     proxy_args = argparse.Namespace(mode=mode, listen_host="", listen_port=port, db=args.db,
                                     log=args.log, intercept=False, policy=args.policy)
     preflight(proxy_args, extra)
-    return mitmdump_command(proxy_args, state, extra)
+    if workers == 1:
+        return mitmdump_command(proxy_args, state, extra)
+    # N workers: the proxy child is `geogate run --workers N`, whose supervisor keeps the workers
+    # on the one port (SO_REUSEPORT: the kernel spreads the redirected connections, and one that
+    # dies leaves its share to the others); the gateway keeps that supervisor running
+    check_shareable(["transparent"], "", args.proxy_port)
+    command = [sys.executable, "-m", "geogate.cli", "run", "--workers", str(workers), "--mode", "transparent",
+               "--listen-host", "", "--listen-port", str(args.proxy_port), "--policy", state.policy.ref.path]
+    command += [a for db in args.db or () for a in ("--db", os.path.abspath(db))]
+    if args.log:
+        command += ["--log", os.path.abspath(args.log)]
+    return command + ["--", *extra]
 
 
 def _read_state() -> dict | None:

@@ -158,47 +158,54 @@ class Gateway:
 
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self, argv: list[str]) -> None:
-        proc, output = self._spawn_proxy(argv)
-        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
+        proc = self._spawn_proxy(argv)
+        t = threading.Thread(target=self._keep_proxy, args=(proc, argv), name="geogate-proxy", daemon=True)
         t.start()
         self.threads.append(t)
 
-    def _spawn_proxy(self, argv: list[str]) -> tuple[subprocess.Popen, IO[str]]:
+    def _spawn_proxy(self, argv: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, preexec_fn=_die_with_parent)
-        self.proxy = proc
-        output = proc.stdout
-        if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
+        if proc.stdout is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
             proc.kill()
             raise GeogateError("no output pipe from the proxy")
-        return proc, output
+        self.proxy = proc
+        return proc
 
-    def _proxy_output(self, proc: subprocess.Popen, output: IO[str], argv: list[str]) -> None:
+    def _keep_proxy(self, first: subprocess.Popen, argv: list[str]) -> None:
+        """Reads the proxy's output and restarts it when it exits, from this one thread for good:
+        PR_SET_PDEATHSIG fires when the thread that started a child ends, so a proxy restarted
+        by a thread that then ended would be stopped at once."""
+        proc: subprocess.Popen | None = first
         while True:
-            for line in output:
-                line = line.rstrip("\n")
-                m = _PROXY_POLICY.search(line)
-                if m:
-                    prefix = m.group(1)
-                    known = self.kernel_sets.policy_sha256
-                    self.proxy_sha = known if known.startswith(prefix) else prefix
-                    self._write_state()
-                print(f"[proxy] {line}", flush=True)
-            proc.wait()
-            if self.stopping.is_set():
+            if proc is not None and proc.stdout is not None:
+                self._proxy_output(proc, proc.stdout)
+            if self.stopping.wait(2):
                 return
+            try:
+                proc = self._spawn_proxy(argv)
+            except (OSError, GeogateError) as e:
+                self.say(f"ERROR: cannot restart the proxy: {e}; trying again in 2 s")
+                proc = None
+
+    def _proxy_output(self, proc: subprocess.Popen, output: IO[str]) -> None:
+        for line in output:
+            line = line.rstrip("\n")
+            m = _PROXY_POLICY.search(line)
+            if m:
+                prefix = m.group(1)
+                known = self.kernel_sets.policy_sha256
+                self.proxy_sha = known if known.startswith(prefix) else prefix
+                self._write_state()
+            print(f"[proxy] {line}", flush=True)
+        proc.wait()
+        if not self.stopping.is_set():
             held = " and ".join(([f"TCP ports {', '.join(map(str, self.config.tcp_ports))}"] if self.config.tcp_ports
                                  else []) + (["LAN DNS"] if self.options.dns else []))
             self.say(f"ERROR: the proxy exited ({proc.returncode}); {held} are refused until it is back; "
                      "restarting it in 2 s")
             self.proxy_sha = None
             self._write_state()
-            if self.stopping.wait(2):
-                return
-            # started from this thread, which stays to read it: PR_SET_PDEATHSIG ends a child when
-            # the thread that forked it ends, not the process (a restart from a thread that then
-            # returned was killed at once, over and over)
-            proc, output = self._spawn_proxy(argv)
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:

@@ -1,4 +1,6 @@
-"""The package's layers: dependencies point one way, core <- policy <- shells (proxy, audit, cli).
+"""The package's layers: dependencies point one way, core <- policy, metrics <- shells (proxy, audit,
+gateway) <- addon, cli. metrics (Prometheus) sits beside policy: both shells count with it, and it
+needs only core.
 
 Checked on the source (every import statement, including those inside functions), so a lazy
 import cannot hide a dependency that runs the wrong way.
@@ -21,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "addons" / "geogate"
 LAYER = {
     "core": 0,
     "policy": 1,
+    "metrics": 1,  # beside policy, not above it: imports core only, and policy does not import it
     "proxy": 2,
     "audit": 2,
     "gateway": 2,

@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
                    help="TCP ports sent to the transparent proxy, comma separated "
                         "(default 80,443; '' = none: the kernel judges all)")
     r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
+    r.add_argument("--metrics", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics of the kernel side at http://HOST:PORT/metrics (PORT alone: loopback)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -90,6 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not lan or not kernel.interface_exists(lan):
             return _refuse(f"--lan {lan}: no such network interface")
     tcp_ports = _ports(args.tcp_ports)
+    from geogate.metrics.serve import parse_address
+
+    metrics = parse_address(args.metrics) if args.metrics else None
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
     if os.geteuid() != 0:
@@ -105,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         proxy = _proxy_command(args, state)
     config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
-                      log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy)
+                      log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy, metrics=metrics)
     gateway = Gateway(config, options, state)
     gateway.start()
     return gateway.run_forever()

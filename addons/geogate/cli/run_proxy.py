@@ -24,6 +24,7 @@ from pathlib import Path
 
 from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
+from geogate.metrics.serve import parse_address
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.messages import UPSTREAM_REFUSAL
@@ -87,6 +88,10 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
             _parse_timeout(value)
         except exceptions.OptionsError as e:
             raise GeogateError(str(e)) from None
+    if getattr(args, "metrics", None):
+        parse_address(args.metrics)
+    for value in _set_values(extra, "geogate_metrics"):
+        parse_address(value, "geogate_metrics")
     for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
         if path:
             # opened for appending as the proxy will (creating it if need be), then closed
@@ -180,6 +185,8 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
         argv += ["--set", f"geogate_log={os.path.abspath(args.log)}"]
     if args.intercept:
         argv += ["--set", "geogate_intercept=true"]
+    if getattr(args, "metrics", None):
+        argv += ["--set", f"geogate_metrics={args.metrics}"]
     return argv + extra
 
 
@@ -221,6 +228,9 @@ def run(args: argparse.Namespace) -> int:
         f"geogate: decision log {os.path.abspath(args.log)}" if args.log
         else "geogate: decisions go to the event log only (add --log FILE for JSON lines)",
     ]
+    if args.metrics:
+        host, port = parse_address(args.metrics) or ("", 0)
+        announce.append(f"geogate: Prometheus metrics at http://{host_port(host, port)}/metrics")
     argv = mitmdump_argv(args, state, extra)
     del state  # the addon loads its own, and keeps it current
     _run_mitmdump(argv, said, announce, args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit

@@ -1,0 +1,120 @@
+"""`--metrics PORT|HOST:PORT`: where the endpoint listens, and what it serves at /metrics.
+
+The endpoint serves a registry of its own that holds one collector: the families of this
+process (or, under PROMETHEUS_MULTIPROC_DIR, the sum over every worker's files), plus
+`geogate_database_age_seconds`, derived at each scrape from the build timestamps so that the age
+is never older than the scrape.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from geogate.core.errors import GeogateError
+
+LOOPBACK = "127.0.0.1"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+EXAMPLE = "e.g. 9464 or 127.0.0.1:9464"
+
+
+def parse_address(text: str, what: str = "--metrics") -> tuple[str, int] | None:
+    """`PORT` (loopback), `HOST:PORT` or `[IPv6]:PORT`; empty is None (off). Raises GeogateError."""
+    text = str(text).strip()
+    if not text:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not sep:
+        host, port_text = LOOPBACK, text
+    elif bracketed:
+        host = host[1:-1]
+    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise GeogateError(f"{what} {text}: not PORT or HOST:PORT with a port from 1 to 65535 ({EXAMPLE})")
+    if not host or (":" in host and not (bracketed and _is_ip(host))) or any(c.isspace() or c in "[]/" for c in host):
+        raise GeogateError(f"{what} {text}: `{host}` is not a host name or address ({EXAMPLE})")
+    return host, int(port_text)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class WithDatabaseAge(Collector):
+    """The families of `source`, and the age of each database whose build time they hold."""
+
+    def __init__(self, source: CollectorRegistry, kernel: Collector | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.kernel = kernel
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily("geogate_database_age_seconds", "Seconds since each database in use was built",
+                                labels=["name"])
+        now = self.clock()
+        families: Iterable[Metric] = self.source.collect()
+        for family in families:
+            if family.name == "geogate_database_build_timestamp_seconds":
+                for sample in family.samples:
+                    age.add_metric([sample.labels["name"]], max(now - sample.value, 0.0))
+            yield family
+        yield age
+        if self.kernel is not None:
+            yield from self.kernel.collect()
+
+
+def aggregate_registry(directory: str) -> CollectorRegistry:
+    """The sum over every process writing to `directory` (prometheus_client multiprocess mode)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def endpoint_registry(source: CollectorRegistry, kernel: Collector | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(WithDatabaseAge(source, kernel))
+    return registry
+
+
+def serve(address: tuple[str, int], registry: CollectorRegistry) -> Any:
+    """Serve `registry` at http://HOST:PORT/metrics from a daemon thread; the server (shutdown()
+    stops it). Raises GeogateError when the port cannot be bound."""
+    from prometheus_client import start_http_server
+
+    host, port = address
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise GeogateError(f"--metrics {host}:{port}: cannot listen: {e.strerror or e}") from None
+    return server
+
+
+def multiprocess_directory() -> str | None:
+    """The directory the workers write to, when the supervisor set one."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def worker_exited(pid: int) -> None:
+    """For the supervisor: drop a dead worker's live gauges (its counters stay in the sum)."""
+    from prometheus_client import multiprocess
+
+    directory = multiprocess_directory()
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)

@@ -41,7 +41,8 @@ def parse_address(text: str, what: str = "--metrics") -> tuple[str, int] | None:
         host = host[1:-1]
     if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
         raise GeogateError(f"{what} {text}: not PORT or HOST:PORT with a port from 1 to 65535 ({EXAMPLE})")
-    if not host or (":" in host and not (bracketed and _is_ip(host))) or any(c.isspace() or c in "[]/" for c in host):
+    if (not host or (bracketed and not _is_ip(host)) or (":" in host and not bracketed)
+            or any(c.isspace() or c in "[]/" for c in host)):
         raise GeogateError(f"{what} {text}: `{host}` is not a host name or address ({EXAMPLE})")
     return host, int(port_text)
 

@@ -199,6 +199,8 @@ def _write_error(addon: "GeoGate", rec: dict[str, Any]) -> None:
         try:
             addon.log.write(rec)
         except Exception as e:
+            if addon.metrics is not None:
+                addon.metrics.log_write_error()
             logger.error(f"geogate: the refusal [error {rec['error_id']}] could not be written to the decision "
                          f"log: {printable(repr(e))}")
 

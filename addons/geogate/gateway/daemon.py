@@ -313,7 +313,7 @@ class Gateway:
     def metrics_counters(self) -> dict:
         """The kernel side for geogate_gateway_* (read at each scrape; see metrics/kernel.py).
         Flow counts per verdict join here as "flows" once the daemon keeps them."""
-        counters = {"receipts_written": self.receipts.written, "receipts_suppressed": self.receipts.suppressed,
+        counters: dict[str, object] = {"receipts_written": self.receipts.written, "receipts_suppressed": self.receipts.suppressed,
                     "restores": self.restores}
         flows = getattr(self, "flow_counts", None)
         if flows is not None:

@@ -25,7 +25,6 @@ PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "iperf3": ("iperf3", ()),
     "unshare": ("util-linux", ()),
     "prometheus": ("prometheus", ()),
-    "promtool": ("prometheus", ()),
 }
 REASON = "missing system package"
 

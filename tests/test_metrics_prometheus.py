@@ -238,3 +238,55 @@ def test_the_dashboard_and_alerts_name_only_metrics_that_exist(running):
     named = {n for e in dashboard_expressions() + alert_expressions() for n in re.findall(r"\bgeogate_[a-z0-9_]+", e)}
     assert len(named) >= 10
     assert sorted(named - served) == []
+
+
+def test_with_workers_prometheus_sees_the_sum_over_them(tmp_path):
+    """geogate run --workers 2 --metrics: each worker counts into one directory, the supervisor
+    serves the sum; the requests (spread over the workers by the kernel) add up in PromQL."""
+    allowed, blocked = Origin(ALLOWED_IP), None
+    blocked = Origin(BLOCKED_IP, allowed.port)
+    hosts = write_hosts(tmp_path / "hosts", {"allowed.test": ALLOWED_IP, "blocked.test": BLOCKED_IP})
+    log = tmp_path / "decisions.jsonl"
+    port, metrics_port = free_port(), free_port()
+    cmd = [str(Path(sys.executable).with_name("geogate")), "run", "--workers", "2", "--policy",
+           str(write_policy(tmp_path / "policy.yaml")), "--db", str(write_db(tmp_path / "test.mmdb")),
+           "--listen-port", str(port), "--log", str(log), "--metrics", f"127.0.0.1:{metrics_port}",
+           "--", "--set", f"confdir={tmp_path / 'confdir'}"]
+    proxy = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                             env=dict(os.environ, GEOGATE_HOSTS_FILE=str(hosts)))
+    prometheus = None
+    try:
+        assert proxy.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proxy.stdout.readline()
+            lines.append(line)
+            if "workers share the port" in line or not line:
+                break
+        assert "workers share the port" in lines[-1], "".join(lines)
+        assert f"Prometheus metrics at http://127.0.0.1:{metrics_port}/metrics" in "".join(lines)
+        prometheus = Prometheus(tmp_path, f"127.0.0.1:{metrics_port}")
+        allow_n, block_n = 12, 8
+        for i in range(allow_n):
+            assert curl(f"http://127.0.0.1:{port}", f"http://allowed.test:{allowed.port}/{i}") == "200"
+        for i in range(block_n):
+            assert curl(f"http://127.0.0.1:{port}", f"http://blocked.test:{allowed.port}/{i}") == "403"
+
+        def counts():
+            found = by(prometheus.query("sum by (action) (geogate_decisions_total)"), "action")
+            return found if found == {"allow": allow_n, "block": block_n} else None
+
+        wait_until(counts, "sum by (action) (geogate_decisions_total) over the workers")
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(records) == allow_n + block_n and {r["worker"] for r in records} <= {0, 1}
+        # the gauges of the workers: one policy in force, not one per worker
+        info = prometheus.query("geogate_policy_info == 1")
+        assert [s["metric"]["name"] for s in info] == ["test"]
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        os.killpg(proxy.pid, signal.SIGTERM)
+        proxy.wait(30)
+        allowed.close()
+        blocked.close()

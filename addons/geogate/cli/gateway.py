@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
 
 NOT_RUNNING = 3  # `status`: something is missing (as systemctl status says of a stopped unit)
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
     r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
     r.add_argument("--metrics", metavar="[HOST:]PORT",
                    help="serve Prometheus metrics of the kernel side at http://HOST:PORT/metrics (PORT alone: loopback)")
+    r.add_argument("--workers", default="1", metavar="N",
+                   help="transparent proxy processes sharing --proxy-port (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -95,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from geogate.metrics.serve import parse_address
 
     metrics = parse_address(args.metrics) if args.metrics else None
+    workers = parse_workers(args.workers)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
     if os.geteuid() != 0:
@@ -107,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _refuse(f"--log {args.log}: {e.strerror or e}")
     proxy = None
     if tcp_ports:
-        proxy = _proxy_command(args, state)
+        proxy = _proxy_command(args, state, workers)
     config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
                       log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy, metrics=metrics)
@@ -116,9 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return gateway.run_forever()
 
 
-def _proxy_command(args: argparse.Namespace, state) -> list[str]:
+def _proxy_command(args: argparse.Namespace, state, workers: int = 1) -> list[str]:
     from geogate.cli.run_proxy import mitmdump_command
     from geogate.cli.run_proxy import preflight
+    from geogate.cli.workers import check_shareable
 
     extra = list(args.mitmdump_args or ())
     if extra and extra[0] == "--":
@@ -130,7 +135,18 @@ def _proxy_command(args: argparse.Namespace, state) -> list[str]:
     proxy_args = argparse.Namespace(mode="transparent", listen_host="", listen_port=args.proxy_port, db=args.db,
                                     log=args.log, intercept=False, policy=args.policy)
     preflight(proxy_args, extra)
-    return mitmdump_command(proxy_args, state, extra)
+    if workers == 1:
+        return mitmdump_command(proxy_args, state, extra)
+    # N workers: the proxy child is `geogate run --workers N`, whose supervisor keeps the workers
+    # on the one port (SO_REUSEPORT: the kernel spreads the redirected connections, and one that
+    # dies leaves its share to the others); the gateway keeps that supervisor running
+    check_shareable(["transparent"], "", args.proxy_port)
+    command = [sys.executable, "-m", "geogate.cli", "run", "--workers", str(workers), "--mode", "transparent",
+               "--listen-host", "", "--listen-port", str(args.proxy_port), "--policy", state.policy.ref.path]
+    command += [a for db in args.db or () for a in ("--db", os.path.abspath(db))]
+    if args.log:
+        command += ["--log", os.path.abspath(args.log)]
+    return command + ["--", *extra]
 
 
 def _read_state() -> dict | None:

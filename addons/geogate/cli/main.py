@@ -488,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
     r.add_argument("--metrics", metavar="[HOST:]PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1; default: off)")
+    r.add_argument("--workers", default="1", metavar="N",
+                   help="proxy processes sharing the listening address (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 

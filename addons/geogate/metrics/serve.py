@@ -112,10 +112,31 @@ def multiprocess_directory() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def worker_exited(pid: int) -> None:
-    """For the supervisor: drop a dead worker's live gauges (its counters stay in the sum)."""
-    from prometheus_client import multiprocess
+class WorkerMetrics:
+    """For a supervisor of worker processes: a fresh directory they write to (their environment
+    gets MULTIPROC_ENV), and one endpoint serving the sum. close() stops serving and removes it."""
 
-    directory = multiprocess_directory()
-    if directory:
-        multiprocess.mark_process_dead(pid, directory)
+    def __init__(self, address: tuple[str, int]) -> None:
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="geogate-metrics-")
+        try:
+            self.server = serve(address, endpoint_registry(aggregate_registry(self.directory)))
+        except GeogateError:
+            os.rmdir(self.directory)
+            raise
+        self.env = {MULTIPROC_ENV: self.directory}
+
+    def worker_exited(self, pid: int) -> None:
+        """Drop a dead worker's live gauges (open connections, what it had in force); its
+        counters stay in the sum."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.directory)
+
+    def close(self) -> None:
+        import shutil
+
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)

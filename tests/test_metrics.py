@@ -23,6 +23,7 @@ from mitmproxy.test import taddons
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import system_deps
 from geogate.core.errors import GeogateError
 from geogate.core.resolve import ResolveError
 from geogate.gateway.daemon import Gateway
@@ -349,3 +350,21 @@ def test_two_worker_processes_are_summed(tmp_path):
         for w in workers:
             if w.poll() is None:
                 w.communicate("", timeout=30)
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+def test_workers_take_the_metrics_address_from_the_flag_only(files):
+    proc = subprocess.run([sys.executable, "-m", "geogate.cli", "run", "--workers", "2", "--policy", str(files.policy),
+                           "--db", str(files.db), "--listen-port", str(free_port()), "--",
+                           "--set", "geogate_metrics=9464"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "not --set geogate_metrics" in proc.stderr
+
+
+@system_deps.needs("nft", "ip")  # checked before the metrics address
+def test_gateway_run_refuses_a_bad_metrics_value():
+    proc = subprocess.run([sys.executable, "-m", "geogate.cli", "gateway", "run", "--lan", "lo", "--metrics", "x:y"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--metrics x:y" in proc.stderr and "Traceback" not in proc.stderr

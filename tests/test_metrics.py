@@ -278,8 +278,10 @@ def test_database_age_is_derived_at_each_scrape():
 # -- the gateway's kernel side -------------------------------------------------------------------------
 
 def test_kernel_counters_are_read_at_scrape_time():
+    snapshot = {"allowed": {"default": {"DE": 5}}, "blocked": {"doj": {"KP": 4, "203.0.113.9": 2}},
+                "kernel": {"allowed": 6, "blocked": 9}}
     gw = SimpleNamespace(receipts=SimpleNamespace(written=3, suppressed=7), restores=1,
-                         flow_counts={("block", "doj", "KP"): 4, ("block", "doj", "203.0.113.9"): 2})
+                         counts=SimpleNamespace(snapshot=lambda: snapshot))  # the daemon's FlowCounts
     registry = endpoint_registry(Metrics().registry, KernelCollector(lambda: Gateway.metrics_counters(gw)))
     assert registry.get_sample_value("geogate_gateway_receipts_written_total") == 3
     assert registry.get_sample_value("geogate_gateway_receipts_suppressed_total") == 7
@@ -287,6 +289,10 @@ def test_kernel_counters_are_read_at_scrape_time():
     flows = {"action": "block", "rule": "doj", "mode": "kernel"}
     assert registry.get_sample_value("geogate_gateway_flows_total", {**flows, "country": "KP"}) == 4
     assert registry.get_sample_value("geogate_gateway_flows_total", {**flows, "country": "other"}) == 2
+    assert registry.get_sample_value("geogate_gateway_flows_total",
+                                     {"action": "allow", "rule": "default", "country": "DE", "mode": "kernel"}) == 5
+    assert registry.get_sample_value("geogate_gateway_kernel_flows_total", {"action": "block"}) == 9
+    assert registry.get_sample_value("geogate_gateway_kernel_flows_total", {"action": "allow"}) == 6
     gw.receipts.written = 5
     assert registry.get_sample_value("geogate_gateway_receipts_written_total") == 5
 

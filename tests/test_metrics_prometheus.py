@@ -233,7 +233,8 @@ def test_the_dashboard_and_alerts_name_only_metrics_that_exist(running):
     assert by(prom.query("sum by (kind, result) (geogate_reloads_total)"), "result") == {"success": 1}
     served = prom.names()
     kernel = endpoint_registry(Metrics().registry, KernelCollector(
-        lambda: {"receipts_written": 0, "receipts_suppressed": 0, "restores": 0, "flows": {("block", "r", "KP"): 0}}))
+        lambda: {"receipts_written": 0, "receipts_suppressed": 0, "restores": 0, "flows": {("block", "r", "KP"): 0},
+                 "kernel_flows": {"block": 0}}))
     served |= {s.name for family in kernel.collect() for s in family.samples}
     named = {n for e in dashboard_expressions() + alert_expressions() for n in re.findall(r"\bgeogate_[a-z0-9_]+", e)}
     assert len(named) >= 10

@@ -312,12 +312,17 @@ class Gateway:
 
     def metrics_counters(self) -> dict:
         """The kernel side for geogate_gateway_* (read at each scrape; see metrics/kernel.py).
-        Flow counts per verdict join here as "flows" once the daemon keeps them."""
-        counters: dict[str, object] = {"receipts_written": self.receipts.written, "receipts_suppressed": self.receipts.suppressed,
-                    "restores": self.restores}
-        flows = getattr(self, "flow_counts", None)
-        if flows is not None:
-            counters["flows"] = dict(flows)
+        Flow counts join once the daemon keeps them (`self.counts`, a FlowCounts: snapshot())."""
+        counters: dict[str, object] = {"receipts_written": self.receipts.written,
+                                       "receipts_suppressed": self.receipts.suppressed, "restores": self.restores}
+        counts = getattr(self, "counts", None)
+        if counts is not None:
+            snap = counts.snapshot()
+            counters["flows"] = {(action, rule, country): n for verdict, action in (("allowed", "allow"), ("blocked", "block"))
+                                 for rule, per_country in snap.get(verdict, {}).items()
+                                 for country, n in per_country.items()}
+            if snap.get("kernel") is not None:
+                counters["kernel_flows"] = {"allow": snap["kernel"]["allowed"], "block": snap["kernel"]["blocked"]}
         return counters
 
     # -- state ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ COUNTERS = {
 
 class KernelCollector(Collector):
     """`read()` -> {"receipts_written": n, "receipts_suppressed": n, "restores": n,
-    "flows": {(action, rule, country): n}}; missing keys are left out."""
+    "flows": {(action, rule, country): n}, "kernel_flows": {action: n}}; missing keys are left out."""
 
     def __init__(self, read: Callable[[], Mapping[str, Any]]) -> None:
         self.read = read
@@ -50,4 +50,12 @@ class KernelCollector(Collector):
                 summed[labels] = summed.get(labels, 0.0) + float(n)
             for labels, n in summed.items():
                 family.add_metric(list(labels), n)
+            yield family
+        totals = counters.get("kernel_flows")
+        if totals is not None:
+            family = CounterMetricFamily("geogate_gateway_kernel_flows",
+                                         "New flows the kernel's own counters saw (every one, attributed or not)",
+                                         labels=["action"])
+            for action, n in totals.items():
+                family.add_metric([decision_labels(action, None, None, "kernel")[0]], float(n))
             yield family

@@ -374,3 +374,18 @@ def test_gateway_run_refuses_a_bad_metrics_value():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--metrics x:y" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_supervisor_hands_each_dead_workers_pid_to_the_metrics():
+    from geogate.cli.workers import Supervisor
+
+    supervisor = Supervisor(2, [], [], [], "regular")
+    gone: list[int] = []
+    supervisor.on_worker_exit = gone.append
+    supervisor.up = True
+    worker = supervisor.workers[0]
+    worker.proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    worker.proc.wait(30)
+    pid = worker.proc.pid
+    supervisor._on_exit(worker, 0)
+    assert gone == [pid]

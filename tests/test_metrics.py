@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -27,13 +28,13 @@ import system_deps
 from geogate.core.errors import GeogateError
 from geogate.core.resolve import ResolveError
 from geogate.gateway.daemon import Gateway
+from geogate.metrics.address import parse_address
 from geogate.metrics.families import Metrics
 from geogate.metrics.families import decision_labels
 from geogate.metrics.kernel import KernelCollector
 from geogate.metrics.serve import WithDatabaseAge
 from geogate.metrics.serve import aggregate_registry
 from geogate.metrics.serve import endpoint_registry
-from geogate.metrics.serve import parse_address
 from geogate.proxy.addon import GeoGate
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
@@ -389,3 +390,16 @@ def test_the_supervisor_hands_each_dead_workers_pid_to_the_metrics():
     pid = worker.proc.pid
     supervisor._on_exit(worker, 0)
     assert gone == [pid]
+
+
+def test_geogate_run_refuses_a_metrics_port_in_use_before_listening(files):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "geogate.cli", "run", "--policy", str(files.policy), "--db",
+                               str(files.db), "--listen-port", "0", "--metrics", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"geogate: --metrics 127.0.0.1:{port}: cannot listen: Address already in use\n"
+    assert "listening" not in proc.stdout

@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not lan or not kernel.interface_exists(lan):
             return _refuse(f"--lan {lan}: no such network interface")
     tcp_ports = _ports(args.tcp_ports)
-    from geogate.metrics.serve import parse_address
+    from geogate.metrics.address import parse_address
 
     metrics = parse_address(args.metrics) if args.metrics else None
     workers = parse_workers(args.workers)

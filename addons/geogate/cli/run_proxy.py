@@ -26,7 +26,8 @@ from pathlib import Path
 from geogate.addon import PATH as ADDON
 from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
-from geogate.metrics.serve import parse_address
+from geogate.metrics.address import check_bindable
+from geogate.metrics.address import parse_address
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.messages import UPSTREAM_REFUSAL
@@ -90,10 +91,10 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
             _parse_timeout(value)
         except exceptions.OptionsError as e:
             raise GeogateError(str(e)) from None
-    if getattr(args, "metrics", None):
-        parse_address(args.metrics)
-    for value in _set_values(extra, "geogate_metrics"):
-        parse_address(value, "geogate_metrics")
+    for value, what in [(getattr(args, "metrics", None) or "", "--metrics")] + [
+            (v, "geogate_metrics") for v in _set_values(extra, "geogate_metrics")]:
+        if address := parse_address(value, what):
+            check_bindable(address, what)
     for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
         if path:
             # opened for appending as the proxy will (creating it if need be), then closed

@@ -29,6 +29,7 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 from typing import IO
+from typing import Any
 from typing import Callable
 
 from geogate.core.errors import GeogateError
@@ -39,10 +40,6 @@ from geogate.gateway import sets
 from geogate.gateway.nflog import NflogSocket
 from geogate.gateway.receipts import JsonLines
 from geogate.gateway.receipts import Receipts
-from geogate.metrics.families import Metrics
-from geogate.metrics.kernel import KernelCollector
-from geogate.metrics.serve import endpoint_registry
-from geogate.metrics.serve import serve
 from geogate.policy.loader import load_policy
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
@@ -102,12 +99,17 @@ class Gateway:
         self.receipts = Receipts(lambda: self.state, self._write, lambda: self.kernel_sets.policy_sha256)
         self.restores = 0
         self.threads: list[threading.Thread] = []
-        self.metrics: Metrics | None = None
-        self.metrics_server = None
+        self.metrics: Any = None  # a metrics.families.Metrics with --metrics
+        self.metrics_server: Any = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         if self.options.metrics is not None:
+            from geogate.metrics.families import Metrics  # prometheus_client only when asked for
+            from geogate.metrics.kernel import KernelCollector
+            from geogate.metrics.serve import endpoint_registry
+            from geogate.metrics.serve import serve
+
             self.metrics = Metrics()
             self.metrics.in_force(self.state.policy.ref, self.state.databases.infos)
             registry = endpoint_registry(self.metrics.registry, KernelCollector(self.metrics_counters))

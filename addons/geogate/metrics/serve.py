@@ -1,4 +1,4 @@
-"""`--metrics PORT|HOST:PORT`: where the endpoint listens, and what it serves at /metrics.
+"""What the `--metrics` endpoint serves at /metrics, and serving it.
 
 The endpoint serves a registry of its own that holds one collector: the families of this
 process (or, under PROMETHEUS_MULTIPROC_DIR, the sum over every worker's files), plus
@@ -8,7 +8,6 @@ is never older than the scrape.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -23,36 +22,7 @@ from prometheus_client.registry import Collector
 
 from geogate.core.errors import GeogateError
 
-LOOPBACK = "127.0.0.1"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-EXAMPLE = "e.g. 9464 or 127.0.0.1:9464"
-
-
-def parse_address(text: str, what: str = "--metrics") -> tuple[str, int] | None:
-    """`PORT` (loopback), `HOST:PORT` or `[IPv6]:PORT`; empty is None (off). Raises GeogateError."""
-    text = str(text).strip()
-    if not text:
-        return None
-    host, sep, port_text = text.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if not sep:
-        host, port_text = LOOPBACK, text
-    elif bracketed:
-        host = host[1:-1]
-    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
-        raise GeogateError(f"{what} {text}: not PORT or HOST:PORT with a port from 1 to 65535 ({EXAMPLE})")
-    if (not host or (bracketed and not _is_ip(host)) or (":" in host and not bracketed)
-            or any(c.isspace() or c in "[]/" for c in host)):
-        raise GeogateError(f"{what} {text}: `{host}` is not a host name or address ({EXAMPLE})")
-    return host, int(port_text)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class WithDatabaseAge(Collector):

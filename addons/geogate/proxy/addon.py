@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 
 from mitmproxy import ctx
@@ -69,13 +70,6 @@ from geogate.core.resolve import Resolver
 from geogate.core.resolve_defaults import DEFAULT_CACHE_BYTES
 from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
 from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
-from geogate.metrics.families import Metrics
-from geogate.metrics.families import decision_labels
-from geogate.metrics.serve import aggregate_registry
-from geogate.metrics.serve import endpoint_registry
-from geogate.metrics.serve import multiprocess_directory
-from geogate.metrics.serve import parse_address
-from geogate.metrics.serve import serve
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.dns_mode import DnsGate
@@ -104,6 +98,9 @@ from geogate.proxy.reload import Source
 from geogate.proxy.reload import describe
 from geogate.proxy.reload import one_line
 from geogate.proxy.worker import open_decision_log
+
+if TYPE_CHECKING:
+    from geogate.metrics.families import Metrics
 
 logger = logging.getLogger("geogate")
 
@@ -493,7 +490,11 @@ class GeoGate:
             self.metrics.in_force(state.policy.ref, state.databases.infos)
 
     def _configure_metrics(self, text: str) -> None:
-        """Count (with an address, or as a worker whose supervisor serves the sum) and serve."""
+        """Count (with an address, or as a worker whose supervisor serves the sum) and serve.
+        prometheus_client is imported only here: with metrics off it is never loaded."""
+        from geogate.metrics.address import parse_address
+        from geogate.metrics.serve import multiprocess_directory
+
         try:
             address = parse_address(text, "geogate_metrics")
         except GeogateError as e:
@@ -503,6 +504,11 @@ class GeoGate:
         if address is None and directory is None:
             self.metrics = None
             return
+        from geogate.metrics.families import Metrics
+        from geogate.metrics.serve import aggregate_registry
+        from geogate.metrics.serve import endpoint_registry
+        from geogate.metrics.serve import serve
+
         if self.metrics is None:
             self.metrics = Metrics()
             if self.live is not None:
@@ -970,6 +976,8 @@ class OpenConnections:
         d = self.gate.carried.get(data.client.id, data.server.address)
         if metrics is None or d is None:
             return
+        from geogate.metrics.families import decision_labels  # loaded already: metrics are on
+
         labels = decision_labels(str(d.action), d.outcome.rule, d.country, d.request.mode)
         self.open[data.server.id] = labels
         metrics.connection_opened(labels)

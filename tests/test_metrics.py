@@ -265,6 +265,19 @@ async def test_policy_and_databases_in_force_and_reloads(gate):
     assert value(gg, "geogate_reloads_total", kind="database", result="missing") == 1
 
 
+async def test_a_policy_changed_by_option_at_run_time_is_a_reload(gate, tmp_path):
+    gg = gate.gg
+    gg._running = True
+    other = write_policy(tmp_path / "other.yaml", name="other")
+    gate.tctx.configure(gg, geogate_policy=str(other))
+    assert value(gg, "geogate_reloads_total", kind="options", result="success") == 1
+    assert value(gg, "geogate_policy_info", name="other", sha256=gg.current_state().policy.ref.sha256) == 1
+    with pytest.raises(exceptions.OptionsError):
+        gate.tctx.configure(gg, geogate_policy=str(tmp_path / "missing.yaml"))
+    assert value(gg, "geogate_reloads_total", kind="options", result="failure") == 1
+    gg._running = False
+
+
 def test_database_age_is_derived_at_each_scrape():
     metrics = Metrics()
     metrics.database_build.labels("geo").set(1000)

@@ -466,6 +466,8 @@ class GeoGate:
         try:
             live = LiveState(Source(policy or None, tuple(d for d in dbs if d)), settle=self.reload_settle)
         except GeogateError as e:
+            if self.metrics is not None and self._running:
+                self.metrics.reloaded("options", "failure")  # the state in force stays
             error = exceptions.OptionsError(f"geogate: {one_line(e)}")
             error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]
             raise error from None

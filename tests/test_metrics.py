@@ -199,8 +199,8 @@ async def test_a_failed_log_write_is_counted_and_the_decision_is_not(gate, tmp_p
     f = connect_flow("allowed.test")
     await hook(gg.http_connect, f)
     assert f.response.status_code == 403  # fail closed
-    # the decision's line, then the line of the refusal that followed
-    assert value(gg, "geogate_log_write_errors_total") == 2
+    # the decision's line; and the refusal's, where the log still tries once it knows it is failing
+    assert value(gg, "geogate_log_write_errors_total") in (1, 2)
     assert sum(s.value for m in gg.metrics.registry.collect() for s in m.samples
                if s.name == "geogate_decisions_total") == 0
     with contextlib.suppress(OSError):  # what is still buffered cannot be written either

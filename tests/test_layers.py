@@ -1,4 +1,6 @@
-"""The package's layers: dependencies point one way, core <- policy <- shells (proxy, audit, cli).
+"""The package's layers: dependencies point one way, core <- policy, metrics <- shells (proxy, audit,
+gateway) <- addon, cli. metrics (Prometheus) sits beside policy: both shells count with it, and it
+needs only core.
 
 Checked on the source (every import statement, including those inside functions), so a lazy
 import cannot hide a dependency that runs the wrong way.
@@ -21,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "addons" / "geogate"
 LAYER = {
     "core": 0,
     "policy": 1,
+    "metrics": 1,  # beside policy, not above it: imports core only, and policy does not import it
     "proxy": 2,
     "audit": 2,
     "gateway": 2,
@@ -122,3 +125,27 @@ def test_the_decision_engine_loads_no_database_library_and_reads_no_data():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] []"
+
+
+def test_importing_metrics_starts_nothing_and_opens_nothing_of_its_own():
+    code = textwrap.dedent("""
+        import sys, threading
+        opened = []
+        def hook(event, args):
+            if event in ("open", "socket.bind") and not str(args[0]).endswith((".py", ".pyc")):
+                opened.append((event, str(args[0])))
+        sys.addaudithook(hook)
+        import prometheus_client  # reads /proc for its own default registry
+        library = list(opened)
+        import geogate.metrics.families, geogate.metrics.serve, geogate.metrics.kernel
+        print(opened == library, threading.active_count(), "geogate_decisions" in prometheus_client.REGISTRY._names_to_collectors)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True 1 False"
+
+
+def test_with_metrics_off_prometheus_client_is_never_loaded():
+    code = ("import sys, geogate.proxy.addon, geogate.gateway.daemon, geogate.cli.run_proxy, geogate.cli.gateway; "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -118,7 +118,8 @@ async def test_options_survive_a_script_reload(gate):
     assert gate.tctx.options.geogate_policy == str(gate.files.policy)
     assert gate.tctx.options.geogate_db == [str(gate.files.db)]
     for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_log_urls", "geogate_intercept",
-                 "geogate_resolve_timeout", "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes"):
+                 "geogate_resolve_timeout", "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes",
+                 "geogate_metrics"):
         assert "\n" not in gate.tctx.options._options[name].help
 
 

@@ -94,30 +94,13 @@ def test_the_ca_is_made_once_before_the_workers_and_an_existing_one_is_kept(tmp_
     assert ca.read_bytes() == first
 
 
-@pytest.mark.parametrize("metrics", [False, True])
-def test_workers_get_a_private_metrics_directory_only_with_metrics(metrics, monkeypatch):
-    import os
-    import stat
-
+def test_worker_environment_is_the_supervisors_plus_extra_env_and_the_index(monkeypatch):
     from geogate.cli.workers import Supervisor
 
     monkeypatch.setenv("SOMETHING_OF_THE_USER", "kept")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    supervisor = Supervisor(2, [], [], [], "regular", metrics=metrics)
-    seen: list[dict] = []
-
-    def run() -> int:  # what each worker would be started with, while the run lasts
-        env = supervisor.worker_env(1)
-        directory = env.get("PROMETHEUS_MULTIPROC_DIR")
-        seen.append({"env": env, "mode": stat.S_IMODE(os.stat(directory).st_mode) if directory else None})
-        return 0
-
-    monkeypatch.setattr(supervisor, "_run", run)
-    assert supervisor.run() == 0
-    (got,) = seen
-    assert got["env"]["SOMETHING_OF_THE_USER"] == "kept" and got["env"]["GEOGATE_WORKER"] == "1/2"
-    if metrics:
-        assert got["mode"] == 0o700  # private to this run
-        assert not os.path.exists(got["env"]["PROMETHEUS_MULTIPROC_DIR"])  # and gone with it
-    else:
-        assert "PROMETHEUS_MULTIPROC_DIR" not in got["env"]
+    plain = Supervisor(2, [], [], [], "regular").worker_env(1)
+    assert plain["SOMETHING_OF_THE_USER"] == "kept" and plain["GEOGATE_WORKER"] == "1/2"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in plain
+    summed = Supervisor(2, [], [], [], "regular", extra_env={"PROMETHEUS_MULTIPROC_DIR": "/run/x"}).worker_env(0)
+    assert summed["PROMETHEUS_MULTIPROC_DIR"] == "/run/x" and summed["GEOGATE_WORKER"] == "0/2"

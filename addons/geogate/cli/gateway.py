@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
                    help="--dns: an answer holding an address the policy blocks: remove those records (default) "
                         "or answer REFUSED")
     r.add_argument("--dns-port", metavar="PORT", help="local port of the DNS mode for --dns (default 8053)")
+    r.add_argument("--metrics", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics of the kernel side at http://HOST:PORT/metrics (PORT alone: loopback)")
     r.add_argument("--workers", default="1", metavar="N",
                    help="transparent proxy processes sharing --proxy-port (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
@@ -103,6 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not lan or not kernel.interface_exists(lan):
             return _refuse(f"--lan {lan}: no such network interface")
     tcp_ports = _ports(args.tcp_ports)
+    from geogate.metrics.address import parse_address
+
+    metrics = parse_address(args.metrics) if args.metrics else None
     workers = parse_workers(args.workers)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
@@ -134,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                            dns_port=dns.port if dns else None)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
                       log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy,
-                      dns=dns.state() if dns else None)
+                      dns=dns.state() if dns else None, metrics=metrics)
     gateway = Gateway(config, options, state)
     for ns in dns.local_name_servers() if dns else ():
         gateway.say(f"WARNING: DNS name server {ns} is on this host: geogate judges it, not the servers it asks "

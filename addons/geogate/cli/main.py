@@ -491,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-urls", choices=LOG_URL_MODES, default=DEFAULT_LOG_URLS,
                    help="URLs in the decision log: path (default: no query string, fragment or user info), "
                         "full (as sent), none")
+    r.add_argument("--metrics", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1; default: off)")
     r.add_argument("--workers", default="1", metavar="N",
                    help="proxy processes sharing the listening address (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")

@@ -28,6 +28,8 @@ from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
 from geogate.core.urls import DEFAULT_LOG_URLS
 from geogate.core.urls import check_log_urls
+from geogate.metrics.address import check_bindable
+from geogate.metrics.address import parse_address
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.messages import UPSTREAM_REFUSAL
@@ -96,6 +98,10 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
             check_log_urls(value)
         except ValueError as e:
             raise GeogateError(str(e)) from None
+    for value, what in [(getattr(args, "metrics", None) or "", "--metrics")] + [
+            (v, "geogate_metrics") for v in _set_values(extra, "geogate_metrics")]:
+        if address := parse_address(value, what):
+            check_bindable(address, what)
     for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
         if path:
             # opened for appending as the proxy will (creating it if need be), then closed
@@ -199,6 +205,8 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
         # mitmproxy's own line per flow prints the whole URL, query string and all; geogate's
         # line per decision says what happened without it. `-- --set flow_detail=1` brings it back.
         argv += ["--set", "flow_detail=0"]
+    if getattr(args, "metrics", None):
+        argv += ["--set", f"geogate_metrics={args.metrics}"]
     return argv + extra
 
 
@@ -233,6 +241,27 @@ def mitmdump_command(args: argparse.Namespace, state: GateState, extra: list[str
     return [sys.executable, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())", *argv]
 
 
+def _supervise(workers: int, argv: list[str], said: list[str], announce: list[str], mode: str,
+               metrics: tuple[str, int] | None, extra: list[str]) -> int:
+    """N workers under one supervisor; with metrics, each worker writes its numbers to one
+    directory (prometheus_client's multiprocess mode) and the supervisor serves their sum."""
+    from geogate.cli.workers import Supervisor
+    from geogate.metrics.serve import WorkerMetrics
+
+    if _set_values(extra, "geogate_metrics"):
+        raise GeogateError("--workers: give the metrics address with --metrics (the supervisor serves the sum "
+                           "over the workers), not --set geogate_metrics")
+    if metrics is None:
+        return Supervisor(workers, argv, said, announce, mode).run()
+    summed = WorkerMetrics(metrics)
+    try:
+        supervisor = Supervisor(workers, argv, said, announce, mode, extra_env=summed.env)
+        supervisor.on_worker_exit = summed.worker_exited
+        return supervisor.run()
+    finally:
+        summed.close()
+
+
 def run(args: argparse.Namespace) -> int:
     workers = parse_workers(getattr(args, "workers", "1"))
     extra = list(args.mitmdump_args or ())
@@ -262,13 +291,15 @@ def run(args: argparse.Namespace) -> int:
         f"geogate: decision log {os.path.abspath(args.log)}" if args.log
         else "geogate: decisions go to the event log only (add --log FILE for JSON lines)",
     ]
+    metrics = parse_address(args.metrics) if getattr(args, "metrics", None) else None
+    if metrics is not None:
+        announce.append(f"geogate: Prometheus metrics at http://{host_port(*metrics)}/metrics")
+    if workers > 1:
+        args.metrics = None  # the workers count; the supervisor serves the sum (_supervise)
     argv = mitmdump_argv(args, state, extra)
     del state  # the addon loads its own, and keeps it current
     if workers > 1:
-        from geogate.cli.workers import Supervisor
-
         make_ca_once(extra)
-
-        return Supervisor(workers, argv, said, announce, args.mode, metrics=bool(getattr(args, "metrics", None))).run()
+        return _supervise(workers, argv, said, announce, args.mode, metrics, extra)
     _run_mitmdump(argv, said, _printer(announce), args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit
     return 0

@@ -24,13 +24,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from dataclasses import field
 from typing import IO
 from typing import Any
+from typing import Callable
 
 from geogate.core.errors import GeogateError
 from geogate.proxy.worker import WORKER_ENV
@@ -120,18 +120,18 @@ class _Worker:
 
 class Supervisor:
     def __init__(self, count: int, argv: list[str], said: list[str], announce: list[str], mode: str,
-                 extra_env: dict[str, str] | None = None, metrics: bool = False) -> None:
+                 extra_env: dict[str, str] | None = None) -> None:
         self.count = count
         self.spec = {"argv": argv, "said": said, "mode": mode}
         self.announce = announce
         self.extra_env = dict(extra_env or {})
-        self.metrics = metrics  # a metrics option was given: the workers share a multiprocess directory
         self.workers = [_Worker(i) for i in range(count)]
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.up = False  # every worker bound once, "listening on" said
         self.startup_lines: set[str] = set()  # said once at start: a restarted worker does not repeat them
         self.stop_signal: int | None = None
         self.hups = 0
+        self.on_worker_exit: Callable[[int], None] | None = None  # given each dead worker's pid
 
     # -- the workers' environment: the hook for settings every worker of this run shares ----
     def worker_env(self, index: int) -> dict[str, str]:
@@ -213,6 +213,8 @@ class Supervisor:
     def _on_exit(self, w: _Worker, returncode: int) -> int | None:
         """The run's exit status when this exit ends it, else None."""
         pid = w.proc.pid if w.proc else "?"
+        if self.on_worker_exit is not None and w.proc is not None:
+            self.on_worker_exit(w.proc.pid)
         w.proc, w.ready = None, False
         if self.stop_signal is not None:
             return None
@@ -263,15 +265,6 @@ class Supervisor:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        if not self.metrics:
-            return self._run()
-        # prometheus_client's multiprocess mode: each worker writes its own files in one private
-        # directory of this run, which is removed with it
-        with tempfile.TemporaryDirectory(prefix="geogate-metrics-") as directory:
-            self.extra_env["PROMETHEUS_MULTIPROC_DIR"] = directory
-            return self._run()
-
-    def _run(self) -> int:
         # every worker is started from this (the main) thread: PR_SET_PDEATHSIG fires when the
         # thread that started a worker ends, not only when the process does
         self._signals()

@@ -48,6 +48,27 @@ class ResolveError(Exception):
         super().__init__(message)
         self.ttl = ttl
 
+    @property
+    def kind(self) -> str:
+        """What failed, in one word (geogate_resolve_errors_total): read from the message, which
+        is all a cached failure keeps."""
+        text = str(self)
+        for marker, kind in _KINDS:
+            if marker in text:
+                return kind
+        return "failed"
+
+
+# the markers of the messages raised below, most specific first
+_KINDS = (
+    ("timed out", "timeout"),
+    ("(NXDOMAIN)", "nxdomain"),
+    ("has no A or AAAA record", "no-address"),
+    ("no name server answered", "no-answer"),
+    ("no DNS resolver configured", "no-resolver"),
+    ("is allowed by the policy", "no-name-server"),
+)
+
 # What an entry costs beyond its strings, roughly: the Resolution or exception, its tuple, the
 # cache's OrderedDict slot, entry tuple and heap item (measured with tracemalloc: ~600 bytes).
 ENTRY_OVERHEAD = 580

@@ -29,6 +29,7 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 from typing import IO
+from typing import Any
 from typing import Callable
 
 from geogate.core.errors import GeogateError
@@ -77,6 +78,7 @@ class Options:
     watch_interval: float = 0.25
     file_interval: float = 0.5
     settle: float = 0.3
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
 
 
 class Gateway:
@@ -98,9 +100,21 @@ class Gateway:
         self.receipts = Receipts(lambda: self.state, self._write, lambda: self.kernel_sets.policy_sha256)
         self.restores = 0
         self.threads: list[threading.Thread] = []
+        self.metrics: Any = None  # a metrics.families.Metrics with --metrics
+        self.metrics_server: Any = None
 
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.options.metrics is not None:
+            from geogate.metrics.families import Metrics  # prometheus_client only when asked for
+            from geogate.metrics.kernel import KernelCollector
+            from geogate.metrics.serve import endpoint_registry
+            from geogate.metrics.serve import serve
+
+            self.metrics = Metrics()
+            self.metrics.in_force(self.state.policy.ref, self.state.databases.infos)
+            registry = endpoint_registry(self.metrics.registry, KernelCollector(self.metrics_counters))
+            self.metrics_server = serve(self.options.metrics, registry)
         self._install(self.state, self.dbpieces, self.kernel_sets, self.text, old_notes=None)
         kernel.install_latch(self.config)
         kernel.set_forwarding(True)
@@ -147,6 +161,8 @@ class Gateway:
             kernel.nft(text)
             self.handle = kernel.table_handle()
             self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
+        if self.metrics is not None:
+            self.metrics.in_force(state.policy.ref, state.databases.infos)
         counts = ks.element_counts()
         self.say(f"{'kernel sets' if first else 'kernel sets rebuilt'}: policy {ks.policy_name} "
                  f"(sha256 {ks.policy_sha256[:12]}), {counts['ipv4']} IPv4 and {counts['ipv6']} IPv6 blocked intervals, "
@@ -258,10 +274,12 @@ class Gateway:
                     continue  # still being written: look again next round
             day = datetime.now(timezone.utc).date()
             databases_moved = any(seen[p] != stamps[p] for p in self._paths()[1:])
+            kind = "database" if databases_moved else "policy"
             try:
                 new = self._load(reuse_databases=not databases_moved)
             except GeogateError as e:
                 stamps = seen
+                self._count_reload(kind, "failure")
                 self.say(f"ERROR: reload failed, the kernel keeps the sets of policy {self.kernel_sets.policy_name} "
                          f"(sha256 {self.kernel_sets.policy_sha256[:12]}): {e}")
                 continue
@@ -273,7 +291,14 @@ class Gateway:
             try:
                 self._apply(new)
             except GeogateError as e:
+                self._count_reload(kind, "failure")
                 self.say(f"ERROR: the new sets were refused, the old ones stay: {e}")
+            else:
+                self._count_reload(kind, "success")
+
+    def _count_reload(self, kind: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reloaded(kind, result)
 
     def _load(self, reuse_databases: bool) -> GateState:
         """The new state; with the databases in use when only the policy changed (opening and
@@ -298,8 +323,31 @@ class Gateway:
                 time.sleep(0.5)
 
     def _write(self, record: dict) -> None:
+        """A receipt's decision record: written, and counted (mode "kernel")."""
         if self.log is not None:
-            self.log.write(record)
+            try:
+                self.log.write(record)
+            except OSError:
+                if self.metrics is not None:
+                    self.metrics.log_write_error()
+                raise
+        if self.metrics is not None:
+            self.metrics.decided(record)
+
+    def metrics_counters(self) -> dict:
+        """The kernel side for geogate_gateway_* (read at each scrape; see metrics/kernel.py).
+        Flow counts join once the daemon keeps them (`self.counts`, a FlowCounts: snapshot())."""
+        counters: dict[str, object] = {"receipts_written": self.receipts.written,
+                                       "receipts_suppressed": self.receipts.suppressed, "restores": self.restores}
+        counts = getattr(self, "counts", None)
+        if counts is not None:
+            snap = counts.snapshot()
+            counters["flows"] = {(action, rule, country): n for verdict, action in (("allowed", "allow"), ("blocked", "block"))
+                                 for rule, per_country in snap.get(verdict, {}).items()
+                                 for country, n in per_country.items()}
+            if snap.get("kernel") is not None:
+                counters["kernel_flows"] = {"allow": snap["kernel"]["allowed"], "block": snap["kernel"]["blocked"]}
+        return counters
 
     # -- state ----------------------------------------------------------------------------------
     def _write_state(self) -> None:
@@ -350,6 +398,9 @@ class Gateway:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.terminate()
             try:

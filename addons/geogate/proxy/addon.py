@@ -18,6 +18,7 @@ through; every hook here is wrapped so that an exception refuses the connection 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 
 from mitmproxy import ctx
@@ -103,6 +105,9 @@ from geogate.proxy.reload import describe
 from geogate.proxy.reload import one_line
 from geogate.proxy.worker import open_decision_log
 
+if TYPE_CHECKING:
+    from geogate.metrics.families import Metrics
+
 logger = logging.getLogger("geogate")
 
 BLOCKED_MARK = ":no_entry:"
@@ -112,6 +117,11 @@ MAX_RESOLVE_TIMEOUT = 60.0
 
 Refusal = Callable[[Any, Any, str, Exception], None]
 
+# When the hook that is deciding was entered (time.perf_counter), for geogate_decision_seconds.
+# Set only with metrics on. A context variable: each connection's hooks run in their own task, one
+# after another, so the value seen where a decision is recorded is that of the hook recording it.
+HOOK_ENTRY: contextvars.ContextVar[float] = contextvars.ContextVar("geogate_hook_entry")
+
 
 def fail_closed(block: Refusal):
     """Run a hook; if it raises, log it and refuse the connection with `block`."""
@@ -119,6 +129,8 @@ def fail_closed(block: Refusal):
     def decorate(hook):
         @functools.wraps(hook)
         async def guarded(self, arg, *more):
+            if getattr(self, "metrics", None) is not None:
+                HOOK_ENTRY.set(time.perf_counter())
             try:
                 await hook(self, arg, *more)
             except Exception as e:
@@ -160,6 +172,8 @@ def fail_closed_sync_first(block: Refusal):
 
         @functools.wraps(hook)
         def guarded(self, arg):
+            if self.metrics is not None:
+                HOOK_ENTRY.set(time.perf_counter())
             try:
                 pending = hook(self, arg)
             except Exception as e:
@@ -192,6 +206,8 @@ def _write_error(addon: "GeoGate", rec: dict[str, Any]) -> None:
         try:
             addon.log.write(rec)
         except Exception as e:
+            if addon.metrics is not None:
+                addon.metrics.log_write_error()
             logger.error(f"geogate: the refusal [error {rec['error_id']}] could not be written to the decision "
                          f"log: {printable(repr(e))}")
 
@@ -341,6 +357,9 @@ class GeoGate:
         # mitmproxy walks, this addon's own or the script's it serves from (serve_from).
         self._tree_namespace: dict[str, Any] | None = None
         self.dns = DnsGate(self)  # DNS mode and WireGuard DNS: name servers and questions (dns_mode.py)
+        self.metrics: Metrics | None = None  # geogate_metrics, or a worker under PROMETHEUS_MULTIPROC_DIR
+        self.connections = OpenConnections(self)  # a sub-addon only while metrics are on
+        self._metrics_server: Any = None
 
     def live_state_or_none(self) -> GateState | None:
         return self.live.state if self.live is not None else None
@@ -378,18 +397,15 @@ class GeoGate:
         add("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}",
             "geogate: seconds a changed policy or database must stay unchanged after its writer closed it "
             "before it is applied.")
+        add("geogate_metrics", str, "",
+            "geogate: serve Prometheus metrics at http://HOST:PORT/metrics; PORT alone = 127.0.0.1; empty = off.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         try:
             if "mode" in updated:
                 self._refuse_upstream(opts.mode)
-            if "geogate_resolve_timeout" in updated:
-                self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
-            if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
-                if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
-                    raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
-                self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
+            self._configure_resolver(updated, opts)
             if "geogate_reload_settle" in updated:
                 self.reload_settle = _parse_settle(opts.geogate_reload_settle)
                 if self.live is not None:
@@ -402,8 +418,11 @@ class GeoGate:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
                 self._open_log(opts.geogate_log)
+            if "geogate_metrics" in updated:
+                self._configure_metrics(opts.geogate_metrics)
             self.dns.setup(updated, opts, self._running)
-            if updated & {"termlog_verbosity", "rfile", "connection_strategy", "geogate_intercept", "mode"}:
+            if updated & {"termlog_verbosity", "rfile", "connection_strategy", "geogate_intercept", "mode",
+                          "geogate_metrics"}:
                 self._configure_optional_hooks(opts)
         except exceptions.OptionsError as e:
             if self._running:
@@ -414,6 +433,14 @@ class GeoGate:
             logger.error(str(e))
             for line in getattr(e, "details", ()):
                 logger.info(f"geogate: {line}")
+
+    def _configure_resolver(self, updated: set[str], opts) -> None:
+        if "geogate_resolve_timeout" in updated:
+            self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
+        if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
+            if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
+                raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
+            self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
 
     def _configure_optional_hooks(self, opts) -> None:
         verbosity = getattr(opts, "termlog_verbosity", "info")
@@ -426,6 +453,8 @@ class GeoGate:
             subs.append(LazyHooks(self))
         if self.dns.records_questions:
             subs.append(self.dns)  # dns_* hooks, in DNS, WireGuard and reverse:dns modes only
+        if self.metrics is not None:
+            subs.append(self.connections)
         self._passthrough = None if lazy or self.intercept else EagerPassthrough()
         # mitmproxy walks every addon's `addons` on every event, for every hook name: a hook that
         # exists is dispatched on every flow, and even an empty list is one more generator per
@@ -466,18 +495,67 @@ class GeoGate:
         try:
             live = LiveState(Source(policy or None, tuple(d for d in dbs if d)), settle=self.reload_settle)
         except GeogateError as e:
+            if self.metrics is not None and self._running:
+                self.metrics.reloaded("options", "failure")  # the state in force stays
             error = exceptions.OptionsError(f"geogate: {one_line(e)}")
             error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]
             raise error from None
         old, self.live = self.live, live
         if old is not None:
             old.stop()
+        live.on_reload = self._reloaded
+        if self.metrics is not None:
+            if self._running:
+                self.metrics.reloaded("options", "success")
+            self.metrics.in_force(live.state.policy.ref, live.state.databases.infos)
         if self._running:
             live.start()
         for line in describe(live.state):
             logger.info(f"geogate: {line}")
         for w in live.state.warnings:
             logger.warning(f"geogate: {w}")
+
+    def _reloaded(self, kind: str, result: str, state: GateState) -> None:
+        if self.metrics is not None:
+            self.metrics.reloaded(kind, result)
+            self.metrics.in_force(state.policy.ref, state.databases.infos)
+
+    def _configure_metrics(self, text: str) -> None:
+        """Count (with an address, or as a worker whose supervisor serves the sum) and serve.
+        prometheus_client is imported only here: with metrics off it is never loaded."""
+        from geogate.metrics.address import parse_address
+        from geogate.metrics.serve import multiprocess_directory
+
+        try:
+            address = parse_address(text, "geogate_metrics")
+        except GeogateError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        self._stop_metrics_server()
+        directory = multiprocess_directory()
+        if address is None and directory is None:
+            self.metrics = None
+            return
+        from geogate.metrics.families import Metrics
+        from geogate.metrics.serve import aggregate_registry
+        from geogate.metrics.serve import endpoint_registry
+        from geogate.metrics.serve import serve
+
+        if self.metrics is None:
+            self.metrics = Metrics()
+            if self.live is not None:
+                self.metrics.in_force(self.live.state.policy.ref, self.live.state.databases.infos)
+        if address is not None:
+            source = aggregate_registry(directory) if directory else self.metrics.registry
+            try:
+                self._metrics_server = serve(address, endpoint_registry(source))
+            except GeogateError as e:
+                raise exceptions.OptionsError(str(e).replace("--metrics", "geogate_metrics", 1)) from None
+
+    def _stop_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
 
     def _open_log(self, path: str) -> None:
         new = None
@@ -519,6 +597,7 @@ class GeoGate:
             pass
         if self.log is not None:
             self.log.close()
+        self._stop_metrics_server()
         if self._replay is not None:
             print(self._replay.summary_text(), end="")
 
@@ -535,9 +614,8 @@ class GeoGate:
         if self._name_servers_judged[1] != lines:
             for level, line in lines:
                 logger.log(level, line)
-            if self.log is not None:
-                for text, d in judged.decisions.items():
-                    self.log.write({**decision_record(d), "dns": {"role": "resolver_name_server", "name_server": text}})
+            for text, d in judged.decisions.items():
+                self.write_decision({**decision_record(d), "dns": {"role": "resolver_name_server", "name_server": text}})
         self._name_servers_judged = (state, lines)
         return judged.allowed
 
@@ -550,6 +628,8 @@ class GeoGate:
                     self.resolver.forget_name_servers()  # a reload: judge them with the new policy
                 r = await self.resolver.query(name)
         except ResolveError as e:
+            if self.metrics is not None:
+                self.metrics.resolve_error(e.kind)
             return [], str(e)
         return list(r.addresses), None
 
@@ -559,6 +639,8 @@ class GeoGate:
         try:
             host = canonical_host(raw_host)
         except AddressError as e:
+            if self.metrics is not None:
+                self.metrics.resolve_error("invalid-name")
             return self.current_state().decide(make_request(raw_host, port, **context), [], resolve_error=str(e))
         addresses, error = await self._resolve(host)
         # The state is read after the await: a reload meanwhile applies to this decision whole.
@@ -588,9 +670,23 @@ class GeoGate:
         rec.update(extra)
         return self._publish(d, rec, flow)
 
-    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None) -> dict[str, Any]:
+    def write_decision(self, rec: dict[str, Any], timed: bool = False) -> None:
+        """Write a decision record (raises if the log cannot be written: the hook fails closed)
+        and count it; `timed`: observe the seconds since the hook deciding it was entered."""
+        metrics = self.metrics
         if self.log is not None:
-            self.log.write(rec)  # raises if the log cannot be written: the hook fails closed
+            try:
+                self.log.write(rec)
+            except Exception:
+                if metrics is not None:
+                    metrics.log_write_error()
+                raise
+        if metrics is not None:
+            entry = HOOK_ENTRY.get(None) if timed else None
+            metrics.decided(rec, None if entry is None else time.perf_counter() - entry)
+
+    def _publish(self, d: Decision, rec: dict[str, Any], flow: http.HTTPFlow | None) -> dict[str, Any]:
+        self.write_decision(rec, timed=True)
         if d.blocked or d.would_block:
             logger.warning(summary_line(rec))
         elif self.log_allows:
@@ -903,6 +999,31 @@ class EagerPassthrough:
             relay = TCPLayer if context.client.transport_protocol == "tcp" else UDPLayer  # DTLS
             chosen = relay(context, ignore=True)
         nextlayer.layer = chosen
+
+
+class OpenConnections:
+    """Present only with metrics on: upstream connections open now, by the decision that let
+    each through (geogate_open_connections)."""
+
+    def __init__(self, gate: GeoGate) -> None:
+        self.gate = gate
+        self.open: dict[str, tuple[str, str, str, str]] = {}  # server connection id -> labels
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        metrics = self.gate.metrics
+        d = self.gate.carried.get(data.client.id, data.server.address)
+        if metrics is None or d is None:
+            return
+        from geogate.metrics.families import decision_labels  # loaded already: metrics are on
+
+        labels = decision_labels(str(d.action), d.outcome.rule, d.country, d.request.mode)
+        self.open[data.server.id] = labels
+        metrics.connection_opened(labels)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        labels = self.open.pop(data.server.id, None)
+        if labels is not None and self.gate.metrics is not None:
+            self.gate.metrics.connection_closed(labels)
 
 
 class LazyHooks:

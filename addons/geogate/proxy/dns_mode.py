@@ -223,12 +223,10 @@ class DnsGate:
         if not judged.allowed and user_change:
             raise exceptions.OptionsError(f"geogate: {judged.refusal()}; dns_name_servers left unchanged")
         self.judged = judged
-        log = self.gate.log
         for text, d in judged.decisions.items():
-            if log is not None:
-                rec = decision_record(d)
-                rec["dns"] = {"role": "name_server", "name_server": text}
-                log.write(rec)
+            rec = decision_record(d)
+            rec["dns"] = {"role": "name_server", "name_server": text}
+            self.gate.write_decision(rec)
         for level, line in judged.lines():
             # at start-up an error line stops mitmdump; a dropped server alone must not
             logger.log(logging.WARNING if at_start and level == logging.ERROR else level, line)
@@ -349,8 +347,7 @@ class DnsGate:
                    "policy": {"name": ref.name, "path": ref.path, "sha256": ref.sha256} if ref else None}
         rec["mode"] = mode
         rec["dns"] = info
-        if self.gate.log is not None:
-            self.gate.log.write(rec)  # raises if the log cannot be written: the hook fails closed
+        self.gate.write_decision(rec)  # raises if the log cannot be written: the hook fails closed
         self._say(rec, d)
         flow.metadata["geogate"] = rec
         return rec

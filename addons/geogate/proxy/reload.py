@@ -258,6 +258,9 @@ class LiveState:
         self._inotify: Inotify | None = Inotify.open() if use_inotify else None
         self._by_key: dict[tuple[str, str], list[Watched]] = {}
         self._failed: tuple[str, ...] | None = None
+        # called after each reload attempt: (kind "policy" or "database", result "success",
+        # "failure" or "missing", the state in force)
+        self.on_reload: Callable[[str, str, GateState], None] | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
@@ -416,6 +419,7 @@ class LiveState:
             self._failed = digests
             logger.error(f"geogate: reload failed, still using policy {self.good.policy.ref.name} "
                          f"(sha256 {self.good.policy.ref.sha256[:12]}): {one_line(e)}")
+            self._said(pending, "failure")
             return False
         loaded = self._loaded_digests(new)
         moved = [f for f in self.files if f.path in loaded and loaded[f.path] != f.digest]
@@ -435,7 +439,13 @@ class LiveState:
         what = "databases are back; " if was_closed else ""
         logger.info(f"geogate: {what}reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) "
                     f"with {', '.join(i.name for i in new.databases.infos)}")
+        self._said(pending, "success")
         return True
+
+    def _said(self, changed: list[Watched], result: str) -> None:
+        if self.on_reload is not None:
+            kind = "database" if all(f.path in self.db_paths for f in changed) else "policy"
+            self.on_reload(kind, result, self.state)
 
     def _fail_closed(self, missing: list[Watched]) -> bool:
         names = ", ".join(f.path for f in missing)
@@ -446,6 +456,7 @@ class LiveState:
             f.forget_events()
         self._failed = None
         logger.error(f"geogate: {reason}")
+        self._said(missing, "missing")
         return True
 
     def next_check(self, now: float) -> float:

@@ -1,0 +1,112 @@
+"""What the `--metrics` endpoint serves at /metrics, and serving it.
+
+The endpoint serves a registry of its own that holds one collector: the families of this
+process (or, under PROMETHEUS_MULTIPROC_DIR, the sum over every worker's files), plus
+`geogate_database_age_seconds`, derived at each scrape from the build timestamps so that the age
+is never older than the scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from geogate.core.errors import GeogateError
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class WithDatabaseAge(Collector):
+    """The families of `source`, and the age of each database whose build time they hold."""
+
+    def __init__(self, source: CollectorRegistry, kernel: Collector | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.source = source
+        self.kernel = kernel
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily("geogate_database_age_seconds", "Seconds since each database in use was built",
+                                labels=["name"])
+        now = self.clock()
+        families: Iterable[Metric] = self.source.collect()
+        for family in families:
+            if family.name == "geogate_database_build_timestamp_seconds":
+                for sample in family.samples:
+                    age.add_metric([sample.labels["name"]], max(now - sample.value, 0.0))
+            yield family
+        yield age
+        if self.kernel is not None:
+            yield from self.kernel.collect()
+
+
+def aggregate_registry(directory: str) -> CollectorRegistry:
+    """The sum over every process writing to `directory` (prometheus_client multiprocess mode)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def endpoint_registry(source: CollectorRegistry, kernel: Collector | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(WithDatabaseAge(source, kernel))
+    return registry
+
+
+def serve(address: tuple[str, int], registry: CollectorRegistry) -> Any:
+    """Serve `registry` at http://HOST:PORT/metrics from a daemon thread; the server (shutdown()
+    stops it). Raises GeogateError when the port cannot be bound."""
+    from prometheus_client import start_http_server
+
+    host, port = address
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise GeogateError(f"--metrics {host}:{port}: cannot listen: {e.strerror or e}") from None
+    return server
+
+
+def multiprocess_directory() -> str | None:
+    """The directory the workers write to, when the supervisor set one."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class WorkerMetrics:
+    """For a supervisor of worker processes: a fresh directory they write to (their environment
+    gets MULTIPROC_ENV), and one endpoint serving the sum. close() stops serving and removes it."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="geogate-metrics-")
+        try:
+            self.server = serve(address, endpoint_registry(aggregate_registry(self.directory)))
+        except GeogateError:
+            os.rmdir(self.directory)
+            raise
+        self.env = {MULTIPROC_ENV: self.directory}
+
+    def worker_exited(self, pid: int) -> None:
+        """Drop a dead worker's live gauges (open connections, what it had in force); its
+        counters stay in the sum."""
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.directory)
+
+    def close(self) -> None:
+        import shutil
+
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)

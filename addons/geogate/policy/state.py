@@ -23,6 +23,9 @@ from geogate.core.decide import Decision
 from geogate.core.decide import Request
 from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
+from geogate.core.freshness import Freshness
+from geogate.core.freshness import Limit
+from geogate.core.freshness import limit_of
 from geogate.core.ipaddress_private import ip_key
 from geogate.core.lookup import FactsSource
 from geogate.core.rules import Mode
@@ -95,10 +98,14 @@ class GateState:
     _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
     # (start, end, date) of the UTC day last seen, in time.time() seconds (see _day_of)
     _day: tuple[float, float, date] = field(default=(0.0, 0.0, date.min), repr=False, compare=False)
+    # when the databases turn stale under geo.max_age (see core/freshness.py), fixed at load
+    _limit: Limit | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.facts.nat64 != self.policy.nat64:  # addresses are classified with the policy's NAT64 prefixes
             object.__setattr__(self, "facts", self.facts.with_nat64(self.policy.nat64))
+        if self._limit is None:
+            object.__setattr__(self, "_limit", limit_of(self.policy, self.databases.infos, time.time()))
         if self._verdicts is None or self._verdicts.policy is not self.policy:
             object.__setattr__(self, "_verdicts", VerdictMemo(self.policy))
 
@@ -111,6 +118,16 @@ class GateState:
     @property
     def warnings(self) -> list[str]:
         return list(self.policy.warnings) + database_warnings(self.policy, self.databases)
+
+    @property
+    def limit(self) -> Limit:
+        assert self._limit is not None, "set in __post_init__"
+        return self._limit
+
+    def freshness(self, wall: float | None = None) -> Freshness:
+        """How old the databases are against `geo.max_age` at `wall` (time.time(); default now):
+        what metrics, `geogate db info` and the proxy's event log read."""
+        return Freshness.of(self.limit, time.time() if wall is None else wall)
 
     def decide(
         self,
@@ -129,12 +146,15 @@ class GateState:
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
         keys = (ip_key(addresses[0]),) if len(addresses) == 1 else tuple(map(ip_key, addresses))
-        key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day)
+        limit = self.limit
+        stale = limit.warning if wall >= limit.stale_at else None  # inlined Limit.stale: every decision
+        key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day, stale)
         outcome = self._outcomes.get(key)
         if outcome is None:
             # (one key per address by construction; zip's strict= is a keyword call, slow here)
             facts = [self.facts.facts_of(ip, k) for ip, k in zip(addresses, keys)]  # noqa: B905
-            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, day, resolve_error, self._verdicts)
+            outcome = decide_outcome(self.policy, req, facts, self.facts.infos, day, resolve_error, self._verdicts,
+                                     stale)
             self._outcomes.put(key, outcome)
         return Decision(req, outcome, now, wall)
 

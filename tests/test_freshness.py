@@ -1,0 +1,164 @@
+"""Database freshness as policy: `geo.max_age` and `geo.on_stale` (warn | monitor | block).
+
+Databases are written here and their build_epoch rewritten to a chosen age; decisions are asked
+at fixed times, so a database crosses its max_age between two decisions of the same state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import textwrap
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+
+from geogate.core.decide import Request
+from geogate.core.record import decision_record
+from geogate.policy.loader import PolicyError
+from geogate.policy.loader import load_policy_text
+from geogate.policy.state import GateState
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mmdbs import maxmind_record  # noqa: E402
+from mmdbs import rewrite_metadata  # noqa: E402
+from mmdbs import write_maxmind  # noqa: E402
+from record_schema import check_record  # noqa: E402
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+DAY = 86400
+
+
+def old_db(directory: Path, age_days: float, name: str = "geo.mmdb", built: int | None = None) -> Path:
+    """A City database (1.0.0.0/24 CN, 2.0.0.0/24 US) built `age_days` before NOW."""
+    fresh = write_maxmind(directory / f"fresh-{name}", {
+        "1.0.0.0/24": maxmind_record("CN"), "2.0.0.0/24": maxmind_record("US"),
+    })
+    epoch = built if built is not None else int(NOW.timestamp() - age_days * DAY)
+    out = rewrite_metadata(fresh, directory / name, build_epoch=epoch)
+    fresh.unlink()
+    return out
+
+
+def state(tmp_path: Path, geo: str, db: Path) -> GateState:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: t\ndefault: allow\n" + textwrap.dedent(geo)
+                      + "rules:\n  - name: no-cn\n    action: block\n    countries: [CN]\n")
+    return GateState.load(policy, [db])
+
+
+def ask(s: GateState, address: str, now: datetime = NOW):
+    return s.decide(Request(host=address, port=443), [ipaddress.ip_address(address)], now=now)
+
+
+# -- the policy language ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "seconds"), [("45d", 45 * DAY), ("36h", 36 * 3600), ("6w", 42 * DAY), ("1D", DAY)])
+def test_max_age_units(text: str, seconds: int) -> None:
+    p = load_policy_text(f"version: 1\nname: t\ndefault: allow\ngeo:\n  max_age: {text}\n", "p.yaml")
+    assert p.max_age == seconds and p.on_stale == "warn"
+
+
+@pytest.mark.parametrize(("value", "key", "words"), [
+    ("max_age: 45x", "45x", ["geo.max_age: `45x` is not an age", "e.g. `45d`"]),
+    ("max_age: 45", "45", ["e.g. `45d`"]),
+    ("max_age: 0d", "0d", ["is not an age"]),
+    ("on_stale: maybe", "maybe", ["geo.on_stale: `maybe` is not one of warn, monitor, block"]),
+    ("on_stale: blok", "blok", ["did you mean `block`?"]),
+])
+def test_bad_values_are_one_error_at_their_position(value: str, key: str, words: list[str]) -> None:
+    text = f"version: 1\nname: t\ndefault: allow\ngeo:\n  {value}\n"
+    with pytest.raises(PolicyError) as err:
+        load_policy_text(text, "p.yaml")
+    (issue,) = err.value.issues
+    column = text.splitlines()[4].index(key) + 1
+    assert str(issue).startswith(f"p.yaml:5:{column}: error: ")
+    for w in words:
+        assert w in str(issue)
+
+
+# -- the engine -------------------------------------------------------------------------------
+
+def test_a_fresh_database_changes_nothing(tmp_path: Path) -> None:
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 10))
+    d = ask(s, "2.0.0.1")
+    assert not d.blocked and d.stale is None and d.warnings == ()
+    assert "stale" not in decision_record(d)
+    assert not s.freshness(NOW.timestamp()).stale
+
+
+def test_warn_records_the_warning_and_decides_as_usual(tmp_path: Path) -> None:
+    s = state(tmp_path, "geo:\n  max_age: 45d\n", old_db(tmp_path, 60))
+    allowed, blocked = ask(s, "2.0.0.1"), ask(s, "1.0.0.1")
+    assert not allowed.blocked and blocked.blocked and blocked.rule == "no-cn"
+    for d in (allowed, blocked):
+        assert d.stale == "warn"
+        (w,) = d.warnings
+        assert "database geo is older than geo.max_age 45d" in w.replace(" (built 2026-04-02)", "")
+        assert "geo.on_stale: warn" in w
+        rec = decision_record(d)
+        check_record(rec)
+        assert rec["stale"] == "warn" and rec["warnings"] == [w]
+
+
+def test_monitor_turns_the_policy_observe_only(tmp_path: Path) -> None:
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: monitor\n", old_db(tmp_path, 60))
+    d = ask(s, "1.0.0.1")
+    assert not d.blocked and not d.enforced and d.would_block and d.rule == "no-cn"
+    rec = decision_record(d)
+    check_record(rec)
+    assert (rec["action"], rec["enforced"], rec["stale"]) == ("allow", False, "monitor")
+
+
+def test_block_fails_closed_even_for_allowed_destinations(tmp_path: Path) -> None:
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 60))
+    d = ask(s, "2.0.0.1")
+    assert d.blocked and d.enforced and d.rule == "geo.stale" and d.stale == "block"
+    assert "older than geo.max_age 45d" in d.reason and "geo.on_stale: block" in d.reason
+    check_record(decision_record(d))
+
+
+def test_block_fails_closed_in_a_monitor_mode_policy_too(tmp_path: Path) -> None:
+    s = state(tmp_path, "mode: monitor\ngeo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 60))
+    assert ask(s, "2.0.0.1").blocked
+
+
+def test_a_database_turns_stale_while_the_state_is_in_use(tmp_path: Path) -> None:
+    """The same loaded state (its outcome cache included) answers fresh before the crossing and
+    stale after it: staleness is an input of every decision, not a property fixed at load."""
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 40))
+    before, after = NOW + timedelta(days=4, hours=23), NOW + timedelta(days=5, seconds=1)
+    assert not ask(s, "2.0.0.1", before).blocked
+    assert ask(s, "2.0.0.1", after).blocked
+    assert not ask(s, "2.0.0.1", before).blocked
+    f = s.freshness(after.timestamp())
+    assert f.stale and f.database == "geo" and f.on_stale == "block" and f.max_age == 45 * DAY
+    assert f.stale_at == pytest.approx((NOW + timedelta(days=5)).timestamp(), abs=1)
+    assert f.age == pytest.approx(45 * DAY + 1, abs=1)
+    assert not s.freshness(before.timestamp()).stale and s.freshness(before.timestamp()).warning is None
+
+
+def test_the_oldest_database_decides(tmp_path: Path) -> None:
+    young, old = old_db(tmp_path, 5, "young.mmdb"), old_db(tmp_path, 50, "old.mmdb")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: t\ndefault: allow\ngeo:\n  max_age: 45d\n")
+    s = GateState.load(policy, [young, old])
+    assert s.freshness(NOW.timestamp()).database == "old"
+    assert ask(s, "2.0.0.1").stale == "warn"
+
+
+def test_no_usable_build_time_counts_as_stale(tmp_path: Path) -> None:
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 0, built=2**40))
+    d = ask(s, "2.0.0.1")
+    assert d.blocked and "no usable build time" in d.reason
+
+
+def test_without_max_age_nothing_is_ever_stale(tmp_path: Path) -> None:
+    s = state(tmp_path, "", old_db(tmp_path, 4000))
+    assert ask(s, "2.0.0.1").stale is None and not s.freshness().stale
+    assert s.freshness(NOW.timestamp()).age == pytest.approx(4000 * DAY, abs=1)
+    json.dumps(decision_record(ask(s, "1.0.0.1")))

@@ -88,6 +88,7 @@ from geogate.proxy.messages import UPSTREAM_REFUSAL
 from geogate.proxy.messages import blocked_connection
 from geogate.proxy.messages import flow_comment
 from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import close_client_connection
 from geogate.proxy.mitmproxy_private import layer_chooser
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
@@ -95,6 +96,9 @@ from geogate.proxy.reload import LiveState
 from geogate.proxy.reload import Source
 from geogate.proxy.reload import describe
 from geogate.proxy.reload import one_line
+from geogate.proxy.revoke import OpenConnections
+from geogate.proxy.revoke import revocations
+from geogate.proxy.revoke import revoked_record
 
 logger = logging.getLogger("geogate")
 
@@ -287,6 +291,13 @@ def _parse_settle(text: str) -> float:
     return value
 
 
+def _parse_on_off(name: str, text: str) -> bool:
+    value = str(text).strip().lower()
+    if value not in ("on", "off"):
+        raise exceptions.OptionsError(f"{name}: `{text}` is not on or off; write {name}=on or {name}=off")
+    return value == "on"
+
+
 def hook_names(addon: object) -> list[str]:
     """The mitmproxy hooks `addon` has a method for."""
     from mitmproxy import addonmanager  # noqa: F401  (defines the load hook)
@@ -311,6 +322,8 @@ class GeoGate:
         self.log: DecisionLog | None = None
         self.intercept = False
         self.carried = CarriedDecisions()
+        self.open = OpenConnections()  # judged again on every change of state (revoke.py)
+        self.revoke = True
         self.recent = RecentDecisions()
         self._running = False
         self._make_replay = replay
@@ -353,6 +366,8 @@ class GeoGate:
         add("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}",
             "geogate: seconds a changed policy or database must stay unchanged after its writer closed it "
             "before it is applied.")
+        add("geogate_revoke", str, "on",
+            "geogate: on = after a policy or database reload, close open connections the new state blocks; off = keep them.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -371,6 +386,8 @@ class GeoGate:
                     self.live.settle = self.reload_settle
             if "geogate_intercept" in updated:
                 self.intercept = bool(opts.geogate_intercept)
+            if "geogate_revoke" in updated:
+                self.revoke = _parse_on_off("geogate_revoke", opts.geogate_revoke)
             if updated & {"geogate_policy", "geogate_db"}:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
@@ -443,6 +460,7 @@ class GeoGate:
             error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]
             raise error from None
         old, self.live = self.live, live
+        live.on_change = self._state_changed
         if old is not None:
             old.stop()
         if self._running:
@@ -451,6 +469,34 @@ class GeoGate:
             logger.info(f"geogate: {line}")
         for w in live.state.warnings:
             logger.warning(f"geogate: {w}")
+        live.check_freshness()
+        if old is not None:
+            self._state_changed(old.state)  # new files named by the options: as a reload
+
+    def _state_changed(self, before: GateState) -> None:
+        """Judge every open connection again with the state now in use; close those it blocks."""
+        if not self.revoke or self.live is None:
+            return
+        try:
+            self._revoke(self.live.state)
+        except Exception as e:
+            logger.error(f"geogate: open connections could not be judged again after the change: {printable(repr(e))}")
+
+    def _revoke(self, state: GateState) -> None:
+        for conn, d in revocations(state, self.open):
+            old = conn.decision
+            rec = revoked_record(old, d)
+            try:
+                if self.log is not None:
+                    self.log.write(rec)
+            finally:
+                # closed even when the log cannot be written: the policy comes first
+                self.open.closed(conn.client, conn.server)
+                closed = close_client_connection(conn.client, "geogate: revoked")
+            logger.warning(f"geogate: revoked {rec['client']} -> {rec['host']}:{rec['port']} ({rec['address']}): "
+                           f"opened under rule {old.rule} (policy sha256 {old.policy.sha256[:12]}), now rule {d.rule} "
+                           f"(policy sha256 {d.policy.sha256[:12]}): {d.reason}"
+                           + ("" if closed else "; the connection was already gone"))
 
     def _open_log(self, path: str) -> None:
         new = None
@@ -786,8 +832,17 @@ class GeoGate:
         if not self.intercept:
             data.ignore_connection = True  # relay TLS untouched: no CA needed on clients
 
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        d = self.carried.get(data.client.id, data.server.address)
+        if d is not None:
+            self.open.opened(data.client, data.server, d)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.open.closed(data.client, data.server)
+
     def client_disconnected(self, client: Client) -> None:
         self.carried.forget(client.id)
+        self.open.forget(client.id)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         # Once per connection, so a method here costs less than a sub-addon, which every event

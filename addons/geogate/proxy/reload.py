@@ -259,6 +259,9 @@ class LiveState:
         self._by_key: dict[tuple[str, str], list[Watched]] = {}
         self._failed: tuple[str, ...] | None = None
         self._task: asyncio.Task | None = None
+        # called with the state before, after each change of state and each freshness crossing
+        self.on_change: Callable[[GateState], None] | None = None
+        self._freshness_said: tuple[bool, str | None] | None = None
         self._wake: asyncio.Event | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         # Watches and stamps from before the load: a change made while loading is seen later.
@@ -437,6 +440,22 @@ class LiveState:
                     f"with {', '.join(i.name for i in new.databases.infos)}")
         return True
 
+    def check_freshness(self, wall: float | None = None) -> bool:
+        """Say, once, that the databases have passed `geo.max_age` (or are within it again after
+        a reload); True when that changed since the last look. Checked on every look at the
+        files (at least every `interval`), so a database that ages past the limit while the
+        proxy runs is said within that time."""
+        f = self.state.freshness(wall)
+        now = (f.stale, f.warning)
+        before, self._freshness_said = self._freshness_said, now
+        if before == now or before is None and not f.stale:
+            return False
+        if f.stale:
+            logger.warning(f"geogate: {f.warning}; geo.on_stale: {f.on_stale}: {STALE_EFFECT[f.on_stale]}")
+        else:
+            logger.info("geogate: the databases are within geo.max_age again; decisions follow the policy")
+        return before is not None
+
     def _fail_closed(self, missing: list[Watched]) -> bool:
         names = ", ".join(f.path for f in missing)
         reason = f"database {names} is missing; every connection is refused until it is back"
@@ -481,8 +500,12 @@ class LiveState:
                 except TimeoutError:
                     pass
                 self._wake.clear()
+                before = self.state
                 try:
-                    self.poll()
+                    changed = self.poll()
+                    crossed = self.check_freshness()
+                    if (changed or crossed) and self.on_change is not None:
+                        self.on_change(before)
                 except Exception as e:  # the watcher must outlive any surprise; the next poll retries
                     logger.error(f"geogate: reload check failed: {e!r}")
         finally:
@@ -499,6 +522,13 @@ class LiveState:
             self._task.cancel()
             self._task = None
         self._close_inotify()
+
+
+STALE_EFFECT = {
+    "warn": "decisions go on, each recording the warning, until the databases are updated",
+    "monitor": "the policy is observe-only (nothing is blocked, every decision is recorded) until the databases are updated",
+    "block": "every connection is refused (fail closed) until the databases are updated",
+}
 
 
 def describe(state: GateState) -> list[str]:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import sys
 import textwrap
+import time
 from datetime import datetime
 from datetime import timedelta
 from datetime import timezone
@@ -162,3 +163,57 @@ def test_without_max_age_nothing_is_ever_stale(tmp_path: Path) -> None:
     assert ask(s, "2.0.0.1").stale is None and not s.freshness().stale
     assert s.freshness(NOW.timestamp()).age == pytest.approx(4000 * DAY, abs=1)
     json.dumps(decision_record(ask(s, "1.0.0.1")))
+
+
+# -- a database directory (geoipupdate's) and the proxy's reload --------------------------------
+
+def test_a_directory_stands_for_its_mmdb_files_by_name(tmp_path: Path) -> None:
+    from geogate.core.errors import GeogateError
+    from geogate.policy.state import database_paths
+
+    d = tmp_path / "GeoIP"
+    old_db(d, 1, "GeoLite2-Country.mmdb")
+    old_db(d, 1, "GeoLite2-ASN.mmdb")
+    (d / "GeoLite2-City.mmdb.temp").write_bytes(b"half")  # geoipupdate's file being written
+    (d / ".geoipupdate.lock").write_text("")
+    assert [p.name for p in database_paths([d])] == ["GeoLite2-ASN.mmdb", "GeoLite2-Country.mmdb"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(GeogateError, match="holds no .mmdb file"):
+        database_paths([empty])
+
+
+def test_live_state_takes_in_a_new_file_in_the_directory_and_says_staleness_once(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from geogate.proxy.reload import LiveState
+    from geogate.proxy.reload import Source
+
+    d = tmp_path / "GeoIP"
+    old_db(d, 0, "GeoLite2-Country.mmdb", built=int(time.time()) - 100 * DAY)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: t\ndefault: allow\ngeo:\n  max_age: 45d\n  on_stale: monitor\n")
+    live = LiveState(Source(str(policy), (str(d),)), use_inotify=False)
+    try:
+        caplog.set_level(logging.INFO, logger="geogate")
+        assert live.check_freshness() is False  # stale from the start: said, but no crossing
+        assert live.check_freshness() is False  # and said once
+        said = [r.message for r in caplog.records if "older than geo.max_age" in r.message]
+        assert len(said) == 1 and "observe-only" in said[0]
+        # geoipupdate adds a database: taken in whole, without a restart
+        young = old_db(tmp_path, 0, "GeoLite2-ASN.mmdb", built=int(time.time()) - DAY)
+        young.replace(d / "GeoLite2-ASN.mmdb")
+        assert live.poll() is True
+        assert [i.name for i in live.state.databases.infos] == ["GeoLite2-ASN", "GeoLite2-Country"]
+        # and replaces the stale one with a fresh one (atomic rename): applied after the settle time
+        fresh = old_db(tmp_path, 0, "new.mmdb", built=int(time.time()) - DAY)
+        fresh.replace(d / "GeoLite2-Country.mmdb")
+        deadline = time.monotonic() + 30
+        while not live.poll() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not live.state.freshness().stale
+        assert live.check_freshness() is True
+        assert live.check_freshness() is False
+        assert len([r for r in caplog.records if "within geo.max_age again" in r.message]) == 1
+    finally:
+        live.stop()

@@ -20,6 +20,7 @@ from geogate.core.addresses import IPAddress
 from geogate.core.cache import BoundedCache
 from geogate.core.databases import DatabaseSet
 from geogate.core.decide import Decision
+from geogate.core.errors import GeogateError
 from geogate.core.decide import Request
 from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
@@ -41,13 +42,32 @@ def default_policy_path() -> Path:
 
 
 def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]:
-    """The databases to use: the ones given, else the bundled defaults (unpacked on first use)."""
-    paths = [Path(p) for p in given or () if str(p)]
+    """The databases to use: the ones given, else the bundled defaults (unpacked on first use).
+    A directory given stands for the `.mmdb` files in it, by name (see directory_databases)."""
+    paths: list[Path] = []
+    for p in given or ():
+        if str(p):
+            paths += directory_databases(Path(p)) if Path(p).is_dir() else [Path(p)]
     if paths:
         return paths
     from geogate.core.bundled import default_database_paths
 
     return list(default_database_paths())
+
+
+def directory_databases(directory: Path) -> list[Path]:
+    """The databases of a directory, such as the one MaxMind's geoipupdate writes to: its files
+    named `*.mmdb`, sorted by name (GeoLite2-ASN, GeoLite2-City, GeoLite2-Country). Hidden
+    files and anything else (geoipupdate's lock and temporary files) are left out."""
+    try:
+        found = sorted(p for p in directory.iterdir() if p.name.endswith(".mmdb") and not p.name.startswith(".")
+                       and p.is_file())
+    except OSError as e:
+        raise GeogateError(f"cannot read database directory {directory}: {e.strerror or e}") from None
+    if not found:
+        raise GeogateError(f"database directory {directory} holds no .mmdb file; point --db at the directory "
+                           f"geoipupdate writes to (its DatabaseDirectory) or at a .mmdb file")
+    return found
 
 
 _CITY_HINT = "add a City database with --db, e.g. MaxMind GeoLite2-City (docs/databases.md)"

@@ -46,6 +46,7 @@ from geogate.core.facts import IPFacts
 from geogate.core.lookup import FactsSource
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
+from geogate.policy.state import directory_databases
 
 logger = logging.getLogger("geogate")
 
@@ -101,10 +102,28 @@ class Source:
     def load(self) -> GateState:
         return GateState.load(self.policy or None, list(self.databases) or None)
 
+    def db_files(self) -> tuple[str, ...]:
+        """The database files named now: a directory stands for its .mmdb files (see
+        state.directory_databases); one that holds none is watched as a missing file."""
+        out: list[str] = []
+        for d in self.databases:
+            if os.path.isdir(d):
+                try:
+                    out += [str(p) for p in directory_databases(Path(d))]
+                except GeogateError:
+                    out.append(os.path.join(d, "*.mmdb"))
+            else:
+                out.append(d)
+        return tuple(out)
+
+    @property
+    def has_directories(self) -> bool:
+        return any(os.path.isdir(d) for d in self.databases)
+
     def paths(self, state: GateState | None) -> tuple[str, ...] | None:
         """The files to watch; None while the bundled databases are not unpacked yet."""
         if self.databases:
-            dbs = self.databases
+            dbs = self.db_files()
         elif state is not None:
             dbs = tuple(info.path for info in state.databases.infos)
         else:
@@ -276,11 +295,18 @@ class LiveState:
             self._close_inotify()
             raise
         self.state = self.good
-        self.paths: tuple[str, ...] = source.paths(self.good) or ()
+        self._directories = source.has_directories
+        self._listing_failed: tuple | None = None
+        self._track(self.good, before)
+
+    def _track(self, state: GateState, before: dict[str, Stamp]) -> None:
+        """Watch the files `state` was built from (`before`: stamps taken before it was loaded)."""
+        self.paths: tuple[str, ...] = self.source.paths(state) or ()
         self.db_paths = self.paths[1:]
-        loaded = self._loaded_digests(self.good)
+        loaded = self._loaded_digests(state)
         self.files = [Watched(p, loaded.get(p) or file_sha256(p) or MISSING,
                               before[p] if p in before else stamp(p)) for p in self.paths]
+        self._by_key = {}
         for f in self.files:
             for key in f.keys:
                 self._by_key.setdefault(key, []).append(f)
@@ -390,6 +416,11 @@ class LiveState:
         now = self.clock() if now is None else now
         self._drain(now)
         self._watch_dirs()
+        if self._directories:
+            # new files are taken in; a file gone is a missing database (below), as anywhere
+            listing = self.source.db_files()
+            if set(listing) - set(self.db_paths):
+                return self._relist(listing)
         for f in self.files:
             self._look(f, now)
         pending = self._pending()
@@ -438,6 +469,32 @@ class LiveState:
         what = "databases are back; " if was_closed else ""
         logger.info(f"geogate: {what}reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) "
                     f"with {', '.join(i.name for i in new.databases.infos)}")
+        return True
+
+    def _relist(self, listing: tuple[str, ...]) -> bool:
+        """A database directory gained .mmdb files: load the new set whole."""
+        attempt = (listing, tuple(stamp(p) for p in listing))
+        if attempt == self._listing_failed:
+            return False
+        before = {p: stamp(p) for p in (self.paths[:1] + listing)}
+        try:
+            new = self.source.load()
+        except GeogateError as e:
+            self._listing_failed = attempt
+            logger.error(f"geogate: the database directory changed, but the new set does not load; still using "
+                         f"{', '.join(i.name for i in self.good.databases.infos)}: {one_line(e)}")
+            return False
+        self._listing_failed = None
+        added = sorted(set(listing) - set(self.db_paths))
+        removed = sorted(set(self.db_paths) - set(listing))
+        self.good = self.state = new
+        self._track(new, before)
+        for w in new.warnings:
+            logger.warning(f"geogate: {w}")
+        change = "; ".join(filter(None, (f"added {', '.join(added)}" if added else "",
+                                         f"removed {', '.join(removed)}" if removed else "")))
+        logger.info(f"geogate: reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) with "
+                    f"{', '.join(i.name for i in new.databases.infos)} (database directory: {change})")
         return True
 
     def check_freshness(self, wall: float | None = None) -> bool:

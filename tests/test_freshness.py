@@ -217,3 +217,21 @@ def test_live_state_takes_in_a_new_file_in_the_directory_and_says_staleness_once
         assert len([r for r in caplog.records if "within geo.max_age again" in r.message]) == 1
     finally:
         live.stop()
+
+
+def test_db_info_shows_age_and_stale_state_by_the_policy(tmp_path: Path, capsys, monkeypatch) -> None:
+    from geogate.cli.main import main
+
+    monkeypatch.setenv("GEOGATE_CACHE_DIR", str(tmp_path / "cache"))
+    db = old_db(tmp_path, 0, built=int(time.time()) - 20 * DAY)
+    policy = tmp_path / "p.yaml"
+    for max_age, stale in (("10d", True), ("30d", False)):
+        policy.write_text(f"version: 1\nname: t\ndefault: allow\ngeo:\n  max_age: {max_age}\n  on_stale: block\n")
+        assert main(["db", "info", "--db", str(db), "--policy", str(policy), "--json"]) == 0
+        (entry,) = json.loads(capsys.readouterr().out)
+        assert (entry["age_days"], entry["stale"], entry["max_age"], entry["on_stale"]) == (20, stale, max_age, "block")
+        assert main(["db", "info", "--db", str(db), "--policy", str(policy)]) == 0
+        text = capsys.readouterr().out
+        assert "(20 days ago)" in text
+        assert (f"stale: older than geo.max_age {max_age}; geo.on_stale: block" in text) is stale
+        assert (f"fresh: within geo.max_age {max_age}; geo.on_stale: block" in text) is not stale

@@ -20,10 +20,10 @@ from geogate.core.addresses import IPAddress
 from geogate.core.cache import BoundedCache
 from geogate.core.databases import DatabaseSet
 from geogate.core.decide import Decision
-from geogate.core.errors import GeogateError
 from geogate.core.decide import Request
 from geogate.core.decide import VerdictMemo
 from geogate.core.decide import decide_outcome
+from geogate.core.errors import GeogateError
 from geogate.core.freshness import Freshness
 from geogate.core.freshness import Limit
 from geogate.core.freshness import limit_of

@@ -411,16 +411,21 @@ class LiveState:
     def _pending(self) -> list[Watched]:
         return [f for f in self.files if f.stamp != f.applied_stamp and f.digest != f.applied]
 
+    def _all_ready(self, pending: list[Watched], now: float) -> bool:
+        for f in pending:
+            at = self._ready_at(f)
+            if at is None or now < at or f.digest == UNKNOWN:
+                return False
+        return True
+
     def poll(self, now: float | None = None) -> bool:
         """Check the files once; True when the state was replaced."""
         now = self.clock() if now is None else now
         self._drain(now)
         self._watch_dirs()
-        if self._directories:
-            # new files are taken in; a file gone is a missing database (below), as anywhere
-            listing = self.source.db_files()
-            if set(listing) - set(self.db_paths):
-                return self._relist(listing)
+        listing = self._new_listing()
+        if listing is not None:
+            return self._relist(listing)
         for f in self.files:
             self._look(f, now)
         pending = self._pending()
@@ -431,10 +436,8 @@ class LiveState:
             return self._fail_closed(missing)
         if any(f.writing for f in self.files):
             return False
-        for f in pending:
-            at = self._ready_at(f)
-            if at is None or now < at or f.digest == UNKNOWN:
-                return False
+        if not self._all_ready(pending, now):
+            return False
         # Settled: a file touched since it was hashed starts again (the content itself is
         # compared after loading, with the sha256 of the bytes the new state was built from).
         for f in pending:
@@ -470,6 +473,14 @@ class LiveState:
         logger.info(f"geogate: {what}reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) "
                     f"with {', '.join(i.name for i in new.databases.infos)}")
         return True
+
+    def _new_listing(self) -> tuple[str, ...] | None:
+        """The database files named now, when a database directory has gained one; else None.
+        (A file gone is a missing database, as anywhere: see poll.)"""
+        if not self._directories:
+            return None
+        listing = self.source.db_files()
+        return listing if set(listing) - set(self.db_paths) else None
 
     def _relist(self, listing: tuple[str, ...]) -> bool:
         """A database directory gained .mmdb files: load the new set whole."""

@@ -235,3 +235,10 @@ def test_db_info_shows_age_and_stale_state_by_the_policy(tmp_path: Path, capsys,
         assert "(20 days ago)" in text
         assert (f"stale: older than geo.max_age {max_age}; geo.on_stale: block" in text) is stale
         assert (f"fresh: within geo.max_age {max_age}; geo.on_stale: block" in text) is not stale
+
+
+def test_on_stale_without_max_age_is_a_warning() -> None:
+    p = load_policy_text("version: 1\nname: t\ndefault: allow\ngeo:\n  on_stale: block\n", "p.yaml")
+    assert p.max_age is None
+    (w,) = p.warnings
+    assert w.startswith("p.yaml:5:13: warning: geo.on_stale does nothing without geo.max_age")

@@ -716,6 +716,8 @@ def _geo_settings(reader: _Reader, geo: _Keys, settings: _Settings) -> None:
         settings["max_age"] = max_age
     if (on_stale := _choice(reader, geo, "on_stale", "geo.on_stale", tuple(OnStale))) is not None:
         settings["on_stale"] = on_stale
+        if "max_age" not in geo:
+            reader.warn(geo["on_stale"][1], "geo.on_stale does nothing without geo.max_age; add e.g. `max_age: 45d`")
 
 
 def _max_age(reader: _Reader, node: Node) -> int | None:

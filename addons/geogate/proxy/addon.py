@@ -324,6 +324,7 @@ class GeoGate:
         self.carried = CarriedDecisions()
         self.open = OpenConnections()  # judged again on every change of state (revoke.py)
         self.revoke = True
+        self.revoked = 0  # connections closed by revocation since start (for metrics)
         self.recent = RecentDecisions()
         self._running = False
         self._make_replay = replay
@@ -493,6 +494,7 @@ class GeoGate:
                 # closed even when the log cannot be written: the policy comes first
                 self.open.closed(conn.client, conn.server)
                 closed = close_client_connection(conn.client, "geogate: revoked")
+                self.revoked += 1
             logger.warning(f"geogate: revoked {rec['client']} -> {rec['host']}:{rec['port']} ({rec['address']}): "
                            f"opened under rule {old.rule} (policy sha256 {old.policy.sha256[:12]}), now rule {d.rule} "
                            f"(policy sha256 {d.policy.sha256[:12]}): {d.reason}"

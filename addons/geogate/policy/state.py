@@ -120,12 +120,18 @@ class GateState:
     _day: tuple[float, float, date] = field(default=(0.0, 0.0, date.min), repr=False, compare=False)
     # when the databases turn stale under geo.max_age (see core/freshness.py), fixed at load
     _limit: Limit | None = field(default=None, repr=False, compare=False)
+    # the two of it every decision reads, as plain attributes (a property costs more, per decision)
+    _stale_at: float = field(default=float("inf"), repr=False, compare=False)
+    _stale_warning: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.facts.nat64 != self.policy.nat64:  # addresses are classified with the policy's NAT64 prefixes
             object.__setattr__(self, "facts", self.facts.with_nat64(self.policy.nat64))
         if self._limit is None:
             object.__setattr__(self, "_limit", limit_of(self.policy, self.databases.infos, time.time()))
+        assert self._limit is not None
+        object.__setattr__(self, "_stale_at", self._limit.stale_at)
+        object.__setattr__(self, "_stale_warning", self._limit.warning)
         if self._verdicts is None or self._verdicts.policy is not self.policy:
             object.__setattr__(self, "_verdicts", VerdictMemo(self.policy))
 
@@ -166,8 +172,7 @@ class GateState:
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
         keys = (ip_key(addresses[0]),) if len(addresses) == 1 else tuple(map(ip_key, addresses))
-        limit = self.limit
-        stale = limit.warning if wall >= limit.stale_at else None  # inlined Limit.stale: every decision
+        stale = self._stale_warning if wall >= self._stale_at else None
         key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day, stale)
         outcome = self._outcomes.get(key)
         if outcome is None:

@@ -471,6 +471,7 @@ def test_the_script_module_is_the_addon_with_the_hooks_of_one_geogate():
     assert isinstance(gg, GeoGate)
     expected = {"load", "configure", "running", "done", "http_connect", "requestheaders", "error",
                 "server_connect", "server_connected", "server_disconnected", "tls_clienthello", "client_disconnected",
+                    "websocket_start",
                     "next_layer"}
     assert set(hook_names(gg)) == expected
     for hook in expected:

@@ -98,6 +98,34 @@ class Tunnel:
         self.sock.close()
 
 
+def plain_websocket(proxy_port: int, host: str, port: int) -> socket.socket:
+    """A WebSocket upgraded from plain HTTP in absolute form (no CONNECT): the proxy decides its
+    request in requestheaders, then holds it open as a WebSocket."""
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    s.sendall(f"GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+              f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def sock_closed_within(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(seconds)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
 def ws_alive(ws) -> bool:
     try:
         ws.send("ping")
@@ -155,8 +183,11 @@ def test_open_connections_the_new_policy_blocks_are_closed_and_recorded(world) -
     proxy, policy = start(tmp_path, "on")
     try:
         tunnels, sockets = open_all(proxy, cert, origins, echoes)
+        plain = plain_websocket(proxy.port, CUT, echoes[0].port)
         mark = len(proxy.lines)
         write_policy(policy, name="after", before=CUT_RULE)
+        assert sock_closed_within(plain, DEADLINE), "a WebSocket upgraded from plain HTTP stays open"
+        plain.close()
         assert tunnels[CUT].closed_within(DEADLINE), "the TLS tunnel to the now blocked address stays open"
         assert ws_closed_within(sockets[CUT], DEADLINE), "the WebSocket to the now blocked address stays open"
         # still allowed: still open, and still carrying traffic
@@ -164,11 +195,11 @@ def test_open_connections_the_new_policy_blocks_are_closed_and_recorded(world) -
         assert ws_alive(sockets[KEPT]), "a WebSocket still allowed was closed"
         proxy.wait_for_output(r"geogate: revoked .*127\.0\.1\.1", start=mark)
         deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and len([r for r in proxy.records() if r["event"] == "revoked"]) < 2:
+        while time.monotonic() < deadline and len([r for r in proxy.records() if r["event"] == "revoked"]) < 3:
             time.sleep(0.1)
         revoked = [r for r in proxy.records() if r["event"] == "revoked"]
         before = [r for r in proxy.records() if r["event"] == "decision" and r["policy"]["name"] == "before"]
-        assert len(revoked) == 2, revoked  # the tunnel and the WebSocket, nothing to 127.0.1.2
+        assert len(revoked) == 3, revoked  # the tunnel and the two WebSockets, nothing to 127.0.1.2
         old_sha = before[0]["policy"]["sha256"]
         for r in revoked:
             assert r["host"] == CUT and r["address"] == CUT and r["action"] == "block"

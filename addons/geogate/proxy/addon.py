@@ -696,6 +696,7 @@ class GeoGate:
             return
         req = flow.request
         self.carried.remember(flow.client_conn.id, (req.host, req.port), d)
+        self.open.tunnel(flow.client_conn.id, (req.host, req.port))
 
     @fail_closed_sync_first(_refuse_flow)
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -835,9 +836,18 @@ class GeoGate:
             data.ignore_connection = True  # relay TLS untouched: no CA needed on clients
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        d = self.carried.get(data.client.id, data.server.address)
+        client, server = data.client, data.server
+        if isinstance(client.proxy_mode, mode_specs.RegularMode) and not self.open.is_tunnel(client.id, server.address):
+            return  # plain HTTP: decided request by request (see revoke.OpenConnections)
+        d = self.carried.get(client.id, server.address)
         if d is not None:
-            self.open.opened(data.client, data.server, d)
+            self.open.opened(client, server, d)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        # plain HTTP upgraded to a WebSocket: no longer request by request, so held for revocation
+        d = self.carried.get(flow.client_conn.id, flow.server_conn.address)
+        if d is not None and flow.live:
+            self.open.opened(flow.client_conn, flow.server_conn, d)
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self.open.closed(data.client, data.server)

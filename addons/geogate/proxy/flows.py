@@ -126,8 +126,8 @@ class CarriedDecisions:
 
     Keyed by the exact upstream address mitmproxy is about to dial: the name the client asked
     for and the address it was pinned to. An address with no entry was never checked on this
-    connection and gets a fresh decision. Entries live as long as the client connection: a
-    policy reload applies to new connections, not to a tunnel that is already open.
+    connection and gets a fresh decision. Entries live as long as the client connection; after a
+    reload, revocation (revoke.py) closes the open connections the new state blocks.
     """
 
     _by_client: dict[str, dict[HostPort, Decision]] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from geogate.core.decide import Decision
 from geogate.core.decide import Request
 from geogate.core.record import decision_record
 from geogate.policy.state import GateState
+from geogate.proxy.flows import carried_key
 
 
 @dataclass(slots=True)
@@ -31,10 +32,17 @@ class OpenConnection:
 
 
 class OpenConnections:
-    """The upstream connections open now, from server_connected to server_disconnected."""
+    """The upstream connections open now, from server_connected to server_disconnected.
+
+    Plain HTTP through the explicit proxy is decided request by request (requestheaders), so its
+    keep-alive connections need no second judgement: a request to a destination now blocked gets
+    its 403, and closing the connection would only break requests in flight. In regular mode only
+    CONNECT tunnels (`tunnel`) and WebSockets (upgraded plain HTTP) are held here.
+    """
 
     def __init__(self) -> None:
         self._by_client: dict[str, dict[str, OpenConnection]] = {}
+        self._tunnels: dict[str, set[tuple]] = {}  # client id -> CONNECT targets, as carried_key
 
     def opened(self, client: Client, server: Server, decision: Decision) -> None:
         self._by_client.setdefault(client.id, {})[server.id] = OpenConnection(client, server, decision)
@@ -46,8 +54,17 @@ class OpenConnections:
             if not held:
                 del self._by_client[client.id]
 
+    def tunnel(self, client_id: str, address: tuple) -> None:
+        """A CONNECT to `address` was allowed on this client connection."""
+        self._tunnels.setdefault(client_id, set()).add(carried_key(address))
+
+    def is_tunnel(self, client_id: str, address: tuple | None) -> bool:
+        held = self._tunnels.get(client_id)
+        return held is not None and address is not None and carried_key(address) in held
+
     def forget(self, client_id: str) -> None:
         self._by_client.pop(client_id, None)
+        self._tunnels.pop(client_id, None)
 
     def __iter__(self) -> Iterator[OpenConnection]:
         for held in list(self._by_client.values()):

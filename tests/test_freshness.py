@@ -242,3 +242,16 @@ def test_on_stale_without_max_age_is_a_warning() -> None:
     assert p.max_age is None
     (w,) = p.warnings
     assert w.startswith("p.yaml:5:13: warning: geo.on_stale does nothing without geo.max_age")
+
+
+def test_gateway_kernel_sets_follow_the_same_staleness(tmp_path: Path) -> None:
+    """The gateway's sets are built from the same engine: with on_stale: block, a stale database
+    makes every public address blocked in the kernel; before the crossing only the rule's."""
+    from geogate.gateway import sets
+
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 40))
+    fresh, stale = sets.build(s, now=NOW), sets.build(s, now=NOW + timedelta(days=6))
+    us, cn = ipaddress.ip_address("2.0.0.1"), ipaddress.ip_address("1.0.0.1")
+    assert fresh.is_blocked(0, 0, cn) and not fresh.is_blocked(0, 0, us)
+    assert stale.is_blocked(0, 0, cn) and stale.is_blocked(0, 0, us)
+    assert stale.is_blocked(0, 0, ipaddress.ip_address("9.9.9.9"))

@@ -462,7 +462,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 _POLICY_HELP = "policy file (default: GEOGATE_POLICY, else the packaged default.yaml)"
-_DB_HELP = "MMDB database (repeatable; default: the bundled ones)"
+_DB_HELP = "MMDB database, or a directory of them (repeatable; default: the bundled ones)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,7 +118,7 @@ async def test_options_survive_a_script_reload(gate):
     assert gate.tctx.options.geogate_policy == str(gate.files.policy)
     assert gate.tctx.options.geogate_db == [str(gate.files.db)]
     for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_intercept", "geogate_resolve_timeout",
-                 "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes"):
+                 "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes", "geogate_revoke"):
         assert "\n" not in gate.tctx.options._options[name].help
 
 
@@ -128,6 +128,7 @@ async def test_options_survive_a_script_reload(gate):
     ("mode", ["upstream:http://127.0.0.1:9"], "cannot run in upstream mode"),
     ("geogate_policy", "/nonexistent/policy.yaml", "does not exist"),
     ("geogate_log", "/nonexistent/dir/log.jsonl", "cannot open decision log"),
+    ("geogate_revoke", "maybe", "geogate_revoke: `maybe` is not on or off"),
 ])
 async def test_bad_options(gate, caplog, option, value, message):
     gate.gg._running = True  # at run time the change is refused and rolled back

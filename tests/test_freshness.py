@@ -255,3 +255,20 @@ def test_gateway_kernel_sets_follow_the_same_staleness(tmp_path: Path) -> None:
     assert fresh.is_blocked(0, 0, cn) and not fresh.is_blocked(0, 0, us)
     assert stale.is_blocked(0, 0, cn) and stale.is_blocked(0, 0, us)
     assert stale.is_blocked(0, 0, ipaddress.ip_address("9.9.9.9"))
+
+
+def test_the_live_path_turns_stale_at_the_limit_not_at_the_end_of_the_day(tmp_path: Path, monkeypatch) -> None:
+    """Decisions without an explicit time (the proxy's) keep the day and the staleness for the
+    interval they hold; the limit falls inside a day, and decisions turn at it."""
+    import geogate.policy.state as state_module
+
+    s = state(tmp_path, "geo:\n  max_age: 45d\n  on_stale: block\n", old_db(tmp_path, 0, built=int(NOW.timestamp())))
+    limit = NOW.timestamp() + 45 * DAY
+    clock = {"now": limit - 60}
+    monkeypatch.setattr(state_module.time, "time", lambda: clock["now"])
+    live = Request(host="2.0.0.1", port=443)
+    assert not s.decide(live, [ipaddress.ip_address("2.0.0.1")]).blocked
+    clock["now"] = limit + 1  # same UTC day (12:00 + 1 s)
+    assert s.decide(live, [ipaddress.ip_address("2.0.0.1")]).blocked
+    clock["now"] = limit - 60  # a clock stepped back: fresh again
+    assert not s.decide(live, [ipaddress.ip_address("2.0.0.1")]).blocked

@@ -116,8 +116,10 @@ class GateState:
     _outcomes: BoundedCache = field(default_factory=lambda: BoundedCache(OUTCOME_CACHE_SIZE), repr=False, compare=False)
     # what the rules said about each set of records (see decide.VerdictMemo)
     _verdicts: VerdictMemo | None = field(default=None, repr=False, compare=False)
-    # (start, end, date) of the UTC day last seen, in time.time() seconds (see _day_of)
-    _day: tuple[float, float, date] = field(default=(0.0, 0.0, date.min), repr=False, compare=False)
+    # (start, end, date, stale) of the moment last seen, in time.time() seconds: within one UTC
+    # day and on one side of the staleness limit (see _moment)
+    _day: tuple[float, float, date, str | None] = field(default=(0.0, 0.0, date.min, None), repr=False,
+                                                        compare=False)
     # when the databases turn stale under geo.max_age (see core/freshness.py), fixed at load
     _limit: Limit | None = field(default=None, repr=False, compare=False)
     # the two of it every decision reads, as plain attributes (a property costs more, per decision)
@@ -165,14 +167,16 @@ class GateState:
     ) -> Decision:
         if now is None:
             wall = time.time()
-            day = self._day_of(wall)
+            start, end, day, stale = self._day
+            if not start <= wall < end:
+                day, stale = self._moment(wall)
         else:
             wall, day = now.timestamp(), now.date()
+            stale = self._stale_warning if wall >= self._stale_at else None
         # Addresses by integer (an ipaddress object's hash runs Python code); the client only
         # where a client profile can tell clients apart.
         client = (ip_key(req.client_ip) if req.client_ip else None, req.user) if self.policy.clients else None
         keys = (ip_key(addresses[0]),) if len(addresses) == 1 else tuple(map(ip_key, addresses))
-        stale = self._stale_warning if wall >= self._stale_at else None
         key = (req.host, req.port, client, req.host_is_claim, req.host_addresses, keys, resolve_error, day, stale)
         outcome = self._outcomes.get(key)
         if outcome is None:
@@ -183,14 +187,17 @@ class GateState:
             self._outcomes.put(key, outcome)
         return Decision(req, outcome, now, wall)
 
-    def _day_of(self, wall: float) -> date:
-        """The UTC date at `wall` (time.time()), from the day last seen while it lasts: cheaper
-        than a datetime per decision, and what rules expire by."""
-        start, end, day = self._day
-        if not start <= wall < end:
-            start, end, day = utc_day(wall)
-            object.__setattr__(self, "_day", (start, end, day))
-        return day
+    def _moment(self, wall: float) -> tuple[date, str | None]:
+        """The UTC date at `wall` (time.time()) and the staleness warning (None: fresh), kept
+        with the interval they hold for: cheaper than a datetime and a comparison per decision,
+        and what rules expire by and geo.on_stale applies by."""
+        start, end, day = utc_day(wall)
+        if wall >= self._stale_at:
+            start, stale = max(start, self._stale_at), self._stale_warning
+        else:
+            end, stale = min(end, self._stale_at), None
+        object.__setattr__(self, "_day", (start, end, day, stale))
+        return day, stale
 
 
 def utc_day(wall: float) -> tuple[float, float, date]:

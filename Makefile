@@ -1,4 +1,4 @@
-# geogate: `make run` starts the proxy, `make test` runs `make lint` (ruff, mypy) and the whole suite, `make bench` the benchmarks,
+# geogate: `make run` starts the proxy, `make test` runs `make lint` (ruff, mypy), the whole suite and `make test-ops`, `make bench` the benchmarks,
 # `make fuzz` the property-based tests with the long Hypothesis profile (docs/fuzzing.md).
 SHELL := /bin/sh
 VENV ?= .venv
@@ -8,7 +8,7 @@ LISTEN_HOST ?= 127.0.0.1
 LISTEN_PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: run test lint fuzz bench install system-deps check clean
+.PHONY: run test test-ops lint fuzz bench install system-deps check clean
 
 install: $(STAMP)
 
@@ -26,7 +26,12 @@ system-deps:
 	@SKIP_SYSTEM_DEPS=$(SKIP_SYSTEM_DEPS) tools/install-system-deps
 
 test: lint install system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not ops" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-ops
+
+# operations tests (marker `ops`): the decision-log load test, about 80 s (docs/operations.md)
+test-ops: install
+	$(PY) -m pytest -q -m ops $(PYTEST_ARGS)
 
 # ruff (pyproject [tool.ruff]) then mypy (pyproject [tool.mypy]: strict for geogate.core and
 # geogate.policy, defaults for the shells)

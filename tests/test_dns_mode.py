@@ -27,6 +27,7 @@ from geogate.proxy import dns_mode
 from geogate.proxy.addon import GeoGate
 from proxy_support import write_db
 from proxy_support import write_policy
+from record_schema import check_record
 
 ALLOWED_NS = "127.0.1.53"
 BLOCKED_NS = "127.0.2.53"
@@ -167,12 +168,66 @@ def test_blocked_answers_are_removed_only_when_asked(files):
     gg = GeoGate()
     with taddons.context(gg, DnsResolver()) as tctx:
         start(tctx, gg, files)
-        gg.dns.drop_blocked_answers = True  # what the gateway's --dns will switch on
         f = question()
         answer(f, "127.0.2.9", "127.0.1.9")
+        gg.dns.dns_response(f)  # default: recorded, kept
+        assert [str(rr.ipv4_address) for rr in f.response.answers] == ["127.0.2.9", "127.0.1.9"]
+        kept = question_records(files)[-1]["dns"]
+        assert kept["filtered"] is False and kept["removed"] == [] and kept["blocked_answers"] == "keep"
+
+        tctx.options.update(geogate_dns_blocked_answers="remove")  # what `gateway run --dns` sets
+        f = question(type_=dns_types.AAAA)
+        q = f.request.question
+        f.response = f.request.succeed([
+            dns.ResourceRecord(q.name, dns_types.CNAME, q.class_, 60, b"\x03foo\x07example\x00"),
+            dns.ResourceRecord(q.name, q.type, q.class_, 60, ipaddress.ip_address("fd77:2::20").packed),
+            dns.ResourceRecord(q.name, q.type, q.class_, 60, ipaddress.ip_address("fd77:2::10").packed)])
         gg.dns.dns_response(f)
-        assert [str(rr.ipv4_address) for rr in f.response.answers] == ["127.0.1.9"]
-        assert question_records(files)[-1]["dns"]["filtered"] is True
+        assert [rr.type for rr in f.response.answers] == [dns_types.CNAME, dns_types.AAAA]  # others untouched
+        assert str(f.response.answers[1].ipv6_address) == "fd77:2::10"
+        assert f.response.response_code == response_codes.NOERROR
+        rec = question_records(files)[-1]
+        check_record(rec)
+        assert rec["dns"]["filtered"] is True and rec["dns"]["removed"] == ["fd77:2::20"]
+        assert rec["dns"]["refused"] is False and rec["dns"]["blocked_answers"] == "remove"
+        assert {a["ip"]: a["action"] for a in rec["dns"]["answers"]} == {"fd77:2::20": "block",
+                                                                         "fd77:2::10": "allow"}
+
+        f = question()
+        answer(f, "127.0.1.9", "127.0.1.10")  # nothing blocked: the answer goes out as given
+        gg.dns.dns_response(f)
+        assert len(f.response.answers) == 2 and question_records(files)[-1]["dns"]["removed"] == []
+        gg.done()
+
+
+def test_refuse_answers_refused_when_any_address_is_blocked(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, geogate_dns_blocked_answers="refuse")
+        f = question()
+        answer(f, "127.0.1.9", "127.0.2.9")
+        gg.dns.dns_response(f)
+        assert f.response.response_code == response_codes.REFUSED and f.response.answers == []
+        rec = question_records(files)[-1]
+        check_record(rec)
+        assert rec["dns"]["refused"] is True and rec["dns"]["response_code"] == "REFUSED"
+        assert rec["dns"]["removed"] == ["127.0.2.9"] and rec["dns"]["filtered"] is True
+        assert rec["action"] == "allow" and rec["host"] == ALLOWED_NS  # the name server was allowed and asked
+        assert "REFUSED because of 127.0.2.9 (KP, rule doj)" in caplog.text
+
+        f = question()
+        answer(f, "127.0.1.9")
+        gg.dns.dns_response(f)
+        assert f.response.response_code == response_codes.NOERROR and len(f.response.answers) == 1
+        gg.done()
+
+
+def test_an_unknown_blocked_answers_value_is_refused(files, caplog):
+    gg = GeoGate()
+    with taddons.context(gg, DnsResolver()) as tctx:
+        start(tctx, gg, files, geogate_dns_blocked_answers="drop")  # at start-up: an error line ends mitmdump
+        assert "geogate_dns_blocked_answers 'drop': use one of keep, remove, refuse" in caplog.text
+        assert gg.dns.blocked_answers == "keep"
         gg.done()
 
 

@@ -393,7 +393,7 @@ def test_monitor_mode_records_would_block_and_blocks_nothing(world, own_proxy):
 
 # -- interception, replay, geogate run, refusals ----------------------------------------------------
 
-def test_intercept_logs_full_urls_and_saved_flows_carry_the_decision(world, tmp_path):
+def test_intercept_logs_every_url_and_saved_flows_carry_the_decision(world, tmp_path):
     flows = tmp_path / "flows.mitm"
     p = Mitmdump(tmp_path, policy=world["policy"], dbs=[world["db"]], log=tmp_path / "d.jsonl",
                  hosts=world["hosts"], args=["--set", "geogate_intercept=true",
@@ -408,7 +408,7 @@ def test_intercept_logs_full_urls_and_saved_flows_carry_the_decision(world, tmp_
         p.stop()
     decision, request = recs[0], recs[1]
     assert decision["event"] == "decision" and decision["host"] == "allowed.test"
-    assert request["event"] == "request" and request["url"] == f"https://allowed.test:{world['https'].port}/secret?q=1"
+    assert request["event"] == "request" and request["url"] == f"https://allowed.test:{world['https'].port}/secret"  # no query
     assert request["connection_id"] == decision["flow_id"] and request["action"] == "allow"
 
     # Replaying the saved flow: no connection is made, nothing is killed, mitmdump exits 0.

@@ -117,8 +117,9 @@ async def test_options_survive_a_script_reload(gate):
     GeoGate().load(loader)
     assert gate.tctx.options.geogate_policy == str(gate.files.policy)
     assert gate.tctx.options.geogate_db == [str(gate.files.db)]
-    for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_intercept", "geogate_resolve_timeout",
-                 "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes", "geogate_revoke"):
+    for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_log_urls", "geogate_intercept",
+                 "geogate_resolve_timeout", "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes",
+                 "geogate_revoke"):
         assert "\n" not in gate.tctx.options._options[name].help
 
 
@@ -129,6 +130,7 @@ async def test_options_survive_a_script_reload(gate):
     ("geogate_policy", "/nonexistent/policy.yaml", "does not exist"),
     ("geogate_log", "/nonexistent/dir/log.jsonl", "cannot open decision log"),
     ("geogate_revoke", "maybe", "geogate_revoke: `maybe` is not on or off"),
+    ("geogate_log_urls", "all", "not one of path, full, none"),
 ])
 async def test_bad_options(gate, caplog, option, value, message):
     gate.gg._running = True  # at run time the change is refused and rolled back

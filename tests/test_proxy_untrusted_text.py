@@ -111,6 +111,7 @@ async def test_an_intercepted_request_with_a_host_that_is_not_utf8_is_logged(gat
 
 
 async def test_a_proxy_request_whose_path_is_not_utf8_is_logged_and_blocked(gate):
+    gate.gg.log_urls = "full"  # the query string too: every byte the client sent is escaped
     f = proxy_request(BLOCKED_IP)
     f.request.data.path = b"/\xff?q=\xfe"
     await hook(gate.gg.requestheaders, f)

@@ -36,6 +36,7 @@ def run(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str
     (["--mode", "sock5"], "geogate: --mode sock5: unknown mode"),
     (["--", "--set", "geogate_resolve_timeout=soon"], "geogate: geogate_resolve_timeout: `soon` is not a number"),
     (["--", "--set", "geogate_log=/nonexistent/dir/y.log"], "geogate: cannot open decision log /nonexistent/dir/y.log"),
+    (["--", "--set", "geogate_log_urls=all"], "geogate: geogate_log_urls: `all` is not one of path, full, none"),
 ])
 def test_a_bad_start_up_input_ends_in_one_line_before_any_port_is_bound(inputs, tmp_path, mistake, message):
     # The port is held here, listening: a proxy that got as far as binding it would fail with

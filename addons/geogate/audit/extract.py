@@ -39,6 +39,7 @@ from geogate.core.addresses import parse_ip
 from geogate.core.clients import INTERCEPTED_MODES
 from geogate.core.clients import client_text as _client_text
 from geogate.core.clients import user_of as _user
+from geogate.core.urls import log_url
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}  # also: the schemes that are traffic
 _MODE_NAME = re.compile(r"[a-z0-9_]+")
@@ -94,10 +95,10 @@ def _url(scheme: str, host: str, port: int | None, path: str) -> str:
     shown = f"[{host}]" if ":" in host else host
     if port and port != _DEFAULT_PORTS.get(scheme):
         shown += f":{port}"
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    path = path.split("?", 1)[0].split("#", 1)[0]  # what log_url(..., "path") keeps of a path
     if path and not path.startswith("/"):  # CONNECT authority-form, asterisk-form
         path = ""
-    return f"{scheme}://{shown}{path or '/'}"
+    return log_url(f"{scheme}://{shown}{path or '/'}", "path") or ""
 
 
 def _name_claim(*candidates: Any) -> str | None:
@@ -398,6 +399,11 @@ def from_har_entry(entry: Any, source: str, index: int, name: str) -> RecordedFl
     )
 
 
+def _shown(url: str) -> str:
+    """A URL quoted in a problem line: reports are shared, so shaped like every URL they show."""
+    return (log_url(url, "path") or "")[:80]
+
+
 def _har_target(entry: dict) -> tuple[dict, str, SplitResult, int | None]:
     """(request, scheme, URL parts, port) of an entry whose URL is network traffic."""
     request = entry.get("request")
@@ -412,9 +418,9 @@ def _har_target(entry: dict) -> tuple[dict, str, SplitResult, int | None]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
-        raise ExtractError(f"request.url {url[:80]!r} is not a usable URL ({e})") from None
+        raise ExtractError(f"request.url {_shown(url)!r} is not a usable URL ({e})") from None
     if not parts.hostname:
-        raise ExtractError(f"request.url {url[:80]!r} has no host")
+        raise ExtractError(f"request.url {_shown(url)!r} has no host")
     return request, scheme, parts, port or _DEFAULT_PORTS.get(scheme)
 
 

@@ -32,6 +32,15 @@ def add_parser(sub) -> None:
                    help="TCP ports sent to the transparent proxy, comma separated "
                         "(default 80,443; '' = none: the kernel judges all)")
     r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
+    r.add_argument("--dns", action="store_true",
+                   help="answer LAN DNS (UDP/TCP 53, to any address) in the proxy: upstream name servers judged, "
+                        "answer addresses the policy blocks removed (default: the kernel judges DNS like any flow)")
+    r.add_argument("--dns-server", action="append", metavar="ADDR",
+                   help="upstream name server for --dns (repeatable; default: the nameserver lines of /etc/resolv.conf)")
+    r.add_argument("--dns-blocked", metavar="remove|refuse",
+                   help="--dns: an answer holding an address the policy blocks: remove those records (default) "
+                        "or answer REFUSED")
+    r.add_argument("--dns-port", metavar="PORT", help="local port of the DNS mode for --dns (default 8053)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -79,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from geogate.gateway import kernel
     from geogate.gateway.daemon import Gateway
     from geogate.gateway.daemon import Options
+    from geogate.gateway.dns_options import dns_options
     from geogate.gateway.receipts import JsonLines
     from geogate.gateway.ruleset import GatewayConfig
 
@@ -92,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     tcp_ports = _ports(args.tcp_ports)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
+    dns = dns_options(enabled=args.dns, port=args.dns_port, servers=args.dns_server, blocked=args.dns_blocked,
+                      tcp_ports=tcp_ports, proxy_port=args.proxy_port, resolv_conf=_resolv_conf())
     if os.geteuid() != 0:
         return _refuse("geogate gateway run changes nftables, routing rules and forwarding: run it as root")
     state = _load(args.policy, args.db)
@@ -100,29 +112,55 @@ def cmd_run(args: argparse.Namespace) -> int:
             JsonLines(os.path.abspath(args.log)).close()
         except OSError as e:
             return _refuse(f"--log {args.log}: {e.strerror or e}")
+    if dns is not None:
+        from geogate.proxy.dns_mode import refusal_before_start
+
+        if refusal := refusal_before_start(state, ["dns"], list(dns.name_servers)):
+            print(refusal.replace("(set dns_name_servers)", "(give --dns-server ADDR)"), file=sys.stderr)
+            return 2
     proxy = None
-    if tcp_ports:
-        proxy = _proxy_command(args, state)
-    config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports)
+    if tcp_ports or dns:
+        proxy = _proxy_command(args, state, tcp_ports, dns)
+    config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports,
+                           dns_port=dns.port if dns else None)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
-                      log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy)
+                      log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy,
+                      dns=dns.state() if dns else None)
     gateway = Gateway(config, options, state)
+    for ns in dns.local_name_servers() if dns else ():
+        gateway.say(f"WARNING: DNS name server {ns} is on this host: geogate judges it, not the servers it asks "
+                    "(give --dns-server with the upstream addresses)")
     gateway.start()
     return gateway.run_forever()
 
 
-def _proxy_command(args: argparse.Namespace, state) -> list[str]:
+def _resolv_conf() -> tuple[str, str | None]:
+    """The host's resolv.conf (GEOGATE_RESOLV_CONF moves it, as for the proxy) and its text."""
+    from geogate.gateway.dns_options import DEFAULT_RESOLV_CONF
+
+    path = os.environ.get("GEOGATE_RESOLV_CONF") or DEFAULT_RESOLV_CONF
+    try:
+        return path, Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return path, None
+
+
+def _proxy_command(args: argparse.Namespace, state, tcp_ports: tuple[int, ...], dns) -> list[str]:
+    """mitmdump in transparent mode for the TCP ports and, with --dns, in DNS mode too (one process)."""
     from geogate.cli.run_proxy import mitmdump_command
     from geogate.cli.run_proxy import preflight
 
     extra = list(args.mitmdump_args or ())
     if extra and extra[0] == "--":
         extra = extra[1:]
+    mode, port = ("transparent", args.proxy_port) if tcp_ports else ("dns", dns.port)
+    if dns is not None:
+        extra = [*(["--mode", f"dns@{dns.port}"] if tcp_ports else []), *dns.mitmdump_args(), *extra]
     # connection_strategy=lazy: the TLS server name and the Host header are known when the
     # upstream connection is decided, so `hosts` rules apply on the proxied ports
     if not any("connection_strategy" in a for a in extra):
         extra = ["--set", "connection_strategy=lazy", *extra]
-    proxy_args = argparse.Namespace(mode="transparent", listen_host="", listen_port=args.proxy_port, db=args.db,
+    proxy_args = argparse.Namespace(mode=mode, listen_host="", listen_port=port, db=args.db,
                                     log=args.log, intercept=False, policy=args.policy)
     preflight(proxy_args, extra)
     return mitmdump_command(proxy_args, state, extra)
@@ -209,6 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   "running": running and _alive(proxy.get("pid"))},
         "restores": saved.get("restores", 0),
         "receipts": saved.get("receipts"),
+        "dns": _dns_status(saved, running),
     }
     ok = running and table and latch and (not proxy.get("pid") or status["proxy"]["running"])
     if args.json:
@@ -221,9 +260,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"forwarding: {fwd}")
         print(f"kernel:     policy sha256 {kernel_sha or '-'}")
         print(f"proxy:      policy sha256 {status['proxy']['policy_sha256'] or '-'}")
+        print(f"dns:        {_dns_text(status['dns'])}")
         if kernel_sha and status["proxy"]["policy_sha256"] and kernel_sha != status["proxy"]["policy_sha256"]:
             print("WARNING: the kernel and the proxy use different policies (a reload in progress?)")
     return 0 if ok else NOT_RUNNING
+
+
+def _dns_status(saved: dict, running: bool) -> dict:
+    dns = saved.get("dns") if running else None
+    if not isinstance(dns, dict):
+        return {"on": False}
+    return {"on": True, **{k: dns.get(k) for k in ("port", "name_servers", "source", "blocked_answers")}}
+
+
+def _dns_text(dns: dict) -> str:
+    if not dns.get("on"):
+        return "judged by the kernel like any flow, by the resolver's address (no --dns)"
+    return (f"answered by the proxy's DNS mode on :{dns.get('port')} (UDP and TCP 53 redirected), name servers "
+            f"{', '.join(dns.get('name_servers') or ()) or '-'}, blocked answer addresses: {dns.get('blocked_answers')}")
+
+
+def _check_dns(state) -> None:
+    """What happens to LAN DNS: said for the running gateway, its name servers judged by this policy."""
+    saved = _read_state() or {}
+    dns = _dns_status(saved, _alive(saved.get("pid")))
+    print(f"dns: {_dns_text(dns)}")
+    if dns["on"]:
+        from geogate.proxy.dns_mode import NameServerJudgement  # mitmproxy's import: only when needed
+
+        judged = NameServerJudgement(state, list(dns.get("name_servers") or ()), "dns")
+        for _level, line in judged.lines():
+            print(f"dns: {line.removeprefix('geogate: ')}")
+        if not judged.allowed:
+            print(f"dns: with this policy {judged.refusal()}: every LAN DNS question would be refused")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -247,6 +316,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"kernel, client profiles by source address: {', '.join(named)}")
     for note in profile_notes + sets.unenforceable(policy):
         print(f"note: {note}")
+    _check_dns(state)
     if policy.nat64:
         print(f"kernel: NAT64 prefixes followed into IPv4: 64:ff9b::/96, {', '.join(map(str, policy.nat64.networks))}")
     if args.quick:

@@ -29,6 +29,8 @@ from geogate.core.freshness import age_text
 from geogate.core.record import decision_record
 from geogate.core.record import to_json_line
 from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
+from geogate.core.urls import DEFAULT_LOG_URLS
+from geogate.core.urls import LOG_URL_MODES
 from geogate.policy.loader import PolicyError
 from geogate.policy.loader import load_policy
 
@@ -509,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default: 8080)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log")
     r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
+    r.add_argument("--log-urls", choices=LOG_URL_MODES, default=DEFAULT_LOG_URLS,
+                   help="URLs in the decision log: path (default: no query string, fragment or user info), "
+                        "full (as sent), none")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 

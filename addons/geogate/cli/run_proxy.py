@@ -24,6 +24,8 @@ from pathlib import Path
 
 from geogate.addon import PATH as ADDON
 from geogate.core.errors import GeogateError
+from geogate.core.urls import DEFAULT_LOG_URLS
+from geogate.core.urls import check_log_urls
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
 from geogate.proxy.messages import UPSTREAM_REFUSAL
@@ -86,6 +88,11 @@ def preflight(args: argparse.Namespace, extra: list[str]) -> None:
         try:
             _parse_timeout(value)
         except exceptions.OptionsError as e:
+            raise GeogateError(str(e)) from None
+    for value in _set_values(extra, "geogate_log_urls"):
+        try:
+            check_log_urls(value)
+        except ValueError as e:
             raise GeogateError(str(e)) from None
     for path in ([args.log] if args.log else []) + _set_values(extra, "geogate_log"):
         if path:
@@ -180,6 +187,12 @@ def mitmdump_argv(args: argparse.Namespace, state: GateState, extra: list[str]) 
         argv += ["--set", f"geogate_log={os.path.abspath(args.log)}"]
     if args.intercept:
         argv += ["--set", "geogate_intercept=true"]
+    log_urls = getattr(args, "log_urls", DEFAULT_LOG_URLS)
+    argv += ["--set", f"geogate_log_urls={log_urls}"]
+    if log_urls != "full":
+        # mitmproxy's own line per flow prints the whole URL, query string and all; geogate's
+        # line per decision says what happened without it. `-- --set flow_detail=1` brings it back.
+        argv += ["--set", "flow_detail=0"]
     return argv + extra
 
 

@@ -73,6 +73,7 @@ class Options:
     dbs: list[str]
     log: str | None
     proxy_argv: list[str] | None  # the transparent proxy (mitmdump ...), None: no proxy
+    dns: dict | None = None  # `--dns`: port, name servers, blocked answers (said in the state file)
     watch_interval: float = 0.25
     file_interval: float = 0.5
     settle: float = 0.3
@@ -107,6 +108,8 @@ class Gateway:
         ports = ", ".join(map(str, self.config.tcp_ports))
         self.say(f"forwarding on for {', '.join(self.config.lan)}; every other packet from the LAN is judged by the "
                  f"kernel, TCP ports {ports} by the proxy on :{self.config.proxy_port}")
+        if self.options.dns:
+            self.say(dns_line(self.options.dns))
         self.nflog = None
         try:
             self.nflog = NflogSocket(self.config.log_group)
@@ -158,6 +161,12 @@ class Gateway:
 
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self, argv: list[str]) -> None:
+        proc, output = self._spawn_proxy(argv)
+        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _spawn_proxy(self, argv: list[str]) -> tuple[subprocess.Popen, IO[str]]:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, preexec_fn=_die_with_parent)
         self.proxy = proc
@@ -165,28 +174,34 @@ class Gateway:
         if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
             proc.kill()
             raise GeogateError("no output pipe from the proxy")
-        t = threading.Thread(target=self._proxy_output, args=(proc, output, argv), name="geogate-proxy", daemon=True)
-        t.start()
-        self.threads.append(t)
+        return proc, output
 
     def _proxy_output(self, proc: subprocess.Popen, output: IO[str], argv: list[str]) -> None:
-        for line in output:
-            line = line.rstrip("\n")
-            m = _PROXY_POLICY.search(line)
-            if m:
-                prefix = m.group(1)
-                known = self.kernel_sets.policy_sha256
-                self.proxy_sha = known if known.startswith(prefix) else prefix
-                self._write_state()
-            print(f"[proxy] {line}", flush=True)
-        proc.wait()
-        if not self.stopping.is_set():
-            self.say(f"ERROR: the proxy exited ({proc.returncode}); TCP ports {', '.join(map(str, self.config.tcp_ports))} "
-                     "are refused until it is back; restarting it in 2 s")
+        while True:
+            for line in output:
+                line = line.rstrip("\n")
+                m = _PROXY_POLICY.search(line)
+                if m:
+                    prefix = m.group(1)
+                    known = self.kernel_sets.policy_sha256
+                    self.proxy_sha = known if known.startswith(prefix) else prefix
+                    self._write_state()
+                print(f"[proxy] {line}", flush=True)
+            proc.wait()
+            if self.stopping.is_set():
+                return
+            held = " and ".join(([f"TCP ports {', '.join(map(str, self.config.tcp_ports))}"] if self.config.tcp_ports
+                                 else []) + (["LAN DNS"] if self.options.dns else []))
+            self.say(f"ERROR: the proxy exited ({proc.returncode}); {held} are refused until it is back; "
+                     "restarting it in 2 s")
             self.proxy_sha = None
             self._write_state()
-            if not self.stopping.wait(2):
-                self._start_proxy(argv)
+            if self.stopping.wait(2):
+                return
+            # started from this thread, which stays to read it: PR_SET_PDEATHSIG ends a child when
+            # the thread that forked it ends, not the process (a restart from a thread that then
+            # returned was killed at once, over and over)
+            proc, output = self._spawn_proxy(argv)
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:
@@ -310,6 +325,7 @@ class Gateway:
                        "build_seconds": round(ks.seconds, 3)},
             "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},
             "restores": self.restores,
+            "dns": self.options.dns,
             "receipts": {"written": self.receipts.written, "suppressed": self.receipts.suppressed},
         }
         path = state_file_path()
@@ -353,6 +369,14 @@ class Gateway:
         self.say("stopped; the rules stay in place (LAN traffic stays judged, proxied ports are refused); "
                  "`geogate gateway down` removes them")
         sys.stdout.flush()
+
+
+def dns_line(dns: dict) -> str:
+    what = {"remove": "answer addresses the policy blocks are removed",
+            "refuse": "an answer holding an address the policy blocks is refused"}.get(str(dns.get("blocked_answers")), "")
+    return (f"DNS: LAN DNS (UDP and TCP port 53, to any address) answered by the proxy's DNS mode on "
+            f":{dns.get('port')}, name servers {', '.join(dns.get('name_servers') or ()) or '-'} (a blocked one is never "
+            f"asked); {what}")
 
 
 def down(config: ruleset.GatewayConfig) -> None:

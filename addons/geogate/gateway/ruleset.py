@@ -9,7 +9,8 @@ commits all three at once, so no packet ever sees the gateway without rules):
 - a profile chain rejects destinations in its blocked sets (TCP with a reset, everything else with
   ICMP administratively prohibited, so clients see a refusal, not a timeout), and marks every
   packet it lets through;
-- `nat` redirects the proxied TCP ports to the transparent proxy.
+- `nat` redirects the proxied TCP ports to the transparent proxy, and with `--dns` LAN DNS (UDP
+  and TCP port 53, to any address) to the proxy's DNS mode (`dns_rules`).
 
 The mark is the latch (latch.py): policy routing forwards LAN traffic only with it, so when this
 table is gone (`nft flush ruleset`), nothing from the LAN is forwarded until it is back.
@@ -41,6 +42,7 @@ class GatewayConfig:
     rule_pref: int = 6700  # ip rule preferences rule_pref .. rule_pref + 2
     log_group: int = 6767
     log_rate: int = 50  # NFLOG messages per second at most; the rest are counted by nobody
+    dns_port: int | None = None  # `--dns`: the port of the proxy's DNS mode; None: DNS judged like any flow
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -141,7 +143,8 @@ def render(ks: KernelSets, config: GatewayConfig) -> str:
     ]
     if config.tcp_ports:
         pre.append(f"meta l4proto tcp th dport {ports} return")
-    pre += dispatch + ["goto p0"]
+    dns_pre, dns_nat, dns_input = dns_rules(config)
+    pre += dns_pre + dispatch + ["goto p0"]
     out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
            f'  comment "{comment}"', *sets,
            "  chain prerouting {", *(f"    {line}" for line in pre), "  }",
@@ -152,13 +155,31 @@ def render(ks: KernelSets, config: GatewayConfig) -> str:
            "    meta l4proto tcp reject with tcp reset",
            "    reject with icmpx admin-prohibited",
            "  }"]
-    if config.tcp_ports:
+    nat = [f"iifname {lan} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}"] if config.tcp_ports else []
+    if nat or dns_nat:
         out += ["  chain nat {",
                 "    type nat hook prerouting priority dstnat; policy accept;",
-                f"    iifname {lan} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}",
+                *(f"    {line}" for line in nat + dns_nat),
                 "  }"]
+    out += dns_input
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def dns_rules(config: GatewayConfig) -> tuple[list[str], list[str], list[str]]:
+    """With `--dns`, lines for three chains: prerouting keeps LAN DNS from the kernel's judgement
+    of the resolver's address (the gateway answers; that address is never contacted), nat hands
+    it, UDP and TCP, IPv4 and IPv6, to any address, to the DNS mode, and a chain on input keeps
+    the DNS mode's port closed to everyone but the LAN (no open resolver on the other side)."""
+    if config.dns_port is None:
+        return [], [], []
+    lan, both = _quoted(config.lan), "meta l4proto { tcp, udp }"
+    return ([f"{both} th dport 53 return"],
+            [f"iifname {lan} {both} th dport 53 redirect to :{config.dns_port}"],
+            ["  chain dns_input {",
+             "    type filter hook input priority filter; policy accept;",
+             f"    iifname != {_quoted(('lo', *config.lan))} {both} th dport {config.dns_port} drop",
+             "  }"])
 
 
 def _class_matches(class_ranges: list, only_group: bool) -> list[str]:

@@ -68,8 +68,13 @@ from geogate.core.resolve import Resolver
 from geogate.core.resolve_defaults import DEFAULT_CACHE_BYTES
 from geogate.core.resolve_defaults import DEFAULT_CACHE_ENTRIES
 from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
+from geogate.core.urls import DEFAULT_LOG_URLS
+from geogate.core.urls import LOG_URL_MODES
+from geogate.core.urls import check_log_urls
+from geogate.core.urls import log_url
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
+from geogate.proxy.decision_log import LogUnwritable
 from geogate.proxy.dns_mode import DnsGate
 from geogate.proxy.dns_mode import NameServerJudgement
 from geogate.proxy.flows import NAME_REUSE_SECONDS
@@ -90,6 +95,7 @@ from geogate.proxy.messages import flow_comment
 from geogate.proxy.mitmproxy_private import client_writer
 from geogate.proxy.mitmproxy_private import close_client_connection
 from geogate.proxy.mitmproxy_private import layer_chooser
+from geogate.proxy.private_log import PrivateRecords
 from geogate.proxy.reload import DEFAULT_SETTLE
 from geogate.proxy.reload import MAX_SETTLE
 from geogate.proxy.reload import LiveState
@@ -130,8 +136,11 @@ def _refuse(hook_name: str, block: Refusal, addon: Any, arg: Any, error: Excepti
     """Log what failed under a new error id, and refuse with `block`. The client is told only
     that geogate could not decide, and the id; the exception stays in the logs."""
     error_id = secrets.token_hex(6)
-    logger.error(f"geogate: {hook_name} failed, refusing the connection (fail closed) [error {error_id}]: "
-                 f"{printable(repr(error))}", exc_info=logger.isEnabledFor(logging.DEBUG))
+    # An unwritable decision log was said once by the log; a line per refused request would
+    # only flood the console (and fill the disk that is already full).
+    level = logging.DEBUG if isinstance(error, LogUnwritable) else logging.ERROR
+    logger.log(level, f"geogate: {hook_name} failed, refusing the connection (fail closed) [error {error_id}]: "
+               f"{printable(repr(error))}", exc_info=logger.isEnabledFor(logging.DEBUG))
     try:
         block(addon, arg, error_id, error)
     except Exception as e2:
@@ -182,7 +191,7 @@ def error_record(error_id: str, error: Exception, *, flow_id: str | None, client
 
 
 def _write_error(addon: "GeoGate", rec: dict[str, Any]) -> None:
-    if addon.log is not None:
+    if addon.log is not None and addon.log.failing is None:
         try:
             addon.log.write(rec)
         except Exception as e:
@@ -280,6 +289,13 @@ def _parse_timeout(text: str) -> float:
     return value
 
 
+def _parse_log_urls(text: str) -> str:
+    try:
+        return check_log_urls(text)
+    except ValueError as e:
+        raise exceptions.OptionsError(str(e)) from None
+
+
 def _parse_settle(text: str) -> float:
     try:
         value = float(str(text).strip())
@@ -330,6 +346,8 @@ class GeoGate:
         self._make_replay = replay
         self._replay: Any = None  # made on the first replayed flow
         self.log_allows = True
+        self.log_urls = DEFAULT_LOG_URLS  # how URLs are written (core/urls.py)
+        self.private_records = PrivateRecords()  # the same for mitmproxy's own log lines, while running
         self._passthrough: EagerPassthrough | None = None  # see next_layer
         # Hooks that only some set-ups need live in sub-addons, in an `addons` entry that exists
         # only while there are any (see _configure_optional_hooks): in the namespace of the object
@@ -355,6 +373,9 @@ class GeoGate:
         add("geogate_db", Sequence[str], [],
             "geogate GeoIP database (.mmdb); repeat for several; none = the bundled databases.")
         add("geogate_log", str, "", "geogate decision log (JSON lines, one per decision); empty = event log only.")
+        add("geogate_log_urls", str, DEFAULT_LOG_URLS,
+            f"geogate: URLs in the decision log and records: {' | '.join(LOG_URL_MODES)} "
+            "(path: no query string, fragment or user info; full: as sent; none: no URL).")
         add("geogate_intercept", bool, False,
             "geogate: intercept TLS (clients need the mitmproxy CA); off = TLS passes through untouched.")
         add("geogate_resolve_timeout", str, f"{DEFAULT_TIMEOUT:g}",
@@ -364,6 +385,9 @@ class GeoGate:
             "(least recently used dropped first; 0 = no cache).")
         add("geogate_dns_cache_bytes", int, DEFAULT_CACHE_BYTES,
             "geogate: approximate memory bound in bytes for the DNS cache (least recently used dropped first).")
+        add("geogate_dns_blocked_answers", str, "keep",
+            "geogate DNS mode: answer addresses the policy blocks are kept (recorded only), removed, "
+            "or the whole answer refused.", choices=list(DnsGate.BLOCKED_ANSWERS))
         add("geogate_reload_settle", str, f"{DEFAULT_SETTLE:g}",
             "geogate: seconds a changed policy or database must stay unchanged after its writer closed it "
             "before it is applied.")
@@ -385,6 +409,8 @@ class GeoGate:
                 self.reload_settle = _parse_settle(opts.geogate_reload_settle)
                 if self.live is not None:
                     self.live.settle = self.reload_settle
+            if "geogate_log_urls" in updated:
+                self.log_urls = self.private_records.mode = _parse_log_urls(opts.geogate_log_urls)
             if "geogate_intercept" in updated:
                 self.intercept = bool(opts.geogate_intercept)
             if "geogate_revoke" in updated:
@@ -514,6 +540,7 @@ class GeoGate:
     # -- lifecycle -----------------------------------------------------------------------------
     def running(self) -> None:
         self._running = True
+        self.private_records.install()
         if self.live is not None:
             self.live.start()
         self.dns.start()
@@ -529,6 +556,7 @@ class GeoGate:
 
     def done(self) -> None:
         self._running = False
+        self.private_records.uninstall()
         if self.live is not None:
             self.live.stop()
         self.dns.stop()
@@ -625,6 +653,11 @@ class GeoGate:
             flow.marked = BLOCKED_MARK if d.blocked else WOULD_BLOCK_MARK
             flow.comment = flow_comment(d) or ""
 
+    def _url_field(self, url: str) -> dict[str, str]:
+        """The `url` of a record, shaped by geogate_log_urls; nothing with `none`."""
+        shaped = log_url(url, self.log_urls)
+        return {} if shaped is None else {"url": printable(shaped)}
+
     def _flow_context(self, flow: http.HTTPFlow) -> dict[str, Any]:
         client = flow.client_conn
         return dict(peername=client.peername, mode=mode_name(client.proxy_mode), flow_id=flow.id,
@@ -719,13 +752,13 @@ class GeoGate:
         # its own record.
         data = flow.request.data
         key = self._flow_key(flow, data.host, data.port)
-        url = target_url(data)  # before the host is pinned to an address
+        url = self._url_field(target_url(data))  # before the host is pinned to an address
         wall = time.time()
         recent = self._recent(key, wall)
         if recent is None:
-            return self._proxy_request_decided(flow, self._decide_flow(flow, key, url=url))
+            return self._proxy_request_decided(flow, self._decide_flow(flow, key, **url))
         rec = repeat_record(recent.record, wall, flow.id, client_text(client.peername))
-        rec["url"] = url
+        rec.update(url)
         self._publish(recent.decision, rec, flow)
         self._proxy_request_decided_now(flow, recent.decision, rec)
         return None
@@ -759,7 +792,7 @@ class GeoGate:
         claim = host_of_header(flow.request.host_header) if flow.request.host_header else client.sni
         context = dict(self._flow_context(flow), sni=client.sni)
         d = await self._decide_intercepted(str(address[0]), int(address[1]), claim, **context)
-        self._record(d, flow, url=printable(flow.request.pretty_url))
+        self._record(d, flow, **self._url_field(flow.request.pretty_url))
         if d.blocked:
             _block_flow(flow, d)
             return
@@ -772,7 +805,7 @@ class GeoGate:
             return
         rec = decision_record(d)
         rec.update(event="request", flow_id=flow.id, connection_id=d.request.flow_id,
-                   url=printable(flow.request.pretty_url))
+                   **self._url_field(flow.request.pretty_url))
         self._annotate(flow, d, rec)
         if self.intercept and self.log is not None:
             self.log.write(rec)  # with interception on, every URL is logged

@@ -13,7 +13,9 @@ A/AAAA lookups open no connection, so `server_connect` never sees them. Here:
   question (fail closed) until a reload allows one again.
 - every DNS question answered (or refused) gets one decision record: the decision on the name
   server, with a `dns` object holding the question, the name server(s) and the engine's view of
-  each answer address. Answers are recorded, never removed (see `filter_answers`).
+  each answer address. Answers the engine blocks are recorded and, with the option
+  `geogate_dns_blocked_answers` (`geogate gateway run --dns-blocked`), removed from the answer or
+  the whole answer refused; the record names each removed address (see `filter_answers`).
 
 Forwarded questions (`reverse:dns://HOST` mode, non-A/AAAA questions in DNS mode, WireGuard DNS
 to other addresses) open a connection, so `server_connect` decides their upstream as usual; the
@@ -149,6 +151,15 @@ def refusal_before_start(state: Any, modes: Sequence[str], name_servers: Sequenc
     return None if judged.allowed else f"geogate: {judged.refusal()}; refusing to start (set dns_name_servers)"
 
 
+def _answer_ip(rr: Any) -> Any:
+    """The address an A or AAAA record holds, else None."""
+    if rr.type == dns_types.A:
+        return parse_ip(str(rr.ipv4_address))
+    if rr.type == dns_types.AAAA:
+        return parse_ip(str(rr.ipv6_address))
+    return None
+
+
 def fail_closed(hook):
     """A DNS hook that raises refuses the question instead of letting mitmproxy answer it."""
 
@@ -168,9 +179,10 @@ class DnsGate:
     """Held by GeoGate, which calls setup, start and stop; a sub-addon of it (for the dns_*
     hooks) while a DNS or WireGuard mode is configured (GeoGate._configure_optional_hooks)."""
 
-    # The hook for answer filtering (the gateway's --dns option will set it): when True, answer
-    # addresses the engine blocks are removed from responses. Off: answers are only recorded.
-    drop_blocked_answers = False
+    # What happens to an answer holding an address the engine blocks (geogate_dns_blocked_answers):
+    # keep = recorded only (a client still has to connect, and is judged then); remove = those
+    # records are taken out; refuse = the whole answer becomes REFUSED.
+    BLOCKED_ANSWERS = ("keep", "remove", "refuse")
 
     def __init__(self, gate: Any) -> None:
         self.gate = gate
@@ -180,10 +192,17 @@ class DnsGate:
         self.applied: list[str] | None = None  # what geogate set dns_name_servers to
         self.judged: NameServerJudgement | None = None
         self.closed = False  # no allowed name server: every question is refused
+        self.blocked_answers = "keep"
         self._task: asyncio.Task | None = None
 
     # -- configuration -------------------------------------------------------------------------
     def setup(self, updated: set[str], opts: Any, running: bool) -> None:
+        if "geogate_dns_blocked_answers" in updated:
+            value = getattr(opts, "geogate_dns_blocked_answers", "keep")
+            if value not in self.BLOCKED_ANSWERS:  # mitmproxy checks choices; a direct caller may not
+                raise exceptions.OptionsError(f"geogate_dns_blocked_answers {value!r}: use one of "
+                                              f"{', '.join(self.BLOCKED_ANSWERS)}")
+            self.blocked_answers = value
         if "mode" in updated:
             self.mode = uses_name_servers(getattr(opts, "mode", ()))
             self.records_questions = self.mode is not None or forwards_dns(getattr(opts, "mode", ()))
@@ -308,11 +327,13 @@ class DnsGate:
             "question": {"name": q.name, "type": dns_types.to_str(q.type)} if q else None,
             "name_server": name_server,
             "name_servers": name_servers,
-            "response_code": response_codes.to_str(flow.response.response_code) if flow.response else None,
-            "refused": bool(flow.metadata.get("geogate_dns_refused")),
-            "error": flow.error.msg if flow.error else None,
         }
-        info.update(self._answers(flow, q, mode))
+        info.update(self._answers(flow, q, mode))  # may remove answers or refuse the whole answer
+        info.update({
+            "response_code": response_codes.to_str(flow.response.response_code) if flow.response else None,
+            "refused": bool(flow.metadata.get("geogate_dns_refused") or flow.metadata.get("geogate_dns_answer_refused")),
+            "error": flow.error.msg if flow.error else None,
+        })
         if d is not None:
             rec = repeat_record(decision_record(d), flow.timestamp_created, flow.id, client)
         else:
@@ -337,17 +358,12 @@ class DnsGate:
     def _answers(self, flow: dns.DNSFlow, q: Any, mode: str) -> dict[str, Any]:
         """The engine's view of the answer addresses (as if a client dialled them)."""
         resp = flow.response
+        none: dict[str, Any] = {"answers": [], "answers_action": None, "filtered": False, "removed": []}
         if resp is None or q is None:
-            return {"answers": [], "answers_action": None, "filtered": False}
-        ips = []
-        for rr in resp.answers:
-            if rr.type == dns_types.A:
-                ips.append(parse_ip(str(rr.ipv4_address)))
-            elif rr.type == dns_types.AAAA:
-                ips.append(parse_ip(str(rr.ipv6_address)))
-        ips = [ip for ip in ips if ip is not None]
+            return none
+        ips = [ip for ip in map(_answer_ip, resp.answers) if ip is not None]
         if not ips or self.gate.live is None:
-            return {"answers": [], "answers_action": None, "filtered": False}
+            return none
         try:
             host = canonical_host(q.name)
         except AddressError:
@@ -356,22 +372,26 @@ class DnsGate:
         ad = self.gate.current_state().decide(req, ips)
         answers = [{"ip": a["ip"], "country": a["country"], "action": a["action"], "rule": a["rule"]}
                    for a in decision_record(ad)["addresses"]]
-        filtered = self.filter_answers(flow, answers)
-        return {"answers": answers, "answers_action": ad.action, "answers_rule": ad.rule, "filtered": filtered}
+        removed = self.filter_answers(flow, answers)
+        return {"answers": answers, "answers_action": ad.action, "answers_rule": ad.rule,
+                "filtered": bool(removed), "removed": removed, "blocked_answers": self.blocked_answers}
 
-    def filter_answers(self, flow: dns.DNSFlow, answers: list[dict[str, Any]]) -> bool:
-        """Remove answer records whose address the engine blocks, only if asked to
-        (drop_blocked_answers). Returns whether anything was removed."""
-        if not self.drop_blocked_answers or flow.response is None:
-            return False
-        blocked = {a["ip"] for a in answers if a["action"] == "block"}
+    def filter_answers(self, flow: dns.DNSFlow, answers: list[dict[str, Any]]) -> list[str]:
+        """Act on the answer addresses the engine blocks, as geogate_dns_blocked_answers says:
+        remove their records, or refuse the whole answer. Returns the blocked addresses the
+        client did not get (empty: the answer went out as the name server gave it)."""
+        if self.blocked_answers == "keep" or flow.response is None:
+            return []
+        blocked = [a["ip"] for a in answers if a["action"] == "block"]
         if not blocked:
-            return False
-        kept = [rr for rr in flow.response.answers
-                if not (rr.type == dns_types.A and str(rr.ipv4_address) in blocked)
-                and not (rr.type == dns_types.AAAA and str(rr.ipv6_address) in blocked)]
-        flow.response.answers = kept
-        return True
+            return []
+        if self.blocked_answers == "refuse":
+            flow.response = flow.request.fail(response_codes.REFUSED)
+            flow.metadata["geogate_dns_answer_refused"] = True
+            return blocked
+        gone = {parse_ip(ip) for ip in blocked}  # as addresses: text forms of one address differ
+        flow.response.answers = [rr for rr in flow.response.answers if _answer_ip(rr) not in gone]
+        return blocked
 
     @staticmethod
     def _say(rec: dict[str, Any], d: Decision | None) -> None:
@@ -381,10 +401,15 @@ class DnsGate:
         answers = ", ".join(f"{a['ip']} ({a['country'] or 'no country'}{', BLOCK' if a['action'] == 'block' else ''})"
                             for a in info["answers"]) or info["response_code"] or info["error"] or "-"
         verdict = "REFUSED" if info["refused"] else "answered"
+        removed = info.get("removed") or []
+        if removed:
+            why = {a["ip"]: f"{a['country'] or 'no country'}, rule {a['rule']}" for a in info["answers"]}
+            gone = ", ".join(f"{ip} ({why.get(ip, '?')})" for ip in removed)
+            answers += f"; REFUSED because of {gone}" if info["refused"] else f"; REMOVED {gone}"
         line = (f"geogate: DNS {verdict} {q.get('type', '?')} {q.get('name', '?')} via {via} "
                 f"{decided_by(rec.get('country'), rec.get('rule'))} -> {answers} "
                 f"[{rec['mode']} {rec['client']}]")
-        if info["refused"] or info["error"]:
+        if info["refused"] or info["error"] or removed:
             logger.warning(line)
         else:
             logger.info(line)

@@ -399,12 +399,7 @@ class GeoGate:
         try:
             if "mode" in updated:
                 self._refuse_upstream(opts.mode)
-            if "geogate_resolve_timeout" in updated:
-                self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
-            if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
-                if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
-                    raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
-                self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
+            self._configure_resolver(updated, opts)
             if "geogate_reload_settle" in updated:
                 self.reload_settle = _parse_settle(opts.geogate_reload_settle)
                 if self.live is not None:
@@ -431,6 +426,14 @@ class GeoGate:
             logger.error(str(e))
             for line in getattr(e, "details", ()):
                 logger.info(f"geogate: {line}")
+
+    def _configure_resolver(self, updated: set[str], opts) -> None:
+        if "geogate_resolve_timeout" in updated:
+            self.resolver.timeout = _parse_timeout(opts.geogate_resolve_timeout)
+        if updated & {"geogate_dns_cache_size", "geogate_dns_cache_bytes"}:
+            if opts.geogate_dns_cache_size < 0 or opts.geogate_dns_cache_bytes < 0:
+                raise exceptions.OptionsError("geogate_dns_cache_size and geogate_dns_cache_bytes cannot be negative")
+            self.resolver.set_cache_limits(opts.geogate_dns_cache_size, opts.geogate_dns_cache_bytes)
 
     def _configure_optional_hooks(self, opts) -> None:
         verbosity = getattr(opts, "termlog_verbosity", "info")

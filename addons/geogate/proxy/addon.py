@@ -516,14 +516,15 @@ class GeoGate:
         for conn, d in revocations(state, self.open):
             old = conn.decision
             rec = revoked_record(old, d)
+            # closed first, and even when the log cannot be written: the policy comes first
+            self.open.closed(conn.client, conn.server)
+            closed = close_client_connection(conn.client, "geogate: revoked")
+            self.revoked += 1
             try:
                 if self.log is not None:
                     self.log.write(rec)
-            finally:
-                # closed even when the log cannot be written: the policy comes first
-                self.open.closed(conn.client, conn.server)
-                closed = close_client_connection(conn.client, "geogate: revoked")
-                self.revoked += 1
+            except Exception as e:
+                logger.error(f"geogate: a revocation could not be written to the decision log: {printable(repr(e))}")
             logger.warning(f"geogate: revoked {rec['client']} -> {rec['host']}:{rec['port']} ({rec['address']}): "
                            f"opened under rule {old.rule} (policy sha256 {old.policy.sha256[:12]}), now rule {d.rule} "
                            f"(policy sha256 {d.policy.sha256[:12]}): {d.reason}"

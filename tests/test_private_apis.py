@@ -23,6 +23,7 @@ from mitmproxy.test import tflow
 from geogate.core.ipaddress_private import int_and_version
 from geogate.core.ipaddress_private import ip_key
 from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import close_client_connection
 from geogate.proxy.mitmproxy_private import layer_chooser
 
 ADDRESSES = ["0.0.0.0", "1.2.3.4", "255.255.255.255", "::", "::1", "2001:db8::1", "::ffff:1.2.3.4",
@@ -125,3 +126,35 @@ async def test_mitmproxy_listeners_share_their_port_where_workers_rely_on_it():
     from mitmproxy.proxy import mode_servers as ms
 
     assert ms.asyncio is asyncio  # undone: other tests bind as mitmproxy does
+
+async def test_mitmproxy_client_connection_closes_where_revocation_cancels_it():
+    # a real loopback connection handled by a real server instance: cancelling the task that reads
+    # the client must end the whole connection, as mitmproxy's inactivity timeout does
+    proxyserver = Proxyserver()
+    with taddons.context(proxyserver) as tctx:
+        tctx.configure(proxyserver, connection_strategy="lazy")
+        instance = mode_servers.ServerInstance.make("regular@0", proxyserver)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            ours = socket.create_connection(listener.getsockname())
+            theirs, _peer = listener.accept()
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        task = asyncio.create_task(instance.handle_stream(reader, writer))
+        try:
+            for _ in range(200):
+                if proxyserver.connections:
+                    break
+                await asyncio.sleep(0.005)
+            (handler,) = proxyserver.connections.values()
+            assert close_client_connection(handler.client, "revoked"), (
+                "mitmproxy's Proxyserver.connections[client.id].transports[client].handler (the task reading the "
+                "client) is gone: geogate/proxy/mitmproxy_private.py close_client_connection (revocation) relies on it")
+            await asyncio.wait_for(task, 10)
+            ours.settimeout(10)
+            assert ours.recv(1) == b"", "the client connection stayed open after its reader task was cancelled"
+            assert not close_client_connection(handler.client, "again")  # gone: nothing to close
+        finally:
+            ours.close()
+            if not task.done():
+                task.cancel()
+    with taddons.context():
+        assert not close_client_connection(handler.client, "no proxyserver")

@@ -119,7 +119,7 @@ async def test_options_survive_a_script_reload(gate):
     assert gate.tctx.options.geogate_db == [str(gate.files.db)]
     for name in ("geogate_policy", "geogate_db", "geogate_log", "geogate_log_urls", "geogate_intercept",
                  "geogate_resolve_timeout", "geogate_reload_settle", "geogate_dns_cache_size", "geogate_dns_cache_bytes",
-                 "geogate_metrics"):
+                 "geogate_metrics", "geogate_revoke"):
         assert "\n" not in gate.tctx.options._options[name].help
 
 
@@ -129,6 +129,7 @@ async def test_options_survive_a_script_reload(gate):
     ("mode", ["upstream:http://127.0.0.1:9"], "cannot run in upstream mode"),
     ("geogate_policy", "/nonexistent/policy.yaml", "does not exist"),
     ("geogate_log", "/nonexistent/dir/log.jsonl", "cannot open decision log"),
+    ("geogate_revoke", "maybe", "geogate_revoke: `maybe` is not on or off"),
     ("geogate_log_urls", "all", "not one of path, full, none"),
 ])
 async def test_bad_options(gate, caplog, option, value, message):
@@ -472,7 +473,9 @@ def test_the_script_module_is_the_addon_with_the_hooks_of_one_geogate():
     gg = module.requestheaders.__self__
     assert isinstance(gg, GeoGate)
     expected = {"load", "configure", "running", "done", "http_connect", "requestheaders", "error",
-                "server_connect", "tls_clienthello", "client_disconnected", "next_layer"}
+                "server_connect", "server_connected", "server_disconnected", "tls_clienthello", "client_disconnected",
+                    "websocket_start",
+                    "next_layer"}
     assert set(hook_names(gg)) == expected
     for hook in expected:
         bound = getattr(module, hook)

@@ -25,6 +25,7 @@ from geogate.core.decide import Request
 from geogate.core.decide import Verdict
 from geogate.core.decide import parse_client
 from geogate.core.errors import GeogateError
+from geogate.core.freshness import age_text
 from geogate.core.record import decision_record
 from geogate.core.record import to_json_line
 from geogate.core.resolve_defaults import DEFAULT_TIMEOUT
@@ -338,15 +339,35 @@ def _print_db_info(out: list[dict[str, Any]]) -> None:
         for key in ("source", "license", "attribution"):
             if e.get(key):
                 print(f"  {key:<12} {e[key]}")
+        if e["age_days"] is not None:
+            limit = f"geo.max_age {e['max_age']}" if e["on_stale"] else f"{e['max_age']} (no geo.max_age in the policy)"
+            print("  freshness    " + (f"stale: older than {limit}" if e["stale"] else f"fresh: within {limit}")
+                  + (f"; geo.on_stale: {e['on_stale']}" if e["on_stale"] else ""))
         if e["stale"] and e.get("newest_published"):
             n = e["newest_published"]
-            print(f"  WARNING      older than {STALE_DB_DAYS} days, and the newest published build (checked "
+            print(f"  WARNING      older than {e['max_age']}, and the newest published build (checked "
                   f"{n['checked']}) is this one, built {n['built']}: `geogate db update` has nothing newer. "
                   f"Fresher data: MaxMind GeoLite2 with geoipupdate, then --db PATH (docs/databases.md)")
         elif e["stale"]:
-            print(f"  WARNING      older than {STALE_DB_DAYS} days: run `geogate db update` or refresh this file")
+            print(f"  WARNING      older than {e['max_age']}: run `geogate db update` or refresh this file")
         for problem in e.get("problems", ()):
             print(f"  WARNING      {problem}")
+
+
+def _freshness_limit(policy_path: str | None) -> tuple[int, str | None]:
+    """(max age in seconds, geo.on_stale) for `db info`: the policy's `geo.max_age` (the policy
+    given, else the one the proxy would use); without one, STALE_DB_DAYS as advice (None)."""
+    from geogate.policy.state import default_policy_path
+
+    try:
+        policy = load_policy(policy_path or default_policy_path())
+    except GeogateError:
+        if policy_path:
+            raise  # the policy asked for must load; the default one is only a hint
+        policy = None
+    if policy is None or policy.max_age is None:
+        return STALE_DB_DAYS * 86400, None
+    return policy.max_age, str(policy.on_stale)
 
 
 def cmd_db_info(args: argparse.Namespace) -> int:
@@ -358,6 +379,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     from geogate.policy.state import database_paths
 
     paths = database_paths(args.db)
+    max_age, on_stale = _freshness_limit(args.policy)
     provenance = {p["sha256"]: p for p in bundled.provenance()}
     checks = bundled.last_checks()
     now = _now()
@@ -378,7 +400,8 @@ def cmd_db_info(args: argparse.Namespace) -> int:
             "name": i.name, "path": clean_text(i.path, 4096), "type": i.type, "schema": i.schema, "kind": i.kind,
             "build_epoch": i.build_epoch,
             "built": str(built) if built is not None else None,
-            "age_days": age, "stale": age is not None and age > STALE_DB_DAYS, "ip_version": i.ip_version,
+            "age_days": age, "stale": age is not None and now - i.build_epoch > max_age,
+            "max_age": age_text(max_age), "on_stale": on_stale, "ip_version": i.ip_version,
             "node_count": i.node_count, "networks": _network_count(db, bundled.cache_dir()),
             "sha256": i.sha256, "description": i.description or None,
         }
@@ -400,7 +423,7 @@ def cmd_db_info(args: argparse.Namespace) -> int:
         _print_db_info(out)
     if any(e["stale"] for e in out):
         newest = all(e.get("newest_published") for e in out if e["stale"])
-        print(f"geogate: warning: a database is older than {STALE_DB_DAYS} days"
+        print(f"geogate: warning: a database is older than {age_text(max_age)}"
               + (", and no newer build of it is published" if newest else ""), file=sys.stderr)
     if any(e.get("problems") for e in out):
         print("geogate: warning: a database's build time is not usable; check where the file came from", file=sys.stderr)
@@ -441,7 +464,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 _POLICY_HELP = "policy file (default: GEOGATE_POLICY, else the packaged default.yaml)"
-_DB_HELP = "MMDB database (repeatable; default: the bundled ones)"
+_DB_HELP = "MMDB database, or a directory of them (repeatable; default: the bundled ones)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
     di = dsub.add_parser("info", help="build date, age, type, size, licence")
     di.add_argument("--db", action="append", help=_DB_HELP)
+    di.add_argument("--policy", help="judge freshness by this policy's geo.max_age (default: GEOGATE_POLICY or "
+                                     "the packaged policy; without geo.max_age, 45 days as advice)")
     di.add_argument("--json", action="store_true", help="print JSON")
     di.set_defaults(func=cmd_db_info)
     du = dsub.add_parser("update", help="refresh the bundled default databases")

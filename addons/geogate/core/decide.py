@@ -12,6 +12,9 @@ Order of evaluation for one address:
    and the skip is reported;
 4. no rule matched and no database knows the country: `geo.unknown`;
 5. otherwise `default`.
+Then, when a database is older than `geo.max_age` (the caller says so: `stale`, see
+GateState.freshness), `geo.on_stale` applies to the whole outcome: `warn` adds the warning,
+`monitor` turns the decision observe-only, `block` refuses with rule `geo.stale`.
 An IPv6 address that carries an IPv4 address is judged on the IPv4 (and on its own record, when a
 database has one); the stricter result wins.
 
@@ -46,6 +49,7 @@ from geogate.core.rules import Action
 from geogate.core.rules import Addresses
 from geogate.core.rules import Disagreement
 from geogate.core.rules import Mode
+from geogate.core.rules import OnStale
 from geogate.core.rules import Policy
 from geogate.core.rules import PolicyRef
 from geogate.core.rules import Rule
@@ -125,6 +129,7 @@ class Outcome:
     reason: str
     citation: str | None = None
     warnings: tuple[str, ...] = ()
+    stale: OnStale | None = None  # geo.on_stale applied because a database is past geo.max_age
 
 
 class Decision:
@@ -206,6 +211,10 @@ class Decision:
     @property
     def blocked(self) -> bool:
         return self.outcome.action is _BLOCK
+
+    @property
+    def stale(self) -> OnStale | None:
+        return self.outcome.stale
 
     @property
     def address(self) -> IPAddress | None:
@@ -526,9 +535,10 @@ def decide(
     *,
     now: datetime | None = None,
     resolve_error: str | None = None,
+    stale: str | None = None,
 ) -> Decision:
     now = now or datetime.now(timezone.utc)
-    return Decision(req, decide_outcome(policy, req, facts, databases, now.date(), resolve_error), now)
+    return Decision(req, decide_outcome(policy, req, facts, databases, now.date(), resolve_error, stale=stale), now)
 
 
 def decide_outcome(
@@ -539,12 +549,41 @@ def decide_outcome(
     day: date,
     resolve_error: str | None = None,
     memo: VerdictMemo | None = None,
+    stale: str | None = None,
 ) -> Outcome:
     """The outcome depends on the request's host, port, client, user and claim fields, the
-    addresses' facts and the date (rule expiry); callers may memoise on exactly those.
+    addresses' facts, the date (rule expiry) and `stale` (why the databases are past
+    `geo.max_age`, None while they are fresh); callers may memoise on exactly those.
 
     `memo` (made for this policy) only saves work: the outcome is the same without it.
     """
+    outcome = _outcome(policy, req, facts, databases, day, resolve_error, memo)
+    return outcome if stale is None else _stale_outcome(policy, outcome, stale)
+
+
+def _stale_outcome(policy: Policy, outcome: Outcome, stale: str) -> Outcome:
+    """`geo.on_stale` applied to an outcome decided on databases past `geo.max_age`."""
+    on_stale = policy.on_stale
+    warnings = outcome.warnings + (f"{stale}; policy says geo.on_stale: {on_stale}",)
+    if on_stale is OnStale.BLOCK:
+        # fail closed whatever the rules and the mode say: the data may no longer be true
+        reason = f"{stale}, so the connection is refused; policy says geo.on_stale: block"
+        return replace(outcome, action=_BLOCK, enforced=True, would_block=True, rule="geo.stale", reason=reason,
+                       citation=None, warnings=warnings, stale=on_stale)
+    if on_stale is OnStale.MONITOR:
+        return replace(outcome, action=_ALLOW, enforced=False, warnings=warnings, stale=on_stale)
+    return replace(outcome, warnings=warnings, stale=on_stale)
+
+
+def _outcome(
+    policy: Policy,
+    req: Request,
+    facts: list[AddressFacts],
+    databases: tuple[DatabaseInfo, ...],
+    day: date,
+    resolve_error: str | None,
+    memo: VerdictMemo | None,
+) -> Outcome:
     if memo is not None and memo.policy is policy:
         rules, memo_key = memo.rules_for(req, day)
     else:

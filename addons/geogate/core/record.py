@@ -97,6 +97,7 @@ def _render_outcome(d: Decision, o: Outcome) -> dict[str, Any]:
             for i in o.databases
         ],
         "warnings": list(o.warnings),
+        **({"stale": str(o.stale)} if o.stale is not None else {}),
     }
 
 

@@ -51,6 +51,14 @@ class Addresses(StrEnum):
     ANY = "any"  # connect to an allowed one
 
 
+class OnStale(StrEnum):
+    """`geo.on_stale:` what a database older than `geo.max_age` does to decisions."""
+
+    WARN = "warn"  # decide as usual; each decision records the warning
+    MONITOR = "monitor"  # the policy turns observe-only: nothing is blocked, all is recorded
+    BLOCK = "block"  # fail closed: every connection is refused until the data is fresh
+
+
 ACTIONS = tuple(Action)
 # The values `default:` and `geo.unknown:` take (a final say is never `monitor`).
 FINAL_ACTIONS = (Action.ALLOW, Action.BLOCK)
@@ -135,6 +143,8 @@ class Policy:
     special: Special = Special.BLOCK
     addresses: Addresses = Addresses.ALL
     nat64: Nat64Prefixes = NO_NAT64  # declared NAT64 prefixes (64:ff9b::/96 is always decoded)
+    max_age: int | None = None  # `geo.max_age` in seconds: older databases are stale (None: no limit)
+    on_stale: OnStale = OnStale.WARN
     groups: dict[str, frozenset[str]] = field(default_factory=dict, hash=False, compare=False)
     rules: tuple[Rule, ...] = ()
     clients: tuple[ClientProfile, ...] = ()
@@ -145,7 +155,8 @@ class Policy:
     def __post_init__(self) -> None:
         # As Rule: settings given as plain words become the members the engine compares by identity.
         for name, kind in (("mode", Mode), ("default", Action), ("unknown", Action),
-                           ("disagreement", Disagreement), ("special", Special), ("addresses", Addresses)):
+                           ("disagreement", Disagreement), ("special", Special), ("addresses", Addresses),
+                           ("on_stale", OnStale)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
     @property

@@ -93,6 +93,7 @@ class Gateway:
         # the sets are built here and put in the kernel by start(): there are always sets to
         # compare a reload with, to name in a receipt and to put back if the table goes
         self.dbpieces, self.kernel_sets, self.text = self._build(state, None)
+        self.built_stale = state.limit.stale(time.time())  # what the sets were built with (see _watch_files)
         self.handle: int | None = None  # the table's handle once it is in the kernel
         self.proxy: subprocess.Popen | None = None
         self.proxy_sha: str | None = None
@@ -161,6 +162,8 @@ class Gateway:
             kernel.nft(text)
             self.handle = kernel.table_handle()
             self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
+            # the sets hold the decisions of the moment: rebuilt when the databases pass geo.max_age
+            self.built_stale = state.limit.stale(time.time())
         if self.metrics is not None:
             self.metrics.in_force(state.policy.ref, state.databases.infos)
         counts = ks.element_counts()
@@ -266,6 +269,9 @@ class Gateway:
         while not self.stopping.wait(self.options.file_interval):
             seen = {p: _stamp(p) for p in stamps}
             new_day = self.kernel_sets.expiring and datetime.now(timezone.utc).date() != day
+            if self.state.limit.stale(time.time()) != self.built_stale:
+                self._stale_turned()
+                continue
             if seen == stamps and not new_day:
                 continue
             if seen != stamps:
@@ -299,6 +305,17 @@ class Gateway:
     def _count_reload(self, kind: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.reloaded(kind, result)
+
+    def _stale_turned(self) -> None:
+        """The databases passed geo.max_age since the sets were built: said once, sets rebuilt."""
+        f = self.state.freshness()
+        self.say(f"WARNING: {f.warning}; geo.on_stale: {f.on_stale}, kernel sets rebuilt" if f.stale else
+                 "the databases are within geo.max_age again; kernel sets rebuilt")
+        try:
+            self._apply(self.state)
+        except GeogateError as e:
+            self.say(f"ERROR: the new sets were refused, the old ones stay: {e}")
+            self.built_stale = not self.built_stale  # said once: not tried again every round
 
     def _load(self, reuse_databases: bool) -> GateState:
         """The new state; with the databases in use when only the policy changed (opening and

@@ -42,6 +42,7 @@ from geogate.core.rules import Disagreement
 from geogate.core.rules import GeoField
 from geogate.core.rules import HostPattern
 from geogate.core.rules import Mode
+from geogate.core.rules import OnStale
 from geogate.core.rules import Policy
 from geogate.core.rules import PolicyRef
 from geogate.core.rules import Rule
@@ -56,7 +57,9 @@ TOP_KEYS = (
     "version", "name", "description", "mode", "default", "geo", "special", "addresses", "nat64",
     "groups", "rules", "clients",
 )  # fmt: skip
-GEO_KEYS = ("fields", "unknown", "disagreement")
+GEO_KEYS = ("fields", "unknown", "disagreement", "max_age", "on_stale")
+# `geo.max_age` units, in seconds: a database's age is counted from its build time
+AGE_UNITS = {"d": 86400, "h": 3600, "w": 7 * 86400}
 RULE_KEYS = (
     "name", "action", "hosts", "networks", "countries", "continents", "subdivisions", "asns",
     "ports", "reason", "citation", "expires",
@@ -183,6 +186,8 @@ class _Settings(TypedDict, total=False):
     unknown: Action
     disagreement: Disagreement
     nat64: Nat64Prefixes
+    max_age: int
+    on_stale: OnStale
 
 
 class _Reader:
@@ -707,6 +712,28 @@ def _geo_settings(reader: _Reader, geo: _Keys, settings: _Settings) -> None:
         settings["unknown"] = unknown
     if (disagreement := _choice(reader, geo, "disagreement", "geo.disagreement", tuple(Disagreement))) is not None:
         settings["disagreement"] = disagreement
+    if "max_age" in geo and (max_age := _max_age(reader, geo["max_age"][1])) is not None:
+        settings["max_age"] = max_age
+    if (on_stale := _choice(reader, geo, "on_stale", "geo.on_stale", tuple(OnStale))) is not None:
+        settings["on_stale"] = on_stale
+        if "max_age" not in geo:
+            reader.warn(geo["on_stale"][1], "geo.on_stale does nothing without geo.max_age; add e.g. `max_age: 45d`")
+
+
+def _max_age(reader: _Reader, node: Node) -> int | None:
+    """`geo.max_age: 45d` (also `36h`, `6w`): seconds, or None when wrong (reported)."""
+    text = reader.scalar(node, "geo.max_age")
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d{1,6})\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if m and unit in AGE_UNITS and int(m.group(1)) > 0:
+        return int(m.group(1)) * AGE_UNITS[unit]
+    digits = re.sub(r"\D", "", text)
+    example = f"{int(digits)}d" if digits and 0 < int(digits) < 10**6 else "45d"
+    reader.error(node, f"geo.max_age: `{text}` is not an age; write a whole number of days, hours or weeks, "
+                       f"e.g. `{example}` (also 36h, 6w)")
+    return None
 
 
 def load_policy(path: str | os.PathLike[str], *, today: date | None = None) -> Policy:

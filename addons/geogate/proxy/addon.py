@@ -95,6 +95,7 @@ from geogate.proxy.messages import UPSTREAM_REFUSAL
 from geogate.proxy.messages import blocked_connection
 from geogate.proxy.messages import flow_comment
 from geogate.proxy.mitmproxy_private import client_writer
+from geogate.proxy.mitmproxy_private import close_client_connection
 from geogate.proxy.mitmproxy_private import layer_chooser
 from geogate.proxy.private_log import PrivateRecords
 from geogate.proxy.reload import DEFAULT_SETTLE
@@ -107,6 +108,9 @@ from geogate.proxy.worker import open_decision_log
 
 if TYPE_CHECKING:
     from geogate.metrics.families import Metrics
+from geogate.proxy.revoke import OpenConnections
+from geogate.proxy.revoke import revocations
+from geogate.proxy.revoke import revoked_record
 
 logger = logging.getLogger("geogate")
 
@@ -320,6 +324,13 @@ def _parse_settle(text: str) -> float:
     return value
 
 
+def _parse_on_off(name: str, text: str) -> bool:
+    value = str(text).strip().lower()
+    if value not in ("on", "off"):
+        raise exceptions.OptionsError(f"{name}: `{text}` is not on or off; write {name}=on or {name}=off")
+    return value == "on"
+
+
 def hook_names(addon: object) -> list[str]:
     """The mitmproxy hooks `addon` has a method for."""
     from mitmproxy import addonmanager  # noqa: F401  (defines the load hook)
@@ -344,6 +355,9 @@ class GeoGate:
         self.log: DecisionLog | None = None
         self.intercept = False
         self.carried = CarriedDecisions()
+        self.open = OpenConnections()  # judged again on every change of state (revoke.py)
+        self.revoke = True
+        self.revoked = 0  # connections closed by revocation since start (for metrics)
         self.recent = RecentDecisions()
         self._running = False
         self._make_replay = replay
@@ -358,7 +372,7 @@ class GeoGate:
         self._tree_namespace: dict[str, Any] | None = None
         self.dns = DnsGate(self)  # DNS mode and WireGuard DNS: name servers and questions (dns_mode.py)
         self.metrics: Metrics | None = None  # geogate_metrics, or a worker under PROMETHEUS_MULTIPROC_DIR
-        self.connections = OpenConnections(self)  # a sub-addon only while metrics are on
+        self.connections = OpenConnectionsGauge(self)  # a sub-addon only while metrics are on
         self._metrics_server: Any = None
 
     def live_state_or_none(self) -> GateState | None:
@@ -399,6 +413,8 @@ class GeoGate:
             "before it is applied.")
         add("geogate_metrics", str, "",
             "geogate: serve Prometheus metrics at http://HOST:PORT/metrics; PORT alone = 127.0.0.1; empty = off.")
+        add("geogate_revoke", str, "on",
+            "geogate: on = after a policy or database reload, close open connections the new state blocks; off = keep them.")
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -414,6 +430,8 @@ class GeoGate:
                 self.log_urls = self.private_records.mode = _parse_log_urls(opts.geogate_log_urls)
             if "geogate_intercept" in updated:
                 self.intercept = bool(opts.geogate_intercept)
+            if "geogate_revoke" in updated:
+                self.revoke = _parse_on_off("geogate_revoke", opts.geogate_revoke)
             if updated & {"geogate_policy", "geogate_db"}:
                 self._load_state(opts.geogate_policy, opts.geogate_db)
             if "geogate_log" in updated:
@@ -501,6 +519,7 @@ class GeoGate:
             error.details = str(e).splitlines()[1:]  # type: ignore[attr-defined]
             raise error from None
         old, self.live = self.live, live
+        live.on_change = self._state_changed
         if old is not None:
             old.stop()
         live.on_reload = self._reloaded
@@ -514,6 +533,36 @@ class GeoGate:
             logger.info(f"geogate: {line}")
         for w in live.state.warnings:
             logger.warning(f"geogate: {w}")
+        live.check_freshness()
+        if old is not None:
+            self._state_changed(old.state)  # new files named by the options: as a reload
+
+    def _state_changed(self, before: GateState) -> None:
+        """Judge every open connection again with the state now in use; close those it blocks."""
+        if not self.revoke or self.live is None:
+            return
+        try:
+            self._revoke(self.live.state)
+        except Exception as e:
+            logger.error(f"geogate: open connections could not be judged again after the change: {printable(repr(e))}")
+
+    def _revoke(self, state: GateState) -> None:
+        for conn, d in revocations(state, self.open):
+            old = conn.decision
+            rec = revoked_record(old, d)
+            # closed first, and even when the log cannot be written: the policy comes first
+            self.open.closed(conn.client, conn.server)
+            closed = close_client_connection(conn.client, "geogate: revoked")
+            self.revoked += 1
+            try:
+                if self.log is not None:
+                    self.log.write(rec)
+            except Exception as e:
+                logger.error(f"geogate: a revocation could not be written to the decision log: {printable(repr(e))}")
+            logger.warning(f"geogate: revoked {rec['client']} -> {rec['host']}:{rec['port']} ({rec['address']}): "
+                           f"opened under rule {old.rule} (policy sha256 {old.policy.sha256[:12]}), now rule {d.rule} "
+                           f"(policy sha256 {d.policy.sha256[:12]}): {d.reason}"
+                           + ("" if closed else "; the connection was already gone"))
 
     def _reloaded(self, kind: str, result: str, state: GateState) -> None:
         if self.metrics is not None:
@@ -778,6 +827,7 @@ class GeoGate:
             return
         req = flow.request
         self.carried.remember(flow.client_conn.id, (req.host, req.port), d)
+        self.open.tunnel(flow.client_conn.id, (req.host, req.port))
 
     @fail_closed_sync_first(_refuse_flow)
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -916,8 +966,26 @@ class GeoGate:
         if not self.intercept:
             data.ignore_connection = True  # relay TLS untouched: no CA needed on clients
 
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        client, server = data.client, data.server
+        if isinstance(client.proxy_mode, mode_specs.RegularMode) and not self.open.is_tunnel(client.id, server.address):
+            return  # plain HTTP: decided request by request (see revoke.OpenConnections)
+        d = self.carried.get(client.id, server.address)
+        if d is not None:
+            self.open.opened(client, server, d)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        # plain HTTP upgraded to a WebSocket: no longer request by request, so held for revocation
+        d = self.carried.get(flow.client_conn.id, flow.server_conn.address)
+        if d is not None and flow.live:
+            self.open.opened(flow.client_conn, flow.server_conn, d)
+
+    def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.open.closed(data.client, data.server)
+
     def client_disconnected(self, client: Client) -> None:
         self.carried.forget(client.id)
+        self.open.forget(client.id)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         # Once per connection, so a method here costs less than a sub-addon, which every event
@@ -1001,7 +1069,7 @@ class EagerPassthrough:
         nextlayer.layer = chosen
 
 
-class OpenConnections:
+class OpenConnectionsGauge:
     """Present only with metrics on: upstream connections open now, by the decision that let
     each through (geogate_open_connections)."""
 

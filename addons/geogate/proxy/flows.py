@@ -126,8 +126,8 @@ class CarriedDecisions:
 
     Keyed by the exact upstream address mitmproxy is about to dial: the name the client asked
     for and the address it was pinned to. An address with no entry was never checked on this
-    connection and gets a fresh decision. Entries live as long as the client connection: a
-    policy reload applies to new connections, not to a tunnel that is already open.
+    connection and gets a fresh decision. Entries live as long as the client connection; after a
+    reload, revocation (revoke.py) closes the open connections the new state blocks.
     """
 
     _by_client: dict[str, dict[HostPort, Decision]] = field(default_factory=dict)
@@ -173,14 +173,19 @@ NAME_REUSE_SECONDS = 1.0
 @dataclass(slots=True)
 class RecentDecision:
     state: object  # the GateState that decided; a reload makes a new one
-    day_ends: float  # time.time() at which the UTC day of the decision ends: rules expire by date
+    day_ends: float  # time.time() at which the UTC day of the decision ends (rules expire by date),
+    # or earlier the databases turn stale (geo.max_age): then the same request decides differently
     until: float  # time.monotonic() after which the name must be resolved again
     decision: Decision  # the decision: the same for every request it is reused for
     record: dict  # its decision record, the template for repeats (see record.repeat_record)
 
     @classmethod
     def of(cls, state: object, decision: Decision, record: dict, until: float) -> "RecentDecision":
-        return cls(state, utc_day(decision.wall)[1], until, decision, record)
+        ends = utc_day(decision.wall)[1]
+        limit = getattr(state, "limit", None)  # GateState.limit: when its databases turn stale
+        if limit is not None and decision.wall < limit.stale_at:
+            ends = min(ends, limit.stale_at)
+        return cls(state, ends, until, decision, record)
 
     def again(self, flow_id: str | None, client: str | None, wall: float) -> Decision:
         """The same decision, made for another request (only who asked and when differ). A tunnel

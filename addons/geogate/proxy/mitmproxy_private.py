@@ -67,3 +67,18 @@ def share_listening_ports() -> Callable[[], None] | None:
         mode_servers.asyncio = real
 
     return undo
+
+def close_client_connection(client: Client, reason: str) -> bool:
+    """Close a client connection and every server connection it holds, as mitmproxy's own
+    inactivity timeout does: cancel the task that reads the client
+    (`Proxyserver.connections[client.id].transports[client].handler`); mitmproxy then tears the
+    connection down through its usual path (client_disconnected, server connections cancelled).
+    False when there is no such connection (already gone) or mitmproxy's layout changed."""
+    proxyserver = ctx.master.addons.get("proxyserver") if ctx.master else None
+    handler = getattr(proxyserver, "connections", {}).get(client.id)
+    io = getattr(handler, "transports", {}).get(client)
+    task = getattr(io, "handler", None)
+    if task is None or task.done():
+        return False
+    task.cancel(reason)
+    return True

@@ -46,6 +46,7 @@ from geogate.core.facts import IPFacts
 from geogate.core.lookup import FactsSource
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
+from geogate.policy.state import directory_databases
 
 logger = logging.getLogger("geogate")
 
@@ -101,10 +102,28 @@ class Source:
     def load(self) -> GateState:
         return GateState.load(self.policy or None, list(self.databases) or None)
 
+    def db_files(self) -> tuple[str, ...]:
+        """The database files named now: a directory stands for its .mmdb files (see
+        state.directory_databases); one that holds none is watched as a missing file."""
+        out: list[str] = []
+        for d in self.databases:
+            if os.path.isdir(d):
+                try:
+                    out += [str(p) for p in directory_databases(Path(d))]
+                except GeogateError:
+                    out.append(os.path.join(d, "*.mmdb"))
+            else:
+                out.append(d)
+        return tuple(out)
+
+    @property
+    def has_directories(self) -> bool:
+        return any(os.path.isdir(d) for d in self.databases)
+
     def paths(self, state: GateState | None) -> tuple[str, ...] | None:
         """The files to watch; None while the bundled databases are not unpacked yet."""
         if self.databases:
-            dbs = self.databases
+            dbs = self.db_files()
         elif state is not None:
             dbs = tuple(info.path for info in state.databases.infos)
         else:
@@ -262,6 +281,9 @@ class LiveState:
         # "failure" or "missing", the state in force)
         self.on_reload: Callable[[str, str, GateState], None] | None = None
         self._task: asyncio.Task | None = None
+        # called with the state before, after each change of state and each freshness crossing
+        self.on_change: Callable[[GateState], None] | None = None
+        self._freshness_said: tuple[bool, str | None] | None = None
         self._wake: asyncio.Event | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         # Watches and stamps from before the load: a change made while loading is seen later.
@@ -276,11 +298,18 @@ class LiveState:
             self._close_inotify()
             raise
         self.state = self.good
-        self.paths: tuple[str, ...] = source.paths(self.good) or ()
+        self._directories = source.has_directories
+        self._listing_failed: tuple | None = None
+        self._track(self.good, before)
+
+    def _track(self, state: GateState, before: dict[str, Stamp]) -> None:
+        """Watch the files `state` was built from (`before`: stamps taken before it was loaded)."""
+        self.paths: tuple[str, ...] = self.source.paths(state) or ()
         self.db_paths = self.paths[1:]
-        loaded = self._loaded_digests(self.good)
+        loaded = self._loaded_digests(state)
         self.files = [Watched(p, loaded.get(p) or file_sha256(p) or MISSING,
                               before[p] if p in before else stamp(p)) for p in self.paths]
+        self._by_key = {}
         for f in self.files:
             for key in f.keys:
                 self._by_key.setdefault(key, []).append(f)
@@ -385,11 +414,21 @@ class LiveState:
     def _pending(self) -> list[Watched]:
         return [f for f in self.files if f.stamp != f.applied_stamp and f.digest != f.applied]
 
+    def _all_ready(self, pending: list[Watched], now: float) -> bool:
+        for f in pending:
+            at = self._ready_at(f)
+            if at is None or now < at or f.digest == UNKNOWN:
+                return False
+        return True
+
     def poll(self, now: float | None = None) -> bool:
         """Check the files once; True when the state was replaced."""
         now = self.clock() if now is None else now
         self._drain(now)
         self._watch_dirs()
+        listing = self._new_listing()
+        if listing is not None:
+            return self._relist(listing)
         for f in self.files:
             self._look(f, now)
         pending = self._pending()
@@ -400,10 +439,8 @@ class LiveState:
             return self._fail_closed(missing)
         if any(f.writing for f in self.files):
             return False
-        for f in pending:
-            at = self._ready_at(f)
-            if at is None or now < at or f.digest == UNKNOWN:
-                return False
+        if not self._all_ready(pending, now):
+            return False
         # Settled: a file touched since it was hashed starts again (the content itself is
         # compared after loading, with the sha256 of the bytes the new state was built from).
         for f in pending:
@@ -446,6 +483,55 @@ class LiveState:
         if self.on_reload is not None:
             kind = "database" if all(f.path in self.db_paths for f in changed) else "policy"
             self.on_reload(kind, result, self.state)
+    def _new_listing(self) -> tuple[str, ...] | None:
+        """The database files named now, when a database directory has gained one; else None.
+        (A file gone is a missing database, as anywhere: see poll.)"""
+        if not self._directories:
+            return None
+        listing = self.source.db_files()
+        return listing if set(listing) - set(self.db_paths) else None
+
+    def _relist(self, listing: tuple[str, ...]) -> bool:
+        """A database directory gained .mmdb files: load the new set whole."""
+        attempt = (listing, tuple(stamp(p) for p in listing))
+        if attempt == self._listing_failed:
+            return False
+        before = {p: stamp(p) for p in (self.paths[:1] + listing)}
+        try:
+            new = self.source.load()
+        except GeogateError as e:
+            self._listing_failed = attempt
+            logger.error(f"geogate: the database directory changed, but the new set does not load; still using "
+                         f"{', '.join(i.name for i in self.good.databases.infos)}: {one_line(e)}")
+            return False
+        self._listing_failed = None
+        added = sorted(set(listing) - set(self.db_paths))
+        removed = sorted(set(self.db_paths) - set(listing))
+        self.good = self.state = new
+        self._track(new, before)
+        for w in new.warnings:
+            logger.warning(f"geogate: {w}")
+        change = "; ".join(filter(None, (f"added {', '.join(added)}" if added else "",
+                                         f"removed {', '.join(removed)}" if removed else "")))
+        logger.info(f"geogate: reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) with "
+                    f"{', '.join(i.name for i in new.databases.infos)} (database directory: {change})")
+        return True
+
+    def check_freshness(self, wall: float | None = None) -> bool:
+        """Say, once, that the databases have passed `geo.max_age` (or are within it again after
+        a reload); True when that changed since the last look. Checked on every look at the
+        files (at least every `interval`), so a database that ages past the limit while the
+        proxy runs is said within that time."""
+        f = self.state.freshness(wall)
+        now = (f.stale, f.warning)
+        before, self._freshness_said = self._freshness_said, now
+        if before == now or before is None and not f.stale:
+            return False
+        if f.stale:
+            logger.warning(f"geogate: {f.warning}; geo.on_stale: {f.on_stale}: {STALE_EFFECT[f.on_stale]}")
+        else:
+            logger.info("geogate: the databases are within geo.max_age again; decisions follow the policy")
+        return before is not None
 
     def _fail_closed(self, missing: list[Watched]) -> bool:
         names = ", ".join(f.path for f in missing)
@@ -492,8 +578,12 @@ class LiveState:
                 except TimeoutError:
                     pass
                 self._wake.clear()
+                before = self.state
                 try:
-                    self.poll()
+                    changed = self.poll()
+                    crossed = self.check_freshness()
+                    if (changed or crossed) and self.on_change is not None:
+                        self.on_change(before)
                 except Exception as e:  # the watcher must outlive any surprise; the next poll retries
                     logger.error(f"geogate: reload check failed: {e!r}")
         finally:
@@ -510,6 +600,13 @@ class LiveState:
             self._task.cancel()
             self._task = None
         self._close_inotify()
+
+
+STALE_EFFECT = {
+    "warn": "decisions go on, each recording the warning, until the databases are updated",
+    "monitor": "the policy is observe-only (nothing is blocked, every decision is recorded) until the databases are updated",
+    "block": "every connection is refused (fail closed) until the databases are updated",
+}
 
 
 def describe(state: GateState) -> list[str]:

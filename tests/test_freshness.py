@@ -272,3 +272,47 @@ def test_the_live_path_turns_stale_at_the_limit_not_at_the_end_of_the_day(tmp_pa
     assert s.decide(live, [ipaddress.ip_address("2.0.0.1")]).blocked
     clock["now"] = limit - 60  # a clock stepped back: fresh again
     assert not s.decide(live, [ipaddress.ip_address("2.0.0.1")]).blocked
+
+
+def test_gateway_file_watch_takes_in_a_new_file_in_the_directory(tmp_path: Path, monkeypatch) -> None:
+    """The gateway's kernel sets follow a --db directory as the proxy does: a database added to it
+    is loaded with the others, the sets built from the whole new set."""
+    import threading
+
+    from geogate.gateway import ruleset
+    from geogate.gateway.daemon import Gateway
+    from geogate.gateway.daemon import Options
+
+    monkeypatch.setenv("GEOGATE_GATEWAY_STATE", str(tmp_path / "gateway.json"))
+    d = tmp_path / "GeoIP"
+    old_db(d, 1, "GeoLite2-Country.mmdb")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: t\ndefault: allow\n")
+    options = Options(policy=str(policy), dbs=[str(d)], log=None, proxy_argv=None, file_interval=0.1, settle=0.1)
+    said: list[str] = []
+    gateway = Gateway(ruleset.GatewayConfig(lan=("lan0",)), options, GateState.load(str(policy), [str(d)]),
+                      say=said.append)
+    applied: list[GateState] = []
+    monkeypatch.setattr(gateway, "_apply", applied.append)  # the kernel is not touched here
+    looked = threading.Event()
+    paths = gateway._paths
+
+    def watched(*args):
+        looked.set()
+        return paths(*args)
+
+    monkeypatch.setattr(gateway, "_paths", watched)
+    watcher = threading.Thread(target=gateway._watch_files, daemon=True)
+    watcher.start()
+    try:
+        assert looked.wait(30)  # the watcher has taken its first look: the new file comes after it
+        young = old_db(tmp_path, 0, "GeoLite2-ASN.mmdb")
+        young.replace(d / "GeoLite2-ASN.mmdb")
+        deadline = time.monotonic() + 30
+        while not applied and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert applied, f"the new file in the directory was not taken in: {said}"
+        assert [i.name for i in applied[0].databases.infos] == ["GeoLite2-ASN", "GeoLite2-Country"]
+    finally:
+        gateway.stopping.set()
+        watcher.join(10)

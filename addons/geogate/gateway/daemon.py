@@ -43,6 +43,7 @@ from geogate.gateway.receipts import Receipts
 from geogate.policy.loader import load_policy
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
+from geogate.policy.state import named_database_files
 
 DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
 _PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12})\)")
@@ -260,14 +261,18 @@ class Gateway:
             handle = self.handle
         return handle is not None and kernel.table_handle() == handle and kernel.latch_present(self.config)
 
-    def _paths(self) -> list[str]:
-        return [self.state.policy.ref.path] + [i.path for i in self.state.databases.infos]
+    def _paths(self, state: GateState | None = None) -> list[str]:
+        """The policy and the databases to watch: what `--db` names now (a directory's new .mmdb
+        files too, listed as the proxy's reload lists them), else the databases in use."""
+        state = state or self.state
+        dbs = named_database_files(self.options.dbs) if self.options.dbs else [i.path for i in state.databases.infos]
+        return [state.policy.ref.path, *dbs]
 
     def _watch_files(self) -> None:
         stamps = {p: _stamp(p) for p in self._paths()}
         day = datetime.now(timezone.utc).date()
         while not self.stopping.wait(self.options.file_interval):
-            seen = {p: _stamp(p) for p in stamps}
+            seen = {p: _stamp(p) for p in self._paths()}  # a new file in a --db directory is a change
             new_day = self.kernel_sets.expiring and datetime.now(timezone.utc).date() != day
             if self.state.limit.stale(time.time()) != self.built_stale:
                 self._stale_turned()
@@ -276,10 +281,10 @@ class Gateway:
                 continue
             if seen != stamps:
                 time.sleep(self.options.settle)
-                if {p: _stamp(p) for p in stamps} != seen:
+                if {p: _stamp(p) for p in self._paths()} != seen:
                     continue  # still being written: look again next round
             day = datetime.now(timezone.utc).date()
-            databases_moved = any(seen[p] != stamps[p] for p in self._paths()[1:])
+            databases_moved = seen.keys() != stamps.keys() or any(seen[p] != stamps[p] for p in list(seen)[1:])
             kind = "database" if databases_moved else "policy"
             try:
                 new = self._load(reuse_databases=not databases_moved)
@@ -289,7 +294,7 @@ class Gateway:
                 self.say(f"ERROR: reload failed, the kernel keeps the sets of policy {self.kernel_sets.policy_name} "
                          f"(sha256 {self.kernel_sets.policy_sha256[:12]}): {e}")
                 continue
-            stamps = {p: _stamp(p) for p in [new.policy.ref.path] + [i.path for i in new.databases.infos]}
+            stamps = {p: _stamp(p) for p in self._paths(new)}
             unchanged = (new.policy.ref.sha256 == self.kernel_sets.policy_sha256
                          and tuple(i.sha256 for i in new.databases.infos) == self.kernel_sets.databases)
             if unchanged and not new_day:

@@ -55,6 +55,22 @@ def database_paths(given: Iterable[str | os.PathLike[str]] | None) -> list[Path]
     return list(default_database_paths())
 
 
+def named_database_files(given: Iterable[str]) -> tuple[str, ...]:
+    """The database files `--db` names now, for watching them: a directory stands for its .mmdb
+    files (see directory_databases); one that holds none stands as `DIR/*.mmdb`, a file that is
+    missing (and so is waited for)."""
+    out: list[str] = []
+    for d in given:
+        if os.path.isdir(d):
+            try:
+                out += [str(p) for p in directory_databases(Path(d))]
+            except GeogateError:
+                out.append(os.path.join(d, "*.mmdb"))
+        else:
+            out.append(d)
+    return tuple(out)
+
+
 def directory_databases(directory: Path) -> list[Path]:
     """The databases of a directory, such as the one MaxMind's geoipupdate writes to: its files
     named `*.mmdb`, sorted by name (GeoLite2-ASN, GeoLite2-City, GeoLite2-Country). Hidden

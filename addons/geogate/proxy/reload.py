@@ -46,7 +46,7 @@ from geogate.core.facts import IPFacts
 from geogate.core.lookup import FactsSource
 from geogate.policy.state import GateState
 from geogate.policy.state import default_policy_path
-from geogate.policy.state import directory_databases
+from geogate.policy.state import named_database_files
 
 logger = logging.getLogger("geogate")
 
@@ -103,18 +103,8 @@ class Source:
         return GateState.load(self.policy or None, list(self.databases) or None)
 
     def db_files(self) -> tuple[str, ...]:
-        """The database files named now: a directory stands for its .mmdb files (see
-        state.directory_databases); one that holds none is watched as a missing file."""
-        out: list[str] = []
-        for d in self.databases:
-            if os.path.isdir(d):
-                try:
-                    out += [str(p) for p in directory_databases(Path(d))]
-                except GeogateError:
-                    out.append(os.path.join(d, "*.mmdb"))
-            else:
-                out.append(d)
-        return tuple(out)
+        """The database files named now (state.named_database_files)."""
+        return named_database_files(self.databases)
 
     @property
     def has_directories(self) -> bool:

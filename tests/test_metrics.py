@@ -390,6 +390,38 @@ def test_gateway_run_refuses_a_bad_metrics_value():
     assert proc.stderr.count("\n") == 1 and "--metrics x:y" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@system_deps.needs("nft", "ip")  # checked before the metrics address
+def test_gateway_run_refuses_a_second_endpoint_for_its_proxy():
+    proc = subprocess.run([sys.executable, "-m", "geogate.cli", "gateway", "run", "--lan", "lo", "--metrics", "9464",
+                           "--", "--set", "geogate_metrics=9465"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "leave out --set geogate_metrics" in proc.stderr
+
+
+def test_a_dead_processes_live_gauges_are_swept_at_scrape(tmp_path):
+    """The gateway's endpoint sums processes it did not start itself (a supervisor's workers):
+    a gone one's open connections leave the sum without anyone telling, its counts stay."""
+    from geogate.metrics.serve import sweep_dead
+
+    directory = tmp_path / "multiproc"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(ROOT / "addons")}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, "2"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "done"
+        registry = endpoint_registry(aggregate_registry(str(directory)))
+        opened = {"action": "allow", "rule": "none", "country": "DE", "mode": "regular"}
+        sweep_dead(str(directory))  # alive: kept
+        assert registry.get_sample_value("geogate_open_connections", opened) == 1
+    finally:
+        worker.communicate("", timeout=30)
+    sweep_dead(str(directory))
+    assert registry.get_sample_value("geogate_open_connections", opened) is None
+    assert registry.get_sample_value("geogate_decisions_total", {**opened, "action": "block", "rule": "doj",
+                                                                 "country": "KP"}) == 2
+
+
 def test_the_supervisor_hands_each_dead_workers_pid_to_the_metrics():
     from geogate.cli.workers import Supervisor
 

@@ -1,6 +1,7 @@
 """`geogate gateway run --metrics` for real, in network namespaces this test makes (see
 gateway_netns.py): the kernel's refusals reach the endpoint as receipts and as decisions with
-mode "kernel", equal to the receipts in the decision log."""
+mode "kernel", equal to the receipts in the decision log; the transparent proxy's decisions (one
+mitmdump, or N workers) reach the same endpoint, summed with the kernel side."""
 
 from __future__ import annotations
 
@@ -64,6 +65,48 @@ def test_kernel_refusals_reach_the_metrics(tmp_path):
         assert value(families, "geogate_decisions_total", mode="kernel", action="block", rule="doj",
                      country="KP") == len(receipts)
         assert value(families, "geogate_gateway_restores_total") == 0
+    finally:
+        try:
+            if gateway is not None:
+                gateway.stop()
+        finally:
+            topo.tear_down()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_proxys_decisions_reach_the_gateways_endpoint(tmp_path, workers):
+    require_netns(TAG)
+    topo = Topology(f"{TAG}w{workers}")
+    gateway = None
+    try:
+        topo.build()
+        log = tmp_path / "decisions.jsonl"
+        gateway = GatewayProcess(topo, tmp_path, policy=write_policy(tmp_path / "policy.yaml"),
+                                 dbs=[write_db(tmp_path / "geo.mmdb")], log=log,
+                                 args=["--tcp-ports", "80", "--workers", str(workers), "--metrics", str(PORT)])
+        gateway.wait_ready(proxy=False)
+        gateway.wait_for_output(r"Transparent Proxy listening" if workers == 1
+                                else rf"{workers} workers share the port")
+        # HTTP to a KP address: the proxy (not the kernel) refuses it, and says so in a 403
+        for _ in range(3):
+            r = topo.sh("curl", "-sS", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}",
+                        f"http://{BAD4}/", ns="client", check=False)
+            assert r.stdout == "403", r.stderr + gateway.output
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            proxied = [r for r in gateway.records() if r.get("mode") == "transparent" and r.get("action") == "block"]
+            families = scrape(topo)
+            if len(proxied) >= 3 and value(families, "geogate_decisions_total", mode="transparent") == len(proxied):
+                break
+            time.sleep(0.3)
+        assert len(proxied) >= 3, gateway.output
+        assert value(families, "geogate_decisions_total", mode="transparent", action="block", rule="doj",
+                     country="KP") == len(proxied)
+        # one endpoint for the whole gateway: the kernel side beside the proxy's numbers
+        assert "geogate_gateway_receipts_written" in families and "geogate_gateway_restores" in families
+        assert value(families, "geogate_gateway_restores_total") == 0
+        # the gateway and its proxy both hold the policy: in force once, not counted twice
+        assert value(families, "geogate_policy_info", name="test") == 1
     finally:
         try:
             if gateway is not None:

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                         "or answer REFUSED")
     r.add_argument("--dns-port", metavar="PORT", help="local port of the DNS mode for --dns (default 8053)")
     r.add_argument("--metrics", metavar="[HOST:]PORT",
-                   help="serve Prometheus metrics of the kernel side at http://HOST:PORT/metrics (PORT alone: loopback)")
+                   help="serve Prometheus metrics (the kernel side and the proxy's decisions) at http://HOST:PORT/metrics "
+                        "(PORT alone: loopback)")
     r.add_argument("--workers", default="1", metavar="N",
                    help="transparent proxy processes sharing --proxy-port (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
@@ -108,6 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from geogate.metrics.address import parse_address
 
     metrics = parse_address(args.metrics) if args.metrics else None
+    if metrics is not None and _proxy_sets_metrics(args):
+        return _refuse("--metrics with -- --set geogate_metrics: the gateway's endpoint serves the proxy's "
+                       "decisions too; leave out --set geogate_metrics")
     workers = parse_workers(args.workers)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
@@ -146,6 +150,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "(give --dns-server with the upstream addresses)")
     gateway.start()
     return gateway.run_forever()
+
+
+def _proxy_sets_metrics(args: argparse.Namespace) -> bool:
+    """The proxy's own endpoint asked for after `--`: the gateway's already holds its numbers."""
+    from geogate.cli.run_proxy import _set_values
+
+    return bool(_set_values(list(args.mitmdump_args or ()), "geogate_metrics"))
 
 
 def _resolv_conf() -> tuple[str, str | None]:

@@ -108,15 +108,7 @@ class Gateway:
     # -- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         if self.options.metrics is not None:
-            from geogate.metrics.families import Metrics  # prometheus_client only when asked for
-            from geogate.metrics.kernel import KernelCollector
-            from geogate.metrics.serve import endpoint_registry
-            from geogate.metrics.serve import serve
-
-            self.metrics = Metrics()
-            self.metrics.in_force(self.state.policy.ref, self.state.databases.infos)
-            registry = endpoint_registry(self.metrics.registry, KernelCollector(self.metrics_counters))
-            self.metrics_server = serve(self.options.metrics, registry)
+            self._start_metrics(self.options.metrics)
         self._install(self.state, self.dbpieces, self.kernel_sets, self.text, old_notes=None)
         kernel.install_latch(self.config)
         kernel.set_forwarding(True)
@@ -137,6 +129,18 @@ class Gateway:
             t.start()
             self.threads.append(t)
         self._write_state()
+
+    def _start_metrics(self, address: tuple[str, int]) -> None:
+        """One endpoint for the whole gateway: the kernel counters, and the sum of what this
+        process and its proxy (one mitmdump, or a supervisor's workers) count in a shared
+        directory (prometheus_client's multiprocess mode); the proxy serves no endpoint itself."""
+        from geogate.metrics.families import Metrics  # prometheus_client only when asked for
+        from geogate.metrics.kernel import KernelCollector
+        from geogate.metrics.serve import SharedMetrics
+
+        self.metrics_server = SharedMetrics(address, KernelCollector(self.metrics_counters))
+        self.metrics = Metrics()  # after SharedMetrics: it writes to the shared directory
+        self.metrics.in_force(self.state.policy.ref, self.state.databases.infos)
 
     def _build(self, state: GateState,
                reuse: sets.DatabasePieces | None) -> tuple[sets.DatabasePieces, sets.KernelSets, str]:
@@ -420,15 +424,14 @@ class Gateway:
 
     def stop(self) -> None:
         self.stopping.set()
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.terminate()
             try:
                 self.proxy.wait(10)
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
+        if self.metrics_server is not None:  # after the proxy: it writes to the directory this removes
+            self.metrics_server.close()
         self.say("stopped; the rules stay in place (LAN traffic stays judged, proxied ports are refused); "
                  "`geogate gateway down` removes them")
         sys.stdout.flush()

@@ -9,6 +9,7 @@ is never older than the scrape.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -110,3 +111,82 @@ class WorkerMetrics:
         self.server.shutdown()
         self.server.server_close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
+
+
+def sweep_dead(directory: str) -> None:
+    """Drop the live gauges of every process that wrote to `directory` and is gone (a proxy child
+    restarted, a worker its supervisor replaced), whoever started it."""
+    from prometheus_client import multiprocess
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for pid in {int(m[1]) for n in names if (m := _LIVE_FILE.fullmatch(n))}:
+        if pid != os.getpid() and not _alive(pid):
+            multiprocess.mark_process_dead(pid, directory)
+
+
+class _SweptAggregate(Collector):
+    """The sum over the processes writing to `directory`, the dead ones' live gauges dropped first."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client import multiprocess
+
+        sweep_dead(self.directory)
+        yield from multiprocess.MultiProcessCollector(None, path=self.directory).collect()
+
+
+class SharedMetrics:
+    """For a process that counts and starts children that count too (the gateway and its proxy,
+    one mitmdump or a `geogate run --workers N` supervisor with its workers): a fresh directory
+    that this process and every child write to (MULTIPROC_ENV in this process's environment, which
+    the children inherit), and one endpoint serving their sum plus `extra` (the kernel counters).
+    A child then serves nothing itself. close() stops serving and removes the directory."""
+
+    def __init__(self, address: tuple[str, int], extra: Collector | None = None) -> None:
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="geogate-metrics-")
+        source = CollectorRegistry()
+        source.register(_SweptAggregate(self.directory))
+        try:
+            self.server = serve(address, endpoint_registry(source, extra))
+        except GeogateError:
+            os.rmdir(self.directory)
+            raise
+        os.environ[MULTIPROC_ENV] = self.directory
+        _count_to_files()
+
+    def close(self) -> None:
+        import shutil
+
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _count_to_files() -> None:
+    """Metrics made from now on write to MULTIPROC_ENV's directory. prometheus_client picks its
+    value class once, when first imported; a process that loaded it before the variable was set
+    (a test run, a library) picks again here."""
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()

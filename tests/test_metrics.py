@@ -35,6 +35,7 @@ from geogate.metrics.kernel import KernelCollector
 from geogate.metrics.serve import WithDatabaseAge
 from geogate.metrics.serve import aggregate_registry
 from geogate.metrics.serve import endpoint_registry
+from geogate.policy.state import GateState
 from geogate.proxy.addon import GeoGate
 from proxy_support import ALLOWED_IP
 from proxy_support import BLOCKED_IP
@@ -287,6 +288,39 @@ def test_database_age_is_derived_at_each_scrape():
     assert registry.get_sample_value("geogate_database_age_seconds", {"name": "geo"}) == 4000
     now[0] = 6000.0
     assert registry.get_sample_value("geogate_database_age_seconds", {"name": "geo"}) == 5000
+
+
+def test_database_staleness_follows_the_policys_limit_at_each_scrape(tmp_path):
+    """geo.max_age over the databases in use (GateState.limit): stale turns at the moment, at a
+    scrape and without a reload, with the policy's geo.on_stale as its label."""
+    db = write_db(tmp_path / "geo.mmdb")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: t\ndefault: allow\ngeo:\n  max_age: 30d\n  on_stale: block\n")
+    state = GateState.load(policy, [db])
+    metrics = Metrics()
+    metrics.in_force(state.policy.ref, state.databases.infos, state.limit)
+    now = [0.0]
+    registry = CollectorRegistry()
+    registry.register(WithDatabaseAge(metrics.registry, clock=lambda: now[0]))
+    built = state.databases.infos[0].build_epoch
+    assert registry.get_sample_value("geogate_database_max_age_seconds") == 30 * 86400
+    for at, stale in ((built + 30 * 86400 - 1, 0), (built + 30 * 86400, 1)):
+        now[0] = at
+        assert registry.get_sample_value("geogate_database_stale", {"on_stale": "block"}) == stale
+        assert state.freshness(at).stale is bool(stale)  # the engine's own answer, the same moment
+    # a reload without a limit: never stale, and the old setting is out of force
+    policy.write_text("version: 1\nname: t\ndefault: allow\n")
+    relaxed = GateState.load(policy, [db])
+    metrics.in_force(relaxed.policy.ref, relaxed.databases.infos, relaxed.limit)
+    assert registry.get_sample_value("geogate_database_max_age_seconds") == float("inf")
+    assert registry.get_sample_value("geogate_database_stale", {"on_stale": "block"}) == 0
+    assert registry.get_sample_value("geogate_database_stale", {"on_stale": "warn"}) == 0
+
+
+def test_without_a_limit_known_no_staleness_is_served():
+    metrics = Metrics()
+    registry = endpoint_registry(metrics.registry)
+    assert registry.get_sample_value("geogate_database_stale", {"on_stale": "warn"}) is None
 
 
 # -- the gateway's kernel side -------------------------------------------------------------------------

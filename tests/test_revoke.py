@@ -67,3 +67,26 @@ def test_a_connection_without_a_known_address_is_not_judged_and_clients_are_forg
     assert judge_again(after, next(iter(open_now))) is None  # address is the name: nothing to judge
     open_now.forget(client.id)
     assert len(open_now) == 0
+
+
+def test_each_revocation_is_counted_by_the_decision_that_closed_it(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons
+
+    from geogate.metrics.families import Metrics
+    from geogate.proxy.addon import GeoGate
+
+    before, after = states(tmp_path)
+    open_now = OpenConnections()
+    opened(open_now, before, "cut.example", "127.0.1.1")
+    opened(open_now, before, "kept.example", "127.0.1.2")
+    ((conn, d),) = revocations(after, open_now)
+    country = revoked_record(conn.decision, d)["country"]  # the test database's country for 127.0.1.1
+    gate = SimpleNamespace(open=open_now, revoked=0, log=None, metrics=Metrics())
+    with taddons.context():
+        GeoGate._revoke(gate, after)  # type: ignore[arg-type]
+    assert gate.revoked == 1
+    samples = [s for f in gate.metrics.registry.collect() if f.name == "geogate_revocations" for s in f.samples
+               if s.name == "geogate_revocations_total"]
+    assert [(s.labels, s.value) for s in samples] == [({"rule": "cut", "country": country}, 1.0)]

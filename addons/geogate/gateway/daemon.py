@@ -140,7 +140,7 @@ class Gateway:
 
         self.metrics_server = SharedMetrics(address, KernelCollector(self.metrics_counters))
         self.metrics = Metrics()  # after SharedMetrics: it writes to the shared directory
-        self.metrics.in_force(self.state.policy.ref, self.state.databases.infos)
+        self.metrics.in_force(self.state.policy.ref, self.state.databases.infos, self.state.limit)
 
     def _build(self, state: GateState,
                reuse: sets.DatabasePieces | None) -> tuple[sets.DatabasePieces, sets.KernelSets, str]:
@@ -170,7 +170,7 @@ class Gateway:
             # the sets hold the decisions of the moment: rebuilt when the databases pass geo.max_age
             self.built_stale = state.limit.stale(time.time())
         if self.metrics is not None:
-            self.metrics.in_force(state.policy.ref, state.databases.infos)
+            self.metrics.in_force(state.policy.ref, state.databases.infos, state.limit)
         counts = ks.element_counts()
         self.say(f"{'kernel sets' if first else 'kernel sets rebuilt'}: policy {ks.policy_name} "
                  f"(sha256 {ks.policy_sha256[:12]}), {counts['ipv4']} IPv4 and {counts['ipv6']} IPv6 blocked intervals, "

@@ -17,7 +17,9 @@ from prometheus_client import Counter
 from prometheus_client import Gauge
 from prometheus_client import Histogram
 
+from geogate.core.freshness import Limit
 from geogate.core.geo import DatabaseInfo
+from geogate.core.rules import OnStale
 from geogate.core.rules import PolicyRef
 
 DECISION_LABELS = ("action", "rule", "country", "mode")
@@ -29,6 +31,8 @@ RESOLVE_ERROR_KINDS = frozenset({"timeout", "nxdomain", "no-address", "no-answer
                                  "no-name-server", "invalid-name", "failed"})
 RELOAD_KINDS = frozenset({"policy", "database", "options"})
 RELOAD_RESULTS = frozenset({"success", "failure", "missing"})
+ON_STALE = frozenset(str(o) for o in OnStale)
+INF = float("inf")
 MAX_RULE_LENGTH = 64
 MAX_CHILDREN = 4096  # distinct raw label tuples remembered (the bounded labels are far fewer)
 # a decision is a dict probe (µs) unless a name is resolved (ms to the resolver timeout)
@@ -87,6 +91,13 @@ class Metrics:
                                     registry=r, multiprocess_mode="livemax")
         self.log_write_errors = Counter("geogate_log_write_errors", "Decision records that could not be written",
                                         registry=r)
+        self.max_age = Gauge("geogate_database_max_age_seconds",
+                             "The policy's geo.max_age (+Inf: no limit)", registry=r, multiprocess_mode="livemax")
+        self.stale_at = Gauge("geogate_database_stale_at_timestamp_seconds",
+                              "When the databases in use pass geo.max_age (+Inf: never, -Inf: an unusable build time), "
+                              "by the policy's geo.on_stale", ["on_stale"], registry=r, multiprocess_mode="livemax")
+        self.revocations = Counter("geogate_revocations", "Open connections closed because a reload blocks them, "
+                                   "by the new decision's rule and country", ["rule", "country"], registry=r)
         self.open_connections = Gauge("geogate_open_connections", "Upstream connections open now, by their decision",
                                       DECISION_LABELS, registry=r, multiprocess_mode="livesum")
         self._policy: tuple[str, str] | None = None
@@ -94,6 +105,7 @@ class Metrics:
         # costs one dict probe and one increment, not two regular expressions and a labels() lookup
         self._children: dict[tuple[Any, Any, Any, Any], Any] = {}
         self._databases: set[str] = set()
+        self._on_stale: str | None = None
 
     def decided(self, record: Mapping[str, Any], seconds: float | None = None) -> None:
         """A decision record was written (or would have been, with no log)."""
@@ -116,8 +128,9 @@ class Metrics:
     def log_write_error(self) -> None:
         self.log_write_errors.inc()
 
-    def in_force(self, policy: PolicyRef, databases: Iterable[DatabaseInfo]) -> None:
-        """The policy and databases decisions use now (at start and after each reload)."""
+    def in_force(self, policy: PolicyRef, databases: Iterable[DatabaseInfo], limit: Limit | None = None) -> None:
+        """The policy and databases decisions use now (at start and after each reload), and when
+        they turn stale (`limit`: GateState.limit)."""
         now = (rule_label(policy.name), policy.sha256)
         if self._policy is not None and self._policy != now:
             # a multiprocess gauge keeps a series it was given: 0 marks the old policy out of force
@@ -132,6 +145,21 @@ class Metrics:
         for gone in self._databases - names:
             self.database_build.remove(gone)
         self._databases = names
+        if limit is not None:
+            self._limit_in_force(limit)
+
+    def _limit_in_force(self, limit: Limit) -> None:
+        on_stale = _bounded(str(limit.on_stale), ON_STALE)
+        if self._on_stale is not None and self._on_stale != on_stale:
+            # as for the policy: a series once given stays; +Inf says the old setting never turns stale
+            self.stale_at.labels(self._on_stale).set(INF)
+        self.stale_at.labels(on_stale).set(limit.stale_at)
+        self.max_age.set(INF if limit.max_age is None else limit.max_age)
+        self._on_stale = on_stale
+
+    def revoked(self, rule: Any, country: Any) -> None:
+        """An open connection closed by a reload: counted by the decision that closed it."""
+        self.revocations.labels(rule_label(rule), country_label(country)).inc()
 
     def connection_opened(self, labels: tuple[str, str, str, str]) -> None:
         self.open_connections.labels(*labels).inc()

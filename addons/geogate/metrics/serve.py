@@ -3,7 +3,10 @@
 The endpoint serves a registry of its own that holds one collector: the families of this
 process (or, under PROMETHEUS_MULTIPROC_DIR, the sum over every worker's files), plus
 `geogate_database_age_seconds`, derived at each scrape from the build timestamps so that the age
-is never older than the scrape.
+is never older than the scrape, and `geogate_database_stale`, derived the same way from the time
+the policy's geo.max_age is passed (GateState.limit, set by each process at every reload): a
+supervisor that holds no state serves it too, and it turns at the scrape after the moment, not
+at the next reload.
 """
 
 from __future__ import annotations
@@ -38,14 +41,22 @@ class WithDatabaseAge(Collector):
     def collect(self) -> Iterator[Metric]:
         age = GaugeMetricFamily("geogate_database_age_seconds", "Seconds since each database in use was built",
                                 labels=["name"])
+        stale = GaugeMetricFamily("geogate_database_stale",
+                                  "1 while the databases in use are older than the policy's geo.max_age, "
+                                  "by its geo.on_stale", labels=["on_stale"])
         now = self.clock()
         families: Iterable[Metric] = self.source.collect()
         for family in families:
             if family.name == "geogate_database_build_timestamp_seconds":
                 for sample in family.samples:
                     age.add_metric([sample.labels["name"]], max(now - sample.value, 0.0))
+            elif family.name == "geogate_database_stale_at_timestamp_seconds":
+                for sample in family.samples:  # the moment core.freshness.Limit.stale turns true
+                    stale.add_metric([sample.labels["on_stale"]], 1.0 if now >= sample.value else 0.0)
             yield family
         yield age
+        if stale.samples:
+            yield stale
         if self.kernel is not None:
             yield from self.kernel.collect()
 

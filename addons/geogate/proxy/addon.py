@@ -526,7 +526,7 @@ class GeoGate:
         if self.metrics is not None:
             if self._running:
                 self.metrics.reloaded("options", "success")
-            self.metrics.in_force(live.state.policy.ref, live.state.databases.infos)
+            self.metrics.in_force(live.state.policy.ref, live.state.databases.infos, live.state.limit)
         if self._running:
             live.start()
         for line in describe(live.state):
@@ -554,6 +554,8 @@ class GeoGate:
             self.open.closed(conn.client, conn.server)
             closed = close_client_connection(conn.client, "geogate: revoked")
             self.revoked += 1
+            if self.metrics is not None:
+                self.metrics.revoked(rec.get("rule"), rec.get("country"))
             try:
                 if self.log is not None:
                     self.log.write(rec)
@@ -567,7 +569,7 @@ class GeoGate:
     def _reloaded(self, kind: str, result: str, state: GateState) -> None:
         if self.metrics is not None:
             self.metrics.reloaded(kind, result)
-            self.metrics.in_force(state.policy.ref, state.databases.infos)
+            self.metrics.in_force(state.policy.ref, state.databases.infos, state.limit)
 
     def _configure_metrics(self, text: str) -> None:
         """Count (with an address, or as a worker whose supervisor serves the sum) and serve.
@@ -592,7 +594,8 @@ class GeoGate:
         if self.metrics is None:
             self.metrics = Metrics()
             if self.live is not None:
-                self.metrics.in_force(self.live.state.policy.ref, self.live.state.databases.infos)
+                self.metrics.in_force(self.live.state.policy.ref, self.live.state.databases.infos,
+                                        self.live.state.limit)
         if address is not None:
             source = aggregate_registry(directory) if directory else self.metrics.registry
             try:

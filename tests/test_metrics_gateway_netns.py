@@ -107,6 +107,8 @@ def test_the_proxys_decisions_reach_the_gateways_endpoint(tmp_path, workers):
         assert value(families, "geogate_gateway_restores_total") == 0
         # the gateway and its proxy both hold the policy: in force once, not counted twice
         assert value(families, "geogate_policy_info", name="test") == 1
+        # the policy sets no geo.max_age: never stale
+        assert [(s.labels, s.value) for s in families["geogate_database_stale"]] == [({"on_stale": "warn"}, 0.0)]
     finally:
         try:
             if gateway is not None:

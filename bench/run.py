@@ -1,6 +1,6 @@
 """geogate benchmarks: the single entry point (`make bench`).
 
-    .venv/bin/python bench/run.py [--only engine,proxy,tunnel,audit] [--rounds 5] [--seconds 4]
+    .venv/bin/python bench/run.py [--only engine,proxy,tunnel,audit,gateway,scale,squid,bulk] [--rounds 5] [--seconds 4]
 
 Writes bench/results/latest.json (every figure: value, unit, target, pass, method, rounds, raw
 per-round numbers) and bench/results/latest.md (the short table). Loopback only; every load loop
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit as audit_bench  # noqa: E402
 import gateway as gateway_bench  # noqa: E402
 import proxy as proxy_bench  # noqa: E402
+import scale as scale_bench  # noqa: E402
 from lib import ADDON  # noqa: E402
 from lib import AUDIT_COMMAND  # noqa: E402
 from lib import BENCH  # noqa: E402
@@ -39,7 +40,8 @@ from lib import rnd  # noqa: E402
 from lib import spread  # noqa: E402
 
 RESULTS = BENCH / "results"
-SECTIONS = ("engine", "proxy", "tunnel", "audit", "gateway")
+SECTIONS = ("engine", "proxy", "tunnel", "audit", "gateway", "scale", "squid", "bulk")
+NEEDS_ORIGIN = ("proxy", "tunnel", "scale", "squid")
 BUDGET_S = 14 * 60  # stop starting new sections after this: `make bench` must stay under 15 minutes
 
 
@@ -271,6 +273,9 @@ def main() -> int:
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
     p.add_argument("--all-names", action="store_true",
                    help="measure both a hosts-file name and localhost (default: the hosts-file name if there is one)")
+    p.add_argument("--scale-rounds", type=int, default=3, help="rounds of the scale, squid and bulk benchmarks")
+    p.add_argument("--scale-seconds", type=int, default=3, help="seconds per load unit of the scale and squid benchmarks")
+    p.add_argument("--bulk-mib", type=int, default=scale_bench.BULK_MIB, help="MiB per bulk download")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite latest.md from the existing latest.json")
     a = p.parse_args()
@@ -278,7 +283,8 @@ def main() -> int:
         write_markdown(a.out / "latest.md", json.loads((a.out / "latest.json").read_text()))
         print((a.out / "latest.md").read_text())
         return 0
-    for name in ("rounds", "load_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows"):
+    for name in ("rounds", "load_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows",
+                 "scale_rounds", "scale_seconds", "bulk_mib"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.audit_rate_flows > a.audit_full_flows:
@@ -315,16 +321,22 @@ def main() -> int:
             try:
                 if section == "engine":
                     figs, n = engine_section(a.rounds, a.addresses)
-                elif section in ("proxy", "tunnel"):
+                elif section in NEEDS_ORIGIN:
                     if env.origin is None:
                         proxy_bench.start_origin(env)
                         figures.extend(proxy_bench.origin_alone(env))
                         notes["origin"] = env.notes.get("origin")
                     have_addon = ADDON.exists()
-                    if section == "proxy":
+                    if section == "scale":
+                        figs, n = scale_bench.scale_section(env, a.scale_rounds, a.scale_seconds)
+                    elif section == "squid":
+                        figs, n = scale_bench.squid_section(env, a.scale_rounds, a.scale_seconds)
+                    elif section == "proxy":
                         figs, n = proxy_bench.http_section(env, have_addon, a.all_names)
                     else:
                         figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
+                elif section == "bulk":
+                    figs, n = scale_bench.bulk_section(env, a.scale_rounds, a.bulk_mib)
                 elif section == "gateway":
                     figs, n = gateway_bench.gateway_section(tmp, a.rounds, a.seconds)
                 else:
@@ -352,7 +364,8 @@ def _write(a, machine, figures, notes, errors, timings, t_start, only) -> dict:
         "settings": {"sections": only, "rounds": a.rounds, "load_rounds": a.load_rounds, "seconds": a.seconds,
                      "warmup": a.warmup,
                      "addresses": a.addresses, "audit_rate_flows": a.audit_rate_flows,
-                     "audit_full_flows": a.audit_full_flows},
+                     "audit_full_flows": a.audit_full_flows, "scale_rounds": a.scale_rounds,
+                     "scale_seconds": a.scale_seconds, "bulk_mib": a.bulk_mib},
         "pieces": {"addon": ADDON.exists(), "audit_command": AUDIT_COMMAND.exists()},
         "elapsed_s": round(time.perf_counter() - t_start, 1),
         "section_seconds": timings,

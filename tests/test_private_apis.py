@@ -90,3 +90,38 @@ async def test_mitmproxy_client_writer_is_found_where_answer_before_upload_looks
             await asyncio.wait_for(task, 5)
     with taddons.context():
         assert client_writer(handler.client) is None  # no proxyserver: nothing is written early
+
+
+async def test_mitmproxy_listeners_share_their_port_where_workers_rely_on_it():
+    # two real server instances on one port, as two workers of `geogate run --workers 2` bind it
+    from geogate.proxy.mitmproxy_private import share_listening_ports
+
+    undo = share_listening_ports()
+    assert undo is not None, ("mitmproxy's mode_servers no longer binds with `asyncio.start_server` through its "
+                              "module global `asyncio`: geogate/proxy/mitmproxy_private.py share_listening_ports "
+                              "(geogate run --workers) relies on it")
+    instances = []
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proxyserver = Proxyserver()
+        with taddons.context(proxyserver) as tctx:
+            tctx.configure(proxyserver, listen_host="127.0.0.1")
+            for _ in range(2):
+                instance = mode_servers.ServerInstance.make(f"regular@{port}", proxyserver)
+                await instance.start()
+                instances.append(instance)
+            assert all(i.is_running for i in instances), [i.last_exception for i in instances]
+            for instance in instances:
+                (server,) = instance._servers
+                (sock,) = server.sockets
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+                assert sock.getsockname()[1] == port
+            for instance in instances:
+                await instance.stop()
+    finally:
+        undo()
+    from mitmproxy.proxy import mode_servers as ms
+
+    assert ms.asyncio is asyncio  # undone: other tests bind as mitmproxy does

@@ -486,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--listen-port", type=int, default=8080, help="port to listen on (default: 8080)")
     r.add_argument("--log", metavar="FILE", help="JSON-lines decision log")
     r.add_argument("--intercept", action="store_true", help="intercept TLS (needs the mitmproxy CA on clients)")
+    r.add_argument("--workers", default="1", metavar="N",
+                   help="proxy processes sharing the listening address (default 1; auto: one per core)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 

@@ -20,9 +20,11 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from geogate.addon import PATH as ADDON
+from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
 from geogate.policy.state import GateState
 from geogate.proxy.decision_log import DecisionLog
@@ -142,14 +144,18 @@ class _SaidOnce(logging.Filter):
 class _Announce:
     """A mitmproxy addon: its `running` hook comes after the proxy servers are bound."""
 
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+    def __init__(self, on_running: Callable[[], None]) -> None:
+        self.on_running = on_running
 
     def running(self) -> None:
-        print("\n".join(self.lines), flush=True)
+        self.on_running()
 
 
-def _run_mitmdump(argv: list[str], said: list[str], announce: list[str], mode: str) -> None:
+def _printer(lines: list[str]) -> Callable[[], None]:
+    return lambda: print("\n".join(lines), flush=True)
+
+
+def _run_mitmdump(argv: list[str], said: list[str], on_running: Callable[[], None], mode: str) -> None:
     from mitmproxy.tools import cmdline
     from mitmproxy.tools.dump import DumpMaster
     from mitmproxy.tools.main import run as run_master
@@ -157,7 +163,7 @@ def _run_mitmdump(argv: list[str], said: list[str], announce: list[str], mode: s
     class Master(DumpMaster):
         def __init__(self, options, **kwargs) -> None:
             super().__init__(options, **kwargs)
-            self.addons.add(_Announce(announce))
+            self.addons.add(_Announce(on_running))
 
     def extra(args: argparse.Namespace) -> dict[str, str]:  # what mitmdump itself does with a filter
         if args.filter_args:
@@ -198,6 +204,7 @@ def mitmdump_command(args: argparse.Namespace, state: GateState, extra: list[str
 
 
 def run(args: argparse.Namespace) -> int:
+    workers = parse_workers(getattr(args, "workers", "1"))
     extra = list(args.mitmdump_args or ())
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -207,6 +214,10 @@ def run(args: argparse.Namespace) -> int:
     # the paths the addon is given, so that it describes what it loads in the same words
     state = GateState.load(args.policy, [os.path.abspath(db) for db in args.db] if args.db else None)
     preflight(args, extra)
+    if workers > 1:
+        from geogate.cli.workers import check_shareable
+
+        args.listen_port = check_shareable(_mode_specs(args, extra), args.listen_host, args.listen_port)
     from geogate.proxy.dns_mode import refusal_before_start
 
     if refusal := refusal_before_start(state, _mode_specs(args, extra), _set_values(extra, "dns_name_servers")):
@@ -223,5 +234,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     argv = mitmdump_argv(args, state, extra)
     del state  # the addon loads its own, and keeps it current
-    _run_mitmdump(argv, said, announce, args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit
+    if workers > 1:
+        from geogate.cli.workers import Supervisor
+
+        return Supervisor(workers, argv, said, announce, args.mode).run()
+    _run_mitmdump(argv, said, _printer(announce), args.mode)  # a failed start ends in SystemExit(1), mitmdump's exit
     return 0

@@ -95,6 +95,7 @@ from geogate.proxy.reload import LiveState
 from geogate.proxy.reload import Source
 from geogate.proxy.reload import describe
 from geogate.proxy.reload import one_line
+from geogate.proxy.worker import open_decision_log
 
 logger = logging.getLogger("geogate")
 
@@ -456,7 +457,7 @@ class GeoGate:
         new = None
         if path:
             try:
-                new = DecisionLog(os.path.expanduser(path))
+                new = open_decision_log(os.path.expanduser(path))
             except GeogateError as e:
                 raise exceptions.OptionsError(f"geogate_log: {e}") from None
         old, self.log = self.log, new

@@ -7,9 +7,10 @@ names the file being written (st_dev/st_ino), so lines never go to a file nobody
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
-from typing import TextIO
+from typing import BinaryIO
 
 from geogate.core.errors import GeogateError
 from geogate.core.record import to_json_line
@@ -18,14 +19,14 @@ from geogate.core.record import to_json_line
 class DecisionLog:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._identity: tuple[int, int] | None = None
         self._reopen_requested = False
         self._open()
 
     def _open(self) -> None:
         try:
-            f = open(self.path, "a", encoding="utf-8")
+            f = open(self.path, "ab", buffering=0)
         except OSError as e:
             raise GeogateError(f"cannot open decision log {self.path}: {e.strerror or e}") from None
         st = os.fstat(f.fileno())
@@ -49,8 +50,11 @@ class DecisionLog:
             self.close()
             self._open()
         assert self._file is not None
-        self._file.write(to_json_line(record) + "\n")
-        self._file.flush()
+        # one write(2) of the whole line on an O_APPEND file: lines from several processes (the
+        # workers of `geogate run --workers N`) never interleave
+        data = (to_json_line(record) + "\n").encode("utf-8")
+        if os.write(self._file.fileno(), data) != len(data):
+            raise OSError(errno.ENOSPC, f"short write to the decision log {self.path}")
 
     def close(self) -> None:
         if self._file is not None:

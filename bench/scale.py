@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from dataclasses import field
-from pathlib import Path
 from typing import Any
 from typing import Callable
 
@@ -63,7 +64,7 @@ PACED = {"keepalive": (64, 400), "close": (16, 200), "tunnel": 40.0}  # (connect
 SATURATING = {"keepalive": 10, "close": 10, "tunnel": 8}  # connections / tunnel workers, no pacing
 SPREAD_TARGET = (40.0, 60.0)
 EFFICIENCY_TARGET_PCT = 5.0
-SAMPLE_EVERY = 0.1
+SAMPLE_EVERY = 0.02
 
 
 # -- process trees ---------------------------------------------------------------------------------
@@ -105,8 +106,8 @@ def socket_inodes(pid: int) -> set[int]:
 
 
 def tcp_sockets(port: int) -> dict[int, str]:
-    """inode -> state (hex, 01 established, 0A listening) of the IPv4 TCP sockets whose local
-    port is `port`, from /proc/net/tcp."""
+    """inode -> state (hex, 0A listening) of the IPv4 TCP sockets whose local port is `port`, from
+    /proc/net/tcp (read once per start: it lists every TIME_WAIT socket too)."""
     out = {}
     want = f":{port:04X}"
     with open("/proc/net/tcp") as f:
@@ -116,6 +117,46 @@ def tcp_sockets(port: int) -> dict[int, str]:
             if parts[1].endswith(want):
                 out[int(parts[9])] = parts[3]
     return out
+
+
+class EstablishedDump:
+    """The inodes of the established IPv4 TCP sockets with a given local port, from one
+    NETLINK_SOCK_DIAG dump: the kernel sends only established sockets, so the cost does not grow
+    with the thousands of TIME_WAIT sockets a new-connection load leaves (as /proc/net/tcp's does)."""
+
+    NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+    NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 0x1, 0x300, 3, 2
+    TCP_ESTABLISHED = 1
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.NETLINK_SOCK_DIAG)
+        # inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (48 bytes, zero: all)
+        req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << self.TCP_ESTABLISHED) + bytes(48)
+        self.request = struct.pack("=IHHII", 16 + len(req), self.SOCK_DIAG_BY_FAMILY,
+                                   self.NLM_F_REQUEST | self.NLM_F_DUMP, 0, 0) + req
+
+    def inodes(self) -> set[int]:
+        self.sock.send(self.request)
+        out: set[int] = set()
+        while True:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind == self.NLMSG_DONE:
+                    return out
+                if kind == self.NLMSG_ERROR or length < 16:
+                    raise OSError("sock_diag dump failed")
+                # inet_diag_msg: family, state, timer, retrans, sockid (sport at +4, big-endian), ...,
+                # expires, rqueue, wqueue, uid, inode at +68
+                msg = off + 16
+                if struct.unpack_from("!H", data, msg + 4)[0] == self.port:
+                    out.add(struct.unpack_from("=I", data, msg + 68)[0])
+                off += (length + 3) & ~3
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @dataclass
@@ -173,18 +214,21 @@ class ConnSampler:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
         self.seen: dict[int, set[int]] = {pid: set() for pid in tree.workers}
+        self.samples = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                established = {i for i, st in tcp_sockets(self.tree.port).items() if st == "01"}
+        dump = EstablishedDump(self.tree.port)
+        try:
+            while not self.stop.is_set():
+                established = dump.inodes()
                 for pid in self.tree.workers:
                     self.seen[pid] |= socket_inodes(pid) & established
-            except OSError:
-                pass
-            self.stop.wait(SAMPLE_EVERY)
+                self.samples += 1
+                self.stop.wait(SAMPLE_EVERY)
+        finally:
+            dump.close()
 
     def __enter__(self) -> "ConnSampler":
         self.thread.start()
@@ -383,6 +427,8 @@ def scale_section(env: proxy_bench.Env, rounds: int, seconds: int) -> tuple[list
     figures: list[Figure] = []
     notes: dict[str, Any] = {"trees": {"w1": one.pids, "w2": {"tree": two.pids, "workers": two.workers}}}
     try:
+        notes["idle_cpu_ms_per_s"] = idle_cpu([one, two], IDLE_SECONDS)
+        log(f"scale: CPU without load, ms per second: {notes['idle_cpu_ms_per_s']}")
         for kind in KINDS:
             for t in (one, two):
                 check(t, kind, env)
@@ -405,6 +451,18 @@ def scale_section(env: proxy_bench.Env, rounds: int, seconds: int) -> tuple[list
         for t in (one, two):
             stop_tree(t)
     return figures, notes
+
+
+IDLE_SECONDS = 3
+
+
+def idle_cpu(trees: list[Tree], seconds: float) -> dict[str, float | None]:
+    """CPU each tree uses with no load at all (timers, file watchers), ms per second: a cost per
+    process, paid once per worker whatever the load."""
+    before = [t.cpu() for t in trees]
+    time.sleep(seconds)
+    return {t.name: rnd(1000 * sum(tree_cpu(b, t.cpu()).values()) / seconds, 3)
+            for t, b in zip(trees, before, strict=True)}
 
 
 def _rss(pid: int) -> float | None:
@@ -454,9 +512,10 @@ def scale_figures(kind: str, paced: list[list[dict]], saturated: list[list[dict]
               f"{label} to the local origin")
     return [
         Figure(f"scale.{kind}.spread", f"2 workers, {label}: busiest worker's share of connections",
-               rnd(max_share, 3), "%",
+               rnd(max_share, 3), "% of connections",
                f"{common}; distinct client connections each worker held, sampled every {SAMPLE_EVERY:g} s from "
-               f"/proc (its fds against /proc/net/tcp) during {len(paced)} paced rounds of {seconds} s ({load_text}); "
+               "/proc and sock_diag (its socket fds against the established sockets on the port) during "
+               f"{len(paced)} paced rounds of {seconds} s ({load_text}); "
                "target: every worker 50% +- 10%", f"{SPREAD_TARGET[0]:g}-{SPREAD_TARGET[1]:g}% each",
                bool(sh) and all(SPREAD_TARGET[0] <= s <= SPREAD_TARGET[1] for s in sh), len(paced),
                [r[1]["worker_connections"] for r in paced],
@@ -549,7 +608,7 @@ def squid_figures(kind: str, paced: list[list[dict]], saturated: list[list[dict]
                 "squid_" + metric: rnd(median([r[1][metric] for r in paced]))}),
         Figure(f"squid.{kind}.capacity", f"Squid workers 2 / workers 1, {label}: capacity at saturation",
                rnd(median([rate_of(r[2]) / rate_of(r[1]) for r in saturated if rate_of(r[1])]), 3), "x",
-               f"unpaced load (" + (f"{SATURATING['tunnel']} tunnel workers" if kind == "tunnel" else
+               "unpaced load (" + (f"{SATURATING['tunnel']} tunnel workers" if kind == "tunnel" else
                                     f"wrk -t1 -c{SATURATING[kind]}") + f"), one proxy at a time (geogate, Squid "
                f"workers 1, Squid workers 2), {len(saturated)} rounds of {seconds} s; rates, the proxies' and the "
                "load generator's CPU (cores) in extra.saturated; same 2-core caveat as scale.*.capacity",

@@ -321,7 +321,7 @@ def run_section(section: str, a: argparse.Namespace, env: proxy_bench.Env, figur
         figs, n = gateway_bench.gateway_section(env.tmp, a.rounds, a.seconds)
     else:
         figs, n = audit_bench.audit_section(env.tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
-                                                a.audit_full_flows)
+                                            a.audit_full_flows)
     return figs, n
 
 

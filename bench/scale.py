@@ -60,7 +60,7 @@ KIND_LABEL = {"keepalive": "keep-alive plain HTTP", "close": "new connection per
 PER = {"keepalive": "req", "close": "req", "tunnel": "tunnel"}
 # paced loads (each proxy well below one core): many connections, so that the kernel's spread of
 # connections over workers is measured over more than a handful
-PACED = {"keepalive": (64, 400), "close": (16, 200), "tunnel": 40.0}  # (connections, delay ms) / tunnels/s
+PACED = {"keepalive": (32, 200), "close": (16, 200), "tunnel": 40.0}  # (connections, delay ms) / tunnels/s
 SATURATING = {"keepalive": 10, "close": 10, "tunnel": 8}  # connections / tunnel workers, no pacing
 SPREAD_TARGET = (40.0, 60.0)
 EFFICIENCY_TARGET_PCT = 5.0
@@ -171,7 +171,7 @@ class Tree:
     workers: list[int] = field(default_factory=list)
     proc: Proc | None = None
 
-    def discover(self, expect_workers: int, timeout: float = 30.0) -> None:
+    def discover(self, expect_workers: int, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self.pids = descendants(self.root)
@@ -427,6 +427,7 @@ def scale_section(env: proxy_bench.Env, rounds: int, seconds: int) -> tuple[list
     figures: list[Figure] = []
     notes: dict[str, Any] = {"trees": {"w1": one.pids, "w2": {"tree": two.pids, "workers": two.workers}}}
     try:
+        time.sleep(2)  # the workers finish loading in the background after they listen
         notes["idle_cpu_ms_per_s"] = idle_cpu([one, two], IDLE_SECONDS)
         log(f"scale: CPU without load, ms per second: {notes['idle_cpu_ms_per_s']}")
         for kind in KINDS:

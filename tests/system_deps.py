@@ -24,6 +24,7 @@ PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "nft": ("nftables", ()),
     "iperf3": ("iperf3", ()),
     "unshare": ("util-linux", ()),
+    "squid": ("squid", ("/usr/sbin/squid",)),
 }
 REASON = "missing system package"
 

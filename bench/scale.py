@@ -90,6 +90,14 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def socket_inodes(pid: int) -> set[int]:
     out = set()
     try:
@@ -176,7 +184,8 @@ class Tree:
         while True:
             self.pids = descendants(self.root)
             listening = {i for i, st in tcp_sockets(self.port).items() if st == "0A"}
-            self.workers = [p for p in self.pids if socket_inodes(p) & listening]
+            # Squid's SMP coordinator holds the listening socket too, and hands it to the workers
+            self.workers = [p for p in self.pids if socket_inodes(p) & listening and b"coord" not in _cmdline(p)]
             if len(self.workers) >= expect_workers or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -51,6 +51,7 @@ class Pair:
         self.client, self.servers = f"{tag}c", f"{tag}s"
         self.gateways = (GatewayNs(self, 1), GatewayNs(self, 2))
         self.ns = {"client": self.client, "servers": self.servers}  # for gateway_netns-style helpers
+        self.client_src = CLIENT_SRC
 
     def sh(self, *cmd: str, ns: str | None = None, check: bool = True, env: dict | None = None,
            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
@@ -137,3 +138,83 @@ class Pair:
     def tear_down(self) -> None:
         for ns in (self.client, self.servers, *(g.ns["gw"] for g in self.gateways)):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # the veths go with them
+
+
+VIP = "10.77.1.1"
+
+
+class LanPair(Pair):
+    """The same gateways on one LAN segment instead (a bridge in the client namespace), for VRRP:
+    the client's default route is the virtual address VIP, held by whichever gateway is master.
+
+        client 10.77.1.2 -- bridge -- gw1 10.77.1.11 (VIP when master) -- WAN bridge as above
+                                 \\-- gw2 10.77.1.12
+    """
+
+    def __init__(self, tag: str) -> None:
+        super().__init__(tag)
+        self.client_src = "10.77.1.2"
+        for g in self.gateways:
+            g.lan_ip = f"10.77.1.{10 + g.index}"
+            g.client_ip = "10.77.1.2"
+
+    def build(self) -> None:
+        c, s = self.client, self.servers
+        for ns in (c, s, *(g.ns["gw"] for g in self.gateways)):
+            self.sh("ip", "netns", "add", ns)
+            self.sh("ip", "link", "set", "lo", "up", ns=ns)
+        for ns, addrs in ((c, ("10.77.1.2",)), (s, (OK4, BAD4))):
+            self.sh("ip", "link", "add", "br0", "type", "bridge", ns=ns)
+            self.sh("ip", "link", "set", "br0", "up", ns=ns)
+            for addr in addrs:
+                self.sh("ip", "addr", "add", f"{addr}/24", "dev", "br0", ns=ns)
+        for g in self.gateways:
+            gw = g.ns["gw"]
+            for bridge_ns, port, dev, addr in ((c, g.client_if, g.ifs["gw_lan"], g.lan_ip),
+                                               (s, f"{self.tag}p{g.index}", g.ifs["gw_wan"], g.wan_ip)):
+                self.sh("ip", "link", "add", dev, "netns", gw, "type", "veth", "peer", "name", port, "netns", bridge_ns)
+                self.sh("ip", "link", "set", port, "master", "br0", ns=bridge_ns)
+                self.sh("ip", "link", "set", port, "up", ns=bridge_ns)
+                self.sh("ip", "addr", "add", f"{addr}/24", "dev", dev, ns=gw)
+                self.sh("ip", "link", "set", dev, "up", ns=gw)
+            self.sh("nft", "-f", "-", ns=gw, input=(
+                "table ip wan_nat {\n  chain post {\n    type nat hook postrouting priority srcnat;\n"
+                f"    oifname \"{g.ifs['gw_wan']}\" masquerade\n  }}\n}}\n"))
+        self.sh("ip", "route", "add", "default", "via", VIP, ns=c)
+
+    def holder(self) -> "GatewayNs | None":
+        """The gateway that holds the virtual address now."""
+        for g in self.gateways:
+            if f" {VIP}/" in self.sh("ip", "-4", "-o", "addr", "show", "dev", g.ifs["gw_lan"], ns=g.ns["gw"]).stdout:
+                return g
+        return None
+
+
+KEEPALIVED_CONF = """\
+global_defs {{
+    router_id {name}
+    script_user root
+}}
+
+vrrp_script geogate_ok {{
+    script "{check}"
+    interval 1
+    timeout 5
+    fall 2
+    rise 2
+}}
+
+vrrp_instance lan {{
+    state BACKUP
+    interface {lan}
+    virtual_router_id 77
+    priority {priority}
+    advert_int 1
+    virtual_ipaddress {{
+        {vip}/24 dev {lan}
+    }}
+    track_script {{
+        geogate_ok
+    }}
+}}
+"""

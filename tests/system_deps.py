@@ -25,6 +25,7 @@ PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "iperf3": ("iperf3", ()),
     "unshare": ("util-linux", ()),
     "squid": ("squid", ("/usr/sbin/squid",)),
+    "keepalived": ("keepalived", ("/usr/sbin/keepalived",)),
 }
 REASON = "missing system package"
 

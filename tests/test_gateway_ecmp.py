@@ -128,7 +128,7 @@ def client_socket(topo: Pair, kind: int, sport: int = 0) -> socket.socket:
     with topo.inside("client"):
         s = socket.socket(socket.AF_INET, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((CLIENT_SRC, sport))
+    s.bind((topo.client_src, sport))
     return s
 
 

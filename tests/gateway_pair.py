@@ -1,4 +1,4 @@
-"""Two gateways side by side, made and removed by the tests themselves (ECMP from the client side).
+"""Two gateways side by side, made and removed by the tests themselves (ECMP here, VRRP in LanPair).
 
                        10.77.1.2 <-veth-> 10.77.1.1 gw1 10.77.2.1 <-veth-+
     client  10.77.9.2 (lo)                                               bridge (servers ns)
@@ -19,10 +19,17 @@ would be lost, and the tests would see it.
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
 import re
+import socket
 import subprocess
+import threading
+import time
 from contextlib import contextmanager
+
+from gateway_netns import GatewayProcess
 
 CLIENT_SRC = "10.77.9.2"
 OK4, BAD4 = "10.77.2.10", "10.77.2.20"  # DE and KP in proxy_support.NETWORKS
@@ -218,3 +225,122 @@ vrrp_instance lan {{
     }}
 }}
 """
+
+
+# -- servers and clients of the pair tests --------------------------------------------------------
+
+class TcpEcho:
+    """Accepts on (ip, port), keeps each peer (a masqueraded peer names the gateway), echoes."""
+
+    def __init__(self, ip: str, port: int) -> None:
+        self.peers: list[tuple[str, int]] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            with conn:
+                conn.settimeout(3)
+                try:
+                    while data := conn.recv(4096):
+                        conn.sendall(data)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class UdpEcho:
+    def __init__(self, ip: str, port: int) -> None:
+        self.peers: list[tuple[str, int]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ip, port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except OSError:
+                return
+            self.peers.append(peer)
+            self.sock.sendto(data, peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client_socket(topo: Pair, kind: int, sport: int = 0) -> socket.socket:
+    with topo.inside("client"):
+        s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((topo.client_src, sport))
+    return s
+
+
+def http_get(topo: Pair, ip: str, path: str, sport: int = 0) -> tuple[int | None, bytes]:
+    """One request on a new connection: (status, body), or (None, why)."""
+    s = client_socket(topo, socket.SOCK_STREAM, sport)
+    s.settimeout(8)
+    try:
+        s.connect((ip, 80))
+        conn = http.client.HTTPConnection(ip, 80, timeout=8)
+        conn.sock = s
+        conn.request("GET", path, headers={"Connection": "close"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    except OSError as e:
+        return None, repr(e).encode()
+    finally:
+        s.close()
+
+
+def tcp_try(topo: Pair, ip: str, sport: int) -> str:
+    s = client_socket(topo, socket.SOCK_STREAM, sport)
+    s.settimeout(3)
+    try:
+        s.connect((ip, 22))
+        s.sendall(b"ping")
+        return "open" if s.recv(4) == b"ping" else "silent"
+    except ConnectionRefusedError:
+        return "reset"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"
+    finally:
+        s.close()
+
+
+def udp_try(topo: Pair, ip: str, sport: int) -> str:
+    s = client_socket(topo, socket.SOCK_DGRAM, sport)
+    s.settimeout(1.5)
+    try:
+        s.connect((ip, 53))
+        s.send(b"datagram")
+        return "echo" if s.recv(64) == b"datagram" else "other"
+    except OSError as e:
+        # a refusal comes back as ICMP administratively prohibited, reported on the connected socket
+        return errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
+    finally:
+        s.close()
+
+
+def proxied(gw: GatewayProcess, address: str, action: str) -> list[dict]:
+    return [r for r in gw.records() if r["mode"] == "transparent" and r["address"] == address and r["action"] == action]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")

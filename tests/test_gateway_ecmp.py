@@ -10,13 +10,8 @@ check withdraws its nexthop.
 
 from __future__ import annotations
 
-import errno
-import http.client
 import os
 import signal
-import socket
-import threading
-import time
 
 import pytest
 
@@ -26,6 +21,13 @@ from gateway_pair import BAD4
 from gateway_pair import CLIENT_SRC
 from gateway_pair import OK4
 from gateway_pair import Pair
+from gateway_pair import TcpEcho
+from gateway_pair import UdpEcho
+from gateway_pair import http_get
+from gateway_pair import proxied
+from gateway_pair import tcp_try
+from gateway_pair import udp_try
+from gateway_pair import wait_until
 from proxy_support import Origin
 from proxy_support import write_db
 from proxy_support import write_policy
@@ -34,56 +36,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
 TAG = f"ge{os.getpid() % 100000}"
 SPREAD_CONNECTIONS = 40
-
-
-class TcpEcho:
-    """Accepts on (ip, port), keeps each peer (a masqueraded peer names the gateway), echoes."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.peers: list[tuple[str, int]] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.peers.append(peer)
-            with conn:
-                conn.settimeout(3)
-                try:
-                    while data := conn.recv(4096):
-                        conn.sendall(data)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class UdpEcho:
-    def __init__(self, ip: str, port: int) -> None:
-        self.peers: list[tuple[str, int]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, port))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(2048)
-            except OSError:
-                return
-            self.peers.append(peer)
-            self.sock.sendto(data, peer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -120,75 +72,6 @@ def pair(tmp_path_factory):
             for s in servers.values():
                 s.close()
             topo.tear_down()
-
-
-# -- clients in the client namespace, from a chosen source port or any ----------------------------
-
-def client_socket(topo: Pair, kind: int, sport: int = 0) -> socket.socket:
-    with topo.inside("client"):
-        s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((topo.client_src, sport))
-    return s
-
-
-def http_get(topo: Pair, ip: str, path: str, sport: int = 0) -> tuple[int | None, bytes]:
-    """One request on a new connection: (status, body), or (None, why)."""
-    s = client_socket(topo, socket.SOCK_STREAM, sport)
-    s.settimeout(8)
-    try:
-        s.connect((ip, 80))
-        conn = http.client.HTTPConnection(ip, 80, timeout=8)
-        conn.sock = s
-        conn.request("GET", path, headers={"Connection": "close"})
-        r = conn.getresponse()
-        return r.status, r.read()
-    except OSError as e:
-        return None, repr(e).encode()
-    finally:
-        s.close()
-
-
-def tcp_try(topo: Pair, ip: str, sport: int) -> str:
-    s = client_socket(topo, socket.SOCK_STREAM, sport)
-    s.settimeout(3)
-    try:
-        s.connect((ip, 22))
-        s.sendall(b"ping")
-        return "open" if s.recv(4) == b"ping" else "silent"
-    except ConnectionRefusedError:
-        return "reset"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"
-    finally:
-        s.close()
-
-
-def udp_try(topo: Pair, ip: str, sport: int) -> str:
-    s = client_socket(topo, socket.SOCK_DGRAM, sport)
-    s.settimeout(1.5)
-    try:
-        s.connect((ip, 53))
-        s.send(b"datagram")
-        return "echo" if s.recv(64) == b"datagram" else "other"
-    except OSError as e:
-        # a refusal comes back as ICMP administratively prohibited, reported on the connected socket
-        return errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
-    finally:
-        s.close()
-
-
-def proxied(gw: GatewayProcess, address: str, action: str) -> list[dict]:
-    return [r for r in gw.records() if r["mode"] == "transparent" and r["address"] == address and r["action"] == action]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 # -- the tests, in order: both up, one link down, one process stopped -----------------------------

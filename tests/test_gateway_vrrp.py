@@ -25,14 +25,14 @@ from gateway_pair import KEEPALIVED_CONF
 from gateway_pair import OK4
 from gateway_pair import VIP
 from gateway_pair import LanPair
+from gateway_pair import TcpEcho
+from gateway_pair import http_get
+from gateway_pair import proxied
+from gateway_pair import tcp_try
+from gateway_pair import wait_until
 from proxy_support import Origin
 from proxy_support import write_db
 from proxy_support import write_policy
-from test_gateway_ecmp import TcpEcho
-from test_gateway_ecmp import http_get
-from test_gateway_ecmp import proxied
-from test_gateway_ecmp import tcp_try
-from test_gateway_ecmp import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 

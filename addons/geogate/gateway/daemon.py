@@ -260,12 +260,11 @@ class Gateway:
             if not latch_ok:
                 kernel.install_latch(self.config)
             if not table_ok:
-                held = (kernel.counters() or {}).get(ruleset.HELD_COUNTER, 0)
                 kernel.nft(self.text)
                 self.handle = kernel.table_handle()
                 full_ms = (time.monotonic() - started) * 1000
-                self.last_restore = {"holding_ms": round(holding_ms), "full_ms": round(full_ms), "held_new": held}
-                detail = f" (holding after {holding_ms:.0f} ms; {held} new flows refused until the sets were back)"
+                self.last_restore = {"holding_ms": round(holding_ms), "full_ms": round(full_ms)}
+                detail = f" (the holding table after {holding_ms:.0f} ms, the full sets after {full_ms:.0f} ms)"
         return detail
 
     def _intact(self) -> bool:

@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     r.add_argument("--proxy-port", type=int, default=8080, help="port of the transparent proxy (default 8080)")
     r.add_argument("--log-allowed", action="store_true",
                    help="also a decision record for each new flow the kernel allows (limited like the refusals)")
+    r.add_argument("--judge-host", action="store_true",
+                   help="judge the gateway's own outgoing traffic too (the proxy's upstream connections excepted)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -107,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     proxy = None
     if tcp_ports:
         proxy = _proxy_command(args, state)
-    config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports)
+    config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports,
+                           judge_host=args.judge_host)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
                       log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy,
                       log_allowed=args.log_allowed)

@@ -65,6 +65,17 @@ def _die_with_parent() -> None:
     _PRCTL(1, signal.SIGTERM)
 
 
+def _proxy_child(gid: int | None) -> Callable[[], None]:
+    """In the proxy child: end with the gateway; with --judge-host, run with the group that the
+    output chain exempts (the user stays root: the files it reads are root's)."""
+    def setup() -> None:
+        _die_with_parent()
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+    return setup
+
+
 def proxy_env() -> dict[str, str]:
     return dict(os.environ, **{PROXY_SHA_ENV: "full"})
 
@@ -190,7 +201,8 @@ class Gateway:
     # -- the proxy ------------------------------------------------------------------------------
     def _start_proxy(self, argv: list[str]) -> None:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=proxy_env(),
-                                text=True, bufsize=1, preexec_fn=_die_with_parent)
+                                text=True, bufsize=1,
+                                preexec_fn=_proxy_child(self.config.proxy_gid if self.config.judge_host else None))
         self.proxy = proc
         output = proc.stdout
         if output is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
@@ -379,7 +391,8 @@ class Gateway:
             "tcp_ports": list(self.config.tcp_ports),
             "proxy_port": self.config.proxy_port,
             "config": {"mark": self.config.mark, "route_table": self.config.route_table,
-                       "rule_pref": self.config.rule_pref, "log_group": self.config.log_group},
+                       "rule_pref": self.config.rule_pref, "log_group": self.config.log_group,
+                       "judge_host": self.config.judge_host},
             "kernel": {"policy_sha256": ks.policy_sha256, "policy": ks.policy_name, "elements": ks.element_counts(),
                        "build_seconds": round(ks.seconds, 3)},
             "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},

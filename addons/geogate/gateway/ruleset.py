@@ -47,6 +47,8 @@ class GatewayConfig:
     log_rate: int = 1000  # NFLOG messages per second at most, per group; counters count the rest
     flow_group: int = 6768  # NFLOG group of new allowed flows
     ct_mask: int = 0x7F000000  # conntrack mark bits holding the generation of the sets that allowed a flow
+    judge_host: bool = False  # the gateway's own outgoing traffic too (output hook), but the proxy's
+    proxy_gid: int = 6767  # the proxy child runs with this group: its upstream connections are exempt
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -164,8 +166,25 @@ def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
                 "    type nat hook prerouting priority dstnat; policy accept;",
                 f"    iifname {lan} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}",
                 "  }"]
+    out += _host_chain(config, ["goto p0"])
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _host_chain(config: GatewayConfig, tail: list[str]) -> list[str]:
+    """`--judge-host`: the gateway's own outgoing packets through `tail` (the default profile's
+    chain; in holding(), the holding rules). Exempt: the proxy child's sockets (its group), the
+    gateway's own addresses, and the LAN (answers to clients, the kernel's own refusals)."""
+    if not config.judge_host:
+        return []
+    lines = [
+        "type filter hook output priority mangle; policy accept;",
+        f"oifname {_quoted(('lo', *config.lan))} return",
+        "fib daddr type { local, broadcast, multicast } return",
+        f"meta skgid {config.proxy_gid} return",
+        *tail,
+    ]
+    return ["  chain output {", *(f"    {line}" for line in lines), "  }"]
 
 
 def _generation(config: GatewayConfig, generation: int) -> int:
@@ -200,17 +219,20 @@ def holding(config: GatewayConfig, generation: int, policy_sha256: str, policy_n
     lan = _quoted(config.lan)
     ports = _ports([(p, p) for p in sorted(set(config.tcp_ports))])
     comment = f"geogate policy={policy_sha256} name={policy_name} {HOLDING}"
+    hold = [
+        f"ct state established,related ct mark and {mask:#x} == {tag:#x} meta mark set meta mark | {config.mark:#x} return",
+        "ct state established,related drop",
+        f'counter name "{HELD_COUNTER}"',
+        "meta l4proto tcp reject with tcp reset",
+        "reject with icmpx admin-prohibited",
+    ]
     pre = [
         f'comment "{comment}"',
         "type filter hook prerouting priority mangle; policy accept;",
         f"iifname != {lan} return",
         "fib daddr type { local, broadcast, multicast } return",
         *([f"meta l4proto tcp th dport {ports} return"] if config.tcp_ports else []),
-        f"ct state established,related ct mark and {mask:#x} == {tag:#x} meta mark set meta mark | {config.mark:#x} return",
-        "ct state established,related drop",
-        f'counter name "{HELD_COUNTER}"',
-        "meta l4proto tcp reject with tcp reset",
-        "reject with icmpx admin-prohibited",
+        *hold,
     ]
     out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
            f'  comment "{comment}"', *_counters(), f"  counter {HELD_COUNTER} {{ }}",
@@ -220,6 +242,7 @@ def holding(config: GatewayConfig, generation: int, policy_sha256: str, policy_n
                 "    type nat hook prerouting priority dstnat; policy accept;",
                 f"    iifname {lan} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}",
                 "  }"]
+    out += _host_chain(config, hold)
     out.append("}")
     return "\n".join(out) + "\n"
 

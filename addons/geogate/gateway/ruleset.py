@@ -8,8 +8,13 @@ commits all three at once, so no packet ever sees the gateway without rules):
   chain of the first client profile whose sources hold the client, else to `p0`;
 - a profile chain rejects destinations in its blocked sets (TCP with a reset, everything else with
   ICMP administratively prohibited, so clients see a refusal, not a timeout), and marks every
-  packet it lets through;
-- `nat` redirects the proxied TCP ports to the transparent proxy.
+  packet it lets through; its connection's conntrack mark gets the sets' generation, and the
+  first packet of each allowed flow is counted (`allowed_new`) and logged (NFLOG `flow_group`);
+  refused first packets are counted (`blocked_new`) and logged (NFLOG `log_group`);
+- `nat` redirects the proxied TCP ports to the transparent proxy;
+- with `judge_host`, `output` sends the gateway's own packets to the default profile's chain.
+
+holding() is the small table put in place at once after a flush, while the full one loads.
 
 The mark is the latch (latch.py): policy routing forwards LAN traffic only with it, so when this
 table is gone (`nft flush ruleset`), nothing from the LAN is forwarded until it is back.

@@ -313,6 +313,9 @@ UDP_ECHO = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM
             "while True:\n d,a=s.recvfrom(64)\n s.sendto(d,a)\n")
 
 
+_PROBE_PORTS = iter(range(20000, 60000))  # each probe a source port of its own: truly a new flow
+
+
 def one_restore(nsx: Namespaces, state_file: Path) -> dict:
     """Flush the ruleset once; when the established flow (sent every 20 ms) and a new flow (a new
     socket every 50 ms) got through again, from the flush, and the gateway's own figures."""
@@ -341,6 +344,9 @@ def one_restore(nsx: Namespaces, state_file: Path) -> dict:
             s.settimeout(0.05)
             sent = time.monotonic()
             try:
+                # an ephemeral port may be one a recent probe used: its conntrack entry, allowed
+                # before the flush, would pass as established
+                s.bind(("0.0.0.0", next(_PROBE_PORTS)))
                 s.connect((nsx.server_ip, 5300))
                 s.send(b"new")
                 if s.recv(64) == b"new":

@@ -117,8 +117,7 @@ class Gateway:
         self.state_lock = threading.Lock()
         # the sets are built here and put in the kernel by start(): there are always sets to
         # compare a reload with, to name in a receipt and to put back if the table goes
-        self.generations = itertools.count(1)
-        self.generation = 0  # of the sets in the kernel (ruleset.render tags the flows they allow)
+        self.generations = itertools.count(1)  # each ruleset stamps the flows it allows with its own
         self.dbpieces, self.kernel_sets, self.text, self.text_generation = self._build(state, None)
         self.handle: int | None = None  # the table's handle once it is in the kernel
         self.proxy: subprocess.Popen | None = None

@@ -220,19 +220,30 @@ def ping(topo: Topology, ip: str) -> str:
         s.close()
 
 
+def settled(attempt, *args, tries: int = 3) -> str:
+    """An answer that is not a time-out: on a loaded machine a reply can be late, so one is tried
+    again (a refusal or a reached server is an answer at the first try; what a server receives is
+    asserted separately)."""
+    for _ in range(tries):
+        result = attempt(*args)
+        if result not in ("timeout", "slow reset", "silent", "EAGAIN"):
+            return result
+    return result
+
+
 def test_every_protocol_is_judged(gw):
     topo, servers, gateway = gw["topo"], gw["servers"], gw["gateway"]
     before = {k: (s.accepted if k[0] == "tcp" else len(s.received) if k[0] == "udp" else s.count if k[0] == "icmp" else 0)
               for k, s in servers.items()}
     for ok, bad in ((OK4, BAD4), (OK6, BAD6)):
         for port in TCP_PORTS:
-            assert tcp_try(topo, ok, port) == "open", gateway.output
-            assert tcp_try(topo, bad, port) == "reset"  # a TCP reset, at once
+            assert settled(tcp_try, topo, ok, port) == "open", gateway.output
+            assert settled(tcp_try, topo, bad, port) == "reset"  # a TCP reset, at once
         for port in UDP_PORTS:
-            assert udp_try(topo, ok, port) == "echo"
-            assert udp_try(topo, bad, port) == refused(bad)
-        assert ping(topo, ok) == "reply"
-        assert ping(topo, bad) == ("unreachable code 1" if ":" in bad else "unreachable code 13")
+            assert settled(udp_try, topo, ok, port) == "echo"
+            assert settled(udp_try, topo, bad, port) == refused(bad)
+        assert settled(ping, topo, ok) == "reply"
+        assert settled(ping, topo, bad) == ("unreachable code 1" if ":" in bad else "unreachable code 13")
     for ip in (BAD4, BAD6):
         assert servers[("icmp", ip)].count == before[("icmp", ip)] == 0
         for port in TCP_PORTS:

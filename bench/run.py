@@ -318,7 +318,7 @@ def run_section(section: str, a: argparse.Namespace, env: proxy_bench.Env, figur
     elif section == "bulk":
         figs, n = scale_bench.bulk_section(env, a.scale_rounds, a.bulk_mib)
     elif section == "gateway":
-        figs, n = gateway_bench.gateway_section(env.tmp, a.rounds, a.seconds)
+        figs, n = gateway_bench.gateway_section(env.tmp, a.gateway_rounds, a.seconds)
     else:
         figs, n = audit_bench.audit_section(env.tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
                                             a.audit_full_flows)
@@ -331,7 +331,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the engine, audit and capacity benchmarks")
-    p.add_argument("--load-rounds", type=int, default=9, help="rounds of the paired proxy and tunnel comparisons")
+    p.add_argument("--load-rounds", type=int, default=7, help="rounds of the paired proxy and tunnel comparisons")
     p.add_argument("--seconds", type=int, default=4, help="seconds per paired load unit (wrk / tunnel client)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up load per proxy pair (0: none)")
     p.add_argument("--addresses", type=int, default=100_000)
@@ -344,6 +344,8 @@ def main() -> int:
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
     p.add_argument("--all-names", action="store_true",
                    help="measure both a hosts-file name and localhost (default: the hosts-file name if there is one)")
+    p.add_argument("--gateway-rounds", type=int, default=3,
+                   help="rounds of the gateway benchmarks (set builds, iperf3 pairs, restores)")
     p.add_argument("--scale-rounds", type=int, default=3, help="rounds of the scale, squid and bulk benchmarks")
     p.add_argument("--scale-seconds", type=int, default=3, help="seconds per load unit of the scale and squid benchmarks")
     p.add_argument("--bulk-mib", type=int, default=scale_bench.BULK_MIB, help="MiB per bulk download")
@@ -354,7 +356,7 @@ def main() -> int:
         write_markdown(a.out / "latest.md", json.loads((a.out / "latest.json").read_text()))
         print((a.out / "latest.md").read_text())
         return 0
-    for name in ("rounds", "load_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows",
+    for name in ("rounds", "load_rounds", "gateway_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows",
                  "scale_rounds", "scale_seconds", "bulk_mib"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -13,7 +13,11 @@ same figures to the suite's report.
   to a server namespace, with `geogate gateway run` (bundled databases, the DOJ policy) and with
   the same namespaces forwarding without any rules, rounds interleaved;
 - reload: from a policy write (one country added to a block rule) to the new sets in the kernel
-  (the gateway names the new policy hash once nft has committed), through the running gateway.
+  (the gateway names the new policy hash once nft has committed), through the running gateway;
+- restore: `nft flush ruleset` in the gateway namespace while a client keeps one UDP flow going
+  and opens a new one every 50 ms: when the established flow and new flows get through again,
+  and what the gateway reports (holding table, full sets), for the DOJ policy and then the EU
+  adequacy allow-list (the policy file is switched and the sets rebuilt in between).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,6 +252,7 @@ def network_figures(rounds: int, seconds: int, tmp: Path) -> tuple[list[Figure],
                        [rnd(startup, 1)]),
                 reload_figure(tmp / "state.json", policy, rounds),
             ]
+            figures += restore_figures(guarded, tmp / "state.json", policy, rounds)
         finally:
             sh(str(GEOGATE), "gateway", "down", ns=guarded.ns["gw"], env=env, check=False)
             try:
@@ -284,6 +293,147 @@ def reload_figure(state_file: Path, policy: Path, rounds: int) -> Figure:
                   f"gateway's state names the new sha256 (written once nft has committed): file poll, settle, load, "
                   f"set build (the database walk is reused), nft -f; {rounds} rounds, median", None, None, rounds,
                   [rnd(x, 2) for x in delays])
+
+
+@contextmanager
+def inside(ns: str):
+    """This thread in namespace `ns`: sockets made in the body stay there."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        os.setns(there, os.CLONE_NEWNET)
+        yield
+    finally:
+        os.setns(here, os.CLONE_NEWNET)
+        os.close(here)
+        os.close(there)
+
+
+UDP_ECHO = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((sys.argv[1],5300))\n"
+            "while True:\n d,a=s.recvfrom(64)\n s.sendto(d,a)\n")
+
+
+_PROBE_PORTS = iter(range(20000, 60000))  # each probe a source port of its own: truly a new flow
+
+
+def one_restore(nsx: Namespaces, state_file: Path) -> dict:
+    """Flush the ruleset once; when the established flow (sent every 20 ms) and a new flow (a new
+    socket every 50 ms) got through again, from the flush, and the gateway's own figures."""
+    with inside(nsx.ns["client"]):
+        flow = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flow.connect((nsx.server_ip, 5300))
+    flow.settimeout(0.2)
+    stop = threading.Event()
+    echoed: list[float] = []
+    new_ok: list[float] = []
+
+    def established() -> None:
+        while not stop.is_set():
+            flow.send(struct.pack("!d", time.monotonic()))
+            try:
+                while True:
+                    data = flow.recv(64)
+                    echoed.append(struct.unpack("!d", data)[0])
+            except OSError:
+                pass  # the 20 ms are up (or an ICMP error from the gateway)
+
+    def newcomers() -> None:
+        while not stop.is_set():
+            with inside(nsx.ns["client"]):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(0.05)
+            sent = time.monotonic()
+            try:
+                # an ephemeral port may be one a recent probe used: its conntrack entry, allowed
+                # before the flush, would pass as established
+                s.bind(("0.0.0.0", next(_PROBE_PORTS)))
+                s.connect((nsx.server_ip, 5300))
+                s.send(b"new")
+                if s.recv(64) == b"new":
+                    new_ok.append(sent)
+            except OSError:
+                pass
+            finally:
+                s.close()
+            stop.wait(0.05)
+
+    flow.settimeout(0.02)
+    threads = [threading.Thread(target=t, daemon=True) for t in (established, newcomers)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        if not echoed or not new_ok:
+            raise RuntimeError("no traffic through the gateway before the flush")
+        restores = json.loads(state_file.read_text()).get("restores", 0)
+        sh("nft", "flush", "ruleset", ns=nsx.ns["gw"])
+        flushed = time.monotonic()  # after nft returned: what was sent before went through the old table
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = json.loads(state_file.read_text())
+            if state.get("restores", 0) > restores and any(t >= flushed for t in new_ok):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(2)
+        flow.close()
+    after = [t for t in echoed if t >= flushed]
+    fresh = [t for t in new_ok if t >= flushed]
+    if not after or not fresh:
+        raise RuntimeError("traffic did not come back after the flush")
+    last = state["last_restore"]
+    return {"established_s": min(after) - flushed, "new_flows_s": min(fresh) - flushed,
+            "holding_ms": last["holding_ms"], "full_ms": last["full_ms"]}
+
+
+def restore_figures(nsx: Namespaces, state_file: Path, policy: Path, rounds: int) -> list[Figure]:
+    import hashlib
+
+    echo = subprocess.Popen(["ip", "netns", "exec", nsx.ns["server"], PY, "-c", UDP_ECHO, nsx.server_ip])
+    figures: list[Figure] = []
+    try:
+        for name, path in POLICIES.items():
+            text = path.read_text()
+            want = hashlib.sha256(text.encode()).hexdigest()
+            if kernel_sha(state_file) != want:
+                tmp = policy.with_name("policy.yaml.tmp")
+                tmp.write_text(text)
+                tmp.replace(policy)
+                deadline = time.monotonic() + 300
+                while kernel_sha(state_file) != want and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            time.sleep(2)  # the swap's own restore of the flows settles
+            runs = [one_restore(nsx, state_file) for _ in range(rounds)]
+            common = (f"bundled databases, {path.relative_to(ROOT)}; `nft flush ruleset` in the gateway namespace, "
+                      f"watchdog every 0.25 s; {rounds} rounds, median")
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            figures += [
+                Figure(f"gateway.restore.{name}.established", f"Flush to an established allowed flow passing again, {name}",
+                       rnd(med["established_s"], 2), "s",
+                       f"a UDP flow sending every 20 ms: first datagram sent after the flush that was echoed (the holding "
+                       f"table lets flows the sets allowed go on); {common}", "< 2 s", med["established_s"] < 2, rounds,
+                       [rnd(r["established_s"], 3) for r in runs]),
+                Figure(f"gateway.restore.{name}.new_flows", f"Flush to new allowed flows passing again, {name}",
+                       rnd(med["new_flows_s"], 2), "s",
+                       f"a new UDP socket every 50 ms: first one sent after the flush that was echoed (needs the full "
+                       f"sets back); {common}", None, None, rounds, [rnd(r["new_flows_s"], 3) for r in runs]),
+                Figure(f"gateway.restore.{name}.holding", f"Holding table in place, {name} (gateway's figure)",
+                       rnd(med["holding_ms"], 3), "ms",
+                       f"from the watchdog noticing the flush to the holding table committed; {common}", None, None,
+                       rounds, [r["holding_ms"] for r in runs]),
+                Figure(f"gateway.restore.{name}.full", f"Full sets back, {name} (gateway's figure)",
+                       rnd(med["full_ms"], 4), "ms",
+                       f"from the watchdog noticing the flush to the full ruleset committed (new flows are refused "
+                       f"until then); {common}", None, None, rounds,
+                       [r["full_ms"] for r in runs]),
+            ]
+    finally:
+        echo.terminate()
+        echo.wait(5)
+    return figures
 
 
 def gateway_section(tmp: Path, rounds: int, seconds: int = 5) -> tuple[list[Figure], dict]:

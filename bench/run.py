@@ -1,6 +1,6 @@
 """geogate benchmarks: the single entry point (`make bench`).
 
-    .venv/bin/python bench/run.py [--only engine,proxy,tunnel,audit] [--rounds 5] [--seconds 4]
+    .venv/bin/python bench/run.py [--only engine,proxy,tunnel,audit,gateway,scale,squid,bulk] [--rounds 5] [--seconds 4]
 
 Writes bench/results/latest.json (every figure: value, unit, target, pass, method, rounds, raw
 per-round numbers) and bench/results/latest.md (the short table). Loopback only; every load loop
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit as audit_bench  # noqa: E402
 import gateway as gateway_bench  # noqa: E402
 import proxy as proxy_bench  # noqa: E402
+import scale as scale_bench  # noqa: E402
 from lib import ADDON  # noqa: E402
 from lib import AUDIT_COMMAND  # noqa: E402
 from lib import BENCH  # noqa: E402
@@ -39,7 +40,8 @@ from lib import rnd  # noqa: E402
 from lib import spread  # noqa: E402
 
 RESULTS = BENCH / "results"
-SECTIONS = ("engine", "proxy", "tunnel", "audit", "gateway")
+SECTIONS = ("engine", "proxy", "tunnel", "audit", "gateway", "scale", "squid", "bulk")
+NEEDS_ORIGIN = ("proxy", "tunnel", "scale", "squid")
 BUDGET_S = 14 * 60  # stop starting new sections after this: `make bench` must stay under 15 minutes
 
 
@@ -144,6 +146,14 @@ SHORT_METHOD = {
               "mitmdump; CPU per tunnel from /proc, geogate (TLS passthrough) vs bare mitmdump --ignore-hosts '.*' "
               "loaded at the same time; A/A pair as noise floor.",
     "memory": "VmRSS of the geogate mitmdump minus bare mitmdump, after start-up and after the plain-HTTP load.",
+    "scale": "`geogate run --workers 1` and `--workers 2` loaded at the same time by the same paced load "
+             "(efficiency: CPU of every process per request; spread: each worker's share of the client connections, "
+             "sampled), then saturated one at a time (capacity, with the load generator's CPU beside); "
+             "{scale_rounds} rounds of {scale_seconds} s.",
+    "squid": "Squid 5 (no cache, workers 1 and 2) and `geogate run` under the same loads: CPU per request paced "
+             "and loaded at the same time, then capacity at saturation one at a time.",
+    "bulk": "One TLS download of {bulk_mib} MiB straight, through bare mitmdump --ignore-hosts '.*' and through "
+            "geogate (TLS passthrough); MB/s and the proxy's user/system CPU.",
     "audit": "Fresh processes measured with wait4 (wall, CPU, ru_maxrss); geogate audit vs mitmdump -nr -q on the "
              "same generated .mitm file.",
 }
@@ -154,6 +164,8 @@ def _fmt(v: float | None, unit: str) -> str:
         return "—"
     if unit == "%":
         return f"{v:+.1f}%"
+    if unit.startswith("% of"):
+        return f"{v:.1f}%"
     if unit == "x":
         return f"{v:.2f}x"
     if unit in ("µs", "MiB"):
@@ -188,8 +200,40 @@ def _detail(f: dict) -> str:
                 f"{r[0]:.2f}–{r[1]:.2f}x); indicative only, see method")
     if fid.startswith("origin.") and e:
         return f"origin CPU {e.get('origin_cpu_ms_per_req')} ms/req"
+    if fid.startswith(("scale.", "squid.", "bulk.")) and f.get("status") == "measured":
+        return scale_detail(fid, e)
     if f.get("status") != "measured":
         return (e.get("reason") or e.get("error") or f.get("status", ""))[:120]
+    return ""
+
+
+def _rate(x: dict | None, unit: str = "/s") -> str:
+    return f"{x['rate']:,.0f}{unit} ({x['proxy_cores']:.2f} proxy + {x['generator_cores']:.2f} client cores)" if x else "—"
+
+
+def scale_detail(fid: str, e: dict) -> str:
+    """The detail column of the scale, squid and bulk figures."""
+    kind = fid.split(".")[1]
+    per = "tunnel" if kind == "tunnel" else "req"
+    if fid.endswith(".spread"):
+        return (f"connections {' / '.join(f'{x:.0f}%' for x in e.get('shares_pct') or [])} "
+                f"({sum(e.get('connections') or [])} seen); CPU {' / '.join(f'{x:.0f}%' for x in e.get('cpu_shares_pct') or [])}")
+    if fid.endswith(".efficiency"):
+        return (f"CPU/{per} {e.get(f'w1_cpu_ms_per_{per}')} → {e.get(f'w2_cpu_ms_per_{per}')} ms; "
+                f"client {e.get('generator_cores_median')} cores")
+    if fid.startswith("scale.") and fid.endswith(".capacity"):
+        sat, pred = e.get("saturated") or {}, e.get("predicted_ratio_for_cores") or {}
+        return (f"1 worker {_rate(sat.get('w1'))} → 2 workers {_rate(sat.get('w2'))}; predicted with a core per "
+                f"worker: " + ", ".join(f"{n} cores {v}x" for n, v in pred.items()))
+    if fid.endswith(".per_core"):
+        return f"CPU/{per} geogate {e.get(f'geogate_cpu_ms_per_{per}')} vs Squid {e.get(f'squid_cpu_ms_per_{per}')} ms"
+    if fid.startswith("squid.") and fid.endswith(".capacity"):
+        sat = e.get("saturated") or {}
+        return (f"geogate {_rate(sat.get('geogate'))}; Squid 1 worker {_rate(sat.get('squid_w1'))}, "
+                f"2 workers {_rate(sat.get('squid_w2'))}")
+    if fid.startswith("bulk.") and "mb_per_s" in e:
+        return (f"{e['mb_per_s']:.0f} vs {e['direct_mb_per_s']:.0f} MB/s; proxy {e.get('proxy_cpu_s_per_gb')} CPU s/GB, "
+                f"{100 * (e.get('proxy_system_share') or 0):.0f}% of it in the kernel")
     return ""
 
 
@@ -244,12 +288,41 @@ def write_markdown(path: Path, doc: dict) -> None:
                   "the proxy and tunnel ratios are measured so that background load hits both sides alike): "
                   + ", ".join(f"{k} {v['before'][0]:.2f}" for k, v in la.items()) + "."]
     lines += ["", "Method, in a sentence each (full wording per figure in latest.json):", ""]
-    settings = {"addresses": 100_000, "rounds": 5} | doc["settings"]
+    settings = {"addresses": 100_000, "rounds": 5, "scale_rounds": 3, "scale_seconds": 3, "bulk_mib": 200} | doc["settings"]
     for key, text in SHORT_METHOD.items():
         lines.append(f"- **{key}**: {text.format(**settings)}")
     if doc.get("errors"):
         lines += ["", "Errors:", ""] + [f"- {k}: {error_line(v)}" for k, v in doc["errors"].items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def run_section(section: str, a: argparse.Namespace, env: proxy_bench.Env, figures: list[Figure],
+                notes: dict) -> tuple[list[Figure], dict]:
+    """One section's figures and notes (the origin is started by the first section that needs it)."""
+    if section == "engine":
+        figs, n = engine_section(a.rounds, a.addresses)
+    elif section in NEEDS_ORIGIN:
+        if env.origin is None:
+            proxy_bench.start_origin(env)
+            figures.extend(proxy_bench.origin_alone(env))
+            notes["origin"] = env.notes.get("origin")
+        have_addon = ADDON.exists()
+        if section == "scale":
+            figs, n = scale_bench.scale_section(env, a.scale_rounds, a.scale_seconds)
+        elif section == "squid":
+            figs, n = scale_bench.squid_section(env, a.scale_rounds, a.scale_seconds)
+        elif section == "proxy":
+            figs, n = proxy_bench.http_section(env, have_addon, a.all_names)
+        else:
+            figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
+    elif section == "bulk":
+        figs, n = scale_bench.bulk_section(env, a.scale_rounds, a.bulk_mib)
+    elif section == "gateway":
+        figs, n = gateway_bench.gateway_section(env.tmp, a.gateway_rounds, a.seconds)
+    else:
+        figs, n = audit_bench.audit_section(env.tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
+                                            a.audit_full_flows)
+    return figs, n
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -258,7 +331,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the engine, audit and capacity benchmarks")
-    p.add_argument("--load-rounds", type=int, default=9, help="rounds of the paired proxy and tunnel comparisons")
+    p.add_argument("--load-rounds", type=int, default=7, help="rounds of the paired proxy and tunnel comparisons")
     p.add_argument("--seconds", type=int, default=4, help="seconds per paired load unit (wrk / tunnel client)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up load per proxy pair (0: none)")
     p.add_argument("--addresses", type=int, default=100_000)
@@ -271,6 +344,11 @@ def main() -> int:
                    help="also run geogate with --ignore-hosts '.*' in the tunnel benchmark (splits ClientHello cost)")
     p.add_argument("--all-names", action="store_true",
                    help="measure both a hosts-file name and localhost (default: the hosts-file name if there is one)")
+    p.add_argument("--gateway-rounds", type=int, default=3,
+                   help="rounds of the gateway benchmarks (set builds, iperf3 pairs, restores)")
+    p.add_argument("--scale-rounds", type=int, default=3, help="rounds of the scale, squid and bulk benchmarks")
+    p.add_argument("--scale-seconds", type=int, default=3, help="seconds per load unit of the scale and squid benchmarks")
+    p.add_argument("--bulk-mib", type=int, default=scale_bench.BULK_MIB, help="MiB per bulk download")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--render", action="store_true", help="only rewrite latest.md from the existing latest.json")
     a = p.parse_args()
@@ -278,7 +356,8 @@ def main() -> int:
         write_markdown(a.out / "latest.md", json.loads((a.out / "latest.json").read_text()))
         print((a.out / "latest.md").read_text())
         return 0
-    for name in ("rounds", "load_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows"):
+    for name in ("rounds", "load_rounds", "gateway_rounds", "seconds", "addresses", "audit_rate_flows", "audit_full_flows",
+                 "scale_rounds", "scale_seconds", "bulk_mib"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.audit_rate_flows > a.audit_full_flows:
@@ -313,23 +392,7 @@ def main() -> int:
             load_before = os.getloadavg()
             log(f"== {section} == (load average {load_before[0]:.2f})")
             try:
-                if section == "engine":
-                    figs, n = engine_section(a.rounds, a.addresses)
-                elif section in ("proxy", "tunnel"):
-                    if env.origin is None:
-                        proxy_bench.start_origin(env)
-                        figures.extend(proxy_bench.origin_alone(env))
-                        notes["origin"] = env.notes.get("origin")
-                    have_addon = ADDON.exists()
-                    if section == "proxy":
-                        figs, n = proxy_bench.http_section(env, have_addon, a.all_names)
-                    else:
-                        figs, n = proxy_bench.tunnel_section(env, have_addon, a.tunnel_diagnostic, a.all_names)
-                elif section == "gateway":
-                    figs, n = gateway_bench.gateway_section(tmp, a.rounds, a.seconds)
-                else:
-                    figs, n = audit_bench.audit_section(tmp, a.rounds, a.audit_rate_flows, a.audit_full_baseline,
-                                                        a.audit_full_flows)
+                figs, n = run_section(section, a, env, figures, notes)
                 figures.extend(figs)
                 notes[section] = n
             except Exception:
@@ -352,7 +415,8 @@ def _write(a, machine, figures, notes, errors, timings, t_start, only) -> dict:
         "settings": {"sections": only, "rounds": a.rounds, "load_rounds": a.load_rounds, "seconds": a.seconds,
                      "warmup": a.warmup,
                      "addresses": a.addresses, "audit_rate_flows": a.audit_rate_flows,
-                     "audit_full_flows": a.audit_full_flows},
+                     "audit_full_flows": a.audit_full_flows, "scale_rounds": a.scale_rounds,
+                     "scale_seconds": a.scale_seconds, "bulk_mib": a.bulk_mib},
         "pieces": {"addon": ADDON.exists(), "audit_command": AUDIT_COMMAND.exists()},
         "elapsed_s": round(time.perf_counter() - t_start, 1),
         "section_seconds": timings,

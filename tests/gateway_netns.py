@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import pytest
 
 import system_deps
 from proxy_support import DEAD_RESOLVER
-from record_schema import check_record
+from proxy_support import ReadsOutput
 
 GEOGATE = Path(sys.executable).with_name("geogate")
 OK4, BAD4, OK6, BAD6 = "10.77.2.10", "10.77.2.20", "fd77:2::10", "fd77:2::20"
@@ -94,7 +91,7 @@ def require_netns(tag: str) -> None:
     subprocess.run(["ip", "netns", "del", f"{tag}probe"], capture_output=True)
 
 
-class GatewayProcess:
+class GatewayProcess(ReadsOutput):
     """`geogate gateway run` in the gateway namespace; stop() ends it and takes the rules down."""
 
     def __init__(self, topo: Topology, tmp: Path, *, policy: Path, dbs: list[Path], log: Path | None = None,
@@ -112,31 +109,11 @@ class GatewayProcess:
         cmd = ["ip", "netns", "exec", topo.ns["gw"], str(GEOGATE), "gateway", "run", "--lan", topo.ifs["gw_lan"],
                "--policy", str(policy), *(a for db in dbs for a in ("--db", str(db))),
                *(["--log", str(log)] if log else []), *args, "--", "--set", f"confdir={tmp / 'confdir'}"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-                                     start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        self._read_output_of(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                              env=self.env, start_new_session=True))
 
     def wait_for_output(self, pattern: str, timeout: float = 30, start: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                if rx.search(line):
-                    return line
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no output matching {pattern!r}:\n{self.output}")
+        return super().wait_for_output(pattern, timeout, start)
 
     def wait_ready(self, proxy: bool = True) -> None:
         self.wait_for_output(r"forwarding on")
@@ -148,14 +125,6 @@ class GatewayProcess:
 
     def status(self) -> dict:
         return json.loads(self.geogate("gateway", "status", "--json").stdout)
-
-    def records(self) -> list[dict]:
-        if self.log_path is None or not self.log_path.exists():
-            return []
-        out = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
-        for rec in out:
-            check_record(rec)
-        return out
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -173,7 +173,56 @@ class Origin:
 LISTEN_RE = re.compile(r"(\S+(?: v5)?) proxy(?: \(\w+ mode\))? listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.IGNORECASE)
 
 
-class Mitmdump:
+class ReadsOutput:
+    """A child process whose output (stdout and stderr, merged) is read into `lines` by a thread,
+    for tests to wait on; `on_line` sees each line as it comes."""
+
+    def _read_output_of(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            self.on_line(line)
+        self.on_end()
+
+    def on_line(self, line: str) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_output(self, pattern: str, timeout: float = 10, start: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in self.lines[start:]:
+                if rx.search(line):
+                    return line
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break  # it has said all it will
+            time.sleep(0.05)
+        raise AssertionError(f"no output matching {pattern!r}:\n{self.output}")
+
+    def records(self) -> list[dict]:
+        log_path = getattr(self, "log_path", None)
+        if log_path is None or not log_path.exists():
+            return []
+        out = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+        for rec in out:
+            check_record(rec)  # what a real proxy wrote matches the documented schema
+        return out
+
+
+class Mitmdump(ReadsOutput):
     """A real mitmdump process with the geogate addon; stop() always ends it."""
 
     def __init__(self, tmp: Path, *, policy: Path, dbs: list[Path], log: Path | None = None,
@@ -196,28 +245,24 @@ class Mitmdump:
         cmd += list(args)
         full_env = dict(os.environ, GEOGATE_HOSTS_FILE=str(hosts), GEOGATE_RESOLV_CONF=str(resolv_conf),
                         PYTHONUNBUFFERED="1", **(env or {}))
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=full_env, start_new_session=True)
-        self.lines: list[str] = []
         self.port: int | None = None
         self.ports: dict[str, int] = {}  # "HTTP(S)" / "SOCKS v5" / "Transparent" -> port
         self._listeners = listeners
         self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._read_output_of(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                              env=full_env, start_new_session=True))
         if wait:
             self.wait_listening()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            m = LISTEN_RE.search(line)
-            if m:
-                self.ports[m.group(1)] = int(m.group(2))
-                self.port = self.port or int(m.group(2))
-                if len(self.ports) >= self._listeners:
-                    self._listening.set()
+    def on_line(self, line: str) -> None:
+        m = LISTEN_RE.search(line)
+        if m:
+            self.ports[m.group(1)] = int(m.group(2))
+            self.port = self.port or int(m.group(2))
+            if len(self.ports) >= self._listeners:
+                self._listening.set()
+
+    def on_end(self) -> None:
         self._listening.set()
 
     def wait_listening(self, timeout: float = 20) -> int:
@@ -234,28 +279,6 @@ class Mitmdump:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_output(self, pattern: str, timeout: float = 10, start: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                if rx.search(line):
-                    return line
-            time.sleep(0.05)
-        raise AssertionError(f"no output matching {pattern!r}:\n{self.output}")
-
-    def records(self) -> list[dict]:
-        if self.log_path is None or not self.log_path.exists():
-            return []
-        out = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
-        for rec in out:
-            check_record(rec)  # what a real proxy wrote matches the documented schema
-        return out
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -25,6 +25,8 @@ PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "iperf3": ("iperf3", ()),
     "unshare": ("util-linux", ()),
     "prometheus": ("prometheus", ()),
+    "squid": ("squid", ("/usr/sbin/squid",)),
+    "keepalived": ("keepalived", ("/usr/sbin/keepalived",)),
 }
 REASON = "missing system package"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ BENCH = ROOT / "bench"
 def bench():
     """The bench modules (they import each other by top-level name), without leaving bench/ on
     sys.path or its module names in sys.modules for other tests."""
-    names = ("lib", "addrgen", "flowgen", "audit", "proxy", "run")
+    names = ("lib", "addrgen", "flowgen", "audit", "proxy", "scale", "run")
     saved = {n: sys.modules.pop(n) for n in names if n in sys.modules}
     sys.path.insert(0, str(BENCH))
     try:
@@ -216,18 +217,101 @@ def test_bad_settings_are_refused_before_anything_runs(args, complaint, tmp_path
     assert not list(tmp_path.iterdir())
 
 
+# -- the scale sections ---------------------------------------------------------------------------
+
+def test_established_sockets_come_from_sock_diag_with_their_inodes(bench):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    dump = bench.scale.EstablishedDump(port)
+    try:
+        assert dump.inodes() == set()  # a listening socket is not an established one
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        assert dump.inodes() == {os.fstat(accepted.fileno()).st_ino}
+        assert os.fstat(accepted.fileno()).st_ino in bench.scale.socket_inodes(os.getpid())
+        client.close()
+        accepted.close()
+    finally:
+        dump.close()
+        listener.close()
+
+
+def test_a_process_tree_is_found_from_its_root(bench):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = bench.scale.descendants(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+        assert bench.scale.descendants(child.pid) == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize(
+    "cores, cpu_ratio, busiest, expected",
+    [
+        (2, 1.0, 50.0, 2.0),  # even spread, no extra cost: linear
+        (2, 1.1, 50.0, 2 / 1.1),  # each request costs 10% more with two workers
+        (2, 1.0, 60.0, 2 * 50 / 60),  # the busiest worker saturates first
+        (4, 1.0, 50.0, 4.0),
+    ],
+)
+def test_capacity_prediction_from_spread_and_efficiency(bench, cores, cpu_ratio, busiest, expected):
+    assert bench.scale.predicted_ratio(cores, cpu_ratio, busiest) == pytest.approx(expected)
+
+
+def test_shares_are_percentages_of_what_was_seen(bench):
+    assert bench.scale.shares([30, 10]) == [75.0, 25.0]
+    assert bench.scale.shares([0, 0]) == []
+
+
+@pytest.mark.e2e
+@system_deps.needs("wrk", "squid")
+def test_scale_squid_and_bulk_sections_report_every_figure(tmp_path):
+    argv = [sys.executable, str(BENCH / "run.py"), "--only", "scale,squid,bulk", "--seconds", "1", *SHORT_SCALE,
+            "--out", str(tmp_path)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["errors"] == {}
+    by_id = {f["id"]: f for f in doc["figures"]}
+    for kind in ("keepalive", "close", "tunnel"):
+        spread = by_id[f"scale.{kind}.spread"]
+        assert spread["status"] == "measured" and isinstance(spread["pass"], bool)
+        assert sum(spread["extra"]["shares_pct"]) == pytest.approx(100, abs=0.2)
+        assert len(spread["extra"]["connections"]) == 2 and min(spread["extra"]["connections"]) > 0
+        eff = by_id[f"scale.{kind}.efficiency"]
+        assert isinstance(eff["value"], float) and isinstance(eff["pass"], bool)
+        cap = by_id[f"scale.{kind}.capacity"]
+        assert set(cap["extra"]["saturated"]) == {"w1", "w2"}
+        assert all(x["generator_cores"] > 0 and x["proxy_cores"] > 0 for x in cap["extra"]["saturated"].values())
+        assert by_id[f"squid.{kind}.per_core"]["value"] > 0
+        assert set(by_id[f"squid.{kind}.capacity"]["extra"]["saturated"]) == {"geogate", "squid_w1", "squid_w2"}
+    assert doc["notes"]["scale"]["trees"]["w2"]["workers"] and len(doc["notes"]["scale"]["trees"]["w2"]["workers"]) == 2
+    for fid in ("bulk.geogate_vs_direct", "bulk.bare_vs_direct"):
+        assert by_id[fid]["value"] > 0 and by_id[fid]["extra"]["proxy_cpu_s_per_gb"] > 0
+    assert by_id["bulk.direct"]["value"] > 0
+    md = (tmp_path / "latest.md").read_text()
+    for f in doc["figures"]:
+        assert f"| {f['name']} |" in md
+
+
 # -- the whole suite, tiny ------------------------------------------------------------------------
 
 TARGETS = ("engine.cached", "engine.uncached_vs_raw", "proxy.ip.keepalive", "proxy.ip.close", "memory.after_start",
            "memory.after_load", "tunnel.ip", "audit.rate_ratio", "audit.memory_flat")
+SHORT_SCALE = ["--scale-rounds", "1", "--scale-seconds", "1", "--bulk-mib", "8"]
 
 
 @pytest.mark.e2e
 @system_deps.needs("wrk")
-def test_make_bench_runs_every_section_and_reports_every_target(tmp_path):
+def test_make_bench_sections_report_every_target(tmp_path):
     argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "2", "--seconds", "1",
             "--warmup", "0", "--addresses", "2000", "--audit-rate-flows", "200", "--audit-full-flows", "1000",
-            "--out", str(tmp_path)]
+            # the scale, squid and bulk sections have their own smoke test above
+            "--only", "engine,proxy,tunnel,audit,gateway", "--out", str(tmp_path)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((tmp_path / "latest.json").read_text())

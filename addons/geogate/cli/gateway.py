@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
                         "(PORT alone: loopback)")
     r.add_argument("--workers", default="1", metavar="N",
                    help="transparent proxy processes sharing --proxy-port (default 1; auto: one per core)")
+    r.add_argument("--log-allowed", action="store_true",
+                   help="also a decision record for each new flow the kernel allows (limited like the refusals)")
+    r.add_argument("--judge-host", action="store_true",
+                   help="judge the gateway's own outgoing traffic too (the proxy's upstream connections excepted)")
     r.add_argument("mitmdump_args", nargs=argparse.REMAINDER, help="-- then extra mitmdump arguments")
     r.set_defaults(func=cmd_run)
 
@@ -100,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if kernel.nft_path() is None:
         return _refuse("nft is not installed (Debian/Ubuntu: apt-get install nftables)")
+    if args.log_allowed and not args.log:
+        return _refuse("--log-allowed writes decision records: give --log FILE too")
     if kernel.ip_path() is None:
         return _refuse("ip is not installed (Debian/Ubuntu: apt-get install iproute2)")
     for lan in args.lan:
@@ -140,10 +146,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if tcp_ports or dns:
         proxy = _proxy_command(args, state, tcp_ports, dns, workers)
     config = GatewayConfig(lan=tuple(args.lan), proxy_port=args.proxy_port, tcp_ports=tcp_ports,
-                           dns_port=dns.port if dns else None)
+                           dns_port=dns.port if dns else None, judge_host=args.judge_host)
     options = Options(policy=args.policy, dbs=list(args.db or ()),
                       log=os.path.abspath(args.log) if args.log else None, proxy_argv=proxy,
-                      dns=dns.state() if dns else None, metrics=metrics)
+                      dns=dns.state() if dns else None, metrics=metrics, log_allowed=args.log_allowed)
     gateway = Gateway(config, options, state)
     for ns in dns.local_name_servers() if dns else ():
         gateway.say(f"WARNING: DNS name server {ns} is on this host: geogate judges it, not the servers it asks "
@@ -263,14 +269,17 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from geogate.gateway import kernel
+    from geogate.gateway.ruleset import HOLDING
 
     saved = _read_state() or {}
     config = _saved_config(saved)
     table = kernel.nft_path() is not None and kernel.table_handle() is not None
     comment = kernel.table_comment() if table else None
     kernel_sha = None
+    holding = False
     if comment:
         kernel_sha = next((w.split("=", 1)[1] for w in comment.split() if w.startswith("policy=")), None)
+        holding = HOLDING in comment.split()
     running = _alive(saved.get("pid"))
     proxy = saved.get("proxy") or {}
     latch = bool(config.lan) and kernel.latch_present(config)
@@ -279,12 +288,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         "table": table,
         "latch": latch,
         "forwarding": kernel.forwarding(),
-        "kernel": {"policy_sha256": kernel_sha, "elements": (saved.get("kernel") or {}).get("elements")},
+        "kernel": {"policy_sha256": kernel_sha, "elements": (saved.get("kernel") or {}).get("elements"),
+                   "holding": holding},
         "proxy": {"policy_sha256": proxy.get("policy_sha256") if running else None,
                   "running": running and _alive(proxy.get("pid"))},
         "restores": saved.get("restores", 0),
+        "last_restore": saved.get("last_restore"),
         "receipts": saved.get("receipts"),
         "dns": _dns_status(saved, running),
+        "flows": saved.get("flows") if running else None,
     }
     ok = running and table and latch and (not proxy.get("pid") or status["proxy"]["running"])
     if args.json:
@@ -295,11 +307,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"table:      {'inet geogate present' if table else 'absent'}")
         print(f"latch:      {'in place' if latch else 'absent'}")
         print(f"forwarding: {fwd}")
-        print(f"kernel:     policy sha256 {kernel_sha or '-'}")
+        print(f"kernel:     policy sha256 {kernel_sha or '-'}"
+              + (" (holding: the sets are being put back; new flows are refused)" if holding else ""))
         print(f"proxy:      policy sha256 {status['proxy']['policy_sha256'] or '-'}")
         print(f"dns:        {_dns_text(status['dns'])}")
         if kernel_sha and status["proxy"]["policy_sha256"] and kernel_sha != status["proxy"]["policy_sha256"]:
             print("WARNING: the kernel and the proxy use different policies (a reload in progress?)")
+        _print_flows(status["flows"])
     return 0 if ok else NOT_RUNNING
 
 
@@ -330,6 +344,19 @@ def _check_dns(state) -> None:
             print(f"dns: {line.removeprefix('geogate: ')}")
         if not judged.allowed:
             print(f"dns: with this policy {judged.refusal()}: every LAN DNS question would be refused")
+
+
+def _print_flows(flows: dict | None) -> None:
+    if not flows:
+        return
+    for action in ("allowed", "blocked"):
+        parts = [f"{rule} {cc} {n}" for rule, by_cc in sorted(flows.get(action, {}).items())
+                 for cc, n in sorted(by_cc.items())]
+        total = (flows.get("kernel") or {}).get(action)
+        print(f"flows {action}: {', '.join(parts) or 'none'}" + (f" (kernel counted {total})" if total is not None else ""))
+    if flows.get("lagging"):
+        print(f"WARNING: not every kernel flow reached the gateway to be attributed (unattributed: "
+              f"{flows.get('unattributed')}, NFLOG overruns {flows.get('nflog_overruns', 0)}); the kernel totals are exact")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

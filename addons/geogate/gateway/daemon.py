@@ -7,7 +7,10 @@ then forwarding turned on, then the transparent proxy started. While running, th
 - the file watcher rebuilds the sets when the policy or a database changes (settled content,
   a new sha256) and swaps them in one transaction; a file that does not load leaves the sets
   that are live in place, and says so;
-- the NFLOG reader turns refused flows into decision records (receipts.py).
+- the NFLOG reader turns refused flows into decision records (receipts.py) and counts new
+  flows, allowed and refused, per rule and country (flowcount.py), beside the kernel's counters.
+After a flush the table comes back in two steps: at once a holding table that lets the flows
+the sets allowed go on and refuses anything new (ruleset.holding), then the full sets.
 Stopping leaves the rules in place (the LAN stays judged, the proxied ports refused);
 `geogate gateway down` removes them.
 """
@@ -15,6 +18,8 @@ Stopping leaves the rules in place (the LAN stays judged, the proxied ports refu
 from __future__ import annotations
 
 import ctypes
+import errno
+import itertools
 import json
 import os
 import re
@@ -37,7 +42,11 @@ from geogate.core.lookup import FactsSource
 from geogate.gateway import kernel
 from geogate.gateway import ruleset
 from geogate.gateway import sets
+from geogate.gateway.flowcount import FlowCounts
+from geogate.gateway.flowcount import FlowVerdicts
 from geogate.gateway.nflog import NflogSocket
+from geogate.gateway.nflog import Refused
+from geogate.gateway.receipts import AllowedReceipts
 from geogate.gateway.receipts import JsonLines
 from geogate.gateway.receipts import Receipts
 from geogate.policy.loader import load_policy
@@ -46,7 +55,8 @@ from geogate.policy.state import default_policy_path
 from geogate.policy.state import named_database_files
 
 DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
-_PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12})\)")
+_PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12}(?:[0-9a-f]{52})?)\)")
+PROXY_SHA_ENV = "GEOGATE_LOG_SHA256"  # set to "full" for the proxy child: it names whole hashes
 
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
@@ -55,6 +65,21 @@ _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: t
 def _die_with_parent() -> None:
     """In the proxy child: end with the gateway, however it ends (PR_SET_PDEATHSIG)."""
     _PRCTL(1, signal.SIGTERM)
+
+
+def _proxy_child(gid: int | None) -> Callable[[], None]:
+    """In the proxy child: end with the gateway; with --judge-host, run with the group that the
+    output chain exempts (the user stays root: the files it reads are root's)."""
+    def setup() -> None:
+        _die_with_parent()
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+    return setup
+
+
+def proxy_env() -> dict[str, str]:
+    return dict(os.environ, **{PROXY_SHA_ENV: "full"})
 
 
 def state_file_path() -> Path:
@@ -80,6 +105,8 @@ class Options:
     file_interval: float = 0.5
     settle: float = 0.3
     metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
+    log_allowed: bool = False  # a decision record for each new allowed kernel flow
+    count_interval: float = 1.0  # the kernel's flow counters are read this often
 
 
 class Gateway:
@@ -91,16 +118,23 @@ class Gateway:
         self.say = say or (lambda line: print(f"geogate: {line}", flush=True))
         self.lock = threading.RLock()  # one nft transaction at a time; state and sets swap together
         self.stopping = threading.Event()
+        self.state_lock = threading.Lock()
         # the sets are built here and put in the kernel by start(): there are always sets to
         # compare a reload with, to name in a receipt and to put back if the table goes
-        self.dbpieces, self.kernel_sets, self.text = self._build(state, None)
+        self.generations = itertools.count(1)  # each ruleset stamps the flows it allows with its own
+        self.dbpieces, self.kernel_sets, self.text, self.text_generation = self._build(state, None)
         self.built_stale = state.limit.stale(time.time())  # what the sets were built with (see _watch_files)
         self.handle: int | None = None  # the table's handle once it is in the kernel
         self.proxy: subprocess.Popen | None = None
         self.proxy_sha: str | None = None
         self.log = JsonLines(options.log) if options.log else None
         self.receipts = Receipts(lambda: self.state, self._write, lambda: self.kernel_sets.policy_sha256)
+        self.allowed_receipts = (AllowedReceipts(lambda: self.state, self._write, lambda: self.kernel_sets.policy_sha256)
+                                 if options.log_allowed else None)
+        self.counts = FlowCounts()
+        self.verdicts = FlowVerdicts(lambda: self.state)
         self.restores = 0
+        self.last_restore: dict | None = None
         self.threads: list[threading.Thread] = []
         self.metrics: Any = None  # a metrics.families.Metrics with --metrics
         self.metrics_server: Any = None
@@ -109,7 +143,7 @@ class Gateway:
     def start(self) -> None:
         if self.options.metrics is not None:
             self._start_metrics(self.options.metrics)
-        self._install(self.state, self.dbpieces, self.kernel_sets, self.text, old_notes=None)
+        self._install(self.state, self.dbpieces, self.kernel_sets, self.text, self.text_generation, old_notes=None)
         kernel.install_latch(self.config)
         kernel.set_forwarding(True)
         ports = ", ".join(map(str, self.config.tcp_ports))
@@ -117,18 +151,23 @@ class Gateway:
                  f"kernel, TCP ports {ports} by the proxy on :{self.config.proxy_port}")
         if self.options.dns:
             self.say(dns_line(self.options.dns))
-        self.nflog = None
-        try:
-            self.nflog = NflogSocket(self.config.log_group)
-        except OSError as e:
-            self.say(f"WARNING: cannot read NFLOG group {self.config.log_group} ({e}); refused flows are not recorded")
+        self.nflog = self._nflog(self.config.log_group, "refused flows are not recorded")
+        self.flowlog = self._nflog(self.config.flow_group, "allowed flows are counted only in total")
         if self.options.proxy_argv:
             self._start_proxy(self.options.proxy_argv)
-        for target, name in ((self._watchdog, "watchdog"), (self._watch_files, "files"), (self._read_nflog, "nflog")):
+        for target, name in ((self._watchdog, "watchdog"), (self._watch_files, "files"), (self._read_nflog, "nflog"),
+                             (self._count, "counts")):
             t = threading.Thread(target=target, name=f"geogate-{name}", daemon=True)
             t.start()
             self.threads.append(t)
         self._write_state()
+
+    def _nflog(self, group: int, without: str) -> NflogSocket | None:
+        try:
+            return NflogSocket(group)
+        except OSError as e:
+            self.say(f"WARNING: cannot read NFLOG group {group} ({e}); {without}")
+            return None
 
     def _start_metrics(self, address: tuple[str, int]) -> None:
         """One endpoint for the whole gateway: the kernel counters, and the sum of what this
@@ -143,9 +182,9 @@ class Gateway:
         self.metrics.in_force(self.state.policy.ref, self.state.databases.infos, self.state.limit)
 
     def _build(self, state: GateState,
-               reuse: sets.DatabasePieces | None) -> tuple[sets.DatabasePieces, sets.KernelSets, str]:
-        """The sets of `state` and their ruleset; the database walk of `reuse` when the databases
-        are the same."""
+               reuse: sets.DatabasePieces | None) -> tuple[sets.DatabasePieces, sets.KernelSets, str, int]:
+        """The sets of `state`, their ruleset and its generation; the database walk of `reuse`
+        when the databases are the same."""
         dbshas = tuple(i.sha256 for i in state.databases.infos)
         if reuse is None or tuple(i.sha256 for i in reuse.databases.infos) != dbshas:
             pieces = sets.DatabasePieces(state)
@@ -153,20 +192,25 @@ class Gateway:
             pieces = reuse
             pieces.databases = state.databases
         ks = sets.build(state, pieces)
-        return pieces, ks, ruleset.render(ks, self.config)
+        generation = next(self.generations)
+        return pieces, ks, ruleset.render(ks, self.config, generation), generation
 
     def _apply(self, state: GateState) -> None:
-        pieces, ks, text = self._build(state, self.dbpieces)
-        self._install(state, pieces, ks, text, old_notes=self.kernel_sets.notes)
+        pieces, ks, text, generation = self._build(state, self.dbpieces)
+        self._install(state, pieces, ks, text, generation, old_notes=self.kernel_sets.notes)
 
     def _install(self, state: GateState, pieces: sets.DatabasePieces, ks: sets.KernelSets, text: str,
-                 old_notes: list[str] | None) -> None:
+                 generation: int, old_notes: list[str] | None) -> None:
         """One nft transaction; what it put in the kernel becomes the gateway's state."""
         first = old_notes is None
         with self.lock:
+            before = kernel.counters() if self.handle is not None else None
             kernel.nft(text)
+            if before is not None:
+                self.counts.table_replaced(before)  # the flows counted between the read and the commit are not
             self.handle = kernel.table_handle()
             self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
+            self.text_generation = generation
             # the sets hold the decisions of the moment: rebuilt when the databases pass geo.max_age
             self.built_stale = state.limit.stale(time.time())
         if self.metrics is not None:
@@ -188,8 +232,9 @@ class Gateway:
         self.threads.append(t)
 
     def _spawn_proxy(self, argv: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=proxy_env(),
+                                text=True, bufsize=1,
+                                preexec_fn=_proxy_child(self.config.proxy_gid if self.config.judge_host else None))
         if proc.stdout is None:  # stdout=PIPE always gives one; without it the proxy's policy is unknown
             proc.kill()
             raise GeogateError("no output pipe from the proxy")
@@ -217,9 +262,8 @@ class Gateway:
             line = line.rstrip("\n")
             m = _PROXY_POLICY.search(line)
             if m:
-                prefix = m.group(1)
-                known = self.kernel_sets.policy_sha256
-                self.proxy_sha = known if known.startswith(prefix) else prefix
+                # the whole hash (PROXY_SHA_ENV): status compares it with the kernel's as it is
+                self.proxy_sha = m.group(1)
                 self._write_state()
             print(f"[proxy] {line}", flush=True)
         proc.wait()
@@ -248,17 +292,37 @@ class Gateway:
                 held = ("nothing from the LAN is forwarded meanwhile (the latch)" if not table_ok
                         else "the table still judges every packet meanwhile")
                 self.say(f"ALERT: {missing} gone (nft flush ruleset? ip rule flush?); {held}; restoring")
-                with self.lock:
-                    if not table_ok:
-                        kernel.nft(self.text)
-                        self.handle = kernel.table_handle()
-                    if not latch_ok:
-                        kernel.install_latch(self.config)
+                detail = self._restore(table_ok, latch_ok, started)
                 self.restores += 1
-                self.say(f"ALERT: restored {missing} in {(time.monotonic() - started) * 1000:.0f} ms")
+                self.say(f"ALERT: restored {missing} in {(time.monotonic() - started) * 1000:.0f} ms{detail}")
                 self._write_state()
             except GeogateError as e:
                 self.say(f"ERROR: restoring the gateway rules failed: {e}; retrying")
+
+    def _restore(self, table_ok: bool, latch_ok: bool, started: float) -> str:
+        """Put back what is missing: the holding table first (milliseconds: the flows the sets
+        allowed go on, anything new is refused), the latch, then the full sets in one
+        transaction (seconds with large sets). A failure leaves the handle unknown, so the next
+        round starts over."""
+        with self.lock:
+            detail = ""
+            if not table_ok:
+                self.handle = None
+                self.counts.table_replaced(None)
+                ks = self.kernel_sets
+                kernel.nft(ruleset.holding(self.config, self.text_generation, ks.policy_sha256, ks.policy_name))
+                holding_ms = (time.monotonic() - started) * 1000
+                self.say(f"ALERT: holding table in place after {holding_ms:.0f} ms: flows the sets allowed go on, "
+                         "anything new is refused until the sets are back")
+            if not latch_ok:
+                kernel.install_latch(self.config)
+            if not table_ok:
+                kernel.nft(self.text)
+                self.handle = kernel.table_handle()
+                full_ms = (time.monotonic() - started) * 1000
+                self.last_restore = {"holding_ms": round(holding_ms), "full_ms": round(full_ms)}
+                detail = f" (the holding table after {holding_ms:.0f} ms, the full sets after {full_ms:.0f} ms)"
+        return detail
 
     def _intact(self) -> bool:
         with self.lock:
@@ -335,18 +399,52 @@ class Gateway:
         return GateState(policy, self.state.databases, FactsSource(self.state.databases))
 
     def _read_nflog(self) -> None:
-        if self.nflog is None:
+        sockets = [s for s in (self.nflog, self.flowlog) if s is not None]
+        if not sockets:
             return
         while not self.stopping.is_set():
             try:
-                ready, _, _ = select.select([self.nflog], [], [], 0.5)
-                if not ready:
-                    continue
-                for packet in self.nflog.read():
-                    self.receipts.refused(packet)
+                ready, _, _ = select.select(sockets, [], [], 0.5)
             except OSError as e:
                 self.say(f"ERROR: reading NFLOG: {e}")
                 time.sleep(0.5)
+                continue
+            for sock in ready:
+                try:
+                    packets = sock.read()
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:  # the kernel dropped messages: the counters still have them
+                        self.counts.lost()
+                        continue
+                    self.say(f"ERROR: reading NFLOG: {e}")
+                    time.sleep(0.5)
+                    continue
+                for packet in packets:
+                    self._flow(packet, allowed=sock is self.flowlog)
+
+    def _flow(self, packet: Refused, allowed: bool) -> None:
+        """One logged first packet: counted under the engine's rule and country; a receipt for
+        a refusal, and for an allowed flow with --log-allowed."""
+        rule, country, engine_blocks = self.verdicts(packet)
+        if allowed != (not engine_blocks):
+            rule = "kernel"  # the sets decided otherwise than the policy loaded now (a swap)
+        self.counts.add("allowed" if allowed else "blocked", rule, country, packet.protocol)
+        if not allowed:
+            self.receipts.refused(packet)
+        elif self.allowed_receipts is not None:
+            self.allowed_receipts.allowed(packet)
+
+    def _count(self) -> None:
+        """Reads the kernel's flow counters and writes the state when the counts moved."""
+        last = None
+        while not self.stopping.wait(self.options.count_interval):
+            with self.lock:
+                if self.handle is not None:
+                    self.counts.kernel(kernel.counters())
+            now = self.counts.snapshot()
+            if now != last:
+                last = now
+                self._write_state()
 
     def _write(self, record: dict) -> None:
         """A receipt's decision record: written, and counted (mode "kernel")."""
@@ -378,28 +476,36 @@ class Gateway:
     # -- state ----------------------------------------------------------------------------------
     def _write_state(self) -> None:
         ks = self.kernel_sets
+        receipts: dict = {"written": self.receipts.written, "suppressed": self.receipts.suppressed}
+        if self.allowed_receipts is not None:
+            receipts["allowed"] = {"written": self.allowed_receipts.written,
+                                   "suppressed": self.allowed_receipts.suppressed}
         data = {
             "pid": os.getpid(),
             "lan": list(self.config.lan),
             "tcp_ports": list(self.config.tcp_ports),
             "proxy_port": self.config.proxy_port,
             "config": {"mark": self.config.mark, "route_table": self.config.route_table,
-                       "rule_pref": self.config.rule_pref, "log_group": self.config.log_group},
+                       "rule_pref": self.config.rule_pref, "log_group": self.config.log_group,
+                       "judge_host": self.config.judge_host},
             "kernel": {"policy_sha256": ks.policy_sha256, "policy": ks.policy_name, "elements": ks.element_counts(),
                        "build_seconds": round(ks.seconds, 3)},
             "proxy": {"policy_sha256": self.proxy_sha, "pid": self.proxy.pid if self.proxy else None},
             "restores": self.restores,
             "dns": self.options.dns,
-            "receipts": {"written": self.receipts.written, "suppressed": self.receipts.suppressed},
+            "last_restore": self.last_restore,
+            "receipts": receipts,
+            "flows": self.counts.snapshot(),
         }
         path = state_file_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
-            tmp.replace(path)
-        except OSError as e:
-            self.say(f"WARNING: cannot write {path}: {e}")
+        with self.state_lock:  # several threads write it
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f".{os.getpid()}")
+                tmp.write_text(json.dumps(data, indent=1) + "\n")
+                tmp.replace(path)
+            except OSError as e:
+                self.say(f"WARNING: cannot write {path}: {e}")
 
     # -- run and stop ---------------------------------------------------------------------------
     def run_forever(self) -> int:

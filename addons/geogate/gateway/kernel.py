@@ -79,42 +79,75 @@ _NLM_F_DUMP_REQUEST = 0x301
 _NLMSG_DONE, _NLMSG_ERROR = 3, 2
 
 
-def _netlink_tables(family: int) -> dict[str, int]:
-    """{name: handle} of the tables of one nftables family (NFT_MSG_GETTABLE dump)."""
+def _attrs(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    """Netlink attributes between `at` and `end`, by type (nested and byte-order flags cleared)."""
+    out = {}
+    while at + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, at)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[at + 4: at + alen]
+        at += (alen + 3) & ~3
+    return out
+
+
+def _netlink_dump(kind: int, family: int, reply: int, attrs: bytes = b"") -> list[dict[int, bytes]]:
+    """The attributes of each `reply` message of an nf_tables dump request `kind`."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:
         sock.settimeout(5)
         sock.bind((0, 0))
-        sock.send(struct.pack("=IHHII", 20, _NFT_GETTABLE, _NLM_F_DUMP_REQUEST, 1, 0) + struct.pack("=BBH", family, 0, 0))
-        tables: dict[str, int] = {}
+        body = struct.pack("=BBH", family, 0, 0) + attrs
+        sock.send(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_DUMP_REQUEST, 1, 0) + body)
+        out: list[dict[int, bytes]] = []
         while True:
             data = sock.recv(1 << 16)
             offset = 0
             while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
+                length, mtype = struct.unpack_from("=IH", data, offset)
                 if length < 16:
                     raise OSError("malformed netlink reply")
-                if kind == _NLMSG_DONE:
-                    return tables
-                if kind == _NLMSG_ERROR:
+                if mtype == _NLMSG_DONE:
+                    return out
+                if mtype == _NLMSG_ERROR:
                     (error,) = struct.unpack_from("=i", data, offset + 16)
                     if error:
                         raise OSError(-error, os.strerror(-error))
-                elif kind == _NFT_NEWTABLE:
-                    name, handle = None, None
-                    at = offset + 20
-                    while at + 4 <= offset + length:
-                        alen, atype = struct.unpack_from("=HH", data, at)
-                        if alen < 4:
-                            break
-                        value = data[at + 4: at + alen]
-                        if atype & 0x3FFF == 1:  # NFTA_TABLE_NAME
-                            name = value.rstrip(b"\0").decode(errors="replace")
-                        elif atype & 0x3FFF == 4 and len(value) == 8:  # NFTA_TABLE_HANDLE
-                            (handle,) = struct.unpack(">Q", value)
-                        at += (alen + 3) & ~3
-                    if name is not None and handle is not None:
-                        tables[name] = handle
+                elif mtype == reply:
+                    out.append(_attrs(data, offset + 20, offset + length))
                 offset += (length + 3) & ~3
+
+
+def _netlink_tables(family: int) -> dict[str, int]:
+    """{name: handle} of the tables of one nftables family (NFT_MSG_GETTABLE dump)."""
+    tables = {}
+    for a in _netlink_dump(_NFT_GETTABLE, family, _NFT_NEWTABLE):
+        if 1 in a and len(a.get(4, b"")) == 8:  # NFTA_TABLE_NAME, NFTA_TABLE_HANDLE
+            tables[a[1].rstrip(b"\0").decode(errors="replace")] = struct.unpack(">Q", a[4])[0]
+    return tables
+
+
+_NFT_GETOBJ = (10 << 8) | 19
+_NFT_NEWOBJ = (10 << 8) | 18
+
+
+def counters() -> dict[str, int] | None:
+    """Packets of each named counter of table inet geogate (NFT_MSG_GETOBJ dump: `nft list
+    counters` would fetch every set element first); None when they cannot be read."""
+    name = TABLE.encode() + b"\0"
+    table_attr = struct.pack("=HH", 4 + len(name), 1) + name + b"\0" * (-len(name) % 4)
+    type_attr = struct.pack("=HH", 8, 3) + struct.pack(">I", 1)  # NFTA_OBJ_TYPE: NFT_OBJECT_COUNTER
+    try:
+        objects = _netlink_dump(_NFT_GETOBJ, NFPROTO_INET, _NFT_NEWOBJ, table_attr + type_attr)
+    except OSError:
+        return None
+    out = {}
+    for a in objects:
+        if a.get(1, b"").rstrip(b"\0") != TABLE.encode() or 2 not in a or 4 not in a:
+            continue
+        data = _attrs(a[4], 0, len(a[4]))
+        if len(data.get(2, b"")) == 8:  # NFTA_COUNTER_PACKETS
+            out[a[2].rstrip(b"\0").decode(errors="replace")] = struct.unpack(">Q", data[2])[0]
+    return out
 
 
 def table_comment() -> str | None:

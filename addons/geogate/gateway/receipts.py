@@ -58,7 +58,8 @@ class Receipts:
         self.suppressed = 0
 
     def refused(self, packet: Refused) -> dict | None:
-        """Record one refused packet; the record written, or None when it was only counted."""
+        """Record one logged packet (refused here; allowed in AllowedReceipts); the record
+        written, or None when it was only counted."""
         now = self.clock()
         key = (packet.protocol, packet.source, packet.destination, packet.port)
         flow = self.flows.get(key)
@@ -104,3 +105,24 @@ class Receipts:
                              f"than the policy here ({d.reason}); see `geogate gateway check`")
         rec["kernel"] = {"protocol": packet.protocol, "suppressed": suppressed}
         return rec
+
+
+class AllowedReceipts(Receipts):
+    """`gateway run --log-allowed`: a record for each new flow the kernel let through, limited
+    like the refusals (`kernel.suppressed` counts the repeats of a flow in its window)."""
+
+    def record(self, packet: Refused, suppressed: int) -> dict:
+        req = Request(None, packet.port, client_ip=packet.source, client=str(packet.source), mode="kernel",
+                      flow_id=f"kernel-{os.getpid()}-{next(self.ids)}")
+        d = self.state().decide(req, [packet.destination])
+        rec = decision_record(d)
+        if d.blocked:
+            # only while sets of another policy are live (a swap in progress): say what happened
+            rec["action"] = "allow"
+            rec["rule"] = "kernel"
+            rec["reason"] = (f"let through by the kernel's sets (policy sha256 {self.kernel_sha()[:12]}), which "
+                             f"the policy here would not ({d.reason})")
+        rec["kernel"] = {"protocol": packet.protocol, "suppressed": suppressed}
+        return rec
+
+    allowed = Receipts.refused

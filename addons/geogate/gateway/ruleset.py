@@ -8,9 +8,14 @@ commits all three at once, so no packet ever sees the gateway without rules):
   chain of the first client profile whose sources hold the client, else to `p0`;
 - a profile chain rejects destinations in its blocked sets (TCP with a reset, everything else with
   ICMP administratively prohibited, so clients see a refusal, not a timeout), and marks every
-  packet it lets through;
+  packet it lets through; its connection's conntrack mark gets the sets' generation, and the
+  first packet of each allowed flow is counted (`allowed_new`) and logged (NFLOG `flow_group`);
+  refused first packets are counted (`blocked_new`) and logged (NFLOG `log_group`);
 - `nat` redirects the proxied TCP ports to the transparent proxy, and with `--dns` LAN DNS (UDP
-  and TCP port 53, to any address) to the proxy's DNS mode (`dns_rules`).
+  and TCP port 53, to any address) to the proxy's DNS mode (`dns_rules`);
+- with `judge_host`, `output` sends the gateway's own packets to the default profile's chain.
+
+holding() is the small table put in place at once after a flush, while the full one loads.
 
 The mark is the latch (latch.py): policy routing forwards LAN traffic only with it, so when this
 table is gone (`nft flush ruleset`), nothing from the LAN is forwarded until it is back.
@@ -30,6 +35,10 @@ TABLE = "geogate"
 FAMILY = "inet"
 PORT_PROTOCOLS = "{ tcp, udp, udplite, sctp, dccp }"
 CHUNK = 256  # set elements per line
+ALLOWED_COUNTER = "allowed_new"  # new flows the sets let through
+BLOCKED_COUNTER = "blocked_new"  # first packets the sets refused (a refused flow stays new)
+HELD_COUNTER = "held_new"  # refused by holding() while the sets are put back
+HOLDING = "holding"  # in the comment of the table holding()
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,12 @@ class GatewayConfig:
     mark: int = 0x10000000  # one bit, kept clear of the low bits other tools use
     route_table: int = 6767
     rule_pref: int = 6700  # ip rule preferences rule_pref .. rule_pref + 2
-    log_group: int = 6767
-    log_rate: int = 50  # NFLOG messages per second at most; the rest are counted by nobody
+    log_group: int = 6767  # NFLOG group of refused flows
+    log_rate: int = 1000  # NFLOG messages per second at most, per group; counters count the rest
+    flow_group: int = 6768  # NFLOG group of new allowed flows
+    ct_mask: int = 0x7F000000  # conntrack mark bits holding the generation of the sets that allowed a flow
+    judge_host: bool = False  # the gateway's own outgoing traffic too (output hook), but the proxy's
+    proxy_gid: int = 6767  # the proxy child runs with this group: its upstream connections are exempt
     dns_port: int | None = None  # `--dns`: the port of the proxy's DNS mode; None: DNS judged like any flow
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -91,8 +104,9 @@ def _ports(ranges) -> str:
     return "{ " + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges) + " }"
 
 
-def render(ks: KernelSets, config: GatewayConfig) -> str:
-    """The whole transaction: the table (re)created with every set, chain and rule."""
+def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
+    """The whole transaction: the table (re)created with every set, chain and rule. `generation`
+    tags the flows these sets allow (holding() lets only those through)."""
     sets: list[str] = []
     chains: list[str] = []
     dispatch: list[str] = []
@@ -123,7 +137,7 @@ def render(ks: KernelSets, config: GatewayConfig) -> str:
                     sets += _set(f"{name}_block", version, blocked)
                     test = f"{proto} daddr @{name}_block"
                 body += [f"{m}{test} goto blocked" for m in matches]
-        body.append(f"meta mark set meta mark | {config.mark:#x}")
+        body += _allowed(config, generation)
         chains += [f"  chain {chain} {{", *(f"    {line}" for line in body), "  }"]
         if profile.name is not None:
             for version in (4, 6):
@@ -146,24 +160,106 @@ def render(ks: KernelSets, config: GatewayConfig) -> str:
     dns_pre, dns_nat, dns_input = dns_rules(config)
     pre += dns_pre + dispatch + ["goto p0"]
     out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
-           f'  comment "{comment}"', *sets,
+           f'  comment "{comment}"', *_counters(), *sets,
            "  chain prerouting {", *(f"    {line}" for line in pre), "  }",
            *chains,
            "  chain blocked {",
-           f"    ct state new limit rate {config.log_rate}/second burst {config.log_rate * 2} packets "
-           f"log group {config.log_group}",
+           f'    ct state new counter name "{BLOCKED_COUNTER}" limit rate {config.log_rate}/second '
+           f"burst {config.log_rate * 2} packets log group {config.log_group}",
            "    meta l4proto tcp reject with tcp reset",
            "    reject with icmpx admin-prohibited",
            "  }"]
-    nat = [f"iifname {lan} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}"] if config.tcp_ports else []
-    if nat or dns_nat:
-        out += ["  chain nat {",
-                "    type nat hook prerouting priority dstnat; policy accept;",
-                *(f"    {line}" for line in nat + dns_nat),
-                "  }"]
+    out += _nat_chain(config, dns_nat)
     out += dns_input
+    out += _host_chain(config, ["goto p0"])
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _host_chain(config: GatewayConfig, tail: list[str]) -> list[str]:
+    """`--judge-host`: the gateway's own outgoing packets through `tail` (the default profile's
+    chain; in holding(), the holding rules). Exempt: the proxy child's sockets (its group), the
+    gateway's own addresses, and the LAN (answers to clients, the kernel's own refusals)."""
+    if not config.judge_host:
+        return []
+    lines = [
+        "type filter hook output priority mangle; policy accept;",
+        f"oifname {_quoted(('lo', *config.lan))} return",
+        "fib daddr type { local, broadcast, multicast } return",
+        f"meta skgid {config.proxy_gid} return",
+        *tail,
+    ]
+    return ["  chain output {", *(f"    {line}" for line in lines), "  }"]
+
+
+def _generation(config: GatewayConfig, generation: int) -> int:
+    low = config.ct_mask & -config.ct_mask
+    return (generation % (config.ct_mask // low) + 1) * low  # never 0: an untagged flow is no generation
+
+
+def _allowed(config: GatewayConfig, generation: int) -> list[str]:
+    """The end of a profile chain: the packet is allowed. A flow's first packet is counted and
+    logged (group flow_group) once: the conntrack mark then carries these sets' generation, so a
+    retransmitted first packet is not counted again, and holding() knows the flow was allowed."""
+    tag, mask = _generation(config, generation), config.ct_mask
+    return [
+        f'ct state new ct mark and {mask:#x} != {tag:#x} counter name "{ALLOWED_COUNTER}" '
+        f"limit rate {config.log_rate}/second burst {config.log_rate * 2} packets log group {config.flow_group}",
+        f"ct mark set ct mark and {~mask & 0xFFFFFFFF:#x} or {tag:#x}",
+        f"meta mark set meta mark | {config.mark:#x}",
+    ]
+
+
+def _counters() -> list[str]:
+    return [f"  counter {ALLOWED_COUNTER} {{ }}", f"  counter {BLOCKED_COUNTER} {{ }}"]
+
+
+def holding(config: GatewayConfig, generation: int, policy_sha256: str, policy_name: str) -> str:
+    """The table while the full sets are being put back after a flush (milliseconds to load,
+    where the sets take seconds): flows that the sets of `generation` allowed go on; anything new
+    is refused, visibly (a reset, ICMP administratively prohibited); an established flow not
+    tagged by these sets (idle since the last swap) is dropped, and retransmits once the sets
+    are back. The proxied ports go to the proxy, which judges them itself."""
+    tag, mask = _generation(config, generation), config.ct_mask
+    lan = _quoted(config.lan)
+    ports = _ports([(p, p) for p in sorted(set(config.tcp_ports))])
+    comment = f"geogate policy={policy_sha256} name={policy_name} {HOLDING}"
+    dns_pre, dns_nat, dns_input = dns_rules(config)  # LAN DNS is answered by the proxy while holding too
+    hold = [
+        f"ct state established,related ct mark and {mask:#x} == {tag:#x} meta mark set meta mark | {config.mark:#x} return",
+        "ct state established,related drop",
+        f'counter name "{HELD_COUNTER}"',
+        "meta l4proto tcp reject with tcp reset",
+        "reject with icmpx admin-prohibited",
+    ]
+    pre = [
+        f'comment "{comment}"',
+        "type filter hook prerouting priority mangle; policy accept;",
+        f"iifname != {lan} return",
+        "fib daddr type { local, broadcast, multicast } return",
+        *([f"meta l4proto tcp th dport {ports} return"] if config.tcp_ports else []),
+        *dns_pre,
+        *hold,
+    ]
+    out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
+           f'  comment "{comment}"', *_counters(), f"  counter {HELD_COUNTER} {{ }}",
+           "  chain prerouting {", *(f"    {line}" for line in pre), "  }"]
+    out += _nat_chain(config, dns_nat)
+    out += dns_input
+    out += _host_chain(config, hold)
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _nat_chain(config: GatewayConfig, dns_nat: list[str]) -> list[str]:
+    """The proxied TCP ports to the transparent proxy; with `--dns`, LAN DNS to the DNS mode."""
+    ports = _ports([(p, p) for p in sorted(set(config.tcp_ports))])
+    nat = [f"iifname {_quoted(config.lan)} meta l4proto tcp th dport {ports} redirect to :{config.proxy_port}"]
+    lines = (nat if config.tcp_ports else []) + dns_nat
+    if not lines:
+        return []
+    return ["  chain nat {", "    type nat hook prerouting priority dstnat; policy accept;",
+            *(f"    {line}" for line in lines), "  }"]
 
 
 def dns_rules(config: GatewayConfig) -> tuple[list[str], list[str], list[str]]:

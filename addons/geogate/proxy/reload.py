@@ -445,7 +445,7 @@ class LiveState:
         except GeogateError as e:
             self._failed = digests
             logger.error(f"geogate: reload failed, still using policy {self.good.policy.ref.name} "
-                         f"(sha256 {self.good.policy.ref.sha256[:12]}): {one_line(e)}")
+                         f"(sha256 {shown_sha256(self.good.policy.ref.sha256)}): {one_line(e)}")
             self._said(pending, "failure")
             return False
         loaded = self._loaded_digests(new)
@@ -464,7 +464,7 @@ class LiveState:
         for w in new.warnings:
             logger.warning(f"geogate: {w}")
         what = "databases are back; " if was_closed else ""
-        logger.info(f"geogate: {what}reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) "
+        logger.info(f"geogate: {what}reloaded policy {new.policy.ref.name} (sha256 {shown_sha256(new.policy.ref.sha256)}) "
                     f"with {', '.join(i.name for i in new.databases.infos)}")
         self._said(pending, "success")
         return True
@@ -503,7 +503,7 @@ class LiveState:
             logger.warning(f"geogate: {w}")
         change = "; ".join(filter(None, (f"added {', '.join(added)}" if added else "",
                                          f"removed {', '.join(removed)}" if removed else "")))
-        logger.info(f"geogate: reloaded policy {new.policy.ref.name} (sha256 {new.policy.ref.sha256[:12]}) with "
+        logger.info(f"geogate: reloaded policy {new.policy.ref.name} (sha256 {shown_sha256(new.policy.ref.sha256)}) with "
                     f"{', '.join(i.name for i in new.databases.infos)} (database directory: {change})")
         return True
 
@@ -599,9 +599,16 @@ STALE_EFFECT = {
 }
 
 
+def shown_sha256(sha: str) -> str:
+    """A policy hash as the log names it: 12 digits, all 64 when GEOGATE_LOG_SHA256=full (the
+    gateway sets it for its proxy child, to compare with the kernel's hash exactly)."""
+    return sha if os.environ.get("GEOGATE_LOG_SHA256") == "full" else sha[:12]
+
+
 def describe(state: GateState) -> list[str]:
     """Lines that say which policy and databases a state is made of."""
     p = state.policy.ref
-    out = [f"policy {p.name} ({p.path}, sha256 {p.sha256[:12]}), mode {state.policy.mode}, default {state.policy.default}"]
+    out = [f"policy {p.name} ({p.path}, sha256 {shown_sha256(p.sha256)}), mode {state.policy.mode}, "
+           f"default {state.policy.default}"]
     out += [f"database {i.name} ({i.path}, {i.type})" for i in state.databases.infos]
     return out

@@ -112,12 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not lan or not kernel.interface_exists(lan):
             return _refuse(f"--lan {lan}: no such network interface")
     tcp_ports = _ports(args.tcp_ports)
-    from geogate.metrics.address import parse_address
-
-    metrics = parse_address(args.metrics) if args.metrics else None
-    if metrics is not None and _proxy_sets_metrics(args):
-        return _refuse("--metrics with -- --set geogate_metrics: the gateway's endpoint serves the proxy's "
-                       "decisions too; leave out --set geogate_metrics")
+    metrics = _metrics_address(args)
     workers = parse_workers(args.workers)
     if not 0 < args.proxy_port < 65536:
         return _refuse(f"--proxy-port {args.proxy_port}: not a port number (1 to 65535)")
@@ -158,11 +153,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return gateway.run_forever()
 
 
-def _proxy_sets_metrics(args: argparse.Namespace) -> bool:
-    """The proxy's own endpoint asked for after `--`: the gateway's already holds its numbers."""
+def _metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """--metrics; the proxy's own endpoint asked for after `--` beside it is refused: the
+    gateway's endpoint already serves the proxy's numbers. Raises GeogateError."""
     from geogate.cli.run_proxy import _set_values
+    from geogate.metrics.address import parse_address
 
-    return bool(_set_values(list(args.mitmdump_args or ()), "geogate_metrics"))
+    metrics = parse_address(args.metrics) if args.metrics else None
+    if metrics is not None and _set_values(list(args.mitmdump_args or ()), "geogate_metrics"):
+        raise GeogateError("--metrics with -- --set geogate_metrics: the gateway's endpoint serves the proxy's "
+                           "decisions too; leave out --set geogate_metrics")
+    return metrics
 
 
 def _resolv_conf() -> tuple[str, str | None]:

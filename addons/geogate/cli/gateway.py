@@ -16,6 +16,7 @@ from pathlib import Path
 
 from geogate.cli.worker_count import parse_workers
 from geogate.core.errors import GeogateError
+from geogate.core.processes import process_alive
 
 NOT_RUNNING = 3  # `status`: something is missing (as systemctl status says of a stopped unit)
 
@@ -219,21 +220,6 @@ def _read_state() -> dict | None:
         return None
 
 
-def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a process that has exited but not been reaped yet is not running
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _saved_config(saved: dict):
     """The running gateway's config from its state file; the defaults for what it does not hold."""
     from geogate.gateway.ruleset import GatewayConfig
@@ -252,12 +238,12 @@ def cmd_down(args: argparse.Namespace) -> int:
         return _refuse("nft is not installed (Debian/Ubuntu: apt-get install nftables)")
     saved = _read_state() or {}
     pid = saved.get("pid")
-    if isinstance(pid, int) and _alive(pid) and pid != os.getpid():
+    if isinstance(pid, int) and process_alive(pid) and pid != os.getpid():
         os.kill(pid, signal.SIGTERM)  # else its watchdog would put the rules back
         deadline = time.monotonic() + 15
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if process_alive(pid):
             return _refuse(f"the gateway (pid {pid}) did not stop; nothing was removed")
     down(_saved_config(saved))
     try:
@@ -281,7 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if comment:
         kernel_sha = next((w.split("=", 1)[1] for w in comment.split() if w.startswith("policy=")), None)
         holding = HOLDING in comment.split()
-    running = _alive(saved.get("pid"))
+    running = process_alive(saved.get("pid"))
     proxy = saved.get("proxy") or {}
     latch = bool(config.lan) and kernel.latch_present(config)
     status = {
@@ -292,7 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "kernel": {"policy_sha256": kernel_sha, "elements": (saved.get("kernel") or {}).get("elements"),
                    "holding": holding},
         "proxy": {"policy_sha256": proxy.get("policy_sha256") if running else None,
-                  "running": running and _alive(proxy.get("pid"))},
+                  "running": running and process_alive(proxy.get("pid"))},
         "restores": saved.get("restores", 0),
         "last_restore": saved.get("last_restore"),
         "receipts": saved.get("receipts"),
@@ -335,7 +321,7 @@ def _dns_text(dns: dict) -> str:
 def _check_dns(state) -> None:
     """What happens to LAN DNS: said for the running gateway, its name servers judged by this policy."""
     saved = _read_state() or {}
-    dns = _dns_status(saved, _alive(saved.get("pid")))
+    dns = _dns_status(saved, process_alive(saved.get("pid")))
     print(f"dns: {_dns_text(dns)}")
     if dns["on"]:
         from geogate.proxy.dns_mode import NameServerJudgement  # mitmproxy's import: only when needed

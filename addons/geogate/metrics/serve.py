@@ -25,6 +25,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from geogate.core.errors import GeogateError
+from geogate.core.processes import process_alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -124,16 +125,6 @@ class WorkerMetrics:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 
 
@@ -147,7 +138,7 @@ def sweep_dead(directory: str) -> None:
     except OSError:
         return
     for pid in {int(m[1]) for n in names if (m := _LIVE_FILE.fullmatch(n))}:
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not process_alive(pid):
             multiprocess.mark_process_dead(pid, directory)
 
 

@@ -473,6 +473,7 @@ class LiveState:
         if self.on_reload is not None:
             kind = "database" if all(f.path in self.db_paths for f in changed) else "policy"
             self.on_reload(kind, result, self.state)
+
     def _new_listing(self) -> tuple[str, ...] | None:
         """The database files named now, when a database directory has gained one; else None.
         (A file gone is a missing database, as anywhere: see poll.)"""
@@ -493,6 +494,8 @@ class LiveState:
             self._listing_failed = attempt
             logger.error(f"geogate: the database directory changed, but the new set does not load; still using "
                          f"{', '.join(i.name for i in self.good.databases.infos)}: {one_line(e)}")
+            if self.on_reload is not None:
+                self.on_reload("database", "failure", self.state)
             return False
         self._listing_failed = None
         added = sorted(set(listing) - set(self.db_paths))
@@ -505,6 +508,8 @@ class LiveState:
                                          f"removed {', '.join(removed)}" if removed else "")))
         logger.info(f"geogate: reloaded policy {new.policy.ref.name} (sha256 {shown_sha256(new.policy.ref.sha256)}) with "
                     f"{', '.join(i.name for i in new.databases.infos)} (database directory: {change})")
+        if self.on_reload is not None:
+            self.on_reload("database", "success", self.state)
         return True
 
     def check_freshness(self, wall: float | None = None) -> bool:

@@ -121,6 +121,7 @@ class Gateway:
         # the sets are built here and put in the kernel by start(): there are always sets to
         # compare a reload with, to name in a receipt and to put back if the table goes
         self.generations = itertools.count(1)  # each ruleset stamps the flows it allows with its own
+        self.staged: dict[int, ruleset.Staged] = {}  # the live ruleset in steps, by generation (_restore_sets)
         self.dbpieces, self.kernel_sets, self.text, self.text_generation = self._build(state, None)
         self.built_stale = state.limit.stale(time.time())  # what the sets were built with (see _watch_files)
         self.handle: int | None = None  # the table's handle once it is in the kernel
@@ -188,7 +189,9 @@ class Gateway:
             pieces.databases = state.databases
         ks = sets.build(state, pieces)
         generation = next(self.generations)
-        return pieces, ks, ruleset.render(ks, self.config, generation), generation
+        text, staged = ruleset.render_staged(ks, self.config, generation)
+        self.staged[generation] = staged  # for _restore_sets; _install keeps the live one only
+        return pieces, ks, text, generation
 
     def _apply(self, state: GateState) -> None:
         pieces, ks, text, generation = self._build(state, self.dbpieces)
@@ -206,6 +209,7 @@ class Gateway:
             self.handle = kernel.table_handle()
             self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
             self.text_generation = generation
+            self.staged = {g: st for g, st in self.staged.items() if g >= generation}
             # the sets hold the decisions of the moment: rebuilt when the databases pass geo.max_age
             self.built_stale = state.limit.stale(time.time())
         if self.metrics is not None:
@@ -312,12 +316,24 @@ class Gateway:
             if not latch_ok:
                 kernel.install_latch(self.config)
             if not table_ok:
-                kernel.nft(self.text)
+                self._restore_sets()
                 self.handle = kernel.table_handle()
                 full_ms = (time.monotonic() - started) * 1000
                 self.last_restore = {"holding_ms": round(holding_ms), "full_ms": round(full_ms)}
                 detail = f" (the holding table after {holding_ms:.0f} ms, the full sets after {full_ms:.0f} ms)"
         return detail
+
+    def _restore_sets(self) -> None:
+        """The full ruleset on top of the holding table: each set loaded whole by an nft process
+        of its own, in parallel, then the chains switched in one small transaction that refers
+        only to those sets (nothing new passes before every set is complete). Without the steps
+        of the live generation, the one transaction of a swap."""
+        steps = self.staged.get(self.text_generation)
+        if steps is None:
+            kernel.nft(self.text)
+            return
+        kernel.nft_parallel(steps.sets)
+        kernel.nft(steps.chains)
 
     def _intact(self) -> bool:
         with self.lock:

@@ -19,6 +19,7 @@ import shutil
 import socket
 import struct
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from geogate.core.errors import GeogateError
@@ -55,6 +56,24 @@ def nft(text: str) -> None:
     if r.returncode != 0:
         first = next((line for line in r.stderr.splitlines() if "Error" in line), r.stderr.strip()[:300])
         raise GatewayError(f"nft refused the ruleset: {first}")
+
+
+def nft_parallel(texts: list[str] | tuple[str, ...]) -> None:
+    """Several independent nft transactions at once, one process each: nft's parsing (most of
+    the time of a large set) runs on every core; the kernel commits them one after the other.
+    All are waited for; the first refusal is raised."""
+    with ThreadPoolExecutor(max(1, len(texts))) as pool:
+        failures = [e for e in pool.map(_nft_error, texts) if e is not None]
+    if failures:
+        raise failures[0]
+
+
+def _nft_error(text: str) -> GatewayError | None:
+    try:
+        nft(text)
+    except GatewayError as e:
+        return e
+    return None
 
 
 def table_handle() -> int | None:

@@ -410,7 +410,7 @@ def restore_figures(nsx: Namespaces, state_file: Path, policy: Path, rounds: int
             time.sleep(2)  # the swap's own restore of the flows settles
             runs = [one_restore(nsx, state_file) for _ in range(rounds)]
             common = (f"bundled databases, {path.relative_to(ROOT)}; `nft flush ruleset` in the gateway namespace, "
-                      f"watchdog every 0.25 s; {rounds} rounds, median")
+                      f"the watchdog looks for the table every 0.05 s; {rounds} rounds, median")
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             figures += [
                 Figure(f"gateway.restore.{name}.established", f"Flush to an established allowed flow passing again, {name}",

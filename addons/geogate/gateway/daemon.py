@@ -55,6 +55,7 @@ from geogate.policy.state import default_policy_path
 
 DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
 _PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12}(?:[0-9a-f]{52})?)\)")
+TABLE_POLL = 0.05  # seconds between the watchdog's looks for the table (the latch: Options.watch_interval)
 PROXY_SHA_ENV = "GEOGATE_LOG_SHA256"  # set to "full" for the proxy child: it names whole hashes
 
 
@@ -276,8 +277,15 @@ class Gateway:
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:
-        while not self.stopping.wait(self.options.watch_interval):
+        """The table is looked for every TABLE_POLL seconds (one netlink dump, in process: a flush
+        is met at once), the latch every watch_interval (`ip rule` and `ip route`, four processes)."""
+        quick = min(TABLE_POLL, self.options.watch_interval)
+        latch_checked = time.monotonic()
+        while not self.stopping.wait(quick):
             try:
+                if time.monotonic() - latch_checked < self.options.watch_interval and self._table_intact():
+                    continue
+                latch_checked = time.monotonic()
                 if self._intact():
                     continue
                 with self.lock:  # not in the middle of a swap (which changes the table's handle)
@@ -334,6 +342,11 @@ class Gateway:
             return
         kernel.nft_parallel(steps.sets)
         kernel.nft(steps.chains)
+
+    def _table_intact(self) -> bool:
+        with self.lock:
+            handle = self.handle
+        return handle is not None and kernel.table_handle() == handle
 
     def _intact(self) -> bool:
         with self.lock:

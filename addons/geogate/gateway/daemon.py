@@ -10,7 +10,8 @@ then forwarding turned on, then the transparent proxy started. While running, th
 - the NFLOG reader turns refused flows into decision records (receipts.py) and counts new
   flows, allowed and refused, per rule and country (flowcount.py), beside the kernel's counters.
 After a flush the table comes back in two steps: at once a holding table that lets the flows
-the sets allowed go on and refuses anything new (ruleset.holding), then the full sets.
+the sets allowed go on and refuses anything new (ruleset.holding), then the full sets: each set
+by an nft process of its own, in parallel, then the chains in one small transaction (ruleset.Staged).
 Stopping leaves the rules in place (the LAN stays judged, the proxied ports refused);
 `geogate gateway down` removes them.
 """
@@ -308,9 +309,9 @@ class Gateway:
 
     def _restore(self, table_ok: bool, latch_ok: bool, started: float) -> str:
         """Put back what is missing: the holding table first (milliseconds: the flows the sets
-        allowed go on, anything new is refused), the latch, then the full sets in one
-        transaction (seconds with large sets). A failure leaves the handle unknown, so the next
-        round starts over."""
+        allowed go on, anything new is refused), the latch, then the full sets (_restore_sets:
+        about a second with large sets). A failure leaves the handle unknown, so the next round
+        starts over from the holding table."""
         with self.lock:
             detail = ""
             if not table_ok:

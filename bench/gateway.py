@@ -1,6 +1,7 @@
 """Gateway benchmarks: the kernel sets for the bundled databases, and a gateway in namespaces.
 
     .venv/bin/python bench/gateway.py [--rounds 3] [--seconds 5]     (root: namespaces, nft)
+    .venv/bin/python bench/gateway.py --only restore --rounds 5        (the restore figures alone)
 
 Alone it writes bench/results/gateway.json and gateway.md; `bench/run.py --only gateway` adds the
 same figures to the suite's report.

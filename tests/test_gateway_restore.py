@@ -10,7 +10,10 @@ it needs; test_gateway_kernel.py's flush test runs the daemon's restore end to e
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import re
 import socket
 import subprocess
 
@@ -21,6 +24,7 @@ from gateway_netns import OK4
 from gateway_netns import OK6
 from gateway_netns import Topology
 from gateway_netns import require_netns
+from geogate.gateway import kernel
 from geogate.gateway import ruleset
 from geogate.gateway import sets
 from geogate.policy.state import GateState
@@ -166,3 +170,51 @@ def test_holding_keeps_the_proxied_ports_for_the_proxy(net):
     full = ruleset.render(net["strict"], config, generation=3)
     tag = next(line.split("or ")[1] for line in full.splitlines() if "ct mark set" in line)
     assert f"== {tag} meta mark set" in text
+
+
+def listing(topo: Topology) -> list[str]:
+    """The table's sets, counters and chains as nft lists them, in name order (the parts load in
+    any order), without what differs between two loads of the same ruleset."""
+    out = re.sub(r"packets \d+ bytes \d+", "", topo.sh("nft", "list", "table", "inet", "geogate", ns="gw").stdout)
+    return sorted(re.split(r"\n(?=\t\S)", out))
+
+
+def test_the_sets_loaded_in_parts_are_complete_before_the_chains_switch(net):
+    """The restore's second step (ruleset.staged, kernel.nft_parallel): every set loaded whole by
+    a process of its own on top of the holding table, which still refuses anything new; then the
+    chains switch in one small transaction: the table is the one render() makes, element for
+    element. A switch without its sets is refused and leaves the holding table in place."""
+    topo, strict = net["topo"], net["strict"]
+    config = dataclasses.replace(net["config"], set_part=2)  # every set of more than 2 elements in parts
+    text, steps = ruleset.render_staged(strict, config, generation=4)
+    whole = ruleset.render_staged(strict, net["config"], generation=4)[1]
+    assert len(steps.sets) > len(whole.sets), "the test policy's sets are too small to be split"
+    assert sum(steps.elements.values()) == sum(whole.elements.values())
+    sha, name = strict.policy_sha256, strict.policy_name
+
+    with topo.inside("gw"):
+        kernel.nft(text)
+    expected = listing(topo)
+    kept = connect(topo, OK4, 22)
+    try:
+        topo.sh("nft", "flush", "ruleset", ns="gw")
+        with topo.inside("gw"):
+            kernel.nft(ruleset.holding(config, 4, sha, name))
+            with pytest.raises(kernel.GatewayError):
+                kernel.nft(steps.chains)  # the sets are not there yet: nothing switches
+            assert ruleset.HOLDING in kernel.table_comment()
+            kernel.nft_parallel(steps.sets)
+        # every set complete, the holding chains still in place: new flows refused, old ones go on
+        assert tcp_try(topo, OK4, 8443) == "reset" and echo(kept)
+        for set_name, count in steps.elements.items():
+            out = topo.sh("nft", "-j", "list", "set", "inet", "geogate", set_name, ns="gw").stdout
+            loaded = next(o["set"] for o in json.loads(out)["nftables"] if "set" in o)
+            assert len(loaded.get("elem", [])) == count, set_name
+        with topo.inside("gw"):
+            kernel.nft(steps.chains)
+        assert listing(topo) == expected
+        assert tcp_try(topo, OK4, 8443) == "open"
+        assert tcp_try(topo, BAD4, 8443) == "reset"
+        assert echo(kept)
+    finally:
+        kept.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -171,3 +172,31 @@ def test_check_names_what_only_the_proxy_can_enforce(tmp_path):
     assert "client profile staff matches proxy users (alice)" in out
     assert "Teredo (2001::/32) is blocked by the kernel as a whole" in out
     assert "blocked intervals" in out
+
+
+def test_large_sets_are_split_in_address_order_and_every_part_is_matched(rich):
+    """A set over GatewayConfig.set_part elements becomes parts (restore loads them in parallel);
+    together they hold every interval once, and each chain matches every part: a blocked part
+    each in a rule of its own, an allowed one only outside all parts."""
+    ks = sets.build(rich)
+    whole_text, whole = ruleset.render_staged(ks, ruleset.GatewayConfig(lan=("lan0",)))
+    text, steps = ruleset.render_staged(ks, ruleset.GatewayConfig(lan=("lan0",), set_part=2))
+    assert len(steps.sets) > len(whole.sets)
+    for name, count in whole.elements.items():
+        parts = {n: c for n, c in steps.elements.items() if n == name or n.startswith(f"{name}_")}
+        assert sum(parts.values()) == count and all(c <= 2 for c in parts.values()), name
+        if len(parts) > 1:
+            def elements(name: str, text: str) -> str:
+                found = re.search(rf"set {name} {{.*?elements = {{ (.*?) }}", text, re.S)
+                return found.group(1).replace(",\n      ", ", ") if found else ""
+
+            in_order = sorted(parts, key=lambda n: int(n.rsplit("_", 1)[1]))
+            assert elements(name, whole_text)
+            assert ", ".join(elements(n, text) for n in in_order) == elements(name, whole_text)
+            if name.endswith("_allow"):
+                assert any(all(f"daddr != @{n}" in line for n in parts) for line in text.splitlines()), name
+            else:
+                assert all(f"daddr @{n} goto blocked" in text for n in parts), name
+    # the switch replaces the holding chains only; the sets come from steps.sets
+    assert "elements" not in steps.chains and "delete chain inet geogate prerouting" in steps.chains
+    assert "".join(steps.sets).count("elements") == len(steps.sets)

@@ -10,7 +10,8 @@ then forwarding turned on, then the transparent proxy started. While running, th
 - the NFLOG reader turns refused flows into decision records (receipts.py) and counts new
   flows, allowed and refused, per rule and country (flowcount.py), beside the kernel's counters.
 After a flush the table comes back in two steps: at once a holding table that lets the flows
-the sets allowed go on and refuses anything new (ruleset.holding), then the full sets.
+the sets allowed go on and refuses anything new (ruleset.holding), then the full sets: each set
+by an nft process of its own, in parallel, then the chains in one small transaction (ruleset.Staged).
 Stopping leaves the rules in place (the LAN stays judged, the proxied ports refused);
 `geogate gateway down` removes them.
 """
@@ -56,6 +57,7 @@ from geogate.policy.state import named_database_files
 
 DEFAULT_STATE_FILE = "/run/geogate/gateway.json"
 _PROXY_POLICY = re.compile(r"policy \S+ \((?:[^,]*, )?sha256 ([0-9a-f]{12}(?:[0-9a-f]{52})?)\)")
+TABLE_POLL = 0.05  # seconds between the watchdog's looks for the table (the latch: Options.watch_interval)
 PROXY_SHA_ENV = "GEOGATE_LOG_SHA256"  # set to "full" for the proxy child: it names whole hashes
 
 
@@ -122,6 +124,7 @@ class Gateway:
         # the sets are built here and put in the kernel by start(): there are always sets to
         # compare a reload with, to name in a receipt and to put back if the table goes
         self.generations = itertools.count(1)  # each ruleset stamps the flows it allows with its own
+        self.staged: dict[int, ruleset.Staged] = {}  # the live ruleset in steps, by generation (_restore_sets)
         self.dbpieces, self.kernel_sets, self.text, self.text_generation = self._build(state, None)
         self.built_stale = state.limit.stale(time.time())  # what the sets were built with (see _watch_files)
         self.handle: int | None = None  # the table's handle once it is in the kernel
@@ -193,7 +196,9 @@ class Gateway:
             pieces.databases = state.databases
         ks = sets.build(state, pieces)
         generation = next(self.generations)
-        return pieces, ks, ruleset.render(ks, self.config, generation), generation
+        text, staged = ruleset.render_staged(ks, self.config, generation)
+        self.staged[generation] = staged  # for _restore_sets; _install keeps the live one only
+        return pieces, ks, text, generation
 
     def _apply(self, state: GateState) -> None:
         pieces, ks, text, generation = self._build(state, self.dbpieces)
@@ -211,6 +216,7 @@ class Gateway:
             self.handle = kernel.table_handle()
             self.state, self.kernel_sets, self.text, self.dbpieces = state, ks, text, pieces
             self.text_generation = generation
+            self.staged = {g: st for g, st in self.staged.items() if g >= generation}
             # the sets hold the decisions of the moment: rebuilt when the databases pass geo.max_age
             self.built_stale = state.limit.stale(time.time())
         if self.metrics is not None:
@@ -277,8 +283,15 @@ class Gateway:
 
     # -- watching -------------------------------------------------------------------------------
     def _watchdog(self) -> None:
-        while not self.stopping.wait(self.options.watch_interval):
+        """The table is looked for every TABLE_POLL seconds (one netlink dump, in process: a flush
+        is met at once), the latch every watch_interval (`ip rule` and `ip route`, four processes)."""
+        quick = min(TABLE_POLL, self.options.watch_interval)
+        latch_checked = time.monotonic()
+        while not self.stopping.wait(quick):
             try:
+                if time.monotonic() - latch_checked < self.options.watch_interval and self._table_intact():
+                    continue
+                latch_checked = time.monotonic()
                 if self._intact():
                     continue
                 with self.lock:  # not in the middle of a swap (which changes the table's handle)
@@ -301,9 +314,9 @@ class Gateway:
 
     def _restore(self, table_ok: bool, latch_ok: bool, started: float) -> str:
         """Put back what is missing: the holding table first (milliseconds: the flows the sets
-        allowed go on, anything new is refused), the latch, then the full sets in one
-        transaction (seconds with large sets). A failure leaves the handle unknown, so the next
-        round starts over."""
+        allowed go on, anything new is refused), the latch, then the full sets (_restore_sets:
+        about a second with large sets). A failure leaves the handle unknown, so the next round
+        starts over from the holding table."""
         with self.lock:
             detail = ""
             if not table_ok:
@@ -317,12 +330,29 @@ class Gateway:
             if not latch_ok:
                 kernel.install_latch(self.config)
             if not table_ok:
-                kernel.nft(self.text)
+                self._restore_sets()
                 self.handle = kernel.table_handle()
                 full_ms = (time.monotonic() - started) * 1000
                 self.last_restore = {"holding_ms": round(holding_ms), "full_ms": round(full_ms)}
                 detail = f" (the holding table after {holding_ms:.0f} ms, the full sets after {full_ms:.0f} ms)"
         return detail
+
+    def _restore_sets(self) -> None:
+        """The full ruleset on top of the holding table: each set loaded whole by an nft process
+        of its own, in parallel, then the chains switched in one small transaction that refers
+        only to those sets (nothing new passes before every set is complete). Without the steps
+        of the live generation, the one transaction of a swap."""
+        steps = self.staged.get(self.text_generation)
+        if steps is None:
+            kernel.nft(self.text)
+            return
+        kernel.nft_parallel(steps.sets)
+        kernel.nft(steps.chains)
+
+    def _table_intact(self) -> bool:
+        with self.lock:
+            handle = self.handle
+        return handle is not None and kernel.table_handle() == handle
 
     def _intact(self) -> bool:
         with self.lock:

@@ -19,6 +19,8 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from geogate.core.errors import GeogateError
@@ -55,6 +57,34 @@ def nft(text: str) -> None:
     if r.returncode != 0:
         first = next((line for line in r.stderr.splitlines() if "Error" in line), r.stderr.strip()[:300])
         raise GatewayError(f"nft refused the ruleset: {first}")
+
+
+URGENT_NICE = -10  # the restore's nft processes: the LAN waits for them, other work on the host can wait
+
+
+def nft_parallel(texts: list[str] | tuple[str, ...]) -> None:
+    """Several independent nft transactions at once, one process each: nft's parsing (most of
+    the time of a large set) runs on every core; the kernel commits them one after the other.
+    The processes run at URGENT_NICE (new flows from the LAN are refused until they are done).
+    All are waited for; the first refusal is raised."""
+    with ThreadPoolExecutor(max(1, len(texts))) as pool:
+        failures = [e for e in pool.map(_nft_urgent, texts) if e is not None]
+    if failures:
+        raise failures[0]
+
+
+def _nft_urgent(text: str) -> GatewayError | None:
+    try:
+        # a thread's own nice value (Linux: per thread), inherited by the nft it starts; this
+        # pool's threads end with the call
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), URGENT_NICE)
+    except OSError:
+        pass  # without CAP_SYS_NICE: at the usual priority
+    try:
+        nft(text)
+    except GatewayError as e:
+        return e
+    return None
 
 
 def table_handle() -> int | None:

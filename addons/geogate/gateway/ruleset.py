@@ -56,6 +56,7 @@ class GatewayConfig:
     judge_host: bool = False  # the gateway's own outgoing traffic too (output hook), but the proxy's
     proxy_gid: int = 6767  # the proxy child runs with this group: its upstream connections are exempt
     dns_port: int | None = None  # `--dns`: the port of the proxy's DNS mode; None: DNS judged like any flow
+    set_part: int = 131072  # elements per kernel set at most: a larger one is split (restore loads parts in parallel)
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -104,10 +105,56 @@ def _ports(ranges) -> str:
     return "{ " + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges) + " }"
 
 
+@dataclass(frozen=True)
+class Staged:
+    """The ruleset in steps, for putting a flushed table back behind holding(): `sets`, one
+    `nft -f` text per set (independent: they can run in parallel, each loads one whole set into
+    the holding table), then `chains`, one transaction that replaces the holding chains with the
+    full rules, which reference only those sets. The normal swap uses render() (one transaction)."""
+
+    sets: tuple[str, ...]
+    chains: str
+    generation: int
+    elements: dict[str, int]  # elements per set: what the sets texts load
+
+
 def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
     """The whole transaction: the table (re)created with every set, chain and rule. `generation`
     tags the flows these sets allow (holding() lets only those through)."""
-    sets: list[str] = []
+    return render_staged(ks, config, generation)[0]
+
+
+def staged(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> Staged:
+    """The same ruleset as render(), in steps (see Staged); only ever applied on top of holding()."""
+    return render_staged(ks, config, generation)[1]
+
+
+def render_staged(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> tuple[str, Staged]:
+    """render() and staged() at once: the elements' text (most of the time) is made once."""
+    sets, body, comment = _table(ks, config, generation)
+    blocks = [_set(name, version, intervals) for name, version, intervals in sets]
+    full = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
+            f'  comment "{comment}"', *_counters(), *(line for block in blocks for line in block), *body, "}"]
+    texts = tuple("\n".join([f"table {FAMILY} {TABLE} {{", *block, "}"]) + "\n" for block in blocks)
+    switch = [f"flush chain {FAMILY} {TABLE} {c}\ndelete chain {FAMILY} {TABLE} {c}" for c in _holding_chains(config)]
+    switch += [f"delete counter {FAMILY} {TABLE} {HELD_COUNTER}", f"table {FAMILY} {TABLE} {{", *_counters(), *body, "}"]
+    return "\n".join(full) + "\n", Staged(texts, "\n".join(switch) + "\n", generation,
+                                           {name: len(intervals) for name, _version, intervals in sets})
+
+
+def _parts(name: str, intervals: list[Interval], part: int) -> list[tuple[str, list[Interval]]]:
+    """A set of more than `part` elements as several (nft parses one set in one process; parts
+    load in parallel after a flush), in address order."""
+    if len(intervals) <= part:
+        return [(name, intervals)]
+    count = -(-len(intervals) // part)
+    size = -(-len(intervals) // count)
+    return [(f"{name}_{i}", intervals[i * size:(i + 1) * size]) for i in range(count)]
+
+
+def _table(ks: KernelSets, config: GatewayConfig, generation: int) -> tuple[list, list[str], str]:
+    """The table's sets (name, version, intervals), the lines of its chains, and its comment."""
+    sets: list[tuple[str, int, list[Interval]]] = []
     chains: list[str] = []
     dispatch: list[str] = []
     for pi, profile in enumerate(ks.profiles):
@@ -129,14 +176,16 @@ def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
                     continue
                 name = f"{chain}_{gi}_{version}"
                 if not allowed:
-                    test = f"meta nfproto {'ipv4' if version == 4 else 'ipv6'}"
+                    tests = [f"meta nfproto {'ipv4' if version == 4 else 'ipv6'}"]
                 elif len(allowed) < len(blocked):  # an allow-list is the smaller set: keep that
-                    sets += _set(f"{name}_allow", version, allowed)
-                    test = f"{proto} daddr != @{name}_allow"
+                    parts = _parts(f"{name}_allow", allowed, config.set_part)
+                    sets += [(n, version, p) for n, p in parts]
+                    tests = [" ".join(f"{proto} daddr != @{n}" for n, _p in parts)]  # in none of the parts
                 else:
-                    sets += _set(f"{name}_block", version, blocked)
-                    test = f"{proto} daddr @{name}_block"
-                body += [f"{m}{test} goto blocked" for m in matches]
+                    parts = _parts(f"{name}_block", blocked, config.set_part)
+                    sets += [(n, version, p) for n, p in parts]
+                    tests = [f"{proto} daddr @{n}" for n, _p in parts]
+                body += [f"{m}{test} goto blocked" for test in tests for m in matches]
         body += _allowed(config, generation)
         chains += [f"  chain {chain} {{", *(f"    {line}" for line in body), "  }"]
         if profile.name is not None:
@@ -159,9 +208,7 @@ def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
         pre.append(f"meta l4proto tcp th dport {ports} return")
     dns_pre, dns_nat, dns_input = dns_rules(config)
     pre += dns_pre + dispatch + ["goto p0"]
-    out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
-           f'  comment "{comment}"', *_counters(), *sets,
-           "  chain prerouting {", *(f"    {line}" for line in pre), "  }",
+    out = ["  chain prerouting {", *(f"    {line}" for line in pre), "  }",
            *chains,
            "  chain blocked {",
            f'    ct state new counter name "{BLOCKED_COUNTER}" limit rate {config.log_rate}/second '
@@ -172,8 +219,14 @@ def render(ks: KernelSets, config: GatewayConfig, generation: int = 1) -> str:
     out += _nat_chain(config, dns_nat)
     out += dns_input
     out += _host_chain(config, ["goto p0"])
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return sets, out, comment
+
+
+def _holding_chains(config: GatewayConfig) -> list[str]:
+    """The chains holding() makes, for the switch to the full rules to delete."""
+    dns = config.dns_port is not None
+    return (["prerouting"] + (["nat"] if config.tcp_ports or dns else []) + (["dns_input"] if dns else [])
+            + (["output"] if config.judge_host else []))
 
 
 def _host_chain(config: GatewayConfig, tail: list[str]) -> list[str]:
@@ -241,8 +294,9 @@ def holding(config: GatewayConfig, generation: int, policy_sha256: str, policy_n
         *dns_pre,
         *hold,
     ]
+    # the table's own comment is the full ruleset's: the switch from staged() keeps the table
     out = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{",
-           f'  comment "{comment}"', *_counters(), f"  counter {HELD_COUNTER} {{ }}",
+           f'  comment "geogate policy={policy_sha256} name={policy_name}"', *_counters(), f"  counter {HELD_COUNTER} {{ }}",
            "  chain prerouting {", *(f"    {line}" for line in pre), "  }"]
     out += _nat_chain(config, dns_nat)
     out += dns_input

@@ -17,10 +17,10 @@ from gateway_netns import GatewayProcess
 from gateway_netns import Topology
 from gateway_netns import require_netns
 from geogate.gateway.ruleset import GatewayConfig
+from netns_servers import TcpEcho
 from proxy_support import Origin
 from proxy_support import write_db
 from proxy_support import write_policy
-from test_gateway_kernel import TcpEcho
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 

@@ -31,10 +31,10 @@ from gateway_netns import GatewayProcess
 from gateway_netns import Namespaces
 from netns_servers import TcpEcho
 from netns_servers import UdpEcho
-from netns_servers import close_all
 from netns_servers import tcp_ping
 from netns_servers import udp_ping
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 

@@ -76,11 +76,6 @@ class UdpEcho:
         self.sock.close()
 
 
-def close_all(servers) -> None:
-    for s in servers:
-        s.close()
-
-
 def tcp_ping(s: socket.socket, ip: str, port: int) -> str:
     """Connects the socket `s` to (ip, port), sends "ping", closes it: "open" when it came back."""
     s.settimeout(3)

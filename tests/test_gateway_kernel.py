@@ -27,11 +27,11 @@ from gateway_netns import built
 from gateway_netns import wait_until
 from netns_servers import TcpEcho
 from netns_servers import UdpEcho
-from netns_servers import close_all
 from netns_servers import family
 from netns_servers import tcp_try
 from netns_servers import udp_try
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 

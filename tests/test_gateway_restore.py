@@ -26,10 +26,10 @@ from geogate.gateway import sets
 from geogate.policy.state import GateState
 from netns_servers import TcpEcho
 from netns_servers import UdpEcho
-from netns_servers import close_all
 from netns_servers import family
 from netns_servers import tcp_try
 from netns_servers import udp_try
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 

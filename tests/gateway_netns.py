@@ -15,6 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,15 +31,16 @@ GEOGATE = Path(sys.executable).with_name("geogate")
 OK4, BAD4, OK6, BAD6 = "10.77.2.10", "10.77.2.20", "fd77:2::10", "fd77:2::20"
 
 
-class Topology:
-    def __init__(self, tag: str) -> None:
-        self.ns = {"client": f"{tag}c", "gw": f"{tag}g", "servers": f"{tag}s"}
-        self.ifs = {"client": f"{tag}a", "gw_lan": f"{tag}b", "gw_wan": f"{tag}d", "servers": f"{tag}e"}
+class Namespaces:
+    """Named network namespaces: `ns` maps a role ("client", "gw", ...) to a namespace's name; a
+    name that is no role is taken as a namespace's own name."""
+
+    ns: dict[str, str]
 
     def sh(self, *cmd: str, ns: str | None = None, check: bool = True, env: dict | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess:
-        full = ["ip", "netns", "exec", self.ns[ns], *cmd] if ns else list(cmd)
-        r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env)
+           timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+        full = ["ip", "netns", "exec", self.ns.get(ns, ns), *cmd] if ns else list(cmd)
+        r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, input=input)
         if check and r.returncode != 0:
             raise RuntimeError(f"{' '.join(full)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -45,7 +49,7 @@ class Topology:
     def inside(self, ns: str):
         """Run the body in namespace `ns` (this thread only): sockets made there stay there."""
         here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{self.ns[ns]}", os.O_RDONLY)
+        there = os.open(f"/run/netns/{self.ns.get(ns, ns)}", os.O_RDONLY)
         try:
             os.setns(there, os.CLONE_NEWNET)
             yield
@@ -53,6 +57,16 @@ class Topology:
             os.setns(here, os.CLONE_NEWNET)
             os.close(here)
             os.close(there)
+
+    def tear_down(self) -> None:
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # the veths go with them
+
+
+class Topology(Namespaces):
+    def __init__(self, tag: str) -> None:
+        self.ns = {"client": f"{tag}c", "gw": f"{tag}g", "servers": f"{tag}s"}
+        self.ifs = {"client": f"{tag}a", "gw_lan": f"{tag}b", "gw_wan": f"{tag}d", "servers": f"{tag}e"}
 
     def build(self) -> None:
         for ns in self.ns.values():
@@ -77,10 +91,6 @@ class Topology:
             self.sh("ip", "route", "add", "default", "via", via4, ns=ns)
             self.sh("ip", "-6", "route", "add", "default", "via", via6, ns=ns)
 
-    def tear_down(self) -> None:
-        for ns in self.ns.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # the veths go with them
-
 
 def require_netns(tag: str) -> None:
     system_deps.skip_unless("ip", "nft", "curl")
@@ -89,6 +99,27 @@ def require_netns(tag: str) -> None:
         pytest.skip(f"cannot create network namespaces here (`ip netns add` said: {probe.stderr.strip()}); "
                     "this test needs root and CAP_SYS_ADMIN")
     subprocess.run(["ip", "netns", "del", f"{tag}probe"], capture_output=True)
+
+
+@contextmanager
+def built(tag: str) -> Iterator[tuple[Topology, ExitStack]]:
+    """A built Topology (the test skips where namespaces cannot be made) and a stack for what the
+    test starts in it (servers, gateways), unwound last first before the namespaces go."""
+    require_netns(tag)
+    topo = Topology(tag)
+    with ExitStack() as stack:
+        stack.callback(topo.tear_down)
+        topo.build()
+        yield topo, stack
+
+
+def wait_until(check, timeout: float, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 class GatewayProcess(ReadsOutput):

@@ -19,23 +19,30 @@ would be lost, and the tests would see it.
 
 from __future__ import annotations
 
-import errno
 import http.client
-import os
 import re
 import socket
-import subprocess
-import threading
-import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from contextlib import contextmanager
+from pathlib import Path
 
 from gateway_netns import GatewayProcess
+from gateway_netns import Namespaces
+from netns_servers import TcpEcho
+from netns_servers import UdpEcho
+from netns_servers import tcp_ping
+from netns_servers import udp_ping
+from proxy_support import Origin
+from proxy_support import close_all
+from proxy_support import write_db
+from proxy_support import write_policy
 
 CLIENT_SRC = "10.77.9.2"
 OK4, BAD4 = "10.77.2.10", "10.77.2.20"  # DE and KP in proxy_support.NETWORKS
 
 
-class GatewayNs:
+class GatewayNs(Namespaces):
     """One gateway's namespace, shaped like gateway_netns.Topology for GatewayProcess."""
 
     def __init__(self, pair: "Pair", index: int) -> None:
@@ -47,40 +54,14 @@ class GatewayNs:
         self.client_if = f"{pair.tag}c{index}"
         self.wan_ip = f"10.77.2.{index}"
 
-    def sh(self, *cmd: str, ns: str | None = None, check: bool = True, env: dict | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess:
-        return self.pair.sh(*cmd, ns=self.ns["gw"] if ns == "gw" else ns, check=check, env=env, timeout=timeout)
 
-
-class Pair:
+class Pair(Namespaces):
     def __init__(self, tag: str) -> None:
         self.tag = tag
         self.client, self.servers = f"{tag}c", f"{tag}s"
         self.gateways = (GatewayNs(self, 1), GatewayNs(self, 2))
-        self.ns = {"client": self.client, "servers": self.servers}  # for gateway_netns-style helpers
+        self.ns = {"client": self.client, "servers": self.servers, **{f"gw{g.index}": g.ns["gw"] for g in self.gateways}}
         self.client_src = CLIENT_SRC
-
-    def sh(self, *cmd: str, ns: str | None = None, check: bool = True, env: dict | None = None,
-           timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
-        ns = self.ns.get(ns, ns) if ns else None
-        full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-        r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, input=input)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"{' '.join(full)} failed ({r.returncode}): {r.stderr.strip()}")
-        return r
-
-    @contextmanager
-    def inside(self, ns: str):
-        """Run the body in namespace `ns` (this thread only): sockets made there stay there."""
-        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        there = os.open(f"/run/netns/{self.ns.get(ns, ns)}", os.O_RDONLY)
-        try:
-            os.setns(there, os.CLONE_NEWNET)
-            yield
-        finally:
-            os.setns(here, os.CLONE_NEWNET)
-            os.close(here)
-            os.close(there)
 
     def build(self) -> None:
         c, s = self.client, self.servers
@@ -142,10 +123,6 @@ class Pair:
             port += 1
         return found
 
-    def tear_down(self) -> None:
-        for ns in (self.client, self.servers, *(g.ns["gw"] for g in self.gateways)):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # the veths go with them
-
 
 VIP = "10.77.1.1"
 
@@ -197,6 +174,41 @@ class LanPair(Pair):
         return None
 
 
+@contextmanager
+def running(topo: Pair, tmp: Path) -> Iterator[tuple[dict, list[GatewayProcess]]]:
+    """`topo` built, HTTP, TCP 22 and UDP 53 echo servers on OK4 and BAD4, and `geogate gateway run`
+    in each gateway namespace (its own directory, decision log and state file); all taken down after."""
+    with ExitStack() as stack:
+        stack.callback(topo.tear_down)
+        topo.build()
+        servers: dict = {}
+        stack.callback(close_all, servers.values())
+        with topo.inside("servers"):
+            for ip in (OK4, BAD4):
+                servers[("http", ip)] = Origin(ip, 80)
+                servers[("tcp", ip)] = TcpEcho(ip, 22)
+                servers[("udp", ip)] = UdpEcho(ip, 53)
+        policy = write_policy(tmp / "policy.yaml")
+        db = write_db(tmp / "geo.mmdb")
+        gateways: list[GatewayProcess] = []
+        stack.callback(stop_all, gateways)
+        for g in topo.gateways:
+            own = tmp / f"gw{g.index}"
+            own.mkdir()
+            gateways.append(GatewayProcess(g, own, policy=policy, dbs=[db], log=own / "decisions.jsonl"))
+        for gw in gateways:
+            gw.wait_ready()
+        yield servers, gateways
+
+
+def stop_all(gateways: list[GatewayProcess]) -> None:
+    for gw in gateways:
+        try:
+            gw.stop()
+        except Exception:
+            pass  # the other gateway still has to go down
+
+
 KEEPALIVED_CONF = """\
 global_defs {{
     router_id {name}
@@ -229,56 +241,6 @@ vrrp_instance lan {{
 
 # -- servers and clients of the pair tests --------------------------------------------------------
 
-class TcpEcho:
-    """Accepts on (ip, port), keeps each peer (a masqueraded peer names the gateway), echoes."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.peers: list[tuple[str, int]] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.peers.append(peer)
-            with conn:
-                conn.settimeout(3)
-                try:
-                    while data := conn.recv(4096):
-                        conn.sendall(data)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class UdpEcho:
-    def __init__(self, ip: str, port: int) -> None:
-        self.peers: list[tuple[str, int]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((ip, port))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(2048)
-            except OSError:
-                return
-            self.peers.append(peer)
-            self.sock.sendto(data, peer)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def client_socket(topo: Pair, kind: int, sport: int = 0) -> socket.socket:
     with topo.inside("client"):
         s = socket.socket(socket.AF_INET, kind)
@@ -305,42 +267,12 @@ def http_get(topo: Pair, ip: str, path: str, sport: int = 0) -> tuple[int | None
 
 
 def tcp_try(topo: Pair, ip: str, sport: int) -> str:
-    s = client_socket(topo, socket.SOCK_STREAM, sport)
-    s.settimeout(3)
-    try:
-        s.connect((ip, 22))
-        s.sendall(b"ping")
-        return "open" if s.recv(4) == b"ping" else "silent"
-    except ConnectionRefusedError:
-        return "reset"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"
-    finally:
-        s.close()
+    return tcp_ping(client_socket(topo, socket.SOCK_STREAM, sport), ip, 22)
 
 
 def udp_try(topo: Pair, ip: str, sport: int) -> str:
-    s = client_socket(topo, socket.SOCK_DGRAM, sport)
-    s.settimeout(1.5)
-    try:
-        s.connect((ip, 53))
-        s.send(b"datagram")
-        return "echo" if s.recv(64) == b"datagram" else "other"
-    except OSError as e:
-        # a refusal comes back as ICMP administratively prohibited, reported on the connected socket
-        return errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
-    finally:
-        s.close()
+    return udp_ping(client_socket(topo, socket.SOCK_DGRAM, sport), ip, 53)
 
 
 def proxied(gw: GatewayProcess, address: str, action: str) -> list[dict]:
     return [r for r in gw.records() if r["mode"] == "transparent" and r["address"] == address and r["action"] == action]
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout} s: {what}")

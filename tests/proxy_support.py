@@ -20,9 +20,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+import dns.message
+import dns.rdatatype
+import dns.rrset
 
 from mmdbs import write_flat
 from record_schema import check_record
@@ -171,6 +176,59 @@ class Origin:
 
 
 LISTEN_RE = re.compile(r"(\S+(?: v5)?) proxy(?: \(\w+ mode\))? listening at (?:\*|[\d.]+|\[[0-9a-f:]+\]):(\d+)", re.IGNORECASE)
+
+
+def close_all(things) -> None:
+    """close() each of them: the servers and connections a test opened."""
+    for thing in things:
+        thing.close()
+
+
+def closed_within(s: socket.socket, seconds: float) -> bool:
+    """True once the far end closes the connection (EOF, reset, or a TLS error on a TLS socket),
+    waiting at most `seconds`."""
+    s.settimeout(seconds)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:  # ssl.SSLError is one too
+        return True
+
+
+class UdpNameServer:
+    """A UDP name server on a bound socket: answers each question with the addresses
+    answers(name, type) gives (the name lower-case with its final dot, the type as "A", "AAAA", ...;
+    none: an answer without records), and keeps every packet it receives."""
+
+    def __init__(self, sock: socket.socket, answers: Callable[[str, str], list[str]]) -> None:
+        self.sock, self.answers = sock, answers
+        self.packets: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            self.packets.append(data)
+            try:
+                query = dns.message.from_wire(data)
+                reply = dns.message.make_response(query)
+                q = query.question[0]
+                rdtype = dns.rdatatype.to_text(q.rdtype)
+                ips = self.answers(q.name.to_text().lower(), rdtype)
+                if ips:
+                    reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", rdtype, *ips))
+                self.sock.sendto(reply.to_wire(), peer)
+            except Exception:  # a packet that is not a question: nothing to answer
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class ReadsOutput:

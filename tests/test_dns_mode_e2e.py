@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import re
 import socket
-import threading
 import time
 
 import dns.message
@@ -21,6 +20,7 @@ import dns.rrset
 import pytest
 
 from proxy_support import Mitmdump
+from proxy_support import UdpNameServer
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -29,48 +29,26 @@ pytestmark = [pytest.mark.e2e]
 LISTEN_RE = re.compile(r"DNS server listening at 127\.0\.0\.1:(\d+)")
 
 
-class FakeNameServer:
+class FakeNameServer(UdpNameServer):
     """A UDP name server on HOST:53: answers A with ANSWER, anything else with no records, and
     counts every packet it receives."""
 
     def __init__(self, prefix: str, answer: str) -> None:
-        self.packets: list[bytes] = []
-        self.answer = answer
         for _ in range(30):
             host = f"{prefix}.{random.randint(100, 250)}"
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                self.sock.bind((host, 53))
+                sock.bind((host, 53))
                 break
             except PermissionError:
-                self.sock.close()
+                sock.close()
                 pytest.skip("cannot bind port 53 here (mitmproxy's resolver only asks port 53)")
             except OSError:
-                self.sock.close()
+                sock.close()
         else:
             raise RuntimeError(f"no free port 53 in {prefix}.0/24")
         self.host = host
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            self.packets.append(data)
-            try:
-                query = dns.message.from_wire(data)
-                reply = dns.message.make_response(query)
-                q = query.question[0]
-                if q.rdtype == dns.rdatatype.A:
-                    reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", self.answer))
-                self.sock.sendto(reply.to_wire(), peer)
-            except Exception:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(sock, lambda _name, rdtype: [answer] if rdtype == "A" else [])
 
 
 @pytest.fixture

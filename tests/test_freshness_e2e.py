@@ -13,6 +13,7 @@ from mmdbs import rewrite_metadata
 from proxy_support import ALLOWED_IP
 from proxy_support import Mitmdump
 from proxy_support import Origin
+from proxy_support import closed_within
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -39,18 +40,6 @@ def open_tunnel(proxy_port: int, host: str, port: int) -> socket.socket:
         assert chunk, answer
         answer += chunk
     return s
-
-
-def closed_within(s: socket.socket, seconds: float) -> bool:
-    s.settimeout(seconds)
-    try:
-        while s.recv(4096):
-            pass
-        return True
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
 
 
 def aged_db(tmp_path: Path, name: str, build_epoch: int) -> Path:

@@ -12,8 +12,7 @@ import pytest
 from gateway_netns import BAD4
 from gateway_netns import OK4
 from gateway_netns import GatewayProcess
-from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from proxy_support import NETWORKS
 from proxy_support import write_db
 from proxy_support import write_policy
@@ -37,17 +36,14 @@ def wait_refused(gateway: GatewayProcess, address: str, port: int) -> None:
 
 
 def test_a_database_added_to_the_directory_reaches_the_kernel_sets(tmp_path):
-    require_netns(TAG)
-    topo = Topology(TAG)
-    gateway = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
         directory = tmp_path / "GeoIP"
         directory.mkdir()
         # OK4's network in no database: unknown, and the test policy blocks the unknown
         write_db(directory / "a.mmdb", {k: v for k, v in NETWORKS.items() if k != OK_NET})
         gateway = GatewayProcess(topo, tmp_path, policy=write_policy(tmp_path / "policy.yaml"), dbs=[directory],
                                  log=tmp_path / "decisions.jsonl", args=["--tcp-ports", ""])
+        stack.callback(gateway.stop)
         gateway.wait_ready(proxy=False)
 
         def connect(address: str, port: int) -> None:
@@ -63,9 +59,3 @@ def test_a_database_added_to_the_directory_reaches_the_kernel_sets(tmp_path):
         connect(BAD4, 83)  # still refused: its receipt says the reader has caught up
         wait_refused(gateway, BAD4, 83)
         assert not refused_to(gateway, OK4, 82), gateway.output
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            topo.tear_down()

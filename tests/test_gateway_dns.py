@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import dns.exception
@@ -33,7 +32,9 @@ from gateway_netns import OK4
 from gateway_netns import OK6
 from gateway_netns import GatewayProcess
 from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
+from proxy_support import UdpNameServer
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -44,54 +45,25 @@ ANSWERS = {("mixed.test.", "A"): [OK4, BAD4], ("mixed.test.", "AAAA"): [OK6, BAD
 NOWHERE4, NOWHERE6 = "10.77.2.99", "fd77:2::99"  # resolver addresses nobody has (geo unknown: blocked)
 
 
-class NameServer:
-    """A UDP name server on ADDRESS:53 inside the servers namespace; counts every packet."""
+class NameServer(UdpNameServer):
+    """A UDP name server on ADDRESS:53 inside the servers namespace, answering from ANSWERS."""
 
     def __init__(self, topo: Topology, address: str) -> None:
         self.address = address
-        self.packets: list[bytes] = []
         with topo.inside("servers"):
-            self.sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((address, 53))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            self.packets.append(data)
-            try:
-                query = dns.message.from_wire(data)
-                reply = dns.message.make_response(query)
-                q = query.question[0]
-                ips = ANSWERS.get((q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)), [])
-                if ips:
-                    reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", dns.rdatatype.to_text(q.rdtype), *ips))
-                self.sock.sendto(reply.to_wire(), peer)
-            except Exception:  # a packet that is not a question: nothing to answer
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((address, 53))
+        super().__init__(sock, lambda name, rdtype: ANSWERS.get((name, rdtype), []))
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_netns(TAG)
     tmp = tmp_path_factory.mktemp("gateway-dns")
-    topo = Topology(TAG)
-    servers: list[NameServer] = []
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
         servers = [NameServer(topo, OK4), NameServer(topo, BAD4)]
+        stack.callback(close_all, servers)
         yield {"topo": topo, "tmp": tmp, "ok": servers[0], "bad": servers[1],
                "policy": write_policy(tmp / "policy.yaml"), "db": write_db(tmp / "geo.mmdb")}
-    finally:
-        for s in servers:
-            s.close()
-        topo.tear_down()
 
 
 def start(lab, name: str, *args: str, policy: Path | None = None) -> GatewayProcess:

@@ -17,20 +17,16 @@ import pytest
 
 from gateway_netns import GatewayProcess
 from gateway_netns import require_netns
+from gateway_netns import wait_until
 from gateway_pair import BAD4
 from gateway_pair import CLIENT_SRC
 from gateway_pair import OK4
 from gateway_pair import Pair
-from gateway_pair import TcpEcho
-from gateway_pair import UdpEcho
 from gateway_pair import http_get
 from gateway_pair import proxied
+from gateway_pair import running
 from gateway_pair import tcp_try
 from gateway_pair import udp_try
-from gateway_pair import wait_until
-from proxy_support import Origin
-from proxy_support import write_db
-from proxy_support import write_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -41,37 +37,9 @@ SPREAD_CONNECTIONS = 40
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     require_netns(TAG)
-    tmp = tmp_path_factory.mktemp("gateway-ecmp")
     topo = Pair(TAG)
-    servers: dict = {}
-    gateways: list[GatewayProcess] = []
-    try:
-        topo.build()
-        with topo.inside("servers"):
-            for ip in (OK4, BAD4):
-                servers[("http", ip)] = Origin(ip, 80)
-                servers[("tcp", ip)] = TcpEcho(ip, 22)
-                servers[("udp", ip)] = UdpEcho(ip, 53)
-        policy = write_policy(tmp / "policy.yaml")
-        db = write_db(tmp / "geo.mmdb")
-        for g in topo.gateways:
-            own = tmp / f"gw{g.index}"
-            own.mkdir()
-            gateways.append(GatewayProcess(g, own, policy=policy, dbs=[db], log=own / "decisions.jsonl"))
-        for gw in gateways:
-            gw.wait_ready()
+    with running(topo, tmp_path_factory.mktemp("gateway-ecmp")) as (servers, gateways):
         yield {"topo": topo, "servers": servers, "gateways": gateways}
-    finally:
-        try:
-            for gw in gateways:
-                try:
-                    gw.stop()
-                except Exception:
-                    pass  # the other gateway still has to go down
-        finally:
-            for s in servers.values():
-                s.close()
-            topo.tear_down()
 
 
 # -- the tests, in order: both up, one link down, one process stopped -----------------------------

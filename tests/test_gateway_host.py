@@ -15,12 +15,13 @@ from gateway_netns import BAD4
 from gateway_netns import OK4
 from gateway_netns import GatewayProcess
 from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from geogate.gateway.ruleset import GatewayConfig
+from netns_servers import TcpEcho
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
-from test_gateway_kernel import TcpEcho
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -33,27 +34,17 @@ CONNECT = ("import socket,sys\ns=socket.socket()\ns.settimeout(3)\n"
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    require_netns(TAG)
     tmp = tmp_path_factory.mktemp("gateway-host")
-    topo = Topology(TAG)
-    servers: list = []
-    gateway = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
+        servers: list = []
+        stack.callback(close_all, servers)
         with topo.inside("servers"):
             servers += [TcpEcho(OK4, 22), TcpEcho(BAD4, 22), Origin(OK4, 80)]
         gateway = GatewayProcess(topo, tmp, policy=write_policy(tmp / "policy.yaml"), dbs=[write_db(tmp / "geo.mmdb")],
                                  args=["--judge-host"])
+        stack.callback(gateway.stop)
         gateway.wait_ready()
         yield {"topo": topo, "gateway": gateway}
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            for s in servers:
-                s.close()
-            topo.tear_down()
 
 
 def connect_from_gateway(topo: Topology, ip: str, port: int, gid: int | None = None) -> str:

@@ -8,7 +8,6 @@ country both ways without a restart; refused flows leave decision records with m
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
@@ -24,8 +23,15 @@ from gateway_netns import OK4
 from gateway_netns import OK6
 from gateway_netns import GatewayProcess
 from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
+from gateway_netns import wait_until
+from netns_servers import TcpEcho
+from netns_servers import UdpEcho
+from netns_servers import family
+from netns_servers import tcp_try
+from netns_servers import udp_try
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -37,62 +43,6 @@ TCP_PORTS = (22, 8443)
 UDP_PORTS = (53, 443, 51820)
 BLOCK_DE = "  - name: no-de\n    action: block\n    countries: [DE]\n"
 BLOCK_FR = "  - name: no-fr\n    action: block\n    countries: [FR]\n"
-
-
-def family(ip: str) -> int:
-    return socket.AF_INET6 if ":" in ip else socket.AF_INET
-
-
-class TcpEcho:
-    """Accepts on (ip, port), counts connections, echoes what it reads."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.accepted = 0
-        self.sock = socket.socket(family(ip), socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class UdpEcho:
-    """Receives on (ip, port), keeps each datagram with when it arrived, echoes it."""
-
-    def __init__(self, ip: str, port: int) -> None:
-        self.received: list[tuple[float, bytes]] = []
-        self.sock = socket.socket(family(ip), socket.SOCK_DGRAM)
-        self.sock.bind((ip, port))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(2048)
-            except OSError:
-                return
-            self.received.append((time.monotonic(), data))
-            self.sock.sendto(data, peer)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class IcmpCounter:
@@ -122,13 +72,10 @@ class IcmpCounter:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    require_netns(TAG)
     tmp = tmp_path_factory.mktemp("gateway-kernel")
-    topo = Topology(TAG)
-    servers: dict = {}
-    gateway = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
+        servers: dict = {}
+        stack.callback(close_all, servers.values())
         with topo.inside("servers"):
             for ip in ADDRESSES:
                 for port in TCP_PORTS:
@@ -140,54 +87,15 @@ def gw(tmp_path_factory):
         policy = write_policy(tmp / "policy.yaml")
         gateway = GatewayProcess(topo, tmp, policy=policy, dbs=[write_db(tmp / "geo.mmdb")], log=tmp / "decisions.jsonl",
                                  args=["--log-allowed"])
+        stack.callback(gateway.stop)
         gateway.wait_ready()
         yield {"topo": topo, "servers": servers, "gateway": gateway, "policy": policy, "tmp": tmp}
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            for s in servers.values():
-                s.close()
-            topo.tear_down()
-
-
-def tcp_try(topo: Topology, ip: str, port: int) -> str:
-    with topo.inside("client"):
-        s = socket.socket(family(ip), socket.SOCK_STREAM)
-    s.settimeout(3)
-    started = time.monotonic()
-    try:
-        s.connect((ip, port))
-        s.sendall(b"ping")
-        return "open" if s.recv(4) == b"ping" else "silent"
-    except ConnectionRefusedError:
-        return "reset" if time.monotonic() - started < 1 else "slow reset"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e)) if e.errno else "timeout"
-    finally:
-        s.close()
 
 
 def refused(ip: str) -> str:
     """How a connected UDP socket reports ICMP administratively prohibited (v4: type 3 code 13,
     v6: type 1 code 1)."""
     return "EACCES" if ":" in ip else "EHOSTUNREACH"
-
-
-def udp_try(topo: Topology, ip: str, port: int) -> str:
-    with topo.inside("client"):
-        s = socket.socket(family(ip), socket.SOCK_DGRAM)
-    s.settimeout(1.5)
-    try:
-        s.connect((ip, port))
-        s.send(b"datagram")
-        return "echo" if s.recv(64) == b"datagram" else "other"
-    except OSError as e:
-        # a refusal comes back as an ICMP error, reported on the connected socket
-        return errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
-    finally:
-        s.close()
 
 
 def ping(topo: Topology, ip: str) -> str:
@@ -427,15 +335,6 @@ def test_a_missing_lan_interface_changes_nothing(gw, tmp_path):
                 ns="servers", env=env, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "bad.yaml" in r.stderr
     assert topo.sh("cat", "/proc/sys/net/ipv4/ip_forward", ns="servers").stdout.strip() == "0"
-
-
-def wait_until(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def wait_kernel_sha(gateway: GatewayProcess, predicate, timeout: float = 15) -> str:

@@ -19,9 +19,9 @@ from gateway_netns import GEOGATE
 from gateway_netns import OK4
 from gateway_netns import OK6
 from gateway_netns import GatewayProcess
-from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import make_cert
 from proxy_support import write_db
 from proxy_support import write_hosts
@@ -35,14 +35,11 @@ TRUSTED = "  - name: trusted\n    action: allow\n    hosts: [trusted.test]\n"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    require_netns(TAG)
     tmp = tmp_path_factory.mktemp("gateway")
-    topo = Topology(TAG)
-    origins: list[Origin] = []
-    proxy = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
         cert = make_cert(tmp / "cert", ["trusted.test"], [OK4, BAD4])
+        origins: list[Origin] = []
+        stack.callback(close_all, origins)
         with topo.inside("servers"):
             for ip in (OK4, BAD4, OK6, BAD6):
                 origins.append(Origin(ip, 80))
@@ -51,16 +48,9 @@ def gateway(tmp_path_factory):
         proxy = GatewayProcess(topo, tmp, policy=write_policy(tmp / "policy.yaml", before=TRUSTED),
                                dbs=[write_db(tmp / "geo.mmdb")], log=tmp / "decisions.jsonl",
                                hosts=write_hosts(tmp / "hosts", {"trusted.test": OK4}))
+        stack.callback(proxy.stop)
         proxy.wait_ready()
         yield {"proxy": proxy, "cert": cert[0], "origins": {(o.host, o.port): o for o in origins}, "topo": topo}
-    finally:
-        try:
-            if proxy is not None:
-                proxy.stop()
-        finally:
-            for o in origins:
-                o.close()
-            topo.tear_down()
 
 
 def test_transparent_gateway(gateway):

@@ -23,18 +23,19 @@ from gateway_netns import BAD4
 from gateway_netns import OK4
 from gateway_netns import OK6
 from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from geogate.gateway import kernel
 from geogate.gateway import ruleset
 from geogate.gateway import sets
 from geogate.policy.state import GateState
+from netns_servers import TcpEcho
+from netns_servers import UdpEcho
+from netns_servers import family
+from netns_servers import tcp_try
+from netns_servers import udp_try
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
-from test_gateway_kernel import TcpEcho
-from test_gateway_kernel import UdpEcho
-from test_gateway_kernel import family
-from test_gateway_kernel import tcp_try
-from test_gateway_kernel import udp_try
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -44,18 +45,16 @@ ALLOW_KP = "  - name: kp-ok\n    action: allow\n    countries: [KP]\n"
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    require_netns(TAG)
     tmp = tmp_path_factory.mktemp("gateway-restore")
-    topo = Topology(TAG)
-    servers = []
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
         config = ruleset.GatewayConfig(lan=(topo.ifs["gw_lan"],), tcp_ports=())
         topo.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", ns="gw")
         for fam in ("-4", "-6"):
             topo.sh("ip", fam, "route", "replace", "unreachable", "default", "table", str(config.route_table), ns="gw")
         for args in ruleset_latch(config):
             topo.sh("ip", *args, ns="gw")
+        servers: list = []
+        stack.callback(close_all, servers)
         with topo.inside("servers"):
             for ip in (OK4, BAD4, OK6):
                 servers += [TcpEcho(ip, 22), TcpEcho(ip, 8443), UdpEcho(ip, 53)]
@@ -63,10 +62,6 @@ def net(tmp_path_factory):
         strict = GateState.load(write_policy(tmp / "policy.yaml"), [db])
         loose = GateState.load(write_policy(tmp / "loose.yaml", before=ALLOW_KP), [db])
         yield {"topo": topo, "config": config, "strict": sets.build(strict), "loose": sets.build(loose)}
-    finally:
-        for s in servers:
-            s.close()
-        topo.tear_down()
 
 
 def ruleset_latch(config):

@@ -20,19 +20,16 @@ import system_deps
 from gateway_netns import GEOGATE
 from gateway_netns import GatewayProcess
 from gateway_netns import require_netns
+from gateway_netns import wait_until
 from gateway_pair import BAD4
 from gateway_pair import KEEPALIVED_CONF
 from gateway_pair import OK4
 from gateway_pair import VIP
 from gateway_pair import LanPair
-from gateway_pair import TcpEcho
 from gateway_pair import http_get
 from gateway_pair import proxied
+from gateway_pair import running
 from gateway_pair import tcp_try
-from gateway_pair import wait_until
-from proxy_support import Origin
-from proxy_support import write_db
-from proxy_support import write_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -45,38 +42,13 @@ def lan(tmp_path_factory):
     system_deps.skip_unless("keepalived")
     tmp = tmp_path_factory.mktemp("gateway-vrrp")
     topo = LanPair(TAG)
-    servers: dict = {}
-    gateways: list[GatewayProcess] = []
-    keepalived: list[subprocess.Popen] = []
-    try:
-        topo.build()
-        with topo.inside("servers"):
-            for ip in (OK4, BAD4):
-                servers[("http", ip)] = Origin(ip, 80)
-                servers[("tcp", ip)] = TcpEcho(ip, 22)
-        policy = write_policy(tmp / "policy.yaml")
-        db = write_db(tmp / "geo.mmdb")
-        for g in topo.gateways:
-            own = tmp / f"gw{g.index}"
-            own.mkdir()
-            gateways.append(GatewayProcess(g, own, policy=policy, dbs=[db], log=own / "decisions.jsonl"))
-        for gw in gateways:
-            gw.wait_ready()
-        for g, gw in zip(topo.gateways, gateways, strict=True):
-            own = gw.state_file.parent
-            check = own / "geogate-ok.sh"
-            check.write_text(f"#!/bin/sh\nGEOGATE_GATEWAY_STATE={gw.state_file} exec {GEOGATE} gateway status >/dev/null 2>&1\n")
-            check.chmod(0o755)
-            conf = own / "keepalived.conf"
-            conf.write_text(KEEPALIVED_CONF.format(name=f"gw{g.index}", check=check, lan=g.ifs["gw_lan"],
-                                                   priority=150 if g.index == 1 else 100, vip=VIP))
-            keepalived.append(subprocess.Popen(
-                ["ip", "netns", "exec", g.ns["gw"], "keepalived", "--dont-fork", "--log-console", "--vrrp",
-                 "--use-file", str(conf), "--pid", str(own / "keepalived.pid"), "--vrrp_pid", str(own / "vrrp.pid")],
-                stdout=open(own / "keepalived.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))
-        yield {"topo": topo, "servers": servers, "gateways": gateways, "keepalived": keepalived, "tmp": tmp}
-    finally:
+    with running(topo, tmp) as (servers, gateways):
+        keepalived: list[subprocess.Popen] = []
         try:
+            for g, gw in zip(topo.gateways, gateways, strict=True):
+                keepalived.append(start_keepalived(g, gw))
+            yield {"topo": topo, "servers": servers, "gateways": gateways, "keepalived": keepalived, "tmp": tmp}
+        finally:
             for k in keepalived:
                 if k.poll() is None:
                     k.send_signal(signal.SIGTERM)
@@ -85,15 +57,21 @@ def lan(tmp_path_factory):
                     except subprocess.TimeoutExpired:
                         os.killpg(k.pid, signal.SIGKILL)
                         k.wait(5)
-            for gw in gateways:
-                try:
-                    gw.stop()
-                except Exception:
-                    pass  # the other gateway still has to go down
-        finally:
-            for s in servers.values():
-                s.close()
-            topo.tear_down()
+
+
+def start_keepalived(g, gw: GatewayProcess) -> subprocess.Popen:
+    """keepalived in gateway `g`'s namespace, tracking `geogate gateway status` of `gw`."""
+    own = gw.state_file.parent
+    check = own / "geogate-ok.sh"
+    check.write_text(f"#!/bin/sh\nGEOGATE_GATEWAY_STATE={gw.state_file} exec {GEOGATE} gateway status >/dev/null 2>&1\n")
+    check.chmod(0o755)
+    conf = own / "keepalived.conf"
+    conf.write_text(KEEPALIVED_CONF.format(name=f"gw{g.index}", check=check, lan=g.ifs["gw_lan"],
+                                           priority=150 if g.index == 1 else 100, vip=VIP))
+    return subprocess.Popen(
+        ["ip", "netns", "exec", g.ns["gw"], "keepalived", "--dont-fork", "--log-console", "--vrrp",
+         "--use-file", str(conf), "--pid", str(own / "keepalived.pid"), "--vrrp_pid", str(own / "vrrp.pid")],
+        stdout=open(own / "keepalived.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def logs(tmp) -> str:

@@ -19,9 +19,9 @@ import pytest
 from gateway_netns import BAD4
 from gateway_netns import OK4
 from gateway_netns import GatewayProcess
-from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from proxy_support import Origin
+from proxy_support import close_all
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -38,17 +38,15 @@ def alive(pid: int) -> bool:
 
 
 def test_gateway_workers_share_the_proxied_ports(tmp_path):
-    require_netns(TAG)
-    topo = Topology(TAG)
-    origins: list[Origin] = []
-    gateway = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
+        origins: list[Origin] = []
+        stack.callback(close_all, origins)
         with topo.inside("servers"):
             origins += [Origin(OK4, 80), Origin(BAD4, 80)]
         gateway = GatewayProcess(topo, tmp_path, policy=write_policy(tmp_path / "policy.yaml"),
                                  dbs=[write_db(tmp_path / "geo.mmdb")], log=tmp_path / "decisions.jsonl",
                                  args=["--workers", "2"])
+        stack.callback(gateway.stop)
         gateway.wait_ready()
         line = gateway.wait_for_output(r"2 workers share the port \(pids \d+, \d+\)")
         pids = [int(p) for p in re.findall(r"\d+", line.split("pids", 1)[1])]
@@ -114,16 +112,7 @@ def test_gateway_workers_share_the_proxied_ports(tmp_path):
         time.sleep(3)  # a proxy restarted by a thread that then ended would be gone by now
         assert all(alive(p) for p in pids)
         assert curl(f"http://{OK4}/again", "-D", "-").stdout.startswith("HTTP/1.1 403")
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            for o in origins:
-                o.close()
-            topo.tear_down()
-    if gateway is not None:
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in pids), "a proxy worker outlived the gateway"
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "a proxy worker outlived the gateway"

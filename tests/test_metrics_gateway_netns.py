@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway_netns import BAD4
 from gateway_netns import GatewayProcess
 from gateway_netns import Topology
-from gateway_netns import require_netns
+from gateway_netns import built
 from proxy_support import write_db
 from proxy_support import write_policy
 
@@ -35,15 +35,12 @@ def value(families: dict[str, list], sample_name: str, **labels: str) -> float:
 
 
 def test_kernel_refusals_reach_the_metrics(tmp_path):
-    require_netns(TAG)
-    topo = Topology(TAG)
-    gateway = None
-    try:
-        topo.build()
+    with built(TAG) as (topo, stack):
         log = tmp_path / "decisions.jsonl"
         gateway = GatewayProcess(topo, tmp_path, policy=write_policy(tmp_path / "policy.yaml"),
                                  dbs=[write_db(tmp_path / "geo.mmdb")], log=log,
                                  args=["--tcp-ports", "", "--metrics", str(PORT)])
+        stack.callback(gateway.stop)
         gateway.wait_ready(proxy=False)
         families = scrape(topo)
         assert value(families, "geogate_gateway_receipts_written_total") == 0
@@ -65,25 +62,16 @@ def test_kernel_refusals_reach_the_metrics(tmp_path):
         assert value(families, "geogate_decisions_total", mode="kernel", action="block", rule="doj",
                      country="KP") == len(receipts)
         assert value(families, "geogate_gateway_restores_total") == 0
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            topo.tear_down()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_proxys_decisions_reach_the_gateways_endpoint(tmp_path, workers):
-    require_netns(TAG)
-    topo = Topology(f"{TAG}w{workers}")
-    gateway = None
-    try:
-        topo.build()
+    with built(f"{TAG}w{workers}") as (topo, stack):
         log = tmp_path / "decisions.jsonl"
         gateway = GatewayProcess(topo, tmp_path, policy=write_policy(tmp_path / "policy.yaml"),
                                  dbs=[write_db(tmp_path / "geo.mmdb")], log=log,
                                  args=["--tcp-ports", "80", "--workers", str(workers), "--metrics", str(PORT)])
+        stack.callback(gateway.stop)
         gateway.wait_ready(proxy=False)
         gateway.wait_for_output(r"Transparent Proxy listening" if workers == 1
                                 else rf"{workers} workers share the port")
@@ -109,9 +97,3 @@ def test_the_proxys_decisions_reach_the_gateways_endpoint(tmp_path, workers):
         assert value(families, "geogate_policy_info", name="test") == 1
         # the policy sets no geo.max_age: never stale
         assert [(s.labels, s.value) for s in families["geogate_database_stale"]] == [({"on_stale": "warn"}, 0.0)]
-    finally:
-        try:
-            if gateway is not None:
-                gateway.stop()
-        finally:
-            topo.tear_down()

@@ -20,6 +20,8 @@ from websockets.sync.server import serve as ws_serve
 
 from proxy_support import Mitmdump
 from proxy_support import Origin
+from proxy_support import close_all
+from proxy_support import closed_within
 from proxy_support import make_cert
 from proxy_support import write_db
 from proxy_support import write_policy
@@ -83,16 +85,8 @@ class Tunnel:
             return b""
 
     def closed_within(self, seconds: float) -> bool:
-        """True once the far end closes the tunnel (EOF or reset), waiting at most `seconds`."""
-        self.sock.settimeout(seconds)
-        try:
-            while True:
-                if not self.sock.recv(4096):
-                    return True
-        except TimeoutError:
-            return False
-        except (OSError, ssl.SSLError):
-            return True
+        """True once the far end closes the tunnel (EOF, reset or a TLS error), waiting at most `seconds`."""
+        return closed_within(self.sock, seconds)
 
     def close(self) -> None:
         self.sock.close()
@@ -112,18 +106,6 @@ def plain_websocket(proxy_port: int, host: str, port: int) -> socket.socket:
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
     return s
-
-
-def sock_closed_within(s: socket.socket, seconds: float) -> bool:
-    s.settimeout(seconds)
-    try:
-        while s.recv(4096):
-            pass
-        return True
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
 
 
 def ws_alive(ws) -> bool:
@@ -186,7 +168,7 @@ def test_open_connections_the_new_policy_blocks_are_closed_and_recorded(world) -
         plain = plain_websocket(proxy.port, CUT, echoes[0].port)
         mark = len(proxy.lines)
         write_policy(policy, name="after", before=CUT_RULE)
-        assert sock_closed_within(plain, DEADLINE), "a WebSocket upgraded from plain HTTP stays open"
+        assert closed_within(plain, DEADLINE), "a WebSocket upgraded from plain HTTP stays open"
         plain.close()
         assert tunnels[CUT].closed_within(DEADLINE), "the TLS tunnel to the now blocked address stays open"
         assert ws_closed_within(sockets[CUT], DEADLINE), "the WebSocket to the now blocked address stays open"
@@ -210,10 +192,7 @@ def test_open_connections_the_new_policy_blocks_are_closed_and_recorded(world) -
         # and a new connection there is refused as any other
         with pytest.raises(AssertionError):
             Tunnel(proxy.port, CUT, origins[0].port, cert)
-        for t in tunnels.values():
-            t.close()
-        for ws in sockets.values():
-            ws.close()
+        close_all([*tunnels.values(), *sockets.values()])
     finally:
         proxy.stop()
 
@@ -229,9 +208,6 @@ def test_with_revoke_off_open_connections_stay_open(world) -> None:
         assert not tunnels[CUT].closed_within(2.0), "geogate_revoke=off closed a tunnel"
         assert tunnels[CUT].get() and ws_alive(sockets[CUT]), "geogate_revoke=off closed a connection"
         assert not [r for r in proxy.records() if r["event"] == "revoked"]
-        for t in tunnels.values():
-            t.close()
-        for ws in sockets.values():
-            ws.close()
+        close_all([*tunnels.values(), *sockets.values()])
     finally:
         proxy.stop()

@@ -19,7 +19,7 @@ from proxy_support import write_policy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
-TAG = f"gd{os.getpid() % 100000}"
+TAG = f"gy{os.getpid() % 100000}"
 OK_NET = "10.77.2.0/28"  # OK4's network: DE in the test database
 
 

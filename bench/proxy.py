@@ -210,16 +210,21 @@ def _authority(env: Env, host: str, tls: bool = False) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _wrk_script(env: Env, host: str, conn: str, absolute: bool = True, delay_ms: int | None = None) -> Path:
+def _wrk_script(env: Env, host: str, conn: str, absolute: bool = True, delay_ms: int | None = None,
+                jitter: bool = False) -> Path:
+    """jitter: each wait is drawn from 0..2 × delay_ms (same mean), so that the connections do not
+    fire in lockstep bursts, which one process batches into fewer event-loop wake-ups than two."""
     authority = _authority(env, host)
-    path = env.tmp / f"wrk-{'abs' if absolute else 'origin'}-{host}-{conn}-{delay_ms or 0}.lua"
+    path = env.tmp / f"wrk-{'abs' if absolute else 'origin'}-{host}-{conn}-{delay_ms or 0}{'j' if jitter else ''}.lua"
     lines = [
         f'wrk.path = "{"http://" + authority + "/" if absolute else "/"}"',
         f'wrk.headers["Host"] = "{authority}"',
     ]
     if conn == "close":
         lines.append('wrk.headers["Connection"] = "close"')
-    if delay_ms:
+    if delay_ms and jitter:
+        lines.append(f"delay = function() return math.random(0, {2 * int(delay_ms)}) end")
+    elif delay_ms:
         lines.append(f"delay = function() return {int(delay_ms)} end")
     lines.append(
         'done = function(summary, latency, requests)\n'

@@ -282,6 +282,9 @@ def test_scale_squid_and_bulk_sections_report_every_figure(tmp_path):
         assert spread["status"] == "measured" and isinstance(spread["pass"], bool)
         assert sum(spread["extra"]["shares_pct"]) == pytest.approx(100, abs=0.2)
         assert len(spread["extra"]["connections"]) == 2 and min(spread["extra"]["connections"]) > 0
+        # a fair hash of N connections still varies by 50/sqrt(N) %, said beside the figure
+        n = sum(spread["extra"]["connections"])
+        assert spread["extra"]["binomial_sd_pct"] == pytest.approx(50 / n ** 0.5, rel=0.01)
         eff = by_id[f"scale.{kind}.efficiency"]
         assert isinstance(eff["value"], float) and isinstance(eff["pass"], bool)
         cap = by_id[f"scale.{kind}.capacity"]

@@ -311,7 +311,8 @@ SHORT_SCALE = ["--scale-rounds", "1", "--scale-seconds", "1", "--bulk-mib", "8"]
 @pytest.mark.e2e
 @system_deps.needs("wrk")
 def test_make_bench_sections_report_every_target(tmp_path):
-    argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--load-rounds", "2", "--seconds", "1",
+    argv = [sys.executable, str(BENCH / "run.py"), "--rounds", "1", "--gateway-rounds", "1", "--load-rounds", "2",
+            "--seconds", "1",
             "--warmup", "0", "--addresses", "2000", "--audit-rate-flows", "200", "--audit-full-flows", "1000",
             # the scale, squid and bulk sections have their own smoke test above
             "--only", "engine,proxy,tunnel,audit,gateway", "--out", str(tmp_path)]

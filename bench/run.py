@@ -146,10 +146,11 @@ SHORT_METHOD = {
               "mitmdump; CPU per tunnel from /proc, geogate (TLS passthrough) vs bare mitmdump --ignore-hosts '.*' "
               "loaded at the same time; A/A pair as noise floor.",
     "memory": "VmRSS of the geogate mitmdump minus bare mitmdump, after start-up and after the plain-HTTP load.",
-    "scale": "`geogate run --workers 1` and `--workers 2` loaded at the same time by the same paced load "
-             "(efficiency: CPU of every process per request; spread: each worker's share of the client connections, "
-             "sampled), then saturated one at a time (capacity, with the load generator's CPU beside); "
-             "{scale_rounds} rounds of {scale_seconds} s.",
+    "scale": "`geogate run --workers 1` and `--workers 2` loaded at the same time by paced loads (efficiency: "
+             "CPU of every process per request with each worker as busy as the single one, and again at the same "
+             "total load; spread: each worker's share of the client connections, from the decision log), then "
+             "saturated one at a time (capacity, with the load generator's CPU beside); {scale_rounds} rounds of "
+             "{scale_seconds} s.",
     "squid": "Squid 5 (no cache, workers 1 and 2) and `geogate run` under the same loads: CPU per request paced "
              "and loaded at the same time, then capacity at saturation one at a time.",
     "bulk": "One TLS download of {bulk_mib} MiB straight, through bare mitmdump --ignore-hosts '.*' and through "
@@ -218,9 +219,10 @@ def scale_detail(fid: str, e: dict) -> str:
     if fid.endswith(".spread"):
         return (f"connections {' / '.join(f'{x:.0f}%' for x in e.get('shares_pct') or [])} "
                 f"({sum(e.get('connections') or [])} seen); CPU {' / '.join(f'{x:.0f}%' for x in e.get('cpu_shares_pct') or [])}")
-    if fid.endswith(".efficiency"):
+    if fid.endswith(".efficiency") or fid.endswith(".same_total_load"):
+        floor = e.get("noise_floor_pct")
         return (f"CPU/{per} {e.get(f'w1_cpu_ms_per_{per}')} → {e.get(f'w2_cpu_ms_per_{per}')} ms; "
-                f"client {e.get('generator_cores_median')} cores")
+                f"client {e.get('generator_cores_median')} cores" + (f"; A/A {floor:+.1f}%" if floor is not None else ""))
     if fid.startswith("scale.") and fid.endswith(".capacity"):
         sat, pred = e.get("saturated") or {}, e.get("predicted_ratio_for_cores") or {}
         return (f"1 worker {_rate(sat.get('w1'))} → 2 workers {_rate(sat.get('w2'))}; predicted with a core per "

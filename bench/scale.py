@@ -4,10 +4,11 @@ Sections of `bench/run.py` (selectable with --only):
 
 - scale: `geogate run --workers 1` and `--workers 2` (SO_REUSEPORT workers), for keep-alive plain
   HTTP, a new connection per request, and CONNECT + TLS passthrough tunnels:
-  spread (each worker's share of the client connections, sampled from /proc while the load runs),
-  efficiency (proxy CPU per request, every process of the tree, 2 workers vs 1, both loaded at the
-  same time by the same paced load), capacity (req/s at saturation, one at a time, 2/1), each with
-  the load generator's own CPU (wait4 rusage) beside;
+  spread (each worker's share of the client connections, counted from the decision log's records,
+  which name their worker), efficiency (proxy CPU per request, every process of the tree, 2 workers
+  vs 1, loaded at the same time with each worker as busy as the single one; the same figure at the
+  same total load beside it), capacity (req/s at saturation, one at a time, 2/1), each with the load
+  generator's own CPU (wait4 rusage) beside;
 - squid: Squid 5 as a forward proxy (no cache, `workers 1` and `workers 2`) under the same loads:
   CPU per request against `geogate run` (paced, loaded at the same time), capacity at saturation;
 - bulk: MB/s of one TLS download through a CONNECT tunnel, geogate (TLS passthrough) vs bare
@@ -23,13 +24,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 from typing import Callable
 
@@ -58,15 +58,15 @@ KINDS = ("keepalive", "close", "tunnel")
 KIND_LABEL = {"keepalive": "keep-alive plain HTTP", "close": "new connection per request",
               "tunnel": "CONNECT + TLS passthrough tunnel"}
 PER = {"keepalive": "req", "close": "req", "tunnel": "tunnel"}
-# paced loads (each proxy well below one core). The kernel hashes each connection to a worker, so
-# a fair spread of N connections is binomial, with a standard deviation of 50/sqrt(N) %: keep-alive
-# opens 96 connections per round (288 over 3 rounds, 2.9%; 32 per round gave 5.1%, and 60.4% was a
-# 2-sigma draw), each waiting longer, so that the request rate (and the CPU figures) stay as before
+# paced loads of the 2-worker tree (each proxy well below one core). The kernel hashes each
+# connection to a worker, so a fair spread of N connections is binomial, with a standard deviation
+# of 50/sqrt(N) %: keep-alive opens 96 connections per round (480 over the 5 rounds of a default run,
+# 2.3%; 32 per round gave 5.1%, and 60.4% was a 2-sigma draw), each waiting long enough to keep the
+# request rate well below a core
 PACED = {"keepalive": (96, 600), "close": (16, 200), "tunnel": 40.0}  # (connections, delay ms) / tunnels/s
 SATURATING = {"keepalive": 10, "close": 10, "tunnel": 8}  # connections / tunnel workers, no pacing
 SPREAD_TARGET = (40.0, 60.0)
 EFFICIENCY_TARGET_PCT = 5.0
-SAMPLE_EVERY = 0.02
 
 
 def saturating_seconds(seconds: int) -> int:
@@ -135,46 +135,6 @@ def tcp_sockets(port: int) -> dict[int, str]:
     return out
 
 
-class EstablishedDump:
-    """The inodes of the established IPv4 TCP sockets with a given local port, from one
-    NETLINK_SOCK_DIAG dump: the kernel sends only established sockets, so the cost does not grow
-    with the thousands of TIME_WAIT sockets a new-connection load leaves (as /proc/net/tcp's does)."""
-
-    NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
-    NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 0x1, 0x300, 3, 2
-    TCP_ESTABLISHED = 1
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.NETLINK_SOCK_DIAG)
-        # inet_diag_req_v2: family, protocol, ext, pad, states; inet_diag_sockid (48 bytes, zero: all)
-        req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 1 << self.TCP_ESTABLISHED) + bytes(48)
-        self.request = struct.pack("=IHHII", 16 + len(req), self.SOCK_DIAG_BY_FAMILY,
-                                   self.NLM_F_REQUEST | self.NLM_F_DUMP, 0, 0) + req
-
-    def inodes(self) -> set[int]:
-        self.sock.send(self.request)
-        out: set[int] = set()
-        while True:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, off)
-                if kind == self.NLMSG_DONE:
-                    return out
-                if kind == self.NLMSG_ERROR or length < 16:
-                    raise OSError("sock_diag dump failed")
-                # inet_diag_msg: family, state, timer, retrans, sockid (sport at +4, big-endian), ...,
-                # expires, rqueue, wqueue, uid, inode at +68
-                msg = off + 16
-                if struct.unpack_from("!H", data, msg + 4)[0] == self.port:
-                    out.add(struct.unpack_from("=I", data, msg + 68)[0])
-                off += (length + 3) & ~3
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @dataclass
 class Tree:
     """A proxy made of one or more processes: every process counts for CPU; the workers are the
@@ -186,6 +146,24 @@ class Tree:
     pids: list[int] = field(default_factory=list)
     workers: list[int] = field(default_factory=list)
     proc: Proc | None = None
+    log: Path | None = None  # geogate's decision log: one record per request, naming worker and client
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log is not None and self.log.exists() else 0
+
+    def connections_since(self, offset: int) -> list[int] | None:
+        """Distinct client connections (address:port) each worker decided for, from the records
+        written after `offset`: exact, where sampling open sockets misses short connections."""
+        if self.log is None:
+            return None
+        clients: list[set[str]] = [set() for _ in self.workers]
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            for line in f:
+                rec = json.loads(line)
+                if rec.get("event") == "decision" and rec.get("client"):
+                    clients[rec.get("worker") or 0].add(rec["client"])
+        return [len(c) for c in clients]
 
     def discover(self, expect_workers: int, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -224,50 +202,17 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
 
 
-class ConnSampler:
-    """Which worker holds which client connection, sampled every SAMPLE_EVERY s while a load
-    runs: the distinct established sockets on the proxy port per worker."""
-
-    def __init__(self, tree: Tree) -> None:
-        self.tree = tree
-        self.seen: dict[int, set[int]] = {pid: set() for pid in tree.workers}
-        self.samples = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        dump = EstablishedDump(self.tree.port)
-        try:
-            while not self.stop.is_set():
-                established = dump.inodes()
-                for pid in self.tree.workers:
-                    self.seen[pid] |= socket_inodes(pid) & established
-                self.samples += 1
-                self.stop.wait(SAMPLE_EVERY)
-        finally:
-            dump.close()
-
-    def __enter__(self) -> "ConnSampler":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
-    def counts(self) -> list[int]:
-        return [len(self.seen[pid]) for pid in self.tree.workers]
-
-
 # -- loads ----------------------------------------------------------------------------------------
 
-def client_argv(env: proxy_bench.Env, kind: str, port: int, seconds: int, paced: bool) -> list[str]:
+def client_argv(env: proxy_bench.Env, kind: str, port: int, seconds: int, paced: bool,
+                factor: float = 1.0) -> list[str]:
+    """factor scales a paced load (connections or tunnel rate and workers), each connection's wait kept."""
     if kind == "tunnel":
-        argv = proxy_bench._tunnel_argv(env, port, "127.0.0.1", seconds, PACED["tunnel"] if paced else 0.0)
-        if not paced:
-            argv[argv.index("--concurrency") + 1] = str(SATURATING["tunnel"])
+        argv = proxy_bench._tunnel_argv(env, port, "127.0.0.1", seconds, factor * PACED["tunnel"] if paced else 0.0)
+        concurrency = max(1, round(factor * proxy_bench.TUNNEL_CONCURRENCY)) if paced else SATURATING["tunnel"]
+        argv[argv.index("--concurrency") + 1] = str(concurrency)
         return argv
-    conns, delay = PACED[kind] if paced else (SATURATING[kind], None)
+    conns, delay = (round(factor * PACED[kind][0]), PACED[kind][1]) if paced else (SATURATING[kind], None)
     script = proxy_bench._wrk_script(env, "127.0.0.1", kind, delay_ms=delay, jitter=paced)
     return proxy_bench._wrk_argv(port, script, seconds, conns)
 
@@ -287,35 +232,35 @@ def _run_client(argv: list[str], seconds: int, out: dict) -> None:
     out.update(stdout=stdout, stderr=stderr, rc=p.returncode, gen_cpu_s=ru.ru_utime + ru.ru_stime)
 
 
-def load(units: list[tuple[Tree, str]], kind: str, seconds: int, paced: bool) -> list[dict[str, Any]]:
-    """Load every tree at once, each by its own client; per tree: completed count, rate, CPU per
-    request (all its processes), each worker's CPU and connections, the client's CPU."""
-    samplers = [ConnSampler(t) for t, _ in units]
+def load(units: list[tuple[Tree, str]], kind: str, seconds: int, paced: bool,
+         factors: list[float] | None = None) -> list[dict[str, Any]]:
+    """Load every tree at once, each by its own client (its load scaled by `factors`); per tree:
+    completed count, rate, CPU per request (all its processes), each worker's CPU and connections
+    (from geogate's decision log), the client's CPU."""
+    offsets = [t.log_size() for t, _ in units]
     before = [t.cpu() for t, _ in units]
     sys0, t0 = system_cpu_seconds(), time.perf_counter()
     outs: list[dict] = [{} for _ in units]
-    threads = [threading.Thread(target=_run_client, args=(client_argv(env_of(t), kind, t.port, seconds, paced),
+    factors = factors or [1.0] * len(units)
+    threads = [threading.Thread(target=_run_client, args=(client_argv(env_of(t), kind, t.port, seconds, paced, f),
                                                           seconds, out))
-               for (t, _), out in zip(units, outs, strict=True)]
-    for s in samplers:
-        s.__enter__()
+               for (t, _), out, f in zip(units, outs, factors, strict=True)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    for s in samplers:
-        s.__exit__()
     time.sleep(proxy_bench.SETTLE)
     wall = time.perf_counter() - t0
     busy = (system_cpu_seconds() - sys0) / (wall * (os.cpu_count() or 1))
     results = []
-    for (t, _), b, out, s in zip(units, before, outs, samplers, strict=True):
+    for (t, _), b, out, offset, f in zip(units, before, outs, offsets, factors, strict=True):
         r = parse_client(kind)(out["stdout"], out["stderr"], out["rc"])
         n = r.pop("count")
         per_pid = tree_cpu(b, t.cpu())
         cpu = sum(per_pid.values())
         r.update(proxy=t.name, cpu_s=rnd(cpu), cpu_cores=rnd(cpu / seconds, 3),
-                 worker_cpu_s=[rnd(per_pid[p]) for p in t.workers], worker_connections=s.counts(),
+                 worker_cpu_s=[rnd(per_pid[p]) for p in t.workers], load_factor=f,
+                 worker_connections=t.connections_since(offset),
                  gen_cpu_s=rnd(out["gen_cpu_s"]), gen_cores=rnd(out["gen_cpu_s"] / seconds, 3),
                  machine_busy=rnd(busy, 3))
         r[f"cpu_ms_per_{PER[kind]}"] = rnd(1000 * cpu / n) if n else None
@@ -350,18 +295,19 @@ def start_geogate(env: proxy_bench.Env, name: str, workers: int | None) -> Tree:
     argv = [GEOGATE, "run", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--policy", str(DEFAULT_POLICY)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    argv += ["--", "-q", "--set", f"confdir={env.tmp / ('conf-' + name)}"]
+    decision_log = env.tmp / f"{name}-decisions.jsonl"
+    argv += ["--log", str(decision_log), "--", "-q", "--set", f"confdir={env.tmp / ('conf-' + name)}"]
     proc = start(name, argv, env.tmp)
     env.procs.append(proc)
-    return _tree(env, name, proc, port, workers or 1)
+    return _tree(env, name, proc, port, workers or 1, decision_log)
 
 
-def _tree(env: proxy_bench.Env, name: str, proc: Proc, port: int, workers: int) -> Tree:
+def _tree(env: proxy_bench.Env, name: str, proc: Proc, port: int, workers: int, decision_log: Path | None = None) -> Tree:
     try:
         wait_port(port, timeout=120, proc=proc.popen)
     except Exception as e:
         raise RuntimeError(f"{name} did not start: {e}\n{proc.tail()}") from None
-    tree = Tree(name, proc.pid, port, proc=proc)
+    tree = Tree(name, proc.pid, port, proc=proc, log=decision_log)
     tree.discover(workers)
     _ENVS[name] = env
     return tree
@@ -433,45 +379,60 @@ def scale_section(env: proxy_bench.Env, rounds: int, seconds: int) -> tuple[list
         for kind in KINDS:
             for what, unit, target in (("spread", "%", f"{SPREAD_TARGET[0]:g}-{SPREAD_TARGET[1]:g}% each"),
                                        ("efficiency", "%", f"<= +{EFFICIENCY_TARGET_PCT:g}%"),
-                                       ("capacity", "x", None)):
+                                       ("same_total_load", "%", None), ("capacity", "x", None)):
                 figs.append(skipped(f"scale.{kind}.{what}", f"2 workers vs 1, {KIND_LABEL[kind]}: {what}", unit,
                                     target, why))
         return figs, {"skipped": why}
     t0 = time.perf_counter()
-    one, two = start_geogate(env, "w1", 1), start_geogate(env, "w2", 2)
-    log(f"scale: geogate run --workers 1 (pids {one.pids}) and --workers 2 (workers {two.workers}, tree {two.pids}) "
-        f"up in {time.perf_counter() - t0:.1f}s")
+    # a second 1-worker tree, loaded like the first in the efficiency rounds: the A/A noise floor
+    one, two, again = start_geogate(env, "w1", 1), start_geogate(env, "w2", 2), start_geogate(env, "w1b", 1)
+    log(f"scale: geogate run --workers 1 (pids {one.pids}, A/A {again.pids}) and --workers 2 (workers {two.workers}, "
+        f"tree {two.pids}) up in {time.perf_counter() - t0:.1f}s")
     figures: list[Figure] = []
-    notes: dict[str, Any] = {"trees": {"w1": one.pids, "w2": {"tree": two.pids, "workers": two.workers}}}
+    notes: dict[str, Any] = {"trees": {"w1": one.pids, "w1b": again.pids,
+                                       "w2": {"tree": two.pids, "workers": two.workers}}}
     try:
         time.sleep(2)  # the workers finish loading in the background after they listen
         notes["idle_cpu_ms_per_s"] = idle_cpu([one, two], IDLE_SECONDS)
         log(f"scale: CPU without load, ms per second: {notes['idle_cpu_ms_per_s']}")
+        half, full = PER_WORKER_FACTORS
         for kind in KINDS:
-            for t in (one, two):
+            for t in (one, two, again):
                 check(t, kind, env)
-            paced = []
-            for i in range(rounds):
-                paced.append(load([(one, kind), (two, kind)] if i % 2 == 0 else [(two, kind), (one, kind)], kind,
-                                  seconds, paced=True))
-                if i % 2:
-                    paced[-1].reverse()
+            paced = [together([(one, half), (two, full), (again, half)], kind, seconds, i) for i in range(rounds)]
+            same_total = [together([(one, 1.0), (two, 1.0)], kind, seconds, i) for i in range(max(2, rounds - 1))]
             saturated = []
             for i in range(max(2, rounds - 1)):
                 pair = []
                 for t in ((one, two) if i % 2 == 0 else (two, one)):
                     pair.append(load([(t, kind)], kind, saturating_seconds(seconds), paced=False)[0])
                 saturated.append(pair if i % 2 == 0 else pair[::-1])
-            figures += scale_figures(kind, paced, saturated, seconds)
-            log(f"scale {kind}: " + "; ".join(f"{f.id.split('.')[-1]} {f.value}{f.unit}" for f in figures[-3:]))
+            figures += scale_figures(kind, paced, same_total, saturated, seconds)
+            log(f"scale {kind}: " + "; ".join(f"{f.id.split('.')[-1]} {f.value}{f.unit}" for f in figures[-4:]))
         notes["memory_mib"] = {t.name: {pid: _rss(pid) for pid in t.pids} for t in (one, two)}
     finally:
-        for t in (one, two):
+        for t in (one, two, again):
             stop_tree(t)
     return figures, notes
 
 
 IDLE_SECONDS = 3
+# Efficiency is measured with each worker as busy as the single process: the 1-worker tree gets half
+# the paced load, the 2-worker tree all of it. An event loop's CPU per request falls as its load
+# rises (more events per wake-up), so at the same total load two half-busy workers pay more per
+# request than one, which says nothing about what a second core adds: capacity grows by adding
+# workers as the load grows. The same-total-load figure is reported beside it.
+PER_WORKER_FACTORS = (0.5, 1.0)
+
+
+def together(units: list[tuple[Tree, float]], kind: str, seconds: int, i: int) -> list[dict]:
+    """One paced round, every tree loaded at once (each load scaled by its factor), the starting
+    order rotated by i; results in the order of `units`."""
+    k = i % len(units)
+    order = units[k:] + units[:k]
+    got = load([(t, kind) for t, _ in order], kind, seconds, True, [f for _, f in order])
+    return got[len(units) - k:] + got[:len(units) - k]
+
 
 
 def idle_cpu(trees: list[Tree], seconds: float) -> dict[str, float | None]:
@@ -504,20 +465,41 @@ def predicted_ratio(cores: int, cpu_ratio: float, max_share_pct: float) -> float
     return cores / cpu_ratio * (50.0 / max_share_pct)
 
 
-def scale_figures(kind: str, paced: list[list[dict]], saturated: list[list[dict]], seconds: int) -> list[Figure]:
+def scale_figures(kind: str, paced: list[list[dict]], same_total: list[list[dict]], saturated: list[list[dict]],
+                  seconds: int) -> list[Figure]:
     per = PER[kind]
     metric = f"cpu_ms_per_{per}"
     label = KIND_LABEL[kind]
-    counts = [sum(col) for col in zip(*(r[1]["worker_connections"] for r in paced), strict=True)]
+    rounds = paced + same_total
+    counts = [sum(col) for col in zip(*(r[1]["worker_connections"] for r in rounds), strict=True)]
     sat_counts = [sum(col) for col in zip(*(r[1]["worker_connections"] for r in saturated), strict=True)]
     sh = shares(counts)
     max_share = max(sh) if sh else None
-    cpu_share = shares([sum(col) for col in zip(*(r[1]["worker_cpu_s"] for r in paced), strict=True)])
-    load_text = (f"{PACED[kind]:g} tunnels/s from {proxy_bench.TUNNEL_CONCURRENCY} workers" if kind == "tunnel"
-                 else f"wrk -c{PACED[kind][0]}, each connection waiting 0-{2 * PACED[kind][1]} ms (mean "
-                      f"{PACED[kind][1]} ms, drawn afresh each time) between requests")
-    ratios = [r[1][metric] / r[0][metric] for r in paced if r[0].get(metric) and r[1].get(metric)]
-    eff = median(ratios)
+    cpu_share = shares([sum(col) for col in zip(*(r[1]["worker_cpu_s"] for r in rounds), strict=True)])
+
+    def load_text(factor: float) -> str:
+        if kind == "tunnel":
+            return (f"{factor * PACED['tunnel']:g} tunnels/s from "
+                    f"{max(1, round(factor * proxy_bench.TUNNEL_CONCURRENCY))} client workers")
+        return (f"wrk -c{round(factor * PACED[kind][0])}, each connection waiting 0-{2 * PACED[kind][1]} ms (mean "
+                f"{PACED[kind][1]} ms, drawn afresh each time) between requests")
+
+    def ratios(pairs: list[list[dict]]) -> list[float]:
+        return [r[1][metric] / r[0][metric] for r in pairs if r[0].get(metric) and r[1].get(metric)]
+
+    def raw(pairs: list[list[dict]]) -> list[dict]:
+        out = []
+        for r in pairs:
+            row = {"w1": r[0], "w2": r[1], "ratio": rnd(r[1][metric] / r[0][metric])
+                   if r[0].get(metric) and r[1].get(metric) else None}
+            if len(r) > 2:
+                row |= {"w1b": r[2], "aa_ratio": rnd(r[2][metric] / r[0][metric])
+                        if r[0].get(metric) and r[2].get(metric) else None}
+            out.append(row)
+        return out
+
+    eff, light = median(ratios(paced)), median(ratios(same_total))
+    aa = median([r[2][metric] / r[0][metric] for r in paced if r[0].get(metric) and r[2].get(metric)])
     caps = [rate_of(r[1]) / rate_of(r[0]) for r in saturated if rate_of(r[0])]
     cap = median(caps)
     sat = {name: {"rate": rnd(median([rate_of(r[i]) for r in saturated])),
@@ -527,36 +509,54 @@ def scale_figures(kind: str, paced: list[list[dict]], saturated: list[list[dict]
                   metric: rnd(median([r[i][metric] for r in saturated]))}
            for i, name in enumerate(("w1", "w2"))}
     prediction = {n: rnd(predicted_ratio(n, eff, max_share), 3) for n in (2, 4, 8)} if eff and max_share else None
-    common = (f"`geogate run --workers 1` and `--workers 2` (policies/default.yaml, bundled databases) on loopback, "
-              f"{label} to the local origin")
+    common = (f"`geogate run --workers 1` and `--workers 2` (policies/default.yaml, bundled databases, --log) on "
+              f"loopback, {label} to the local origin")
+    cpu_text = (f"CPU of every process of each tree (supervisor and workers, /proc schedstat) / completed {per}s; "
+                "value = median of the per-round ratios 2 workers / 1 - 1")
+    jitter_text = ("" if kind == "tunnel" else "; with a fixed wait wrk's connections fire in lockstep bursts, which "
+                   "one process handles in fewer event-loop wake-ups than two, a gap real clients do not make")
+
+    def medians(pairs: list[list[dict]]) -> dict[str, Any]:
+        return {"w1_" + metric: rnd(median([r[0][metric] for r in pairs])),
+                "w2_" + metric: rnd(median([r[1][metric] for r in pairs])),
+                "w1_rate": rnd(median([rate_of(r[0]) for r in pairs])),
+                "w2_rate": rnd(median([rate_of(r[1]) for r in pairs])),
+                "generator_cores_median": rnd(median([r[1]["gen_cores"] for r in pairs]), 3),
+                "machine_busy_median": rnd(median([r[0]["machine_busy"] for r in pairs]), 3)}
+
     return [
         Figure(f"scale.{kind}.spread", f"2 workers, {label}: busiest worker's share of connections",
                rnd(max_share, 3), "% of connections",
-               f"{common}; distinct client connections each worker held, sampled every {SAMPLE_EVERY:g} s from "
-               "/proc and sock_diag (its socket fds against the established sockets on the port) during "
-               f"{len(paced)} paced rounds of {seconds} s ({load_text}), counted over all rounds; "
+               f"{common}; distinct client connections (address:port) each worker decided, counted from the "
+               f"decision log's records (each names its worker), over all {len(rounds)} paced rounds of {seconds} s; "
                "target: every worker 50% +- 10%. The kernel hashes each connection to a worker, so even a fair "
                "spread of N connections varies by 50/sqrt(N) % (one standard deviation, extra.binomial_sd_pct)",
                f"{SPREAD_TARGET[0]:g}-{SPREAD_TARGET[1]:g}% each",
-               bool(sh) and all(SPREAD_TARGET[0] <= s <= SPREAD_TARGET[1] for s in sh), len(paced),
-               [r[1]["worker_connections"] for r in paced],
+               bool(sh) and all(SPREAD_TARGET[0] <= s <= SPREAD_TARGET[1] for s in sh), len(rounds),
+               [r[1]["worker_connections"] for r in rounds],
                {"connections": counts, "shares_pct": [rnd(s, 3) for s in sh],
                 "binomial_sd_pct": rnd(50.0 / sum(counts) ** 0.5, 3) if sum(counts) else None,
                 "cpu_shares_pct": [rnd(s, 3) for s in cpu_share],
                 "saturated_connections": sat_counts, "saturated_shares_pct": [rnd(s, 3) for s in shares(sat_counts)]}),
-        Figure(f"scale.{kind}.efficiency", f"2 workers vs 1, {label}: proxy CPU per {per}",
+        Figure(f"scale.{kind}.efficiency", f"2 workers vs 1, {label}: proxy CPU per {per}, each worker as busy as one",
                rnd((eff - 1) * 100, 3) if eff else None, "%",
-               f"{common}; both loaded at the same time by the same paced load ({load_text}; with a fixed wait "
-               "wrk's connections fire in lockstep bursts, which one process handles in fewer event-loop wake-ups "
-               f"than two, a gap real clients do not make), {len(paced)} rounds of "
-               f"{seconds} s, order alternating; CPU of every process of each tree (supervisor and workers, "
-               f"/proc schedstat) / completed {per}s; value = median of the per-round ratios 2 workers / 1 - 1",
+               f"{common}; both loaded at the same time, each worker of the 2-worker tree as busy as the single "
+               f"worker: 1 worker {load_text(PER_WORKER_FACTORS[0])}, 2 workers {load_text(PER_WORKER_FACTORS[1])}"
+               f"{jitter_text}; {len(paced)} rounds of {seconds} s, starting order rotating; {cpu_text}. A second "
+               "1-worker tree loaded like the first in the same rounds gives the noise floor (extra.noise_floor_pct, "
+               "the same ratio for two identical trees). This is the figure that predicts capacity per core "
+               f"(workers are added as load grows); at the same total load see scale.{kind}.same_total_load",
                f"<= +{EFFICIENCY_TARGET_PCT:g}%", eff is not None and (eff - 1) * 100 <= EFFICIENCY_TARGET_PCT,
-               len(paced), [{"w1": r[0], "w2": r[1], "ratio": rnd(r[1][metric] / r[0][metric])
-                             if r[0].get(metric) and r[1].get(metric) else None} for r in paced],
-               {"w1_" + metric: rnd(median([r[0][metric] for r in paced])),
-                "w2_" + metric: rnd(median([r[1][metric] for r in paced])),
-                "generator_cores_median": rnd(median([r[1]["gen_cores"] for r in paced]), 3)}),
+               len(paced), raw(paced),
+               medians(paced) | {"noise_floor_pct": rnd((aa - 1) * 100, 3) if aa else None,
+                                 "round_ratios": [rnd(x, 4) for x in ratios(paced)]}),
+        Figure(f"scale.{kind}.same_total_load", f"2 workers vs 1, {label}: proxy CPU per {per}, same total load",
+               rnd((light - 1) * 100, 3) if light else None, "%",
+               f"{common}; both loaded at the same time by the same paced load ({load_text(1.0)}), so each of the "
+               "two workers is half as busy as the single one and handles fewer events per event-loop wake-up; "
+               f"{len(same_total)} rounds of {seconds} s, order alternating; {cpu_text}. What a lightly loaded "
+               "gateway pays for spare workers, not what a second core adds",
+               None, None, len(same_total), raw(same_total), medians(same_total)),
         Figure(f"scale.{kind}.capacity", f"2 workers vs 1, {label}: capacity at saturation (wall clock)",
                rnd(cap, 3), "x",
                f"{common}; unpaced load (" + (f"{SATURATING['tunnel']} tunnel workers" if kind == "tunnel" else

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -219,23 +218,29 @@ def test_bad_settings_are_refused_before_anything_runs(args, complaint, tmp_path
 
 # -- the scale sections ---------------------------------------------------------------------------
 
-def test_established_sockets_come_from_sock_diag_with_their_inodes(bench):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    dump = bench.scale.EstablishedDump(port)
-    try:
-        assert dump.inodes() == set()  # a listening socket is not an established one
-        client = socket.create_connection(("127.0.0.1", port))
-        accepted, _ = listener.accept()
-        assert dump.inodes() == {os.fstat(accepted.fileno()).st_ino}
-        assert os.fstat(accepted.fileno()).st_ino in bench.scale.socket_inodes(os.getpid())
-        client.close()
-        accepted.close()
-    finally:
-        dump.close()
-        listener.close()
+def test_connections_per_worker_come_from_the_decision_log(bench, tmp_path):
+    log = tmp_path / "decisions.jsonl"
+    tree = bench.scale.Tree("w2", 1, 8080, workers=[101, 102], log=log)
+    assert tree.log_size() == 0
+    old = [{"event": "decision", "worker": 0, "client": "127.0.0.1:1000"}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in old))
+    offset = tree.log_size()
+    new = [
+        {"event": "decision", "worker": 0, "client": "127.0.0.1:2000"},
+        {"event": "decision", "worker": 0, "client": "127.0.0.1:2000"},  # a second request on one connection
+        {"event": "decision", "worker": 1, "client": "127.0.0.1:2001"},
+        {"event": "decision", "worker": 1, "client": "127.0.0.1:2002"},
+        {"event": "decision", "worker": 1, "client": None},
+        {"event": "reload", "worker": 1},
+    ]
+    with open(log, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in new))
+    assert tree.connections_since(offset) == [1, 2]
+    assert tree.connections_since(0) == [2, 2]
+    single = bench.scale.Tree("w1", 1, 8080, workers=[101], log=log)  # one worker writes no "worker" field
+    log.write_text(json.dumps({"event": "decision", "client": "127.0.0.1:3000"}) + "\n")
+    assert single.connections_since(0) == [1]
+    assert bench.scale.Tree("s1", 1, 8080, workers=[101]).connections_since(0) is None
 
 
 def test_a_process_tree_is_found_from_its_root(bench):
@@ -269,7 +274,7 @@ def test_shares_are_percentages_of_what_was_seen(bench):
 
 @pytest.mark.e2e
 @system_deps.needs("wrk", "squid")
-def test_scale_squid_and_bulk_sections_report_every_figure(tmp_path):
+def test_scale_squid_and_bulk_sections_report_every_figure(bench, tmp_path):
     argv = [sys.executable, str(BENCH / "run.py"), "--only", "scale,squid,bulk", "--seconds", "1", *SHORT_SCALE,
             "--out", str(tmp_path)]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=ROOT)
@@ -287,6 +292,20 @@ def test_scale_squid_and_bulk_sections_report_every_figure(tmp_path):
         assert spread["extra"]["binomial_sd_pct"] == pytest.approx(50 / n ** 0.5, rel=0.01)
         eff = by_id[f"scale.{kind}.efficiency"]
         assert isinstance(eff["value"], float) and isinstance(eff["pass"], bool)
+        # efficiency is measured with each worker as busy as the single one: the 2-worker tree
+        # carries twice the 1-worker tree's load; the same-total-load figure beside it, equal loads
+        for r in eff["raw"]:
+            assert r["w2"]["load_factor"] == 2 * r["w1"]["load_factor"] == 2 * r["w1b"]["load_factor"]
+        assert isinstance(eff["extra"]["noise_floor_pct"], float)  # the A/A pair of two 1-worker trees
+        same = by_id[f"scale.{kind}.same_total_load"]
+        assert isinstance(same["value"], float) and same["target"] is None
+        assert all(r["w2"]["load_factor"] == r["w1"]["load_factor"] for r in same["raw"])
+        if kind == "close":
+            # one connection per request: the log's count is exact (a request cut off by the end of
+            # a round is decided but not completed, at most one per client connection)
+            served = sum(r["w2"]["requests"] for r in eff["raw"] + same["raw"])
+            cut_off = sum(r["w2"]["load_factor"] * bench.scale.PACED["close"][0] for r in eff["raw"] + same["raw"])
+            assert served <= n <= served + cut_off
         cap = by_id[f"scale.{kind}.capacity"]
         assert set(cap["extra"]["saturated"]) == {"w1", "w2"}
         assert all(x["generator_cores"] > 0 and x["proxy_cores"] > 0 for x in cap["extra"]["saturated"].values())

@@ -52,6 +52,25 @@ def test_ruleset_dispatches_profiles_ports_and_nat64(rich):
     assert f"policy={rich.policy.ref.sha256}" in text
 
 
+def test_flows_these_sets_allowed_skip_the_lookups_and_a_swap_judges_them_again(rich):
+    ks = sets.build(rich)
+    config = ruleset.GatewayConfig(lan=("lan0",), tcp_ports=())
+
+    def fast_path(generation: int) -> str:
+        text = ruleset.render(ks, config, generation)
+        prerouting = text[text.index("chain prerouting {"):text.index("chain p0 {")]
+        line = next(line.strip() for line in prerouting.splitlines() if "ct state established,related" in line)
+        # before any profile's chain, so an allowed flow's later packets do no set lookups
+        assert prerouting.index(line) < prerouting.index("goto p")
+        assert line.endswith("return") and f"meta mark set meta mark | {config.mark:#x}" in line
+        # the tag is the one the profile chains stamp on the flows they allow
+        assert f"ct mark set ct mark and {~config.ct_mask & 0xFFFFFFFF:#x} or " + line.split(" == ")[1].split()[0] in text
+        return line
+
+    # another generation (every swap) carries another tag: no flow passes on the old sets' verdict
+    assert fast_path(1) != fast_path(2)
+
+
 def test_ruleset_loads_into_nft(rich, tmp_path):
     """The text is what nft 1.0.6 accepts (checked in a namespace of its own, nothing applied)."""
     if os.geteuid() != 0 or subprocess.run(["sh", "-c", "command -v nft"], capture_output=True).returncode:

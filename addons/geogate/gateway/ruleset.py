@@ -207,7 +207,7 @@ def _table(ks: KernelSets, config: GatewayConfig, generation: int) -> tuple[list
     if config.tcp_ports:
         pre.append(f"meta l4proto tcp th dport {ports} return")
     dns_pre, dns_nat, dns_input = dns_rules(config)
-    pre += dns_pre + dispatch + ["goto p0"]
+    pre += dns_pre + [_established(config, generation)] + dispatch + ["goto p0"]
     out = ["  chain prerouting {", *(f"    {line}" for line in pre), "  }",
            *chains,
            "  chain blocked {",
@@ -218,7 +218,7 @@ def _table(ks: KernelSets, config: GatewayConfig, generation: int) -> tuple[list
            "  }"]
     out += _nat_chain(config, dns_nat)
     out += dns_input
-    out += _host_chain(config, ["goto p0"])
+    out += _host_chain(config, [_established(config, generation), "goto p0"])
     return sets, out, comment
 
 
@@ -248,6 +248,14 @@ def _host_chain(config: GatewayConfig, tail: list[str]) -> list[str]:
 def _generation(config: GatewayConfig, generation: int) -> int:
     low = config.ct_mask & -config.ct_mask
     return (generation % (config.ct_mask // low) + 1) * low  # never 0: an untagged flow is no generation
+
+
+def _established(config: GatewayConfig, generation: int) -> str:
+    """A packet of a flow these sets already allowed skips the set lookups: its conntrack mark
+    carries their generation. After a swap the generation differs, so every flow is judged again
+    by the new sets on its next packet (and re-tagged, or refused)."""
+    tag, mask = _generation(config, generation), config.ct_mask
+    return f"ct state established,related ct mark and {mask:#x} == {tag:#x} meta mark set meta mark | {config.mark:#x} return"
 
 
 def _allowed(config: GatewayConfig, generation: int) -> list[str]:

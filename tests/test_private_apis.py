@@ -5,6 +5,7 @@ than in some end-to-end test or not at all (each adapter falls back quietly at r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 
@@ -63,9 +64,11 @@ def test_mitmproxy_next_layer_choice_is_what_eager_passthrough_calls():
         assert layer_chooser() is None  # no NextLayer addon: geogate leaves the choice to mitmproxy
 
 
-async def test_mitmproxy_client_writer_is_found_where_answer_before_upload_looks():
-    # a real server instance handles a real loopback connection: mitmproxy registers its handler in the
-    # proxyserver addon, and the adapter must find the very stream the client is written to
+@contextlib.asynccontextmanager
+async def served_connection():
+    """A real server instance handling a real loopback connection (mitmproxy registers its handler
+    in the proxyserver addon): (our client socket, the stream mitmproxy writes to the client, the
+    task reading it, the handler). The client socket is closed and the task ended on the way out."""
     proxyserver = Proxyserver()
     with taddons.context(proxyserver) as tctx:
         tctx.configure(proxyserver, connection_strategy="lazy")
@@ -82,13 +85,20 @@ async def test_mitmproxy_client_writer_is_found_where_answer_before_upload_looks
                 await asyncio.sleep(0.005)
             assert len(proxyserver.connections) == 1, "mitmproxy's Proxyserver.connections no longer holds the handler"
             (handler,) = proxyserver.connections.values()
-            found = client_writer(handler.client)
-            assert found is writer, (
-                "mitmproxy's Proxyserver.connections[client.id].transports[client].writer is not the client's stream "
-                "any more: geogate/proxy/mitmproxy_private.py client_writer (the 403 before an upload) relies on it")
+            yield ours, writer, task, handler
         finally:
             ours.close()
-            await asyncio.wait_for(task, 5)
+            if not task.done():
+                await asyncio.wait_for(task, 5)
+
+
+async def test_mitmproxy_client_writer_is_found_where_answer_before_upload_looks():
+    # the adapter must find the very stream the client is written to
+    async with served_connection() as (_ours, writer, _task, handler):
+        found = client_writer(handler.client)
+        assert found is writer, (
+            "mitmproxy's Proxyserver.connections[client.id].transports[client].writer is not the client's stream "
+            "any more: geogate/proxy/mitmproxy_private.py client_writer (the 403 before an upload) relies on it")
     with taddons.context():
         assert client_writer(handler.client) is None  # no proxyserver: nothing is written early
 
@@ -128,33 +138,15 @@ async def test_mitmproxy_listeners_share_their_port_where_workers_rely_on_it():
     assert ms.asyncio is asyncio  # undone: other tests bind as mitmproxy does
 
 async def test_mitmproxy_client_connection_closes_where_revocation_cancels_it():
-    # a real loopback connection handled by a real server instance: cancelling the task that reads
-    # the client must end the whole connection, as mitmproxy's inactivity timeout does
-    proxyserver = Proxyserver()
-    with taddons.context(proxyserver) as tctx:
-        tctx.configure(proxyserver, connection_strategy="lazy")
-        instance = mode_servers.ServerInstance.make("regular@0", proxyserver)
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            ours = socket.create_connection(listener.getsockname())
-            theirs, _peer = listener.accept()
-        reader, writer = await asyncio.open_connection(sock=theirs)
-        task = asyncio.create_task(instance.handle_stream(reader, writer))
-        try:
-            for _ in range(200):
-                if proxyserver.connections:
-                    break
-                await asyncio.sleep(0.005)
-            (handler,) = proxyserver.connections.values()
-            assert close_client_connection(handler.client, "revoked"), (
-                "mitmproxy's Proxyserver.connections[client.id].transports[client].handler (the task reading the "
-                "client) is gone: geogate/proxy/mitmproxy_private.py close_client_connection (revocation) relies on it")
-            await asyncio.wait_for(task, 10)
-            ours.settimeout(10)
-            assert ours.recv(1) == b"", "the client connection stayed open after its reader task was cancelled"
-            assert not close_client_connection(handler.client, "again")  # gone: nothing to close
-        finally:
-            ours.close()
-            if not task.done():
-                task.cancel()
+    # cancelling the task that reads the client must end the whole connection, as mitmproxy's
+    # inactivity timeout does
+    async with served_connection() as (ours, _writer, task, handler):
+        assert close_client_connection(handler.client, "revoked"), (
+            "mitmproxy's Proxyserver.connections[client.id].transports[client].handler (the task reading the "
+            "client) is gone: geogate/proxy/mitmproxy_private.py close_client_connection (revocation) relies on it")
+        await asyncio.wait_for(task, 10)
+        ours.settimeout(10)
+        assert ours.recv(1) == b"", "the client connection stayed open after its reader task was cancelled"
+        assert not close_client_connection(handler.client, "again")  # gone: nothing to close
     with taddons.context():
         assert not close_client_connection(handler.client, "no proxyserver")

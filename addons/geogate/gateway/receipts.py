@@ -14,9 +14,10 @@ import os
 import time
 from typing import Callable
 
-from geogate.core.decide import Request
+from geogate.core.decide import Decision
 from geogate.core.record import decision_record
 from geogate.core.record import to_json_line
+from geogate.gateway.flowcount import decide as decide_packet
 from geogate.gateway.nflog import Refused
 from geogate.policy.state import GateState
 
@@ -91,38 +92,35 @@ class Receipts:
             self.flows.clear()  # bounded; a forgotten flow is only written once more
         self.flows[key] = value
 
+    kernel_blocks = True  # what the kernel did with the flows these receipts are for
+
     def record(self, packet: Refused, suppressed: int) -> dict:
-        req = Request(None, packet.port, client_ip=packet.source, client=str(packet.source), mode="kernel",
-                      flow_id=f"kernel-{os.getpid()}-{next(self.ids)}")
-        d = self.state().decide(req, [packet.destination])
+        d = decide_packet(self.state(), packet, flow_id=f"kernel-{os.getpid()}-{next(self.ids)}")
         rec = decision_record(d)
-        if not d.blocked:
-            # the kernel refused what the engine alone would let through: a range blocked whole
-            # (Teredo, IPv4-mapped) or sets built from another policy than the one loaded now
-            rec["action"] = "block"
+        if d.blocked != self.kernel_blocks:
+            # the kernel's verdict stands; the record says why the engine alone differs
+            rec["action"] = "block" if self.kernel_blocks else "allow"
             rec["rule"] = "kernel"
-            rec["reason"] = (f"refused by the kernel's sets (policy sha256 {self.kernel_sha()[:12]}), which block more "
-                             f"than the policy here ({d.reason}); see `geogate gateway check`")
+            rec["reason"] = self.disagreement(d)
         rec["kernel"] = {"protocol": packet.protocol, "suppressed": suppressed}
         return rec
+
+    def disagreement(self, d: Decision) -> str:
+        # the kernel refused what the engine alone would let through: a range blocked whole
+        # (Teredo, IPv4-mapped) or sets built from another policy than the one loaded now
+        return (f"refused by the kernel's sets (policy sha256 {self.kernel_sha()[:12]}), which block more "
+                f"than the policy here ({d.reason}); see `geogate gateway check`")
 
 
 class AllowedReceipts(Receipts):
     """`gateway run --log-allowed`: a record for each new flow the kernel let through, limited
     like the refusals (`kernel.suppressed` counts the repeats of a flow in its window)."""
 
-    def record(self, packet: Refused, suppressed: int) -> dict:
-        req = Request(None, packet.port, client_ip=packet.source, client=str(packet.source), mode="kernel",
-                      flow_id=f"kernel-{os.getpid()}-{next(self.ids)}")
-        d = self.state().decide(req, [packet.destination])
-        rec = decision_record(d)
-        if d.blocked:
-            # only while sets of another policy are live (a swap in progress): say what happened
-            rec["action"] = "allow"
-            rec["rule"] = "kernel"
-            rec["reason"] = (f"let through by the kernel's sets (policy sha256 {self.kernel_sha()[:12]}), which "
-                             f"the policy here would not ({d.reason})")
-        rec["kernel"] = {"protocol": packet.protocol, "suppressed": suppressed}
-        return rec
+    kernel_blocks = False
+
+    def disagreement(self, d: Decision) -> str:
+        # only while sets of another policy are live (a swap in progress): say what happened
+        return (f"let through by the kernel's sets (policy sha256 {self.kernel_sha()[:12]}), which "
+                f"the policy here would not ({d.reason})")
 
     allowed = Receipts.refused

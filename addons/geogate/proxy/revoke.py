@@ -18,7 +18,6 @@ from mitmproxy.connection import Server
 
 from geogate.core.addresses import parse_ip
 from geogate.core.decide import Decision
-from geogate.core.decide import Request
 from geogate.core.record import decision_record
 from geogate.policy.state import GateState
 from geogate.proxy.flows import carried_key
@@ -81,11 +80,7 @@ def judge_again(state: GateState, conn: OpenConnection) -> Decision | None:
     ip = parse_ip(str(peer[0])) if peer else None
     if ip is None:
         return None
-    old = conn.decision.request
-    req = Request(host=old.host, port=old.port, client_ip=old.client_ip, user=old.user,
-                  host_is_claim=old.host_is_claim, host_addresses=old.host_addresses, flow_id=old.flow_id,
-                  client=old.client, mode=old.mode, sni=old.sni)
-    return state.decide(req, [ip])
+    return state.decide(conn.decision.request, [ip])  # the same question, asked of the new state
 
 
 def revocations(state: GateState, open_now: OpenConnections) -> list[tuple[OpenConnection, Decision]]:

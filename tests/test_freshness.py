@@ -298,8 +298,9 @@ def test_gateway_file_watch_takes_in_a_new_file_in_the_directory(tmp_path: Path,
     paths = gateway._paths
 
     def watched(*args):
-        looked.set()
-        return paths(*args)
+        listing = paths(*args)
+        looked.set()  # after the directory was listed: a file added from here on is new to the watcher
+        return listing
 
     monkeypatch.setattr(gateway, "_paths", watched)
     watcher = threading.Thread(target=gateway._watch_files, daemon=True)
